@@ -1,0 +1,23 @@
+"""The ``bayesnas`` command: a click group; each subcommand lives in its own module."""
+import click
+
+from .. import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="bayesnas")
+def main():
+    """BASE: Bayesian meta-architecture search for few-shot learning."""
+
+
+def _register():
+    from . import data_cmds, fit_cmds
+
+    main.add_command(data_cmds.data)
+    main.add_command(fit_cmds.fit_command)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Configuration dataclasses and their precedence: CLI > config file > defaults.
+
+Usage::
+
+    cfg = resolve_config(FitConfig, config_file="my.json", overrides={"iterations": 50})
+    cfg.to_dict()      # what is written to RUN_DIR/config.json
+"""
+import dataclasses
+import json
+import os
+
+from .errors import ConfigError
+
+
+def resolve_config(cls, config_file=None, overrides=None):
+    """Build ``cls`` from defaults, then a JSON ``config_file``, then ``overrides`` (None values skipped)."""
+    values = {}
+    if config_file is not None:
+        values.update(load_config_file(config_file, cls))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(cls, values, source=config_file or "arguments")
+
+
+def load_config_file(path, cls):
+    """Read a JSON config file (a flat object of field names) with clear errors."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of {cls.__name__} fields")
+    return data
+
+
+def from_dict(cls, values, source="<dict>"):
+    """Instantiate dataclass ``cls`` from ``values``, rejecting unknown keys, then validate."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
+
+
+def check(condition, message):
+    """Raise ConfigError(message) unless ``condition``."""
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclasses.dataclass
+class FitConfig:
+    """Every setting of ``bayesnas fit`` (defaults: a CPU-sized version of the paper's search).
+
+    The paper's search: 10,000 iterations, 2 tasks per iteration, 4 inner steps, 5-way.
+    """
+
+    data: str = None  #: HDF5 data file; None = the embedded Omniglot set
+    ways: int = 5
+    shots: int = 1
+    queries: int = 5
+    rotations: bool = True  #: 90-degree rotations as new training classes (Omniglot practice)
+    tasks: int = 2  #: T, tasks per meta-iteration
+    inner_steps: int = 4  #: N, unrolled steps of the guide
+    iterations: int = 300
+    channels: int = 4  #: C of the search supernet
+    cells: int = 3
+    variant: str = "gumbel"  #: "gumbel" (relaxed categorical z) or "softmax" (z = softmax(phi))
+    tau_start: float = 1.0
+    tau_end: float = 0.5  #: exponential decay from tau_start over the run
+    sigma_init: float = 0.05  #: initial prior scale of every weight
+    inner_lr_mu: float = 0.1
+    inner_lr_rho: float = 0.1
+    inner_lr_alpha: float = 1.0
+    learn_inner_lr: bool = False
+    first_order: bool = False
+    set_encoder: bool = False  #: start phi at alpha + h_V(D_t)
+    kl_weight: float = 1.0  #: 1 = the full ELBO
+    kl_anneal: int = 0  #: iterations of linear warm-up of the KL weight from 0 (0 = none)
+    meta_lr: float = 1e-3  #: Adam step size of mu, sigma (and h_V, inner step sizes)
+    arch_lr: float = 3e-3  #: Adam step size of alpha
+    grad_clip: float = 10.0  #: max global norm of the meta-gradient (0 = no clipping)
+    val_every: int = 50
+    val_tasks: int = 20
+    val_samples: int = 4  #: posterior samples averaged per validation prediction
+    log_every: int = 10  #: iterations between entries of the edge-posterior history
+    checkpoint_every: int = 25
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  #: torch CPU threads (0 = torch's default)
+
+    def validate(self):
+        check(self.variant in ("gumbel", "softmax"), f"variant {self.variant!r}: expected 'gumbel' or 'softmax'")
+        for name in ("ways", "shots", "queries", "tasks", "iterations", "channels", "cells", "val_tasks",
+                     "val_samples", "log_every", "checkpoint_every", "val_every"):
+            check(int(getattr(self, name)) >= 1, f"{name}={getattr(self, name)}: expected an integer >= 1")
+        check(self.ways >= 2, f"ways={self.ways}: a task needs at least 2 classes")
+        check(self.inner_steps >= 0, f"inner_steps={self.inner_steps}: expected >= 0")
+        check(self.tau_start > 0 and self.tau_end > 0, "tau_start and tau_end must be > 0")
+        check(self.sigma_init > 0, f"sigma_init={self.sigma_init}: expected > 0")
+        check(self.kl_weight >= 0 and self.kl_anneal >= 0, "kl_weight and kl_anneal must be >= 0")
+        check(self.threads >= 0, f"threads={self.threads}: expected >= 0")
+        for name in ("inner_lr_mu", "inner_lr_rho", "inner_lr_alpha", "meta_lr", "arch_lr"):
+            check(getattr(self, name) > 0, f"{name}={getattr(self, name)}: expected > 0")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)

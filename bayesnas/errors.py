@@ -1,0 +1,31 @@
+"""User-facing errors.
+
+Every mistake a user can make (a missing file, an impossible few-shot setting, an
+invalid genotype, a bad flag) raises a subclass of :class:`BayesNASError` whose message
+names the input and what was expected. The CLI turns these into one line on stderr and
+a non-zero exit; Python users catch them like any exception.
+"""
+
+
+class BayesNASError(Exception):
+    """Base class of every error caused by user input rather than by a bug."""
+
+
+class DataError(BayesNASError):
+    """A data file is missing, corrupt, or cannot serve the requested tasks."""
+
+
+class GenotypeError(BayesNASError):
+    """A genotype (or its JSON file) is invalid."""
+
+
+class ConfigError(BayesNASError):
+    """A configuration value or flag is invalid."""
+
+
+class RunError(BayesNASError):
+    """A run directory or checkpoint is missing, incomplete or incompatible."""
+
+
+class NonFiniteLossError(BayesNASError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""

@@ -1,0 +1,156 @@
+"""The meta-training loop shared by ``fit`` and ``retrain``.
+
+It owns what both have in common: iterations with a progress bar (losses, accuracy,
+ETA), validation at a fixed interval, ``metrics.csv``, atomic ``last``/``best``
+checkpoints holding every RNG stream, ``--resume`` that continues exactly where the last
+checkpoint left off, and a clear stop on a non-finite loss that keeps the last good
+checkpoint. The method-specific work is two callables.
+
+Usage::
+
+    loop = TrainingLoop(run, {"meta": meta, "optimiser": opt}, iterations=100)
+    loop.run(step=lambda it: {"loss": ...}, validate=lambda it: {"val_acc": ...})
+"""
+import math
+import random
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import NonFiniteLossError, RunError
+
+
+def capture_rng():
+    """Every RNG stream the training touches, as a picklable dict."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state):
+    """Inverse of :func:`capture_rng`."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TrainingLoop:
+    """Iterate, log, validate and checkpoint; resume from a checkpoint.
+
+    Args:
+        run: a :class:`~bayesnas.inference.rundir.RunDirectory`, or None for no files.
+        stateful: dict name -> object with ``state_dict``/``load_state_dict`` (modules,
+            optimisers) saved in every checkpoint.
+        iterations: total number of iterations (a resumed loop runs up to this number).
+        val_every, checkpoint_every: intervals in iterations (the last iteration always
+            validates and checkpoints).
+        score_key: the validation metric that decides ``best`` (higher is better).
+        extra: a dict of picklable state of the method (e.g. a posterior history) saved
+            in checkpoints; ``on_checkpoint(extra)`` writes its files.
+        progress: show a tqdm bar; desc: its label.
+        callbacks: callables ``(iteration, row)`` run after each iteration.
+    """
+
+    def __init__(self, run, stateful, iterations, val_every=50, checkpoint_every=25, score_key="val_acc",
+                 extra=None, on_checkpoint=None, progress=True, desc="train", callbacks=()):
+        self.run_dir = run
+        self.stateful = stateful
+        self.iterations = int(iterations)
+        self.val_every = int(val_every)
+        self.checkpoint_every = int(checkpoint_every)
+        self.score_key = score_key
+        self.extra = extra if extra is not None else {}
+        self.on_checkpoint = on_checkpoint
+        self.progress = progress
+        self.desc = desc
+        self.callbacks = list(callbacks)
+        self.start = 0
+        self.rows = []
+        self.best = -math.inf
+        self.last_checkpoint = None
+
+    def resume(self, state):
+        """Load a checkpoint dict written by this loop: modules, optimisers, RNG, metrics, extra."""
+        missing = [k for k in self.stateful if k not in state.get("stateful", {})]
+        if missing:
+            raise RunError(f"checkpoint lacks {', '.join(missing)}; it was written by another command or version")
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(state["stateful"][name])
+        self.start = int(state["iteration"])
+        self.rows = list(state["rows"])
+        self.best = state["best"]
+        self.extra.update(state.get("extra", {}))
+        restore_rng(state["rng"])
+        self.last_checkpoint = self.start
+
+    def _checkpoint(self, iteration, best):
+        if self.run_dir is None:
+            return
+        state = {
+            "iteration": iteration,
+            "stateful": {k: v.state_dict() for k, v in self.stateful.items()},
+            "rows": self.rows,
+            "best": self.best,
+            "extra": self.extra,
+            "rng": capture_rng(),
+        }
+        self.run_dir.save_checkpoint(state, best=best)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.extra)
+        self.last_checkpoint = iteration
+
+    def _non_finite(self, iteration, detail):
+        if self.last_checkpoint is None or self.run_dir is None:
+            kept = "no checkpoint was written yet"
+        else:
+            kept = f"the last good checkpoint ({self.run_dir.file('checkpoint_last.pt')}, iteration {self.last_checkpoint}) is kept"
+        return NonFiniteLossError(f"iteration {iteration}: {detail}; {kept}. Try a smaller step size or --kl-anneal.")
+
+    def run(self, step, validate):
+        """Run iterations ``start+1 .. iterations``.
+
+        ``step(iteration) -> dict`` of floats (must include "loss"); ``validate(iteration)
+        -> dict`` of floats (including ``score_key``). Returns the list of metric rows.
+        """
+        bar = tqdm(total=self.iterations, initial=self.start, desc=self.desc, disable=not self.progress,
+                   dynamic_ncols=True, leave=True)
+        t0 = time.perf_counter()
+        try:
+            for iteration in range(self.start + 1, self.iterations + 1):
+                t_it = time.perf_counter()
+                try:
+                    row = {"iteration": iteration, **step(iteration)}
+                except NonFiniteLossError as exc:
+                    raise self._non_finite(iteration, str(exc)) from None
+                if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
+                    bad = ", ".join(f"{k}={v}" for k, v in row.items() if isinstance(v, float) and not math.isfinite(v))
+                    raise self._non_finite(iteration, f"non-finite {bad}")
+                row["seconds"] = time.perf_counter() - t_it
+                last = iteration == self.iterations
+                is_best = False
+                if iteration % self.val_every == 0 or last:
+                    scores = validate(iteration)
+                    row.update(scores)
+                    if scores[self.score_key] > self.best:
+                        self.best, is_best = scores[self.score_key], True
+                    bar.write(f"[{self.desc}] iteration {iteration}: " + ", ".join(
+                        f"{k}={v:.4g}" for k, v in scores.items()))
+                self.rows.append(row)
+                for callback in self.callbacks:
+                    callback(iteration, row)
+                if iteration % self.checkpoint_every == 0 or last or is_best:
+                    if self.run_dir is not None:
+                        self.run_dir.write_metrics(self.rows)
+                    self._checkpoint(iteration, best=is_best)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in row.items()
+                                 if k in ("loss", "acc", "kl_theta", "kl_z", "tau", "val_acc")}, refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
+        self.elapsed = time.perf_counter() - t0
+        return self.rows

@@ -1,0 +1,146 @@
+"""A run directory that explains itself.
+
+    RUN_DIR/config.json            the resolved configuration
+    RUN_DIR/checkpoint_last.pt     written atomically (temp file, then rename)
+    RUN_DIR/checkpoint_best.pt     best by the validation score
+    RUN_DIR/metrics.csv            one row per iteration (and validation columns)
+    RUN_DIR/posterior_history.h5   alpha per logged step (fit runs)
+    RUN_DIR/genotype.json          the derived cell (derive-cell)
+
+Every file is replaced atomically, so a run killed at any moment leaves the previous
+complete version of each file in place.
+
+Usage::
+
+    run = RunDirectory.create("runs/a", config_dict)
+    run.save_checkpoint(state, best=False)
+    state = RunDirectory("runs/a").load_checkpoint()
+"""
+import csv
+import datetime
+import json
+import os
+
+import h5py
+import numpy as np
+import torch
+
+from ..errors import RunError
+from ..fileio import atomic_path, write_json
+
+CHECKPOINT_FORMAT = 1
+
+
+def default_run_path(kind, root="runs"):
+    """A new folder name under ``root``: ``runs/<kind>-YYYYmmdd-HHMMSS[-N]``."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(root, f"{kind}-{stamp}")
+    n = 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(root, f"{kind}-{stamp}-{n}")
+    return path
+
+
+class RunDirectory:
+    """Reads and writes the files of one run folder (see the module docstring)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    @classmethod
+    def create(cls, path, config):
+        """Create a new run folder holding ``config.json``; refuse to overwrite a run."""
+        run = cls(path)
+        if os.path.exists(run.file("config.json")) or os.path.exists(run.file("checkpoint_last.pt")):
+            raise RunError(f"{path}: already holds a run; use --resume {path} to continue it, or choose another --out")
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise RunError(f"{path}: exists and is not a folder")
+        os.makedirs(path, exist_ok=True)
+        write_json(run.file("config.json"), config)
+        return run
+
+    def config(self):
+        """The resolved configuration (dict)."""
+        path = self.file("config.json")
+        if not os.path.isdir(self.path):
+            raise RunError(f"{self.path}: no such run folder")
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise RunError(f"{path}: missing; expected the resolved config of a run") from None
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{path}: not valid JSON ({exc})") from None
+
+    def save_checkpoint(self, state, best=False):
+        """Write ``checkpoint_last.pt`` (and ``checkpoint_best.pt`` when ``best``) atomically."""
+        state = dict(state, format=CHECKPOINT_FORMAT)
+        with atomic_path(self.file("checkpoint_last.pt")) as tmp:
+            torch.save(state, tmp)
+        if best:
+            with atomic_path(self.file("checkpoint_best.pt")) as tmp:
+                torch.save(state, tmp)
+
+    def load_checkpoint(self, which="last", map_location="cpu"):
+        """Load ``checkpoint_<which>.pt``; a clear RunError if missing, corrupt or of another format."""
+        path = self.file(f"checkpoint_{which}.pt")
+        if not os.path.exists(path):
+            raise RunError(f"{path}: missing; expected a checkpoint written by bayesnas")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as exc:  # torch raises many kinds on a corrupt file
+            raise RunError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise RunError(f"{path}: checkpoint format {found!r}, this bayesnas reads format {CHECKPOINT_FORMAT}")
+        return state
+
+    def write_metrics(self, rows):
+        """Rewrite ``metrics.csv`` from ``rows`` (list of dicts) atomically."""
+        fields = []
+        for row in rows:
+            fields.extend(k for k in row if k not in fields)
+        with atomic_path(self.file("metrics.csv")) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+
+    def read_metrics(self):
+        """``metrics.csv`` as a list of dicts with float values (empty cells -> None)."""
+        path = self.file("metrics.csv")
+        if not os.path.exists(path):
+            raise RunError(f"{path}: missing; the run has not logged any metrics")
+        with open(path, newline="", encoding="utf-8") as f:
+            return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+
+    def write_history(self, history):
+        """Rewrite ``posterior_history.h5`` atomically.
+
+        ``history``: dict with "iteration" (list of int), "alpha_normal" and
+        "alpha_reduce" (lists of ``[14, 10]`` arrays).
+        """
+        with atomic_path(self.file("posterior_history.h5")) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["format"] = "bayesnas-posterior-history"
+                f.attrs["version"] = 1
+                f.create_dataset("iteration", data=np.asarray(history["iteration"], dtype=np.int64))
+                for key in ("alpha_normal", "alpha_reduce"):
+                    f.create_dataset(key, data=np.asarray(history[key], dtype=np.float32).reshape(-1, 14, 10))
+
+    def read_history(self):
+        """``posterior_history.h5`` as a dict of numpy arrays (iteration ``[n]``, alpha_* ``[n, 14, 10]``)."""
+        path = self.file("posterior_history.h5")
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("format") != "bayesnas-posterior-history":
+                    raise RunError(f"{path}: not a bayesnas posterior history (attribute 'format' missing)")
+                return {k: f[k][()] for k in ("iteration", "alpha_normal", "alpha_reduce")}
+        except FileNotFoundError:
+            raise RunError(f"{path}: missing; expected the edge posterior history of a fit run") from None
+        except (OSError, KeyError) as exc:
+            raise RunError(f"{path}: not a readable posterior history ({exc})") from None

@@ -1,0 +1,290 @@
+"""``fit``: stochastic variational inference of the BASE meta-network.
+
+Each iteration samples T tasks, adapts each task's posterior by the guide's unrolled
+steps on its support set, computes the full ELBO on the query sets (expected
+log-likelihood minus the KL terms of theta and z, traced with Pyro), and takes one
+optimiser step on W = (mu, sigma, alpha) (and h_V, learnable step sizes).
+
+Usage::
+
+    result = fit(FitConfig(iterations=20), out="runs/demo")
+    result.meta.alpha_normal.softmax(-1)     # meta-level edge probabilities [14, 10]
+"""
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import FitConfig, resolve_config
+from ..data import TaskSampler, default_data_path, open_dataset
+from ..device import resolve_device
+from ..errors import ConfigError, NonFiniteLossError
+from ..models import SearchNetwork
+from .elbo import elbo_terms
+from .guide import adapt
+from .loop import TrainingLoop
+from .meta import MetaNetwork
+from .rundir import RunDirectory, default_run_path
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def temperature(cfg, iteration):
+    """tau at ``iteration`` (1-based): exponential decay from tau_start to tau_end over the run."""
+    frac = (iteration - 1) / max(cfg.iterations - 1, 1)
+    return cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
+
+
+def kl_weight(cfg, iteration):
+    """The KL weight at ``iteration``: linear warm-up over kl_anneal iterations, then cfg.kl_weight."""
+    if cfg.kl_anneal <= 0:
+        return cfg.kl_weight
+    return cfg.kl_weight * min(1.0, iteration / cfg.kl_anneal)
+
+
+def build_meta_network(cfg, in_channels):
+    """The MetaNetwork of a FitConfig (supernet over ``cfg.ways`` classes)."""
+    net = SearchNetwork(in_channels=in_channels, num_classes=cfg.ways, C=cfg.channels, layers=cfg.cells)
+    return MetaNetwork(
+        net,
+        sigma_init=cfg.sigma_init,
+        inner_lr={"mu": cfg.inner_lr_mu, "rho": cfg.inner_lr_rho, "alpha": cfg.inner_lr_alpha},
+        learn_inner_lr=cfg.learn_inner_lr,
+        set_encoder=cfg.set_encoder,
+        in_channels=in_channels,
+    )
+
+
+def make_optimiser(meta, cfg):
+    """Adam with one step size for alpha (arch_lr) and another for everything else (meta_lr)."""
+    arch = [meta.alpha_normal, meta.alpha_reduce]
+    arch_ids = {id(p) for p in arch}
+    rest = [p for p in meta.meta_parameters() if id(p) not in arch_ids]
+    return torch.optim.Adam([{"params": rest, "lr": cfg.meta_lr}, {"params": arch, "lr": cfg.arch_lr}])
+
+
+def open_data(path):
+    """Open the configured data file, or the embedded Omniglot set when ``path`` is None."""
+    return open_dataset(path if path is not None else default_data_path())
+
+
+def task_samplers(cfg, data, device):
+    """Training sampler (rotations as configured) and validation sampler (val split, else test)."""
+    train = TaskSampler(data.split("train"), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed,
+                        rotations=cfg.rotations, device=device)
+    val_split = "val" if "val" in data.splits else ("test" if "test" in data.splits else None)
+    if val_split is None:
+        raise ConfigError(f"{data.path}: has no 'val' or 'test' split to validate on")
+    val = TaskSampler(data.split(val_split), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1, device=device)
+    return train, val
+
+
+def predictive(meta, q, x, samples, tau, relaxed):
+    """Posterior predictive class probabilities, averaged over ``samples`` draws of (theta, z).
+
+    Args: q: TaskPosterior of T tasks; x: ``[T, B, C, H, W]``. Returns ``[S, T, B, ways]``
+    per-sample probabilities (average over dim 0 for Bayesian model averaging).
+    """
+    probs = []
+    with torch.no_grad():
+        for _ in range(samples):
+            theta = q.mu + q.sigma * torch.randn_like(q.mu)
+            if relaxed:
+                z_n = torch.distributions.RelaxedOneHotCategorical(torch.tensor(tau, device=x.device), logits=q.phi_normal).rsample()
+                z_r = torch.distributions.RelaxedOneHotCategorical(torch.tensor(tau, device=x.device), logits=q.phi_reduce).rsample()
+            else:
+                z_n, z_r = q.edge_weights()
+            probs.append(meta.forward_tasks(x, theta, z_n, z_r).softmax(-1))
+    return torch.stack(probs)
+
+
+def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed):
+    """Mean query accuracy and query ELBO per point over tasks ``0..num_tasks-1`` of ``sampler``.
+
+    Uses its own RNG (forked, seeded) so that validating never changes the training streams.
+    """
+    relaxed = cfg.variant == "gumbel"
+    accs, elbos = [], []
+    devices = [meta.mu.device] if meta.mu.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, num_tasks, cfg.tasks):
+            batch = sampler.batch(list(range(start, min(start + cfg.tasks, num_tasks))))
+            q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed, first_order=True)
+            q = type(q)(*(t.detach() for t in q))
+            with torch.no_grad():
+                terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed)
+            probs = predictive(meta, q, batch.query_x, cfg.val_samples, tau, relaxed).mean(0)
+            accs.append((probs.argmax(-1) == batch.query_y).float().mean(-1))
+            elbos.append(terms.elbo(1.0) / batch.query_y.shape[1])
+    return torch.cat(accs).mean().item(), torch.cat(elbos).mean().item()
+
+
+def svi_step(meta, optimiser, batch, cfg, iteration):
+    """One SVI iteration on a meta-batch: adapt the guide on the support sets, step W on the query ELBO.
+
+    Args:
+        meta: the MetaNetwork; optimiser: a torch optimiser over ``meta.meta_parameters()``.
+        batch: anything with ``support_x [T, n_s, ...]``, ``support_y [T, n_s]``,
+            ``query_x [T, n_q, ...]``, ``query_y [T, n_q]`` (a sampler's Task).
+        cfg: a FitConfig (variant, inner steps, KL weight, temperature schedule, clipping).
+        iteration: 1-based, for the temperature and KL-weight schedules.
+
+    Returns:
+        dict of floats: loss (negative ELBO per query point), loglik, kl_theta, kl_z, acc, tau, kl_weight.
+
+    Example::
+
+        opt = make_optimiser(meta, cfg)
+        row = svi_step(meta, opt, sampler.batch([0, 1]), cfg, iteration=1)
+    """
+    relaxed = cfg.variant == "gumbel"
+    tau = temperature(cfg, iteration)
+    beta = kl_weight(cfg, iteration)
+    q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
+              kl_weight=beta, first_order=cfg.first_order)
+    terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed)
+    n_query = batch.query_y.shape[1]
+    loss = -terms.elbo(beta).mean() / n_query
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"the query ELBO is {loss.item()}")
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(meta.meta_parameters(), cfg.grad_clip)
+    optimiser.step()
+    return {
+        "loss": loss.item(),
+        "loglik": (terms.loglik.mean() / n_query).item(),
+        "kl_theta": terms.kl_theta.mean().item(),
+        "kl_z": terms.kl_z.mean().item(),
+        "acc": (terms.logits.argmax(-1) == batch.query_y).float().mean().item(),
+        "tau": tau,
+        "kl_weight": beta,
+        "sigma_mean": meta.sigma.mean().item(),
+    }
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained meta-network, its config, metrics and run folder."""
+
+    meta: MetaNetwork
+    config: FitConfig
+    rows: list
+    run_dir: str
+    seconds: float
+
+
+def fit(config=None, out=None, resume=None, progress=True, callbacks=()):
+    """Meta-train BASE by SVI and write a run folder.
+
+    Args:
+        config: a :class:`~bayesnas.config.FitConfig` (or dict of its fields); defaults
+            are sized for a 2-core CPU on the embedded Omniglot data.
+        out: run folder to create (default: a new ``runs/fit-<time>``).
+        resume: an existing run folder to continue from its last checkpoint (its own
+            config is used; ``config`` may only raise ``iterations``).
+        progress: show a progress bar; callbacks: ``(iteration, row)`` hooks.
+
+    Returns:
+        :class:`FitResult`.
+
+    Example::
+
+        result = fit(FitConfig(iterations=50, channels=4), out="runs/small")
+        print(result.rows[-1]["val_acc"])
+    """
+    if resume is not None:
+        run = RunDirectory(resume)
+        saved = run.config()
+        if isinstance(config, FitConfig) and config.iterations > saved["iterations"]:
+            saved["iterations"] = config.iterations
+        cfg = resolve_config(FitConfig, overrides=saved)
+        state = run.load_checkpoint()
+    else:
+        cfg = config if isinstance(config, FitConfig) else resolve_config(FitConfig, overrides=config or {})
+        cfg.validate()
+        run = None
+        state = None
+
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data = open_data(cfg.data)
+    train_sampler, val_sampler = task_samplers(cfg, data, device)
+    seed_everything(cfg.seed)
+    meta = build_meta_network(cfg, data.channels).to(device)
+    optimiser = make_optimiser(meta, cfg)
+
+    if run is None:
+        run = RunDirectory.create(out or default_run_path("fit"), cfg.to_dict())
+        run.write_metrics([])
+
+    history = {"iteration": [], "alpha_normal": [], "alpha_reduce": []}
+
+    def record_alpha(iteration):
+        history["iteration"].append(iteration)
+        history["alpha_normal"].append(meta.alpha_normal.detach().cpu().numpy().copy())
+        history["alpha_reduce"].append(meta.alpha_reduce.detach().cpu().numpy().copy())
+
+    loop = TrainingLoop(run, {"meta": meta, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
+                        checkpoint_every=cfg.checkpoint_every, score_key="val_acc", extra={"history": history},
+                        on_checkpoint=lambda extra: run.write_history(extra["history"]),
+                        progress=progress, desc="fit", callbacks=callbacks)
+    if state is not None:
+        loop.resume(state)
+        history = loop.extra["history"]
+    elif not history["iteration"]:
+        record_alpha(0)
+
+    def step(iteration):
+        batch = train_sampler.batch(list(range((iteration - 1) * cfg.tasks, iteration * cfg.tasks)))
+        row = svi_step(meta, optimiser, batch, cfg, iteration)
+        if iteration % cfg.log_every == 0:
+            record_alpha(iteration)
+        return row
+
+    def validate(iteration):
+        acc, elbo = evaluate_tasks(meta, cfg, val_sampler, cfg.val_tasks, temperature(cfg, iteration), seed=cfg.seed + 12345)
+        return {"val_acc": acc, "val_elbo": elbo}
+
+    rows = loop.run(step, validate)
+    return FitResult(meta=meta, config=cfg, rows=rows, run_dir=run.path, seconds=loop.elapsed)
+
+
+def load_fit(run_dir, which="last", device="cpu"):
+    """Rebuild a fit run's MetaNetwork from its folder.
+
+    Args:
+        run_dir: a folder written by :func:`fit`; which: "last" or "best" checkpoint.
+
+    Returns:
+        ``(config, meta, data)``: the FitConfig, the MetaNetwork in eval-ready state on
+        ``device``, and the opened data file the run used.
+
+    Example::
+
+        cfg, meta, data = load_fit("runs/fit-20261127-120000")
+        meta.alpha_normal.softmax(-1)
+    """
+    run = RunDirectory(run_dir)
+    cfg = resolve_config(FitConfig, overrides=run.config())
+    state = run.load_checkpoint(which)
+    data = open_data(cfg.data)
+    meta = build_meta_network(cfg, data.channels)
+    try:
+        meta.load_state_dict(state["stateful"]["meta"])
+    except (KeyError, RuntimeError) as exc:
+        from ..errors import RunError
+
+        raise RunError(f"{run.file('checkpoint_' + which + '.pt')}: does not hold a fit meta-network matching "
+                       f"{run.file('config.json')} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    return cfg, meta.to(device), data

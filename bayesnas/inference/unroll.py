@@ -1,0 +1,61 @@
+"""The one unrolled-gradient-step helper.
+
+Both the optimisation-embedding guide of BASE (ascent on a task's support ELBO) and
+second-order MAML retraining (descent on a task's support loss) take a few plain
+gradient steps on per-task copies of the meta-parameters. The steps are differentiable
+(``create_graph=True``) so that the outer gradient flows back through them into the
+meta-parameters: that is what makes both methods second order.
+
+Usage::
+
+    fast = unrolled_steps(lambda p, step: loss_fn(p), {"w": w}, steps=5, lr=0.4)
+    outer = query_loss(fast)
+    outer.backward()       # reaches w through the 5 steps
+"""
+import torch
+
+
+def unrolled_steps(objective, params, steps, lr, first_order=False, maximize=False):
+    """Take ``steps`` differentiable gradient steps on ``objective``.
+
+    Args:
+        objective: callable ``(params, step) -> scalar tensor``; ``params`` is a dict of
+            tensors of the same keys and shapes as the input dict.
+        params: dict name -> tensor, the starting point (e.g. the meta-parameters, or
+            their per-task broadcast ``[T, ...]``). They must be part of the autograd
+            graph (require grad) for the outer gradient to reach them.
+        steps: number of steps (0 returns ``params`` unchanged).
+        lr: a float, a scalar tensor, or a dict name -> float/tensor (per-group step
+            sizes; a learnable step size is a tensor that requires grad).
+        first_order: if True the inner gradients are detached: the outer gradient then
+            flows through the identity path only (first-order MAML).
+        maximize: gradient ascent instead of descent (the guide maximises an ELBO).
+
+    Returns:
+        dict name -> tensor after the last step.
+    """
+    sign = 1.0 if maximize else -1.0
+    names = list(params)
+    for step in range(steps):
+        value = objective(params, step)
+        if not torch.isfinite(value).all():
+            from ..errors import NonFiniteLossError
+
+            raise NonFiniteLossError(f"inner step {step}: objective is {value.item()} (not finite)")
+        grads = torch.autograd.grad(
+            value,
+            [params[n] for n in names],
+            create_graph=not first_order,
+            allow_unused=True,
+        )
+        new = {}
+        for name, grad in zip(names, grads):
+            if grad is None:
+                new[name] = params[name]
+                continue
+            if first_order:
+                grad = grad.detach()
+            step_size = lr[name] if isinstance(lr, dict) else lr
+            new[name] = params[name] + sign * step_size * grad
+        params = new
+    return params
