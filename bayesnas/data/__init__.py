@@ -1,0 +1,18 @@
+"""Few-shot data: the class-indexed HDF5 store, importers, and the N-way K-shot sampler.
+
+Usage::
+
+    from bayesnas.data import load_default, TaskSampler
+    sampler = TaskSampler(load_default().split("train"), ways=5, shots=1, queries=15)
+    task = sampler.task(0)
+"""
+from .miniimagenet import import_miniimagenet
+from .omniglot import import_omniglot
+from .sampler import Task, TaskSampler
+from .store import (ClassRecord, FewShotData, SplitData, default_data_path, load_default,
+                    open_dataset, write_dataset)
+
+__all__ = [
+    "open_dataset", "write_dataset", "default_data_path", "load_default", "FewShotData",
+    "SplitData", "ClassRecord", "TaskSampler", "Task", "import_omniglot", "import_miniimagenet",
+]

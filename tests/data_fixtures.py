@@ -1,0 +1,119 @@
+"""Synthetic datasets for the data tests: tiny Omniglot trees and miniImageNet layouts.
+
+Every builder returns the pixels it wrote, so tests can check an exact round trip.
+"""
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_OMNIGLOT = REPO.parent / "shared" / "data" / "omniglot"
+REAL_ZIPS = [SHARED_OMNIGLOT / "images_background_small1.zip",
+             SHARED_OMNIGLOT / "images_background_small2.zip"]
+
+
+def png_bytes(array, mode=None):
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def omniglot_images(rng, count, side=12):
+    """``count`` 1-bit drawings as Omniglot stores them: bool, ink False (black) on white."""
+    return rng.random((count, side, side)) > 0.2
+
+
+def write_omniglot_tree(root, alphabets, images_per_character=4, side=12, seed=0):
+    """Write ``root/<Alphabet>/characterNN/<id>_NN.png`` for ``{alphabet: n_characters}``.
+
+    Returns ``{"Alphabet/characterNN": bool [n, side, side]}`` (True = white background).
+    """
+    rng = np.random.default_rng(seed)
+    written = {}
+    for alphabet, n_characters in alphabets.items():
+        for c in range(1, n_characters + 1):
+            folder = Path(root) / alphabet / f"character{c:02d}"
+            folder.mkdir(parents=True)
+            drawings = omniglot_images(rng, images_per_character, side)
+            for i, drawing in enumerate(drawings):
+                Image.fromarray(drawing).save(folder / f"{c:04d}_{i + 1:02d}.png")
+            written[f"{alphabet}/character{c:02d}"] = drawings
+    return written
+
+
+def zip_tree(folder, zip_path, extra=None):
+    """Zip ``folder`` with its name as the top folder (as Lake's zips are); ``extra``: {name: bytes}."""
+    folder = Path(folder)
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for file in sorted(folder.rglob("*")):
+            archive.write(file, file.relative_to(folder.parent).as_posix())
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return zip_path
+
+
+def mini_classes(splits, images_per_class=3, side=10, seed=0):
+    """``{split: {synset: uint8 [n, side, side, 3]}}`` with random RGB pixels."""
+    rng = np.random.default_rng(seed)
+    return {
+        split: {f"n{split_index}{c:07d}": rng.integers(0, 256, (images_per_class, side, side, 3), dtype=np.uint8)
+                for c in range(n_classes)}
+        for split_index, (split, n_classes) in enumerate(splits.items())
+    }
+
+
+def write_mini_csv(root, classes, encode="png"):
+    """Ravi & Larochelle layout. ``encode="png"`` stores lossless bytes under .jpg names
+    (PIL reads by content) so pixels round trip exactly; ``"jpeg"`` writes real JPEGs."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True)
+    for split, per_class in classes.items():
+        lines = ["filename,label"]
+        for synset, images in per_class.items():
+            for i, image in enumerate(images):
+                name = f"{synset}{i:08d}.jpg"
+                if encode == "png":
+                    (root / "images" / name).write_bytes(png_bytes(image))
+                else:
+                    Image.fromarray(image).save(root / "images" / name, format="JPEG", quality=95)
+                lines.append(f"{name},{synset}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_mini_torchmeta(root, classes, with_labels=True):
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, per_class in classes.items():
+        with h5py.File(root / f"{split}_data.hdf5", "w") as f:
+            group = f.create_group("datasets")
+            for synset, images in per_class.items():
+                group.create_dataset(synset, data=images)
+        if with_labels:
+            (root / f"{split}_labels.json").write_text(json.dumps(list(per_class)))
+    return root
+
+
+def write_mini_learn2learn(root, classes, seed=0):
+    """learn2learn cache: all images of a split in one array, classes interleaved."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, per_class in classes.items():
+        stacked = np.concatenate(list(per_class.values()))
+        order = rng.permutation(len(stacked))          # image_data[order[j]] = stacked[j]
+        image_data = np.empty_like(stacked)
+        image_data[order] = stacked
+        class_dict, start = {}, 0
+        for synset, images in per_class.items():
+            class_dict[synset] = [int(i) for i in order[start:start + len(images)]]
+            start += len(images)
+        with open(root / f"mini-imagenet-cache-{split}.pkl", "wb") as f:
+            pickle.dump({"image_data": image_data, "class_dict": class_dict}, f)
+    return root
