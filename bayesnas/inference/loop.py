@@ -91,6 +91,9 @@ class TrainingLoop:
     def _checkpoint(self, iteration, best):
         if self.run_dir is None:
             return
+        for name, obj in self.stateful.items():
+            if isinstance(obj, torch.nn.Module) and not all(torch.isfinite(p).all() for p in obj.parameters()):
+                raise self._non_finite(iteration, f"the parameters of '{name}' are not finite")
         state = {
             "iteration": iteration,
             "stateful": {k: v.state_dict() for k, v in self.stateful.items()},

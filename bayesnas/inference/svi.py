@@ -127,7 +127,7 @@ def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed):
     return torch.cat(accs).mean().item(), torch.cat(elbos).mean().item()
 
 
-def svi_step(meta, optimiser, batch, cfg, iteration):
+def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
     """One SVI iteration on a meta-batch: adapt the guide on the support sets, step W on the query ELBO.
 
     Args:
@@ -136,6 +136,8 @@ def svi_step(meta, optimiser, batch, cfg, iteration):
             ``query_x [T, n_q, ...]``, ``query_y [T, n_q]`` (a sampler's Task).
         cfg: a FitConfig (variant, inner steps, KL weight, temperature schedule, clipping).
         iteration: 1-based, for the temperature and KL-weight schedules.
+        reduce_gradients: optional ``callable(params)`` run between backward and the
+            optimiser step (several processes average their meta-gradients there).
 
     Returns:
         dict of floats: loss (negative ELBO per query point), loglik, kl_theta, kl_z, acc, tau, kl_weight.
@@ -157,6 +159,8 @@ def svi_step(meta, optimiser, batch, cfg, iteration):
         raise NonFiniteLossError(f"the query ELBO is {loss.item()}")
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
+    if reduce_gradients is not None:
+        reduce_gradients(meta.meta_parameters())
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(meta.meta_parameters(), cfg.grad_clip)
     optimiser.step()

@@ -1,0 +1,60 @@
+"""``bayesnas fit`` through the command line: thin, clear errors, no tracebacks."""
+import json
+
+from click.testing import CliRunner
+
+from bayesnas.cli.main import main
+
+TINY = ["--iterations", "2", "--channels", "2", "--queries", "2", "--inner-steps", "1", "--val-every", "2",
+        "--threads", "1", "--quiet"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_fit_then_resume_with_more_iterations(tmp_path):
+    out = str(tmp_path / "run")
+    result = invoke("fit", "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
+    assert f"run folder: {out}" in result.output
+    assert "validation accuracy" in result.output
+    config = json.load(open(tmp_path / "run" / "config.json"))
+    assert config["iterations"] == 2 and config["channels"] == 2 and config["variant"] == "gumbel"
+    result = invoke("fit", "--resume", out, "--iterations", "3", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "after 3 iterations" in result.output
+
+
+def test_config_file_is_overridden_by_flags(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"channels": 2, "iterations": 5, "variant": "softmax"}))
+    out = tmp_path / "run"
+    result = invoke("fit", "--config", str(cfg), "--out", str(out), *TINY)
+    assert result.exit_code == 0, result.output
+    saved = json.load(open(out / "config.json"))
+    assert saved["iterations"] == 2 and saved["variant"] == "softmax"
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert any(all(f in line for f in fragments) for line in lines), result.output
+
+
+def test_user_mistakes_are_one_clear_line(tmp_path):
+    one_line_error(invoke("fit", "--data", str(tmp_path / "nope.h5"), *TINY), "nope.h5")
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    one_line_error(invoke("fit", "--data", str(bad), *TINY), "bad.h5")
+    one_line_error(invoke("fit", "--ways", "1", *TINY), "--ways")
+    one_line_error(invoke("fit", "--ways", "500", "--out", str(tmp_path / "r"), *TINY), "500")
+    one_line_error(invoke("fit", "--config", str(tmp_path / "missing.json"), *TINY), "missing.json")
+    (tmp_path / "junk.json").write_text("{not json")
+    one_line_error(invoke("fit", "--config", str(tmp_path / "junk.json"), *TINY), "junk.json")
+    (tmp_path / "unknown.json").write_text('{"chanels": 3}')
+    one_line_error(invoke("fit", "--config", str(tmp_path / "unknown.json"), *TINY), "chanels")
+    one_line_error(invoke("fit", "--resume", str(tmp_path / "none")), "none")
+    one_line_error(invoke("fit", "--device", "tpu", *TINY), "tpu")
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").glob("*.pt"))

@@ -1,0 +1,102 @@
+"""``fit`` end to end on the embedded data: run folder, resume, determinism, non-finite stop."""
+import json
+import os
+
+import pytest
+import torch
+
+from bayesnas.config import FitConfig
+from bayesnas.errors import ConfigError, NonFiniteLossError, RunError
+from bayesnas.inference import RunDirectory, fit
+from bayesnas.inference.svi import load_fit
+
+TINY = dict(iterations=6, channels=2, cells=3, queries=2, inner_steps=1, val_every=3, checkpoint_every=2,
+            val_tasks=2, val_samples=2, log_every=2, threads=1)
+
+
+class Kill(Exception):
+    pass
+
+
+def test_fit_writes_a_complete_run_folder(tmp_path):
+    result = fit(FitConfig(**TINY), out=tmp_path / "run", progress=False)
+    run = RunDirectory(tmp_path / "run")
+    names = sorted(os.listdir(run.path))
+    assert names == ["checkpoint_best.pt", "checkpoint_last.pt", "config.json", "metrics.csv", "posterior_history.h5"]
+    assert run.config()["iterations"] == 6
+    rows = run.read_metrics()
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[2]["val_acc"] is not None and rows[0]["val_acc"] is None
+    assert all(r["kl_theta"] >= 0 for r in rows)
+    history = run.read_history()
+    assert list(history["iteration"]) == [0, 2, 4, 6]
+    assert history["alpha_normal"].shape == (4, 14, 10)
+    # alpha moved during training, and the history holds the final value
+    final = result.meta.alpha_normal.detach().numpy()
+    assert abs(history["alpha_normal"][-1] - final).max() < 1e-6
+    assert abs(history["alpha_normal"][0] - final).max() > 1e-4
+    assert run.load_checkpoint()["iteration"] == 6
+    cfg, meta, _ = load_fit(run.path)
+    assert torch.equal(meta.mu, result.meta.mu)
+
+
+def test_same_seed_same_result_and_resume_after_a_kill_matches(tmp_path):
+    full = fit(FitConfig(**TINY), out=tmp_path / "full", progress=False)
+
+    def kill_at_5(iteration, row):
+        if iteration == 5:
+            raise Kill()
+
+    with pytest.raises(Kill):
+        fit(FitConfig(**TINY), out=tmp_path / "killed", progress=False, callbacks=[kill_at_5])
+    killed = RunDirectory(tmp_path / "killed")
+    assert killed.load_checkpoint()["iteration"] == 4  # the last complete checkpoint
+    resumed = fit(resume=tmp_path / "killed", progress=False)
+    assert [r["loss"] for r in resumed.rows] == [r["loss"] for r in full.rows]
+    assert [r.get("val_acc") for r in resumed.rows] == [r.get("val_acc") for r in full.rows]
+    assert torch.equal(resumed.meta.mu, full.meta.mu)
+    assert torch.equal(resumed.meta.alpha_reduce, full.meta.alpha_reduce)
+    assert RunDirectory(tmp_path / "killed").read_history()["iteration"].tolist() == [0, 2, 4, 6]
+
+
+def test_resume_can_extend_the_number_of_iterations(tmp_path):
+    fit(FitConfig(**dict(TINY, iterations=2)), out=tmp_path / "run", progress=False)
+    result = fit(FitConfig(**dict(TINY, iterations=4)), resume=tmp_path / "run", progress=False)
+    assert [r["iteration"] for r in result.rows] == [1, 2, 3, 4]
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import bayesnas.inference.svi as svi
+
+    built = {}
+    original = svi.build_meta_network
+    monkeypatch.setattr(svi, "build_meta_network", lambda *a, **k: built.setdefault("meta", original(*a, **k)))
+
+    def poison(iteration, row):  # runs after iteration 3's step, as a diverged step would leave it
+        if iteration == 3:
+            with torch.no_grad():
+                built["meta"].mu[0] = float("nan")
+
+    with pytest.raises(NonFiniteLossError) as info:
+        fit(FitConfig(**TINY), out=tmp_path / "run", progress=False, callbacks=[poison])
+    message = str(info.value)
+    assert message.startswith("iteration 3: ") or message.startswith("iteration 4: ")
+    assert "checkpoint_last.pt, iteration 2) is kept" in message
+    state = RunDirectory(tmp_path / "run").load_checkpoint()
+    assert state["iteration"] == 2
+    assert torch.isfinite(state["stateful"]["meta"]["mu"]).all()
+
+
+def test_bad_settings_and_folders_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="variant"):
+        fit(FitConfig(**dict(TINY, variant="bogus")), out=tmp_path / "a", progress=False)
+    with pytest.raises(RunError, match="no such run folder"):
+        fit(resume=tmp_path / "missing", progress=False)
+    fit(FitConfig(**dict(TINY, iterations=1)), out=tmp_path / "b", progress=False)
+    with pytest.raises(RunError, match="already holds a run"):
+        fit(FitConfig(**TINY), out=tmp_path / "b", progress=False)
+    (tmp_path / "c").mkdir()
+    with open(tmp_path / "c" / "config.json", "w") as f:
+        json.dump(FitConfig(**TINY).to_dict(), f)
+    with pytest.raises(RunError, match="checkpoint_last.pt: missing"):
+        fit(resume=tmp_path / "c", progress=False)
