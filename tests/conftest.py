@@ -3,3 +3,29 @@ busy 2-core machine spend more time synchronising than computing)."""
 import torch
 
 torch.set_num_threads(1)
+
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def small_omniglot(tmp_path_factory):
+    """A small real data file for fast end-to-end tests: embedded Omniglot characters,
+    2x2-average-pooled to 14x14, 20 training / 8 validation / 8 test classes."""
+    from bayesnas.data import ClassRecord, load_default, write_dataset
+
+    full = load_default()
+    splits = {}
+    for name, count in (("train", 20), ("val", 8), ("test", 8)):
+        split = full.split(name)
+        records = []
+        for c in range(count):
+            images = split.class_images(c).float()  # [n, 1, 28, 28]
+            small = torch.nn.functional.avg_pool2d(images, 2).round().to(torch.uint8)
+            records.append(ClassRecord(split.class_names[c], split.groups[c],
+                                       small.permute(0, 2, 3, 1).numpy().astype(np.uint8)))
+        splits[name] = records
+    path = tmp_path_factory.mktemp("data") / "omniglot14.h5"
+    write_dataset(path, splits, source="embedded Omniglot, 14x14 test subset", image_size=(14, 14), channels=1)
+    return str(path)

@@ -5,8 +5,17 @@ from click.testing import CliRunner
 
 from bayesnas.cli.main import main
 
+import pytest
+
 TINY = ["--iterations", "2", "--channels", "2", "--queries", "2", "--inner-steps", "1", "--val-every", "2",
-        "--threads", "1", "--quiet"]
+        "--val-tasks", "2", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def small_data(small_omniglot):
+    """Every fit here runs on the 14x14 test subset unless a test gives --data itself."""
+    TINY[:] = [a for a in TINY if a != "--data" and not a.endswith(".h5")] + ["--data", small_omniglot]
+    yield
 
 
 def invoke(*args):
@@ -44,10 +53,10 @@ def one_line_error(result, *fragments):
 
 
 def test_user_mistakes_are_one_clear_line(tmp_path):
-    one_line_error(invoke("fit", "--data", str(tmp_path / "nope.h5"), *TINY), "nope.h5")
+    one_line_error(invoke("fit", *TINY, "--data", str(tmp_path / "nope.h5")), "nope.h5")
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")
-    one_line_error(invoke("fit", "--data", str(bad), *TINY), "bad.h5")
+    one_line_error(invoke("fit", *TINY, "--data", str(bad)), "bad.h5")
     one_line_error(invoke("fit", "--ways", "1", *TINY), "--ways")
     one_line_error(invoke("fit", "--ways", "500", "--out", str(tmp_path / "r"), *TINY), "500")
     one_line_error(invoke("fit", "--config", str(tmp_path / "missing.json"), *TINY), "missing.json")

@@ -14,6 +14,13 @@ TINY = dict(iterations=6, channels=2, cells=3, queries=2, inner_steps=1, val_eve
             val_tasks=2, val_samples=2, log_every=2, threads=1)
 
 
+@pytest.fixture(autouse=True)
+def small_data(small_omniglot):
+    """Run every fit of this module on the 14x14 test subset (a few seconds, not minutes)."""
+    TINY["data"] = small_omniglot
+    yield
+
+
 class Kill(Exception):
     pass
 

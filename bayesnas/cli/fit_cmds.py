@@ -30,6 +30,8 @@ _D = FitConfig()
 @click.option("--tau-start", type=click.FloatRange(min=0, min_open=True), default=None, help=f"[default: {_D.tau_start}]")
 @click.option("--tau-end", type=click.FloatRange(min=0, min_open=True), default=None, help=f"[default: {_D.tau_end}]")
 @click.option("--val-every", type=click.IntRange(min=1), default=None, help=f"[default: {_D.val_every}]")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None, help=f"Iterations between checkpoints [default: {_D.checkpoint_every}].")
+@click.option("--val-tasks", type=click.IntRange(min=1), default=None, help=f"Validation tasks [default: {_D.val_tasks}].")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: auto].")
 @click.option("--seed", type=int, default=None, help=f"[default: {_D.seed}]")
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="torch CPU threads [default: torch's choice].")
@@ -49,6 +51,8 @@ def fit_command(out, resume, config_file, quiet, **flags):
     else:
         config = resolve_config(FitConfig, config_file=config_file, overrides=flags)
         result = fit(config, out=out, progress=not quiet)
+    if result.run_dir is None:  # a rank other than 0 of a torchrun job: rank 0 reports
+        return
     last = result.rows[-1] if result.rows else {}
     click.echo(f"run folder: {result.run_dir}")
     if "val_acc" in last:

@@ -18,6 +18,9 @@ Usage::
     logits = base_model(meta, x, y, tau=1.0)                     # [T, B, ways]
     trace = pyro.poutine.trace(base_model).get_trace(meta, x, y, 1.0)
 """
+import contextlib
+import contextvars
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -30,12 +33,64 @@ Z_SITES = ("log_z_normal", "log_z_reduce")
 OBS = "y"
 
 
+_TASK_SHARE = contextvars.ContextVar("bayesnas_task_share", default=None)
+
+
+@contextlib.contextmanager
+def task_share(total, start, stop):
+    """Draw sampling noise for all ``total`` tasks of a meta-batch and keep ``[start, stop)``.
+
+    Inside this block, the guide's reparameterised samples (whose leading batch dimension
+    is the local tasks) use the slice ``[start:stop]`` of noise drawn for the whole
+    meta-batch. Every process then consumes its RNG stream identically, and a task gets
+    the same noise whether one process handles the whole meta-batch or several share it:
+    results do not depend on the number of processes.
+    """
+    token = _TASK_SHARE.set((int(total), int(start), int(stop)))
+    try:
+        yield
+    finally:
+        _TASK_SHARE.reset(token)
+
+
+def _task_noise(draw, shape):
+    """``draw(shape)``, or the local slice of ``draw`` over the whole meta-batch (see task_share)."""
+    share = _TASK_SHARE.get()
+    if share is None or len(shape) == 0:
+        return draw(shape)
+    total, start, stop = share
+    if shape[0] != stop - start:
+        raise ValueError(f"task_share({total}, {start}, {stop}) but a sample has {shape[0]} tasks")
+    return draw(torch.Size((total,)) + shape[1:])[start:stop]
+
+
+class TaskNormal(dist.Normal):
+    """Normal whose leading batch dimension is tasks; its noise honours :func:`task_share`."""
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        eps = _task_noise(lambda s: torch.randn(s, dtype=self.loc.dtype, device=self.loc.device), shape)
+        return self.loc + eps * self.scale
+
+
 class ExpRelaxedCategorical(_TorchExpRelaxedCategorical, TorchDistributionMixin):
-    """Pyro wrapper of torch's ExpRelaxedCategorical: samples are ``log z`` of a relaxed one-hot z."""
+    """Pyro wrapper of torch's ExpRelaxedCategorical: samples are ``log z`` of a relaxed one-hot z.
+
+    Its Gumbel noise honours :func:`task_share` (leading batch dimension = tasks).
+    """
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(ExpRelaxedCategorical, _instance)
         return super().expand(batch_shape, _instance=new)
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        logits = self.logits
+        uniforms = _task_noise(lambda s: torch.rand(s, dtype=logits.dtype, device=logits.device), shape)
+        tiny = torch.finfo(logits.dtype).tiny
+        gumbels = -(-uniforms.clamp(tiny, 1 - torch.finfo(logits.dtype).eps).log()).log()
+        scores = (logits + gumbels) / self.temperature
+        return scores - scores.logsumexp(dim=-1, keepdim=True)
 
 
 def weight_prior(meta, num_tasks):

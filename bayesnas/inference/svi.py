@@ -20,12 +20,14 @@ import torch
 from ..config import FitConfig, resolve_config
 from ..data import TaskSampler, default_data_path, open_dataset
 from ..device import resolve_device
-from ..errors import ConfigError, NonFiniteLossError
+from ..distributed import DistributedContext, init_distributed
+from ..errors import BayesNASError, ConfigError, NonFiniteLossError
 from ..models import SearchNetwork
 from .elbo import elbo_terms
 from .guide import adapt
 from .loop import TrainingLoop
 from .meta import MetaNetwork
+from .model import TaskNormal, edge_prior, task_share
 from .rundir import RunDirectory, default_run_path
 
 
@@ -87,44 +89,64 @@ def task_samplers(cfg, data, device):
 
 
 def predictive(meta, q, x, samples, tau, relaxed):
-    """Posterior predictive class probabilities, averaged over ``samples`` draws of (theta, z).
+    """Posterior predictive class probabilities, one row per draw of (theta, z) from ``q``.
 
-    Args: q: TaskPosterior of T tasks; x: ``[T, B, C, H, W]``. Returns ``[S, T, B, ways]``
-    per-sample probabilities (average over dim 0 for Bayesian model averaging).
+    Args: q: TaskPosterior of T tasks; x: ``[T, B, C, H, W]``; samples: S; tau and
+    relaxed as in the guide. Returns ``[S, T, B, ways]`` (average over dim 0 for Bayesian
+    model averaging).
+
+    Example::
+
+        probs = predictive(meta, q, batch.query_x, samples=8, tau=0.5, relaxed=True).mean(0)
     """
+    num_tasks = x.shape[0]
     probs = []
     with torch.no_grad():
         for _ in range(samples):
-            theta = q.mu + q.sigma * torch.randn_like(q.mu)
+            theta = TaskNormal(q.mu, q.sigma).rsample()
             if relaxed:
-                z_n = torch.distributions.RelaxedOneHotCategorical(torch.tensor(tau, device=x.device), logits=q.phi_normal).rsample()
-                z_r = torch.distributions.RelaxedOneHotCategorical(torch.tensor(tau, device=x.device), logits=q.phi_reduce).rsample()
+                z_n = edge_prior(q.phi_normal, tau, num_tasks).rsample().exp()
+                z_r = edge_prior(q.phi_reduce, tau, num_tasks).rsample().exp()
             else:
                 z_n, z_r = q.edge_weights()
             probs.append(meta.forward_tasks(x, theta, z_n, z_r).softmax(-1))
     return torch.stack(probs)
 
 
-def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed):
-    """Mean query accuracy and query ELBO per point over tasks ``0..num_tasks-1`` of ``sampler``.
+def meta_batch_indices(cfg, first, ctx):
+    """This process's task indices of the meta-batch that starts at task ``first``."""
+    start, stop = ctx.share(cfg.tasks)
+    return list(range(first + start, first + stop)), task_share(cfg.tasks, start, stop)
 
-    Uses its own RNG (forked, seeded) so that validating never changes the training streams.
+
+def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None):
+    """Mean query accuracy and query ELBO per point over the first tasks of ``sampler``.
+
+    Tasks go in meta-batches of ``cfg.tasks`` (``num_tasks`` rounded up to a multiple),
+    split across processes like training. Uses its own RNG (forked, seeded) so that
+    validating never changes the training streams.
     """
+    ctx = ctx or DistributedContext(device=meta.mu.device)
     relaxed = cfg.variant == "gumbel"
-    accs, elbos = [], []
+    acc_sum = elbo_sum = 0.0
+    count = 0
     devices = [meta.mu.device] if meta.mu.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for start in range(0, num_tasks, cfg.tasks):
-            batch = sampler.batch(list(range(start, min(start + cfg.tasks, num_tasks))))
-            q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed, first_order=True)
-            q = type(q)(*(t.detach() for t in q))
-            with torch.no_grad():
-                terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed)
-            probs = predictive(meta, q, batch.query_x, cfg.val_samples, tau, relaxed).mean(0)
-            accs.append((probs.argmax(-1) == batch.query_y).float().mean(-1))
-            elbos.append(terms.elbo(1.0) / batch.query_y.shape[1])
-    return torch.cat(accs).mean().item(), torch.cat(elbos).mean().item()
+        for first in range(0, num_tasks, cfg.tasks):
+            indices, share = meta_batch_indices(cfg, first, ctx)
+            batch = sampler.batch(indices)
+            with share:
+                q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed, first_order=True)
+                q = type(q)(*(t.detach() for t in q))
+                with torch.no_grad():
+                    terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed)
+                probs = predictive(meta, q, batch.query_x, cfg.val_samples, tau, relaxed).mean(0)
+            acc_sum += (probs.argmax(-1) == batch.query_y).float().mean(-1).sum().item()
+            elbo_sum += (terms.elbo(1.0) / batch.query_y.shape[1]).sum().item()
+            count += len(indices)
+    totals = ctx.mean_of({"acc": acc_sum / count, "elbo": elbo_sum / count})
+    return totals["acc"], totals["elbo"]
 
 
 def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
@@ -178,7 +200,8 @@ def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the trained meta-network, its config, metrics and run folder."""
+    """What :func:`fit` returns: the trained meta-network, its config, metrics and run folder
+    (``run_dir`` is None on the processes other than rank 0 of a distributed job)."""
 
     meta: MetaNetwork
     config: FitConfig
@@ -206,31 +229,65 @@ def fit(config=None, out=None, resume=None, progress=True, callbacks=()):
         result = fit(FitConfig(iterations=50, channels=4), out="runs/small")
         print(result.rows[-1]["val_acc"])
     """
+    # the process group needs a device type (gloo or nccl) before the config of a resumed run is read
+    requested = config.device if isinstance(config, FitConfig) else (config or {}).get("device")
+    ctx = init_distributed(resolve_device(requested or "auto"))
+    try:
+        return _fit(ctx, config, out, resume, progress, callbacks)
+    finally:
+        ctx.close()
+
+
+def _on_main(ctx, action):
+    """Run ``action()`` on rank 0; a BayesNASError there is raised on every rank."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = action()
+        except BayesNASError as exc:
+            error = exc
+    error = ctx.broadcast_object(error)
+    if error is not None:
+        raise error
+    return ctx.broadcast_object(result)
+
+
+def _fit(ctx, config, out, resume, progress, callbacks):
     if resume is not None:
-        run = RunDirectory(resume)
-        saved = run.config()
-        if isinstance(config, FitConfig) and config.iterations > saved["iterations"]:
-            saved["iterations"] = config.iterations
+        def load():
+            run = RunDirectory(resume)
+            saved = run.config()
+            if isinstance(config, FitConfig) and config.iterations > saved["iterations"]:
+                saved["iterations"] = config.iterations
+            return saved, run.load_checkpoint()
+
+        saved, state = _on_main(ctx, load)
         cfg = resolve_config(FitConfig, overrides=saved)
-        state = run.load_checkpoint()
     else:
         cfg = config if isinstance(config, FitConfig) else resolve_config(FitConfig, overrides=config or {})
         cfg.validate()
-        run = None
         state = None
+    ctx.share(cfg.tasks)  # fails early when the tasks cannot be split across processes
 
-    device = resolve_device(cfg.device)
+    # alone, the run's own device setting rules (a resumed run keeps its device)
+    device = ctx.device if ctx.active else resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = open_data(cfg.data)
     train_sampler, val_sampler = task_samplers(cfg, data, device)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same on every rank: see task_share
     meta = build_meta_network(cfg, data.channels).to(device)
     optimiser = make_optimiser(meta, cfg)
 
-    if run is None:
-        run = RunDirectory.create(out or default_run_path("fit"), cfg.to_dict())
-        run.write_metrics([])
+    if resume is not None:
+        run = RunDirectory(resume) if ctx.is_main else None
+    else:
+        path = out or default_run_path("fit")
+        run = _on_main(ctx, lambda: RunDirectory.create(path, cfg.to_dict()))
+        if ctx.is_main:
+            run.write_metrics([])
+        else:
+            run = None
 
     history = {"iteration": [], "alpha_normal": [], "alpha_reduce": []}
 
@@ -242,7 +299,7 @@ def fit(config=None, out=None, resume=None, progress=True, callbacks=()):
     loop = TrainingLoop(run, {"meta": meta, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", extra={"history": history},
                         on_checkpoint=lambda extra: run.write_history(extra["history"]),
-                        progress=progress, desc="fit", callbacks=callbacks)
+                        progress=progress and ctx.is_main, desc="fit", callbacks=callbacks)
     if state is not None:
         loop.resume(state)
         history = loop.extra["history"]
@@ -250,18 +307,22 @@ def fit(config=None, out=None, resume=None, progress=True, callbacks=()):
         record_alpha(0)
 
     def step(iteration):
-        batch = train_sampler.batch(list(range((iteration - 1) * cfg.tasks, iteration * cfg.tasks)))
-        row = svi_step(meta, optimiser, batch, cfg, iteration)
+        indices, share = meta_batch_indices(cfg, (iteration - 1) * cfg.tasks, ctx)
+        with share:
+            row = svi_step(meta, optimiser, train_sampler.batch(indices), cfg, iteration,
+                           reduce_gradients=ctx.average_gradients)
         if iteration % cfg.log_every == 0:
             record_alpha(iteration)
-        return row
+        return ctx.mean_of(row)
 
     def validate(iteration):
-        acc, elbo = evaluate_tasks(meta, cfg, val_sampler, cfg.val_tasks, temperature(cfg, iteration), seed=cfg.seed + 12345)
+        acc, elbo = evaluate_tasks(meta, cfg, val_sampler, cfg.val_tasks, temperature(cfg, iteration),
+                                   seed=cfg.seed + 12345, ctx=ctx)
         return {"val_acc": acc, "val_elbo": elbo}
 
     rows = loop.run(step, validate)
-    return FitResult(meta=meta, config=cfg, rows=rows, run_dir=run.path, seconds=loop.elapsed)
+    return FitResult(meta=meta, config=cfg, rows=rows, run_dir=run.path if run is not None else None,
+                     seconds=loop.elapsed)
 
 
 def load_fit(run_dir, which="last", device="cpu"):

@@ -1,0 +1,71 @@
+"""Several processes with torch.distributed (gloo on loopback, launched by torchrun)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bayesnas.inference import RunDirectory
+
+ARGS = ["--iterations", "3", "--tasks", "2", "--channels", "2", "--queries", "2", "--inner-steps", "1",
+        "--val-every", "3", "--val-tasks", "2", "--threads", "1", "--device", "cpu", "--quiet"]
+
+
+def torchrun(nproc, *args, **kwargs):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "bayesnas", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", BAYESNAS_DIST_TIMEOUT="60")
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def final_state(path):
+    return RunDirectory(path).load_checkpoint()["stateful"]["meta"]
+
+
+def test_two_ranks_with_half_the_tasks_each_equal_one_rank_with_all(tmp_path, small_omniglot):
+    data = ["--data", small_omniglot]
+    one = torchrun(1, "fit", *ARGS, *data, "--out", str(tmp_path / "one"))
+    out_one = one.communicate(timeout=300)[0]
+    assert one.returncode == 0, out_one
+    two = torchrun(2, "fit", *ARGS, *data, "--out", str(tmp_path / "two"))
+    out_two = two.communicate(timeout=300)[0]
+    assert two.returncode == 0, out_two
+    a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
+    for key in ("mu", "rho", "alpha_normal", "alpha_reduce"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    # the parameters did move: the comparison is not between two untouched initialisations
+    assert not torch.allclose(a["alpha_normal"], torch.zeros_like(a["alpha_normal"]), atol=1e-3)
+    rows_a = RunDirectory(tmp_path / "one").read_metrics()
+    rows_b = RunDirectory(tmp_path / "two").read_metrics()
+    for ra, rb in zip(rows_a, rows_b):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
+    # only rank 0 wrote: one progress summary, one run folder
+    assert out_two.count("run folder:") == 1
+
+
+def test_killing_one_rank_stops_the_job_and_the_last_checkpoint_loads(tmp_path, small_omniglot):
+    out = tmp_path / "run"
+    args = ["fit", "--iterations", "400", "--tasks", "2", "--channels", "2", "--queries", "2", "--inner-steps", "1",
+            "--val-every", "400", "--checkpoint-every", "1", "--threads", "1", "--device", "cpu", "--quiet", "--data", small_omniglot,
+            "--out", str(out)]
+    job = torchrun(2, *args)
+    checkpoint = out / "checkpoint_last.pt"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and time.time() < deadline and job.poll() is None:
+        time.sleep(0.5)
+    assert checkpoint.exists(), job.communicate(timeout=60)[0]
+    workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    rank1 = [pid for pid in workers
+             if b"RANK=1\0" in open(f"/proc/{pid}/environ", "rb").read().replace(b"LOCAL_RANK=1\0", b"")]
+    assert len(rank1) == 1, workers
+    killed_at = time.time()
+    os.kill(int(rank1[0]), signal.SIGKILL)
+    output = job.communicate(timeout=120)[0]
+    assert job.returncode != 0
+    assert time.time() - killed_at < 90
+    assert "bayesnas" in output
+    state = RunDirectory(out).load_checkpoint()
+    assert state["iteration"] >= 1
