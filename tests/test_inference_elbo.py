@@ -125,3 +125,31 @@ def test_relaxed_edge_prior_is_finite_at_low_temperature():
     log_z = p.rsample((2000,))
     assert torch.isfinite(p.log_prob(log_z)).all()
     assert torch.allclose(log_z.exp().sum(-1), torch.ones(2000, 14), atol=1e-4)
+
+
+def test_inner_mean_steps_stay_stable_for_a_tight_prior():
+    # sigma = 0.01: a plain step of 0.5 on the per-point support ELBO would have a KL
+    # curvature of 1 / (20 * 1e-4) = 500 times the step: it would diverge at once
+    meta = make_meta(sigma_init=0.01, inner_lr={"mu": 0.5, "rho": 0.1, "alpha": 1.0})
+    sx, sy, qx, qy = toy_batch()
+    kls = []
+    for steps in (1, 4, 16):
+        torch.manual_seed(0)
+        q = adapt(meta, sx, sy, steps=steps, tau=1.0)
+        kls.append(elbo_terms(meta, qx, qy, q, tau=1.0).kl_theta.mean().item())
+    # the posterior mean settles where the likelihood balances the prior: bounded, not exploding
+    assert all(k < 50 for k in kls), kls
+    assert kls[2] < 2 * kls[1] + 1
+
+
+def test_mean_step_size_is_the_proximal_step_of_the_quadratic_kl():
+    from bayesnas.inference.guide import mean_step_size
+
+    sigma = torch.tensor([0.01, 0.1, 1.0])
+    lr = mean_step_size(0.5, sigma, kl_weight=1.0, n_support=10)
+    # one step from psi on f(m) = g*m - (m - mu)^2 / (2 n sigma^2) lands on the proximal point
+    mu, psi, g = torch.zeros(3), torch.tensor([0.3, -0.2, 0.1]), torch.tensor([1.0, 2.0, -1.0])
+    step = psi + lr * (g - (psi - mu) / (10 * sigma**2))
+    prox = (psi / 0.5 + mu / (10 * sigma**2) + g) / (1 / 0.5 + 1 / (10 * sigma**2))
+    torch.testing.assert_close(step, prox)
+    assert lr[2] > lr[1] > lr[0]
