@@ -1,0 +1,59 @@
+"""The Conv-4 few-shot baseline (the standard MAML backbone).
+
+Usage::
+
+    net = Conv4(in_channels=3, num_classes=5, hidden=32, image_size=84)
+    logits = net(torch.randn(25, 3, 84, 84))    # [25, 5]
+    net.flat_features                          # 32 * 5 * 5 = 800
+"""
+import torch.nn as nn
+
+from ..errors import ConfigError
+from .macro import check_positive
+from .operations import batch_norm
+
+BLOCKS = 4
+
+
+class Conv4(nn.Module):
+    """Four blocks of [3x3 conv (padding 1), BN, ReLU, 2x2 max-pool], flatten, linear.
+
+    The convolutions have no bias: the affine BatchNorm after each already has one.
+
+    ``forward(x [B, in_channels, image_size, image_size]) -> logits [B, num_classes]``.
+    Each pool floors the size: 28 -> 14 -> 7 -> 3 -> 1, 84 -> 42 -> 21 -> 10 -> 5, so the
+    linear layer takes ``hidden * s * s`` features, ``s`` computed from ``image_size``
+    (at least 16). BatchNorms are affine and keep no running statistics (MAML style).
+
+    Usage::
+
+        net = Conv4(in_channels=1, num_classes=5, hidden=64, image_size=28)
+        logits = net(torch.randn(10, 1, 28, 28))   # [10, 5]
+        assert net.flat_features == 64
+    """
+
+    def __init__(self, in_channels=1, num_classes=5, hidden=64, image_size=28):
+        super().__init__()
+        check_positive(in_channels=in_channels, num_classes=num_classes, hidden=hidden,
+                       image_size=image_size)
+        size = image_size
+        for _ in range(BLOCKS):
+            size //= 2
+        if size < 1:
+            raise ConfigError(f"image_size={image_size}: Conv4 halves the size {BLOCKS} times "
+                              f"and needs images of at least {2 ** BLOCKS} pixels")
+        self.image_size = image_size
+        self.flat_features = hidden * size * size
+        layers, c = [], in_channels
+        for _ in range(BLOCKS):
+            layers += [nn.Conv2d(c, hidden, 3, padding=1, bias=False), batch_norm(hidden, affine=True),
+                       nn.ReLU(), nn.MaxPool2d(2)]
+            c = hidden
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(self.flat_features, num_classes)
+
+    def forward(self, x):
+        if x.dim() != 4 or tuple(x.shape[2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"x has shape {tuple(x.shape)}, expected [B, C, {self.image_size}, "
+                             f"{self.image_size}] (the image_size this Conv4 was built for)")
+        return self.classifier(self.features(x).flatten(1))

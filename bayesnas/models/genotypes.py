@@ -1,0 +1,288 @@
+"""Genotypes (discrete cells) as plain data, the cell's edge indexing, and JSON io.
+
+A cell has 2 input nodes (0, 1: the outputs of the two previous cells) and ``STEPS = 4``
+intermediate nodes. Intermediate node ``k`` (0-based; it is state ``k + 2``) receives
+one edge from every earlier state ``j = 0 .. k + 1``; its edge index is
+``offset_k + j`` with offsets 0, 2, 5, 9, so a cell has ``NUM_EDGES = 14`` edges and an
+architecture tensor is ``[14, NUM_OPS]``, one row per edge in that order.
+
+A genotype keeps two edges per node: ``normal`` and ``reduce`` are lists of
+``2 * STEPS = 8`` pairs ``(op_name, input_index)``, node by node; ``*_concat`` lists the
+states (2 .. 5) concatenated into the cell's output.
+
+Usage::
+
+    g = named_genotype("darts_v2")
+    save_genotype(g, "run/genotype.json")
+    assert load_genotype("run/genotype.json") == g
+"""
+import json
+import os
+import random
+from collections import namedtuple
+
+from ..errors import GenotypeError
+from ..fileio import write_json
+from .operations import OPS
+
+STEPS = 4
+
+
+def cell_edges(steps=STEPS):
+    """The ``(source, target_node)`` pair of every edge of a cell, in edge-index order.
+
+    ``source`` is a state (0, 1: cell inputs; ``j >= 2``: intermediate node ``j - 2``),
+    ``target_node`` an intermediate node 0 .. steps-1. Length ``steps * (steps + 3) // 2``.
+
+    Usage::
+
+        edges = cell_edges(4)                 # 14 pairs
+        edges[5]                              # (0, 2): state 0 -> node 2
+        assert len(cell_edges(2)) == 5
+    """
+    return [(j, k) for k in range(steps) for j in range(k + 2)]
+
+
+EDGES = cell_edges(STEPS)
+NUM_EDGES = len(EDGES)
+
+
+def edge_index(source, node):
+    """Row of the architecture tensor for the edge ``source -> node`` (``offset_node + source``).
+
+    Usage::
+
+        edge_index(0, 0)                      # 0
+        edge_index(3, 3)                      # 12
+        assert EDGES[edge_index(2, 1)] == (2, 1)
+    """
+    if not 0 <= node < STEPS or not 0 <= source <= node + 1:
+        raise ValueError(f"no edge {source} -> node {node} in a {STEPS}-node cell")
+    return node * (node + 3) // 2 + source
+
+
+class Genotype(namedtuple("Genotype", ["normal", "normal_concat", "reduce", "reduce_concat"])):
+    """A discrete cell pair: ``normal``/``reduce`` are 8 ``(op_name, input_index)`` pairs.
+
+    Pairs ``2k`` and ``2k + 1`` are the two inputs of intermediate node ``k``; an input
+    index is a state (0, 1: cell inputs, ``j >= 2``: node ``j - 2``). ``*_concat`` lists
+    the states whose outputs are concatenated into the cell output.
+
+    Usage::
+
+        g = Genotype(normal=[("sep_conv_3x3", 0), ...], normal_concat=[2, 3, 4, 5], ...)
+        validate_genotype(g)
+        g.normal[0]                           # ("sep_conv_3x3", 0)
+    """
+
+    __slots__ = ()
+
+
+DARTS_V2 = Genotype(
+    normal=[
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1), ("skip_connect", 0),
+        ("skip_connect", 0), ("dil_conv_3x3", 2),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("max_pool_3x3", 0), ("max_pool_3x3", 1),
+        ("skip_connect", 2), ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0), ("skip_connect", 2),
+        ("skip_connect", 2), ("max_pool_3x3", 1),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+NAMED_GENOTYPES = {"darts_v2": DARTS_V2}
+
+
+def _check_cell(pairs, concat, which, source, steps):
+    where = f"{source}: {which}"
+    if not isinstance(pairs, (list, tuple)):
+        raise GenotypeError(f"{where}: expected a list of {2 * steps} (op, input) pairs, "
+                            f"got {type(pairs).__name__}")
+    if len(pairs) != 2 * steps:
+        raise GenotypeError(f"{where}: expected {2 * steps} (op, input) pairs "
+                            f"(2 per node, {steps} nodes), got {len(pairs)}")
+    for i, pair in enumerate(pairs):
+        node = i // 2
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise GenotypeError(f"{where}[{i}]: expected an (op, input) pair, got {pair!r}")
+        op, inp = pair
+        if op not in OPS:
+            raise GenotypeError(f"{where}[{i}]: unknown operation {op!r}: expected one of "
+                                f"{', '.join(OPS[1:])}")
+        if op == "none":
+            raise GenotypeError(f"{where}[{i}]: 'none' cannot be a kept operation "
+                                f"(node {node} must take two real inputs)")
+        if isinstance(inp, bool) or not isinstance(inp, int) or not 0 <= inp <= node + 1:
+            raise GenotypeError(f"{where}[{i}]: input {inp!r} out of range for node {node}: "
+                                f"expected an integer in 0..{node + 1}")
+    for node in range(steps):
+        a, b = pairs[2 * node][1], pairs[2 * node + 1][1]
+        if a == b:
+            raise GenotypeError(f"{where}: node {node} takes both inputs from state {a}: "
+                                f"its two inputs must come from different states")
+    label = f"{source}: {which}_concat"
+    if not isinstance(concat, (list, tuple)) or not concat:
+        raise GenotypeError(f"{label}: expected a non-empty list of states in 2..{steps + 1}, "
+                            f"got {concat!r}")
+    for c in concat:
+        if isinstance(c, bool) or not isinstance(c, int) or not 2 <= c <= steps + 1:
+            raise GenotypeError(f"{label}: state {c!r} is not an intermediate node: "
+                                f"expected integers in 2..{steps + 1}")
+    if len(set(concat)) != len(concat):
+        raise GenotypeError(f"{label}: repeated state in {list(concat)}")
+
+
+def validate_genotype(g, source="<genotype>", steps=STEPS):
+    """Check ``g`` and return it; raise :class:`GenotypeError` naming ``source`` otherwise.
+
+    Checks: 8 pairs per cell; every op known and not ``none``; each input index in
+    ``0 .. k+1`` for its node ``k``; a node's two inputs from different states; concat a
+    non-empty list of distinct states in 2..5.
+
+    Usage::
+
+        validate_genotype(DARTS_V2)
+        validate_genotype(g, source="run/genotype.json")
+        # GenotypeError: run/genotype.json: normal[3]: input 4 out of range for node 1 ...
+    """
+    if not isinstance(g, Genotype):
+        raise GenotypeError(f"{source}: expected a Genotype, got {type(g).__name__}")
+    _check_cell(g.normal, g.normal_concat, "normal", source, steps)
+    _check_cell(g.reduce, g.reduce_concat, "reduce", source, steps)
+    return g
+
+
+def genotype_to_dict(g):
+    """A JSON-ready dict: ``{"normal": [[op, input], ...], "normal_concat": [...], ...}``.
+
+    Usage::
+
+        d = genotype_to_dict(DARTS_V2)
+        d["normal"][7]                        # ["dil_conv_3x3", 2]
+        assert genotype_from_dict(d) == DARTS_V2
+    """
+    return {
+        "normal": [[op, int(i)] for op, i in g.normal],
+        "normal_concat": [int(c) for c in g.normal_concat],
+        "reduce": [[op, int(i)] for op, i in g.reduce],
+        "reduce_concat": [int(c) for c in g.reduce_concat],
+    }
+
+
+def genotype_from_dict(d, source="<genotype>"):
+    """Inverse of :func:`genotype_to_dict`; validates, errors name ``source``.
+
+    Pairs become tuples and lists stay lists, so the result compares equal to the
+    genotype that was saved.
+
+    Usage::
+
+        g = genotype_from_dict(json.load(f), source="genotype.json")
+        g.reduce_concat                       # [2, 3, 4, 5]
+        assert isinstance(g.normal[0], tuple)
+    """
+    if not isinstance(d, dict):
+        raise GenotypeError(f"{source}: expected a JSON object with keys normal, normal_concat, "
+                            f"reduce, reduce_concat; got {type(d).__name__}")
+    missing = [k for k in Genotype._fields if k not in d]
+    if missing:
+        raise GenotypeError(f"{source}: missing key(s) {', '.join(missing)} "
+                            f"(expected {', '.join(Genotype._fields)})")
+
+    def pairs(which):
+        value = d[which]
+        if not isinstance(value, list):
+            raise GenotypeError(f"{source}: {which}: expected a list of (op, input) pairs, "
+                                f"got {type(value).__name__}")
+        return [tuple(p) if isinstance(p, list) else p for p in value]
+
+    g = Genotype(pairs("normal"), d["normal_concat"], pairs("reduce"), d["reduce_concat"])
+    return validate_genotype(g, source)
+
+
+def save_genotype(g, path):
+    """Validate ``g`` and write it to ``path`` as JSON, atomically (temp file, then rename).
+
+    Usage::
+
+        save_genotype(DARTS_V2, "run/genotype.json")
+        g = load_genotype("run/genotype.json")
+        assert g == DARTS_V2
+    """
+    validate_genotype(g, source=os.fspath(path))
+    write_json(path, genotype_to_dict(g))
+
+
+def load_genotype(path):
+    """Read and validate a genotype JSON file written by :func:`save_genotype`.
+
+    A missing file, invalid JSON, missing keys or an invalid cell raise
+    :class:`GenotypeError` naming the file.
+
+    Usage::
+
+        g = load_genotype("run/genotype.json")
+        net = NetworkFromGenotype(g)
+        print(g.normal)
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise GenotypeError(f"{path}: genotype file not found") from None
+    except IsADirectoryError:
+        raise GenotypeError(f"{path}: is a directory, expected a genotype JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GenotypeError(f"{path}: not valid JSON ({exc})") from None
+    return genotype_from_dict(d, source=path)
+
+
+def random_genotype(rng=None, steps=STEPS):
+    """Draw a valid genotype uniformly from the space.
+
+    Each node gets two distinct input states (uniform over unordered pairs, listed in
+    increasing order) and a uniform non-``none`` operation on each kept edge; both cells
+    concatenate all intermediate nodes. ``rng`` is a :class:`random.Random`, an int seed
+    or None (fresh randomness).
+
+    Usage::
+
+        g = random_genotype(0)
+        validate_genotype(g)
+        assert random_genotype(random.Random(0)) == g
+    """
+    if not isinstance(rng, random.Random):
+        rng = random.Random(rng)
+    ops = OPS[1:]
+
+    def cell():
+        pairs = []
+        for node in range(steps):
+            for j in sorted(rng.sample(range(node + 2), 2)):
+                pairs.append((rng.choice(ops), j))
+        return pairs
+
+    concat = list(range(2, steps + 2))
+    return Genotype(cell(), list(concat), cell(), list(concat))
+
+
+def named_genotype(name):
+    """The published genotype called ``name`` (case-insensitive): ``"darts_v2"``.
+
+    Usage::
+
+        g = named_genotype("darts_v2")
+        g = named_genotype("DARTS_V2")        # same
+        assert g is DARTS_V2
+    """
+    key = str(name).strip().lower()
+    if key not in NAMED_GENOTYPES:
+        raise GenotypeError(f"unknown genotype name {name!r}: expected one of "
+                            f"{', '.join(sorted(NAMED_GENOTYPES))}")
+    return NAMED_GENOTYPES[key]

@@ -1,0 +1,232 @@
+"""Candidate operations of the search space, one nn.Module per operation.
+
+Every operation maps ``[B, C, H, W]`` to ``[B, C, ceil(H/s), ceil(W/s)]`` for stride
+``s`` in {1, 2}. The order is ReLU-Conv-BN; convolutions carry no bias; BatchNorm keeps
+no running statistics, so it always normalises with the statistics of the batch it
+sees (MAML style: a task's support and query batches are never mixed). Only the first
+convolution of an operation strides.
+
+Usage::
+
+    op = make_op("sep_conv_3x3", C=16, stride=2, affine=False)
+    y = op(torch.randn(8, 16, 28, 28))          # [8, 16, 14, 14]
+    OPS.index("skip_connect")                   # 1
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import GenotypeError
+
+OPS = (
+    "none",
+    "skip_connect",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "sep_conv_7x7",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+    "conv_7x1_1x7",
+)
+NUM_OPS = len(OPS)
+
+# Kernel size of the depthwise convolutions of the separable and dilated operations.
+SEP_KERNELS = {"sep_conv_3x3": 3, "sep_conv_5x5": 5, "sep_conv_7x7": 7}
+DIL_KERNELS = {"dil_conv_3x3": 3, "dil_conv_5x5": 5}
+DILATION = 2
+
+
+def batch_norm(C, affine):
+    """BatchNorm over ``C`` channels that always uses the current batch's statistics.
+
+    Shapes: ``[B, C, H, W] -> [B, C, H, W]``. No running statistics are kept, so train and
+    eval mode behave the same and the module has no buffers.
+
+    Usage::
+
+        bn = batch_norm(16, affine=True)
+        y = bn(torch.randn(4, 16, 8, 8))
+        assert not list(bn.buffers())
+    """
+    return nn.BatchNorm2d(C, affine=affine, track_running_stats=False)
+
+
+class Zero(nn.Module):
+    """The ``none`` operation: zeros of the output size (``[B, C, ceil(H/s), ceil(W/s)]``).
+
+    Usage::
+
+        op = Zero(stride=2)
+        y = op(torch.randn(2, 4, 7, 7))             # zeros [2, 4, 4, 4]
+        assert not y.any()
+    """
+
+    def __init__(self, stride):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        s = self.stride
+        return x.new_zeros(B, C, -(-H // s), -(-W // s))
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU, a ``kernel_size`` convolution ``C_in -> C_out``, BatchNorm.
+
+    Shapes: ``[B, C_in, H, W] -> [B, C_out, H', W']``. Used (1x1) to preprocess cell inputs.
+
+    Usage::
+
+        pre = ReLUConvBN(48, 16, kernel_size=1, stride=1, padding=0, affine=False)
+        y = pre(torch.randn(2, 48, 8, 8))           # [2, 16, 8, 8]
+        assert y.shape[1] == 16
+    """
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine):
+        super().__init__()
+        self.conv = nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False)
+        self.bn = batch_norm(C_out, affine)
+
+    def forward(self, x):
+        return self.bn(self.conv(F.relu(x)))
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution without losing every other pixel.
+
+    ReLU, then two 1x1 stride-2 convolutions: one on ``x`` (even pixels) and one on ``x``
+    shifted by one pixel (odd pixels, zero beyond the border), concatenated to ``C_out``
+    channels (``C_out // 2`` and the rest), then BatchNorm.
+    Shapes: ``[B, C_in, H, W] -> [B, C_out, ceil(H/2), ceil(W/2)]``.
+
+    Usage::
+
+        fr = FactorizedReduce(16, 16, affine=False)
+        y = fr(torch.randn(2, 16, 7, 7))            # [2, 16, 4, 4]
+        assert y.shape[-1] == 4
+    """
+
+    def __init__(self, C_in, C_out, affine):
+        super().__init__()
+        self.conv_a = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_b = nn.Conv2d(C_in, C_out - C_out // 2, 1, stride=2, bias=False)
+        self.bn = batch_norm(C_out, affine)
+
+    def forward(self, x):
+        x = F.relu(x)
+        shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+        return self.bn(torch.cat([self.conv_a(x), self.conv_b(shifted)], dim=1))
+
+
+class SepConv(nn.Module):
+    """Separable convolution, applied twice: (ReLU, depthwise kxk, pointwise 1x1, BN) x 2.
+
+    Only the first depthwise convolution strides.
+    Shapes: ``[B, C, H, W] -> [B, C, ceil(H/s), ceil(W/s)]``.
+
+    Usage::
+
+        op = SepConv(8, kernel_size=5, stride=1, affine=False)
+        y = op(torch.randn(2, 8, 12, 12))           # [2, 8, 12, 12]
+        assert y.shape == (2, 8, 12, 12)
+    """
+
+    def __init__(self, C, kernel_size, stride, affine):
+        super().__init__()
+        pad = kernel_size // 2
+        self.dw1 = nn.Conv2d(C, C, kernel_size, stride=stride, padding=pad, groups=C, bias=False)
+        self.pw1 = nn.Conv2d(C, C, 1, bias=False)
+        self.bn1 = batch_norm(C, affine)
+        self.dw2 = nn.Conv2d(C, C, kernel_size, padding=pad, groups=C, bias=False)
+        self.pw2 = nn.Conv2d(C, C, 1, bias=False)
+        self.bn2 = batch_norm(C, affine)
+
+    def forward(self, x):
+        x = self.bn1(self.pw1(self.dw1(F.relu(x))))
+        return self.bn2(self.pw2(self.dw2(F.relu(x))))
+
+
+class DilConv(nn.Module):
+    """Dilated separable convolution, once: ReLU, depthwise kxk dilation 2, pointwise, BN.
+
+    Shapes: ``[B, C, H, W] -> [B, C, ceil(H/s), ceil(W/s)]`` (padding ``k - 1``).
+
+    Usage::
+
+        op = DilConv(8, kernel_size=3, stride=2, affine=False)
+        y = op(torch.randn(2, 8, 12, 12))           # [2, 8, 6, 6]
+        assert y.shape == (2, 8, 6, 6)
+    """
+
+    def __init__(self, C, kernel_size, stride, affine):
+        super().__init__()
+        pad = DILATION * (kernel_size - 1) // 2
+        self.dw = nn.Conv2d(C, C, kernel_size, stride=stride, padding=pad, dilation=DILATION,
+                            groups=C, bias=False)
+        self.pw = nn.Conv2d(C, C, 1, bias=False)
+        self.bn = batch_norm(C, affine)
+
+    def forward(self, x):
+        return self.bn(self.pw(self.dw(F.relu(x))))
+
+
+class Conv7x1_1x7(nn.Module):
+    """The ``conv_7x1_1x7`` operation: ReLU, a full 1x7 convolution, a full 7x1 one, BN.
+
+    The 1x7 convolution strides (in both directions); the 7x1 one does not.
+    Shapes: ``[B, C, H, W] -> [B, C, ceil(H/s), ceil(W/s)]``.
+
+    Usage::
+
+        op = Conv7x1_1x7(8, stride=1, affine=False)
+        y = op(torch.randn(2, 8, 12, 12))           # [2, 8, 12, 12]
+        assert y.shape == (2, 8, 12, 12)
+    """
+
+    def __init__(self, C, stride, affine):
+        super().__init__()
+        self.conv_1x7 = nn.Conv2d(C, C, (1, 7), stride=stride, padding=(0, 3), bias=False)
+        self.conv_7x1 = nn.Conv2d(C, C, (7, 1), padding=(3, 0), bias=False)
+        self.bn = batch_norm(C, affine)
+
+    def forward(self, x):
+        return self.bn(self.conv_7x1(self.conv_1x7(F.relu(x))))
+
+
+def _check_op_name(name):
+    if name not in OPS:
+        raise GenotypeError(f"unknown operation {name!r}: expected one of {', '.join(OPS)}")
+
+
+def make_op(name, C, stride, affine):
+    """Build the operation ``name`` on ``C`` channels (``stride`` 1 or 2).
+
+    Shapes: ``[B, C, H, W] -> [B, C, ceil(H/stride), ceil(W/stride)]``. ``affine`` gives
+    the BatchNorms a learnable scale and shift (fixed networks) or not (search supernet).
+    An unknown ``name`` raises :class:`~bayesnas.errors.GenotypeError` listing :data:`OPS`.
+
+    Usage::
+
+        op = make_op("dil_conv_5x5", C=16, stride=1, affine=True)
+        y = op(torch.randn(2, 16, 10, 10))          # [2, 16, 10, 10]
+        make_op("skip_connect", 16, 2, True)        # a FactorizedReduce
+    """
+    _check_op_name(name)
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+    if name == "none":
+        return Zero(stride)
+    if name == "skip_connect":
+        return nn.Identity() if stride == 1 else FactorizedReduce(C, C, affine)
+    if name == "max_pool_3x3":
+        return nn.MaxPool2d(3, stride=stride, padding=1)
+    if name == "avg_pool_3x3":
+        return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+    if name in SEP_KERNELS:
+        return SepConv(C, SEP_KERNELS[name], stride, affine)
+    if name in DIL_KERNELS:
+        return DilConv(C, DIL_KERNELS[name], stride, affine)
+    return Conv7x1_1x7(C, stride, affine)

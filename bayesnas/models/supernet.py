@@ -1,0 +1,431 @@
+"""The search supernet, fused: every edge's mixed operation in a few large tensor calls.
+
+A straightforward supernet (one module per op per edge, Python loops) makes thousands
+of tiny convolution calls per forward and is bound by their launch cost (DESIGN §4).
+This one computes the same function with a few dozen calls per cell:
+
+* Edges are processed by SOURCE state, not by target node: the 8 edges leaving the two
+  cell inputs form one batch, then the 3, 2, 1 edges leaving intermediate nodes 0, 1, 2
+  (4 batches per cell, the fewest the node dependencies allow). Everything that has no
+  per-edge parameters is then computed once per source and shared by its edges: the
+  ReLU, max/avg pooling and the identity.
+* The first depthwise convolution of every separable/dilated op of every edge of a batch
+  is one grouped convolution per kernel group with a channel multiplier (input channel
+  ``c`` of source ``s`` produces one channel per (op, edge)), so the source is never
+  copied per edge. Kernels are embedded into the group's common kernel size inside
+  forward (zero padding; a dilation-2 kernel is interleaved with zeros when it joins a
+  dense group), so parameters keep their true per-edge shapes.
+* Pointwise convolutions are batched matrix products, BatchNorm is one call over all
+  channels of a batch (it is per channel, so fusing is exact), conv_7x1_1x7 and the
+  factorized reduce are grouped convolutions. Grouped convolutions go through
+  :func:`bayesnas.models._conv.conv2d`, whose double backward is whole grouped calls
+  (PyTorch's loops over the groups: 90% of a second-order step before).
+* The architecture-weighted sum ``sum_e sum_o z[e, o] * op_o(x_e)`` of a batch is one
+  matrix product of a ``[targets, outputs]`` mixing matrix gathered from ``z`` with all
+  op outputs. ``none`` contributes nothing and is skipped.
+
+Edge parameters are stacked over the 14 edges in source-major order (:data:`SOURCE_MAJOR`
+maps positions to edge indices), one tensor per (op, conv): ``sep_conv_5x5_dw1`` is
+``[14, C, 1, 5, 5]``. ``benchmarks/naive_supernet.py`` holds the straightforward
+implementation and converts parameters between the two; the tests check they agree.
+
+Usage::
+
+    net = SearchNetwork(in_channels=1, num_classes=5, C=8, layers=3)
+    z = torch.softmax(torch.randn(2, NUM_EDGES, NUM_OPS), -1)
+    logits = net(torch.randn(25, 1, 28, 28), z[0], z[1])        # [25, 5]
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ._conv import conv2d
+from .genotypes import STEPS
+from .macro import check_positive, make_stem, reduction_indices
+from .operations import DIL_KERNELS, DILATION, NUM_OPS, OPS, SEP_KERNELS, FactorizedReduce, ReLUConvBN
+
+SEP_OPS = tuple(SEP_KERNELS)
+DIL_OPS = tuple(DIL_KERNELS)
+# Ops with a first depthwise stage, in the channel order of the fused tensors.
+DW_OPS = SEP_OPS + DIL_OPS
+# Kernel groups for the first depthwise stage: "per_op" measured fastest on the 2-core
+# CPU (see benchmarks/bench_supernet.py); the others trade FLOPs for fewer calls.
+DW_GROUPINGS = {
+    "per_op": [[op] for op in DW_OPS],
+    "by_dilation": [list(SEP_OPS), list(DIL_OPS)],
+    "single": [list(DW_OPS)],
+}
+_OP_INDEX = {name: i for i, name in enumerate(OPS)}
+
+
+def num_edges(steps):
+    """Edges of a cell with ``steps`` intermediate nodes: ``steps * (steps + 3) // 2``.
+
+    Usage::
+
+        num_edges(4)                          # 14, the rows of z_normal / z_reduce
+        num_edges(2)                          # 5
+        assert num_edges(STEPS) == len(SOURCE_MAJOR)
+    """
+    return steps * (steps + 3) // 2
+
+
+def _edge_index(source, node):
+    return node * (node + 3) // 2 + source
+
+
+def source_major(steps=STEPS):
+    """Edge indices in source-major order: all edges leaving state 0, then state 1, ...
+
+    Position ``p`` of a fused edge parameter holds edge ``source_major(steps)[p]``.
+
+    Usage::
+
+        source_major(4)[:4]                   # [0, 2, 5, 9]: edges 0 -> nodes 0..3
+        source_major(4)[8:11]                 # [4, 7, 11]:   edges 2 -> nodes 1..3
+        assert sorted(source_major(4)) == list(range(14))
+    """
+    return [_edge_index(s, k) for s in range(steps + 1) for k in range(max(0, s - 1), steps)]
+
+
+SOURCE_MAJOR = source_major(STEPS)
+
+
+def edge_batches(steps=STEPS):
+    """The fused cell's edge batches: ``(sources, edges_per_source, first_position)``.
+
+    Batch 0 is the edges leaving the two cell inputs; batch ``b >= 1`` the edges leaving
+    intermediate node ``b - 1``. The targets of a batch are the last ``edges_per_source``
+    nodes, in order; its edges occupy source-major positions
+    ``first_position .. first_position + len(sources) * edges_per_source - 1``.
+
+    Usage::
+
+        edge_batches(4)                       # [([0, 1], 4, 0), ([2], 3, 8), ([3], 2, 11), ([4], 1, 13)]
+        sources, m, p0 = edge_batches(4)[1]
+        assert (sources, m, p0) == ([2], 3, 8)
+    """
+    batches, pos = [([0, 1], steps, 0)], 2 * steps
+    for b in range(1, steps):
+        batches.append(([b + 1], steps - b, pos))
+        pos += steps - b
+    return batches
+
+
+def _mix_index(steps, reduction):
+    """For each batch, a ``[targets, outputs]`` index into ``cat(z.flatten(), [0])``.
+
+    Column order of a batch's outputs (see SearchCell._edge_batch): skip (one per source,
+    or one per edge when it is a factorized reduce), max pool and avg pool (one per
+    source), then one per edge for each of sep 3/5/7, dil 3/5, conv_7x1_1x7.
+    """
+    zero = num_edges(steps) * NUM_OPS
+    indices = []
+    for b, (sources, m, _) in enumerate(edge_batches(steps)):
+        targets = list(range(steps - m, steps))
+        # (op, one column per edge?) in the order SearchCell._edge_batch stacks its outputs.
+        strided_skip = reduction and b == 0
+        layout = [("skip_connect", strided_skip), ("max_pool_3x3", False), ("avg_pool_3x3", False)]
+        layout += [(op, True) for op in DW_OPS + ("conv_7x1_1x7",)]
+        columns = []
+        for op, per_edge in layout:
+            if per_edge:
+                columns += [(op, s, t) for s in sources for t in targets]
+            else:
+                columns += [(op, s, None) for s in sources]
+        index = torch.full((len(targets), len(columns)), zero, dtype=torch.long)
+        for col, (op, s, t) in enumerate(columns):
+            for row, node in enumerate(targets):
+                if t is None or t == node:
+                    index[row, col] = _edge_index(s, node) * NUM_OPS + _OP_INDEX[op]
+        indices.append(index)
+    return indices
+
+
+def _embed_kernel(w, dilation, K, D):
+    """Embed ``w [..., k, k]`` (dilation ``dilation``) into a ``K x K`` kernel of dilation D."""
+    if dilation != D:
+        if (dilation, D) != (2, 1):
+            raise ValueError(f"cannot embed a dilation-{dilation} kernel in a dilation-{D} one")
+        # Interleave zeros (functionally, so vmap and double backward see plain ops).
+        k = 2 * w.shape[-1] - 1
+        w = torch.stack([w, torch.zeros_like(w)], -1).flatten(-2)[..., :k]
+        w = torch.stack([w, torch.zeros_like(w)], -2).flatten(-3, -2)[..., :k, :]
+    p = (K - w.shape[-1]) // 2
+    return F.pad(w, (p, p, p, p)) if p else w
+
+
+def _kernel_of(op):
+    if op in SEP_KERNELS:
+        return SEP_KERNELS[op], 1
+    return DIL_KERNELS[op], DILATION
+
+
+def _group_kernel(ops):
+    """Common (kernel size, dilation) of a group of depthwise ops."""
+    kernels = [_kernel_of(op) for op in ops]
+    if all(d == DILATION for _, d in kernels):
+        return max(k for k, _ in kernels), DILATION
+    return max(d * (k - 1) + 1 for k, d in kernels), 1
+
+
+def _uniform_(t, fan_in):
+    # nn.Conv2d's default initialisation (kaiming_uniform with a=sqrt(5)), per edge.
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        t.uniform_(-bound, bound)
+    return t
+
+
+class SearchCell(nn.Module):
+    """One fused cell of the supernet: 2 inputs, ``steps`` mixed nodes, concat output.
+
+    Shapes: ``s0 [B, C_pp, H0, W0]``, ``s1 [B, C_p, H, W]`` -> ``[B, multiplier * C, H', W']``
+    with ``H' = ceil(H / 2)`` in a reduction cell, else ``H``. A reduction cell ignores
+    ``s0`` and preprocesses two copies of ``s1``. ``mix`` is the list of mixing matrices
+    from :meth:`SearchNetwork.mixing_matrices`.
+
+    Usage::
+
+        cell = SearchCell(4, 4, C_pp=24, C_p=24, C=8, reduction=False, reduction_prev=False)
+        mix = net.mixing_matrices(z_normal, reduction=False)   # net: a SearchNetwork
+        y = cell(s0, s1, mix)                 # [B, 32, H, W]
+    """
+
+    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev,
+                 dw_grouping="per_op"):
+        super().__init__()
+        if dw_grouping not in DW_GROUPINGS:
+            raise ConfigError(f"dw_grouping={dw_grouping!r}: expected one of "
+                              f"{', '.join(DW_GROUPINGS)}")
+        self.steps, self.multiplier, self.C = steps, multiplier, C
+        self.reduction, self.reduction_prev = reduction, reduction_prev
+        self.dw_groups = [(ops,) + _group_kernel(ops) for ops in DW_GROUPINGS[dw_grouping]]
+        self.dw2_grouped = dw_grouping != "per_op"
+        if reduction:
+            self.pre0 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        elif reduction_prev:
+            self.pre0 = FactorizedReduce(C_pp, C, affine=False)
+        else:
+            self.pre0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
+        self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+
+        E = num_edges(steps)
+        for op, k in SEP_KERNELS.items():
+            self._edge_param(f"{op}_dw1", (E, C, 1, k, k))
+            self._edge_param(f"{op}_pw1", (E, C, C, 1, 1))
+            self._edge_param(f"{op}_dw2", (E, C, 1, k, k))
+            self._edge_param(f"{op}_pw2", (E, C, C, 1, 1))
+        for op, k in DIL_KERNELS.items():
+            self._edge_param(f"{op}_dw", (E, C, 1, k, k))
+            self._edge_param(f"{op}_pw", (E, C, C, 1, 1))
+        self._edge_param("conv_7x1_1x7_w1x7", (E, C, C, 1, 7))
+        self._edge_param("conv_7x1_1x7_w7x1", (E, C, C, 7, 1))
+        if reduction:
+            # Only the 2 * steps edges leaving the cell inputs stride.
+            self._edge_param("skip_connect_fr_a", (2 * steps, C // 2, C, 1, 1))
+            self._edge_param("skip_connect_fr_b", (2 * steps, C - C // 2, C, 1, 1))
+
+    def _edge_param(self, name, shape):
+        fan_in = shape[2] * shape[3] * shape[4]
+        self.register_parameter(name, nn.Parameter(_uniform_(torch.empty(shape), fan_in)))
+
+    def _dw1_weight(self, ops, K, D, first, S, m):
+        """Weights of one kernel group for edges ``first .. first + S*m - 1``.
+
+        Returns ``[S * C * len(ops) * m, 1, K, K]`` in the (source, channel, op, edge)
+        order that a channel-multiplier depthwise convolution of the S sources produces.
+        """
+        C, n = self.C, S * m
+        ws = []
+        for op in ops:
+            w = getattr(self, f"{op}_dw1" if op in SEP_KERNELS else f"{op}_dw")[first:first + n]
+            ws.append(_embed_kernel(w, _kernel_of(op)[1], K, D))
+        w = torch.stack(ws)                                         # [g, n, C, 1, K, K]
+        w = w.view(len(ops), S, m, C, K, K).permute(1, 3, 0, 2, 4, 5)
+        return w.reshape(S * C * len(ops) * m, 1, K, K)
+
+    def _edge_batch(self, x, S, m, first, stride, W):
+        """All mixed edges leaving the ``S`` sources stacked in ``x [B, S*C, H, W]``.
+
+        Each source has an edge to each of the last ``m`` nodes; returns their
+        z-weighted sums ``[B, m, C * H' * W']`` (the contributions to those nodes).
+        """
+        B, _, H, Wd = x.shape
+        C, n = self.C, S * m
+        sl = slice(first, first + n)
+        r = F.relu(x)
+
+        # First depthwise stage of sep 3/5/7 and dil 3/5 for all n edges.
+        parts = []
+        for ops, K, D in self.dw_groups:
+            w = self._dw1_weight(ops, K, D, first, S, m)
+            y = conv2d(r, w, stride=stride, padding=D * (K - 1) // 2, dilation=D, groups=S * C)
+            Ho, Wo = y.shape[-2:]
+            # (source, channel, op, edge) -> (op, source, edge, channel)
+            parts.append(y.view(B, S, C, len(ops), m, Ho * Wo).permute(0, 3, 1, 4, 2, 5))
+        y = torch.cat(parts, 1) if len(parts) > 1 else parts[0].contiguous()
+        g = len(DW_OPS)
+        pw1 = torch.stack([getattr(self, f"{op}_pw1" if op in SEP_KERNELS else f"{op}_pw")[sl]
+                           for op in DW_OPS]).view(g, S, m, C, C)
+        y = torch.matmul(pw1, y).view(B, g * n * C, Ho * Wo)
+        stage1 = F.batch_norm(y, None, None, training=True)
+        HW = Ho * Wo
+
+        # Second stage of the separable ops (stride 1, no channel multiplier). split (not
+        # slicing) so that backward assembles the gradient with one cat, not zero-fills.
+        nC = n * C
+        ns = len(SEP_OPS) * nC
+        if self.dw2_grouped:
+            K = max(SEP_KERNELS.values())
+            sep1, dil = stage1.split([ns, len(DIL_OPS) * nC], 1)
+            w = torch.cat([_embed_kernel(getattr(self, f"{op}_dw2")[sl], 1, K, 1)
+                           for op in SEP_OPS]).view(ns, 1, K, K)
+            y = conv2d(F.relu(sep1).view(B, ns, Ho, Wo), w, padding=K // 2, groups=ns)
+        else:
+            *sep1, dil = stage1.split([nC] * len(SEP_OPS) + [len(DIL_OPS) * nC], 1)
+            ys = []
+            for t, (op, k) in zip(sep1, SEP_KERNELS.items()):
+                w = getattr(self, f"{op}_dw2")[sl].reshape(nC, 1, k, k)
+                ys.append(conv2d(F.relu(t).view(B, nC, Ho, Wo), w, padding=k // 2, groups=nC))
+            y = torch.cat(ys, 1)
+        pw2 = torch.stack([getattr(self, f"{op}_pw2")[sl] for op in SEP_OPS]).view(-1, C, C)
+        y = torch.matmul(pw2, y.reshape(B, len(SEP_OPS) * n, C, HW))
+        sep = F.batch_norm(y.view(B, ns, HW), None, None, training=True)
+
+        # conv_7x1_1x7: 1x7 (strided) per source with all its edges' outputs, then 7x1 per edge.
+        w = self.conv_7x1_1x7_w1x7[sl].reshape(n * C, C, 1, 7)
+        y = conv2d(r, w, stride=stride, padding=(0, 3), groups=S)
+        w = self.conv_7x1_1x7_w7x1[sl].reshape(n * C, C, 7, 1)
+        y = conv2d(y, w, padding=(3, 0), groups=n)
+        conv7 = F.batch_norm(y.view(B, n * C, HW), None, None, training=True)
+
+        outputs = []
+        if stride == 2:
+            wa, wb = self.skip_connect_fr_a[sl], self.skip_connect_fr_b[sl]
+            a = conv2d(r, wa.reshape(-1, C, 1, 1), stride=2, groups=S)
+            b = conv2d(F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1)), wb.reshape(-1, C, 1, 1),
+                         stride=2, groups=S)
+            fr = torch.cat([a.view(B, n, -1, HW), b.view(B, n, -1, HW)], 2).view(B, n * C, HW)
+            outputs.append(F.batch_norm(fr, None, None, training=True).view(B, n, C * HW))
+        else:
+            outputs.append(x.reshape(B, S, C * HW))
+        outputs.append(F.max_pool2d(x, 3, stride, 1).view(B, S, C * HW))
+        outputs.append(F.avg_pool2d(x, 3, stride, 1, count_include_pad=False).view(B, S, C * HW))
+        outputs.append(sep.view(B, -1, C * HW))
+        outputs.append(dil.reshape(B, len(DIL_OPS) * n, C * HW))
+        outputs.append(conv7.view(B, n, C * HW))
+        return torch.matmul(W, torch.cat(outputs, 1)), (Ho, Wo)
+
+    def forward(self, s0, s1, mix):
+        if self.reduction:
+            s0 = s1
+        s0, s1 = self.pre0(s0), self.pre1(s1)
+        B, C = s1.shape[0], self.C
+        contributions = []
+        nodes = []
+        for b, (sources, m, first) in enumerate(edge_batches(self.steps)):
+            if b == 0:
+                x = torch.cat([s0, s1], 1)
+                stride = 2 if self.reduction else 1
+            else:
+                x, stride = nodes[-1], 1
+            c, (Ho, Wo) = self._edge_batch(x, len(sources), m, first, stride, mix[b])
+            contributions.append(c.unbind(1))
+            # Node b is complete: it has received an edge from every state 0 .. b + 1.
+            node = contributions[0][b]
+            for j in range(1, b + 1):
+                node = node + contributions[j][b - j]
+            nodes.append(node.view(B, C, Ho, Wo))
+        return torch.cat(nodes[-self.multiplier:], 1)
+
+
+class SearchNetwork(nn.Module):
+    """The fused DARTS-style search supernet ``f(x; theta, z)``.
+
+    stem (3x3 conv to ``stem_multiplier * C`` channels, BN) -> ``layers`` search cells
+    (reduction cells at :func:`~bayesnas.models.macro.reduction_indices`, which double the
+    channels and halve the resolution) -> global average pooling -> linear.
+    All BatchNorms are affine=False and use batch statistics only (no buffers): every
+    learnable tensor is an ``nn.Parameter``, so ``torch.func.functional_call`` with
+    substituted parameters works, through double backward.
+
+    ``forward(x, z_normal, z_reduce)``: ``x [B, in_channels, H, W]``, ``z_* [14, 10]``
+    (one row of op weights per edge, :data:`~bayesnas.models.genotypes.EDGES` order, ops
+    in :data:`~bayesnas.models.operations.OPS` order; rows need not sum to 1) ->
+    logits ``[B, num_classes]``. ``z_normal`` is shared by all normal cells, ``z_reduce``
+    by all reduction cells. ``dw_grouping`` picks the kernel groups of the fused first
+    depthwise stage (``"per_op"``, ``"by_dilation"``, ``"single"``); all give the same
+    function.
+
+    Usage::
+
+        net = SearchNetwork(in_channels=1, num_classes=5, C=8, layers=3)
+        z = torch.full((14, 10), 0.1)
+        logits = net(torch.randn(25, 1, 28, 28), z, z)          # [25, 5]
+    """
+
+    def __init__(self, in_channels=1, num_classes=5, C=8, layers=3, steps=STEPS, multiplier=4,
+                 stem_multiplier=3, dw_grouping="per_op"):
+        super().__init__()
+        check_positive(in_channels=in_channels, num_classes=num_classes, C=C, layers=layers,
+                       steps=steps, multiplier=multiplier, stem_multiplier=stem_multiplier)
+        if multiplier > steps:
+            raise ConfigError(f"multiplier={multiplier}: a cell concatenates at most its "
+                              f"{steps} intermediate nodes")
+        self.in_channels, self.num_classes, self.C = in_channels, num_classes, C
+        self.layers, self.steps, self.multiplier = layers, steps, multiplier
+        self.num_edges = num_edges(steps)
+        self.reductions = reduction_indices(layers)
+        C_stem = stem_multiplier * C
+        self.stem = make_stem(in_channels, C_stem, affine=False)
+        C_pp, C_p, C_cur = C_stem, C_stem, C
+        cells, reduction_prev = [], False
+        for i in range(layers):
+            reduction = i in self.reductions
+            if reduction:
+                C_cur *= 2
+            cells.append(SearchCell(steps, multiplier, C_pp, C_p, C_cur, reduction,
+                                    reduction_prev, dw_grouping))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, multiplier * C_cur
+        self.cells = nn.ModuleList(cells)
+        self.classifier = nn.Linear(C_p, num_classes)
+        for red in (False, True):
+            for b, index in enumerate(_mix_index(steps, red)):
+                self.register_buffer(f"_mix_{int(red)}_{b}", index, persistent=False)
+
+    def mixing_matrices(self, z, reduction):
+        """Per edge batch, the ``[targets, outputs]`` matrix of ``z`` weights of a cell type.
+
+        ``z [num_edges, 10]`` -> list of ``steps`` matrices (zeros where an output does not
+        feed a target). Shared by all cells of the type within one forward.
+
+        Usage::
+
+            mix = net.mixing_matrices(z_normal, reduction=False)
+            [m.shape for m in mix]            # [(4, 54), (3, 21), (2, 15), (1, 9)] (normal)
+            y = net.cells[0](s0, s1, mix)
+        """
+        flat = torch.cat([z.reshape(-1), z.new_zeros(1)])
+        return [flat[getattr(self, f"_mix_{int(reduction)}_{b}")] for b in range(self.steps)]
+
+    def forward(self, x, z_normal, z_reduce):
+        expected = (self.num_edges, NUM_OPS)
+        for name, z in (("z_normal", z_normal), ("z_reduce", z_reduce)):
+            if tuple(z.shape) != expected:
+                raise ValueError(f"{name} has shape {tuple(z.shape)}, expected {expected} "
+                                 f"(edges, ops)")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x has shape {tuple(x.shape)}, expected [B, {self.in_channels}, H, W]")
+        mix = {}
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            if cell.reduction not in mix:
+                mix[cell.reduction] = self.mixing_matrices(z_reduce if cell.reduction else z_normal,
+                                                           cell.reduction)
+            s0, s1 = s1, cell(s0, s1, mix[cell.reduction])
+        return self.classifier(s1.mean((2, 3)))

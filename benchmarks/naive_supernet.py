@@ -1,0 +1,164 @@
+"""The straightforward search supernet: one module per op per edge, Python loops.
+
+Same function and parameter maths as :class:`bayesnas.models.SearchNetwork` (the fused
+one); kept as the reference the tests compare against and the baseline the benchmark
+times. :func:`copy_parameters` copies parameters between the two in either direction.
+
+Usage::
+
+    naive = NaiveSearchNetwork(C=8, layers=3)
+    fused = SearchNetwork(C=8, layers=3)
+    copy_parameters(naive, fused)             # now fused(x, zn, zr) == naive(x, zn, zr)
+"""
+import torch
+import torch.nn as nn
+
+from bayesnas.models.genotypes import STEPS
+from bayesnas.models.macro import make_stem, reduction_indices
+from bayesnas.models.operations import (DIL_KERNELS, OPS, SEP_KERNELS, FactorizedReduce,
+                                        ReLUConvBN, make_op)
+from bayesnas.models.supernet import SearchNetwork, source_major
+
+
+class MixedOp(nn.Module):
+    """All 10 candidate ops of one edge: ``forward(x, w [10]) = sum_o w[o] * op_o(x)``."""
+
+    def __init__(self, C, stride):
+        super().__init__()
+        self.ops = nn.ModuleList(make_op(name, C, stride, affine=False) for name in OPS)
+
+    def forward(self, x, w):
+        out = 0
+        for o, op in enumerate(self.ops):
+            out = out + w[o] * op(x)
+        return out
+
+
+class NaiveSearchCell(nn.Module):
+    """A search cell with one :class:`MixedOp` per edge, edges in EDGES order."""
+
+    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev):
+        super().__init__()
+        self.steps, self.multiplier, self.reduction = steps, multiplier, reduction
+        if reduction:
+            self.pre0 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        elif reduction_prev:
+            self.pre0 = FactorizedReduce(C_pp, C, affine=False)
+        else:
+            self.pre0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
+        self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList(
+            MixedOp(C, 2 if reduction and j < 2 else 1) for k in range(steps) for j in range(k + 2))
+
+    def forward(self, s0, s1, z):
+        if self.reduction:
+            s0 = s1
+        states = [self.pre0(s0), self.pre1(s1)]
+        e = 0
+        for k in range(self.steps):
+            node = 0
+            for j in range(k + 2):
+                node = node + self.edges[e](states[j], z[e])
+                e += 1
+            states.append(node)
+        return torch.cat(states[-self.multiplier:], 1)
+
+
+class NaiveSearchNetwork(nn.Module):
+    """Straightforward supernet with the constructor and forward of SearchNetwork.
+
+    ``forward(x [B, in, H, W], z_normal [14, 10], z_reduce [14, 10]) -> [B, num_classes]``.
+    """
+
+    def __init__(self, in_channels=1, num_classes=5, C=8, layers=3, steps=STEPS, multiplier=4,
+                 stem_multiplier=3):
+        super().__init__()
+        self.steps = steps
+        C_stem = stem_multiplier * C
+        self.stem = make_stem(in_channels, C_stem, affine=False)
+        reductions = reduction_indices(layers)
+        C_pp, C_p, C_cur = C_stem, C_stem, C
+        cells, reduction_prev = [], False
+        for i in range(layers):
+            reduction = i in reductions
+            if reduction:
+                C_cur *= 2
+            cells.append(NaiveSearchCell(steps, multiplier, C_pp, C_p, C_cur, reduction,
+                                         reduction_prev))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, multiplier * C_cur
+        self.cells = nn.ModuleList(cells)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+    def forward(self, x, z_normal, z_reduce):
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, z_reduce if cell.reduction else z_normal)
+        return self.classifier(s1.mean((2, 3)))
+
+
+def _edge_param_map(cell, steps):
+    """(fused parameter name, source-major position) -> naive parameter name, for one cell."""
+    mapping = {}
+    order = source_major(steps)
+    for p, e in enumerate(order):
+        ops = f"edges.{e}.ops"
+        for op in SEP_KERNELS:
+            i = OPS.index(op)
+            for conv in ("dw1", "pw1", "dw2", "pw2"):
+                mapping[(f"{op}_{conv}", p)] = f"{ops}.{i}.{conv}.weight"
+        for op in DIL_KERNELS:
+            i = OPS.index(op)
+            mapping[(f"{op}_dw", p)] = f"{ops}.{i}.dw.weight"
+            mapping[(f"{op}_pw", p)] = f"{ops}.{i}.pw.weight"
+        i = OPS.index("conv_7x1_1x7")
+        mapping[("conv_7x1_1x7_w1x7", p)] = f"{ops}.{i}.conv_1x7.weight"
+        mapping[("conv_7x1_1x7_w7x1", p)] = f"{ops}.{i}.conv_7x1.weight"
+        if cell.reduction and p < 2 * steps:
+            i = OPS.index("skip_connect")
+            mapping[("skip_connect_fr_a", p)] = f"{ops}.{i}.conv_a.weight"
+            mapping[("skip_connect_fr_b", p)] = f"{ops}.{i}.conv_b.weight"
+    return mapping
+
+
+@torch.no_grad()
+def copy_parameters(src, dst):
+    """Copy every parameter of ``src`` into ``dst`` (naive -> fused or fused -> naive).
+
+    Both networks must have been built with the same configuration. Every parameter of
+    both is accounted for; a mismatch raises ValueError.
+    """
+    if isinstance(src, NaiveSearchNetwork) and isinstance(dst, SearchNetwork):
+        naive, fused, to_fused = src, dst, True
+    elif isinstance(src, SearchNetwork) and isinstance(dst, NaiveSearchNetwork):
+        naive, fused, to_fused = dst, src, False
+    else:
+        raise TypeError("copy_parameters copies between a NaiveSearchNetwork and a SearchNetwork")
+    n_params = dict(naive.named_parameters())
+    f_params = dict(fused.named_parameters())
+    used_n, used_f = set(), set()
+    for name, p in f_params.items():
+        if name in n_params:   # stem, preprocessing, classifier: same modules, same names
+            if to_fused:
+                p.copy_(n_params[name])
+            else:
+                n_params[name].copy_(p)
+            used_n.add(name)
+            used_f.add(name)
+    if len(naive.cells) != len(fused.cells):
+        raise ValueError("the two networks have a different number of cells")
+    for c, (ncell, fcell) in enumerate(zip(naive.cells, fused.cells)):
+        for (fname, pos), nname in _edge_param_map(fcell, fused.steps).items():
+            fp = f_params[f"cells.{c}.{fname}"]
+            np_ = n_params[f"cells.{c}.{nname}"]
+            if to_fused:
+                fp[pos].copy_(np_)
+            else:
+                np_.copy_(fp[pos])
+            used_n.add(f"cells.{c}.{nname}")
+            used_f.add(f"cells.{c}.{fname}")
+    missing = (set(n_params) - used_n) | (set(f_params) - used_f)
+    if missing:
+        raise ValueError(f"parameters not copied: {sorted(missing)}")
+    return dst
+

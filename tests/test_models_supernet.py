@@ -1,0 +1,225 @@
+"""The fused search supernet against the straightforward one (benchmarks/naive_supernet.py):
+same outputs, same gradients w.r.t. parameters, input and z, through double backward."""
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+from torch.func import functional_call
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.naive_supernet import NaiveSearchNetwork, copy_parameters  # noqa: E402
+
+from bayesnas.errors import ConfigError  # noqa: E402
+from bayesnas.models import NUM_EDGES, NUM_OPS, OPS, SearchNetwork, edge_batches, source_major  # noqa: E402
+from bayesnas.models._conv import conv2d  # noqa: E402
+from bayesnas.models.macro import reduction_indices  # noqa: E402
+from bayesnas.models.supernet import DW_GROUPINGS  # noqa: E402
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def pair(C=4, layers=3, grouping="per_op", seed=0, device="cpu"):
+    """A float64 (naive, fused) pair with identical parameters."""
+    torch.manual_seed(seed)
+    naive = NaiveSearchNetwork(in_channels=2, num_classes=3, C=C, layers=layers).double().to(device)
+    fused = SearchNetwork(in_channels=2, num_classes=3, C=C, layers=layers,
+                          dw_grouping=grouping).double().to(device)
+    copy_parameters(naive, fused)
+    return naive, fused
+
+
+def inputs(B=4, H=8, seed=1, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 2, H, H, generator=g, dtype=torch.float64)
+    zn = torch.softmax(torch.randn(NUM_EDGES, NUM_OPS, generator=g, dtype=torch.float64), -1)
+    zr = torch.softmax(torch.randn(NUM_EDGES, NUM_OPS, generator=g, dtype=torch.float64), -1)
+    y = torch.arange(B) % 3
+    return [t.to(device) for t in (x, zn, zr, y)]
+
+
+def naive_grads_in_fused_layout(naive, fused):
+    """The naive network's parameter gradients, rearranged as the fused network's."""
+    grads_n = {n: p.grad for n, p in naive.named_parameters()}
+    saved = {n: p.detach().clone() for n, p in naive.named_parameters()}
+    saved_f = {n: p.detach().clone() for n, p in fused.named_parameters()}
+    with torch.no_grad():
+        for n, p in naive.named_parameters():
+            p.copy_(grads_n[n])
+    copy_parameters(naive, fused)
+    out = {n: p.detach().clone() for n, p in fused.named_parameters()}
+    with torch.no_grad():
+        for n, p in naive.named_parameters():
+            p.copy_(saved[n])
+        for n, p in fused.named_parameters():
+            p.copy_(saved_f[n])
+    return out
+
+
+def assert_close(a, b, what, tol=1e-9):
+    scale = max(b.abs().max().item(), 1e-12)
+    err = (a - b).abs().max().item()
+    assert err <= tol * max(scale, 1.0), f"{what}: max error {err:.3g} (scale {scale:.3g})"
+
+
+def test_reduction_positions():
+    assert reduction_indices(1) == []
+    assert reduction_indices(2) == [1]
+    assert reduction_indices(3) == [1, 2]
+    assert reduction_indices(5) == [1, 3]
+    assert reduction_indices(8) == [2, 5]
+    with pytest.raises(ConfigError):
+        reduction_indices(0)
+
+
+def test_edge_batches_cover_every_edge_once():
+    order = source_major()
+    assert sorted(order) == list(range(NUM_EDGES))
+    covered = []
+    for sources, m, first in edge_batches():
+        covered += order[first:first + len(sources) * m]
+    assert covered == order
+
+
+@pytest.mark.parametrize("C,layers,H,in_ch,classes", [
+    (4, 1, 8, 1, 5), (4, 2, 8, 3, 4), (4, 3, 9, 1, 5), (2, 4, 12, 1, 2)])
+def test_supernet_shapes(C, layers, H, in_ch, classes):
+    net = SearchNetwork(in_channels=in_ch, num_classes=classes, C=C, layers=layers)
+    z = torch.full((NUM_EDGES, NUM_OPS), 0.1)
+    out = net(torch.randn(3, in_ch, H, H), z, z)
+    assert out.shape == (3, classes)
+    assert list(net.buffers()) == [] or all(b.dtype == torch.long for b in net.buffers())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and m.affine for m in net.modules())
+    assert len(net.cells) == layers
+    assert [i for i, c in enumerate(net.cells) if c.reduction] == reduction_indices(layers)
+
+
+def test_no_persistent_state_beyond_parameters():
+    net = SearchNetwork(C=4, layers=3)
+    assert set(net.state_dict()) == {n for n, _ in net.named_parameters()}
+
+
+def test_bad_z_shape_and_config():
+    net = SearchNetwork(C=4, layers=2)
+    with pytest.raises(ValueError, match="z_reduce has shape"):
+        net(torch.randn(2, 1, 8, 8), torch.zeros(14, 10), torch.zeros(14, 9))
+    with pytest.raises(ValueError, match="expected \\[B, 1, H, W\\]"):
+        net(torch.randn(2, 3, 8, 8), torch.zeros(14, 10), torch.zeros(14, 10))
+    with pytest.raises(ConfigError):
+        SearchNetwork(C=0)
+    with pytest.raises(ConfigError, match="dw_grouping"):
+        SearchNetwork(dw_grouping="fancy")
+
+
+@pytest.mark.parametrize("grouping", list(DW_GROUPINGS))
+def test_fused_equals_naive_outputs_and_gradients(grouping):
+    naive, fused = pair(grouping=grouping)
+    x, zn, zr, y = inputs(H=7)  # odd size: reductions 7 -> 4 -> 2
+    results = []
+    for net in (naive, fused):
+        xx, n_, r_ = (t.clone().requires_grad_() for t in (x, zn, zr))
+        out = net(xx, n_, r_)
+        F.cross_entropy(out, y).backward()
+        results.append((out.detach(), xx.grad, n_.grad, r_.grad))
+    for what, a, b in zip(("logits", "d/dx", "d/dz_normal", "d/dz_reduce"), results[1], results[0]):
+        assert_close(a, b, what)
+    expected = naive_grads_in_fused_layout(naive, fused)
+    for name, p in fused.named_parameters():
+        assert_close(p.grad, expected[name], f"d/d{name}")
+
+
+@pytest.mark.parametrize("op", range(NUM_OPS), ids=OPS)
+def test_one_hot_z_equals_naive(op):
+    naive, fused = pair(C=2, layers=3, seed=op)
+    x, _, _, _ = inputs(H=8)
+    z = torch.zeros(NUM_EDGES, NUM_OPS, dtype=torch.float64)
+    z[:, op] = 1.0
+    with torch.no_grad():
+        assert_close(fused(x, z, z), naive(x, z, z), OPS[op])
+
+
+def maml_step(net, x, zn, zr, y):
+    """One second-order inner step; returns d(query loss)/d(params, x, z_normal, z_reduce)."""
+    params = dict(net.named_parameters())
+    loss = F.cross_entropy(functional_call(net, params, (x, zn, zr)), y)
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+    adapted = {k: p - 0.5 * g for (k, p), g in zip(params.items(), grads)}
+    outer = F.cross_entropy(functional_call(net, adapted, (x.flip(0), zn, zr)), y)
+    outer.backward()
+    return outer.detach()
+
+
+def test_double_backward_equals_naive():
+    naive, fused = pair(C=2, layers=2)
+    x, zn, zr, y = inputs(B=4, H=6)
+    results = []
+    for net in (naive, fused):
+        xx, n_, r_ = (t.clone().requires_grad_() for t in (x, zn, zr))
+        loss = maml_step(net, xx, n_, r_, y)
+        results.append((loss, xx.grad, n_.grad, r_.grad))
+    for what, a, b in zip(("loss", "d/dx", "d/dz_normal", "d/dz_reduce"), results[1], results[0]):
+        assert_close(a, b, what)
+    expected = naive_grads_in_fused_layout(naive, fused)
+    for name, p in fused.named_parameters():
+        assert_close(p.grad, expected[name], f"d/d{name} (second order)")
+
+
+def test_functional_call_with_substituted_params():
+    torch.manual_seed(0)
+    net = SearchNetwork(C=2, layers=2).double()
+    x, zn, zr, _ = inputs(H=6)
+    x = x[:, :1]
+    params = {k: v.detach() + 0.01 * torch.randn_like(v) for k, v in net.named_parameters()}
+    out = functional_call(net, params, (x, zn, zr))
+    with torch.no_grad():
+        for k, p in net.named_parameters():
+            p.copy_(params[k])
+    assert torch.allclose(out, net(x, zn, zr), atol=1e-12)
+
+
+def test_vmap_over_tasks_matches_loop():
+    torch.manual_seed(0)
+    net = SearchNetwork(C=2, layers=2)
+    params = {k: torch.stack([v.detach(), v.detach() + 0.05 * torch.randn_like(v)])
+              for k, v in net.named_parameters()}
+    x = torch.randn(2, 3, 1, 6, 6)
+    z = torch.softmax(torch.randn(2, 2, NUM_EDGES, NUM_OPS), -1)
+
+    def task(p, xt, zt):
+        return functional_call(net, p, (xt, zt[0], zt[1]))
+
+    batched = torch.func.vmap(task)(params, x, z)
+    for t in range(2):
+        single = task({k: v[t] for k, v in params.items()}, x[t], z[t])
+        assert torch.allclose(batched[t], single, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,dilation,groups,k", [(1, 1, 4, 3), (2, 2, 4, 3), (2, 1, 2, 5)])
+def test_grouped_conv_derivatives(stride, dilation, groups, k):
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 4 // groups, k, k, dtype=torch.float64, requires_grad=True)
+    pad = dilation * (k - 1) // 2
+
+    def f(x, w):
+        return conv2d(x, w, stride, pad, dilation, groups)
+
+    assert torch.allclose(f(x, w), F.conv2d(x, w, None, stride, pad, dilation, groups))
+    assert gradcheck(f, (x, w))
+    assert gradgradcheck(f, (x, w))
+
+
+@CUDA
+def test_cuda_fused_equals_naive_and_second_order():
+    naive, fused = pair(C=2, layers=3, device="cuda")
+    x, zn, zr, y = inputs(H=8, device="cuda")
+    with torch.no_grad():
+        assert_close(fused(x, zn, zr), naive(x, zn, zr), "cuda logits", tol=1e-8)
+    xx, n_, r_ = (t.clone().requires_grad_() for t in (x, zn, zr))
+    maml_step(fused, xx, n_, r_, y)
+    assert torch.isfinite(n_.grad).all() and n_.grad.device.type == "cuda"
+    net = SearchNetwork(C=4, layers=3).cuda()
+    out = net(torch.randn(5, 1, 12, 12, device="cuda"), zn.float(), zr.float())
+    assert out.shape == (5, 5) and out.device.type == "cuda"
