@@ -15,6 +15,12 @@ def _register():
 
     main.add_command(data_cmds.data)
     main.add_command(fit_cmds.fit_command)
+    from . import retrain_cmds
+
+    main.add_command(retrain_cmds.derive_cell_command)
+    main.add_command(retrain_cmds.retrain_command)
+    main.add_command(retrain_cmds.evaluate_command)
+    main.add_command(retrain_cmds.compare_command)
 
 
 _register()

@@ -1,0 +1,165 @@
+"""``bayesnas derive-cell``, ``retrain``, ``evaluate``, ``compare``: parse, call the library, print."""
+import click
+
+from ..inference.maml import RetrainConfig
+from .common import user_errors
+
+_D = RetrainConfig()
+
+
+@click.command("derive-cell")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--task-seed", type=click.IntRange(min=0), default=None,
+              help="Adapt the edge posterior to the support set of the test task drawn with this seed "
+                   "[default: the meta-level alpha].")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Genotype JSON to write [default: RUN_DIR/genotype.json, or RUN_DIR/genotype-task<N>.json].")
+@click.option("--no-plot", is_flag=True, help="Do not draw the cells (default: a PNG beside the JSON).")
+@click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last", help="Fit checkpoint to read.")
+@user_errors
+def derive_cell_command(run_dir, task_seed, out, no_plot, checkpoint):
+    """Derive the cell of a fit run: the 2 strongest edges per node, each with its best op."""
+    from ..inference.derive import derive_cell, format_edges_table
+
+    cell = derive_cell(run_dir, task_seed=task_seed, out=out, plot=not no_plot, which=checkpoint)
+    click.echo(format_edges_table(cell.table))
+    click.echo(f"genotype: {cell.genotype_path}")
+    if cell.plot_path:
+        click.echo(f"picture: {cell.plot_path}")
+
+
+def _retrain_options(func):
+    """The RetrainConfig flags shared by ``retrain`` and ``compare``."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                     help="JSON file of RetrainConfig settings (flags override it)."),
+        click.option("--data", type=click.Path(dir_okay=False), default=None,
+                     help="HDF5 data file [default: embedded Omniglot]."),
+        click.option("--iterations", type=click.IntRange(min=1), default=None,
+                     help=f"Meta-iterations [default: {_D.iterations}]."),
+        click.option("--tasks", type=click.IntRange(min=1), default=None,
+                     help=f"Tasks per meta-batch [default: {_D.tasks}]."),
+        click.option("--inner-steps", type=click.IntRange(min=0), default=None,
+                     help=f"MAML inner steps [default: {_D.inner_steps}]."),
+        click.option("--inner-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help=f"MAML inner step size [default: {_D.inner_lr}]."),
+        click.option("--eval-inner-steps", type=click.IntRange(min=0), default=None,
+                     help="Inner steps when validating/testing [default: --inner-steps]."),
+        click.option("--ways", type=click.IntRange(min=2), default=None, help=f"[default: {_D.ways}]"),
+        click.option("--shots", type=click.IntRange(min=1), default=None, help=f"[default: {_D.shots}]"),
+        click.option("--queries", type=click.IntRange(min=1), default=None, help=f"[default: {_D.queries}]"),
+        click.option("--channels", type=click.IntRange(min=1), default=None,
+                     help=f"Conv-4 filters / first cell's channels [default: {_D.channels}]."),
+        click.option("--layers", type=click.IntRange(min=1), default=None,
+                     help=f"Cells of a genotype network [default: {_D.layers}]."),
+        click.option("--first-order", is_flag=True, default=None, help="First-order MAML (detached inner gradients)."),
+        click.option("--meta-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help=f"Adam step size [default: {_D.meta_lr}]."),
+        click.option("--val-every", type=click.IntRange(min=1), default=None, help=f"[default: {_D.val_every}]"),
+        click.option("--val-tasks", type=click.IntRange(min=1), default=None, help=f"[default: {_D.val_tasks}]"),
+        click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: auto]."),
+        click.option("--threads", type=click.IntRange(min=0), default=None,
+                     help="torch CPU threads [default: torch's]."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.command("retrain")
+@click.argument("arch", required=False, metavar="GENOTYPE|conv4|darts_v2")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder to create [default: runs/retrain-<time>].")
+@click.option("--resume", type=click.Path(file_okay=False), default=None,
+              help="Continue the retrain run in this folder from its last checkpoint.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help=f"[default: {_D.seed}]")
+@_retrain_options
+@user_errors
+def retrain_command(arch, out, resume, config_file, quiet, **flags):
+    """Meta-train a network from GENOTYPE (a genotype JSON file or a fit run folder), conv4 or darts_v2 with MAML."""
+    from ..config import resolve_config
+    from ..inference.maml import arch_label, retrain
+
+    if resume is not None:
+        overrides = {k: v for k, v in flags.items() if v is not None}
+        if sorted(set(overrides) - {"iterations"}) or config_file:
+            raise click.UsageError("--resume continues a run with its own config; only --iterations may be given")
+        config = RetrainConfig(iterations=overrides["iterations"]) if overrides else None
+        result = retrain(arch, config, resume=resume, progress=not quiet)
+    else:
+        if arch is None:
+            raise click.UsageError("give GENOTYPE (a genotype JSON file or fit run folder), conv4 or darts_v2")
+        config = resolve_config(RetrainConfig, config_file=config_file, overrides=dict(flags, arch=arch))
+        result = retrain(None, config, out=out, progress=not quiet)
+    last = result.rows[-1] if result.rows else {}
+    best = max((r["val_acc"] for r in result.rows if r.get("val_acc") is not None), default=None)
+    click.echo(f"run folder: {result.run_dir}")
+    click.echo(f"{arch_label(result.config.arch)}: {result.parameters:,} parameters, "
+               f"{last.get('iteration', 0)} iterations, {result.train_seconds:.0f} s training")
+    if best is not None:
+        click.echo(f"validation accuracy: last {last.get('val_acc', float('nan')):.3f}, best {best:.3f}")
+
+
+@click.command("evaluate")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--tasks", type=click.IntRange(min=1), default=600, help="Test tasks.")
+@click.option("--inner-steps", type=click.IntRange(min=0), default=None,
+              help="Test-time inner steps [default: the run's].")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", help="Classes to test on.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the test tasks.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", help="Checkpoint to evaluate.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the result as JSON.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the run's].")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads [default: torch's].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def evaluate_command(run_dir, tasks, inner_steps, split, seed, checkpoint, json_out, device, threads, quiet):
+    """Accuracy of a retrained network on held-out classes: mean and 95% CI over seeded tasks."""
+    from ..inference.evaluate import evaluate, format_evaluation
+
+    result = evaluate(run_dir, tasks=tasks, inner_steps=inner_steps, split=split, seed=seed, json_out=json_out,
+                      which=checkpoint, device=device, threads=threads, progress=not quiet)
+    click.echo(format_evaluation(result))
+    if json_out:
+        click.echo(f"json: {json_out}")
+
+
+def _seeds(ctx, param, value):
+    try:
+        seeds = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds):
+        raise click.BadParameter(f"expected comma-separated non-negative integers, got {value!r}")
+    return seeds
+
+
+@click.command("compare")
+@click.argument("genotypes", nargs=-1, metavar="[GENOTYPE]...")
+@click.option("--random-cells", type=click.IntRange(min=0), default=2, help="Random cells from the search space.")
+@click.option("--baselines", default="darts_v2,conv4", help="Comma-separated named architectures ('' for none).")
+@click.option("--seeds", default="0", callback=_seeds, help="Comma-separated training seeds.")
+@click.option("--eval-tasks", type=click.IntRange(min=1), default=600, help="Test tasks per run.")
+@click.option("--eval-seed", type=click.IntRange(min=0), default=0, help="Seed of the test tasks.")
+@click.option("--random-seed", type=click.IntRange(min=0), default=0, help="Seed of the random cells.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder of the runs and compare.json [default: runs/compare-<time>]; reused runs continue.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the table as JSON.")
+@_retrain_options
+@user_errors
+def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_seed, random_seed, out, json_out,
+                    config_file, quiet, eval_inner_steps, **flags):
+    """Retrain and evaluate GENOTYPEs, DARTS_V2, Conv-4 and random cells under one budget (Table 1)."""
+    from ..config import resolve_config
+    from ..inference.compare import compare, format_compare_table
+
+    config = resolve_config(RetrainConfig, config_file=config_file,
+                            overrides=dict(flags, eval_inner_steps=eval_inner_steps))
+    names = [b.strip() for b in baselines.split(",") if b.strip()]
+    result = compare(list(genotypes), random_cells=random_cells, config=config, seeds=seeds, eval_tasks=eval_tasks,
+                     eval_seed=eval_seed, out=out, baselines=names, random_seed=random_seed, json_out=json_out,
+                     progress=not quiet, log=click.echo)
+    click.echo(format_compare_table(result))
+    click.echo(f"json: {json_out or result.out + '/compare.json'}")

@@ -1,0 +1,173 @@
+"""``evaluate``: few-shot accuracy of a retrained network on held-out classes, with a 95% CI.
+
+A fixed, seeded set of test tasks (task i of ``TaskSampler(split, ways, shots, queries,
+seed)``, i = 0..tasks-1) is the same for every network evaluated with the same seed, so
+numbers of different networks are paired. Each task adapts the meta-trained weights with
+``inner_steps`` gradient steps on its support set and is scored on its query set; the
+result is the mean over tasks and the 95% confidence interval of that mean,
+``1.96 * std / sqrt(n)`` with the sample standard deviation (``ddof=1``), the convention of
+the MAML and BASE papers' tables.
+
+Usage::
+
+    result = evaluate("runs/retrain-c4", tasks=600)
+    print(format_evaluation(result))      # 97.10% ± 0.45% over 600 tasks ...
+    result.to_dict()                      # what --json writes
+"""
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import List
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import TaskSampler
+from ..device import resolve_device
+from ..errors import ConfigError
+from ..fileio import write_json
+from ..models import count_parameters
+from .maml import arch_label, load_retrain, task_accuracies
+from .rundir import RunDirectory
+
+Z_95 = 1.96
+
+
+def mean_confidence_interval(values, z=Z_95):
+    """Mean of ``values`` and the half-width of its normal-approximation confidence interval.
+
+    ``half_width = z * std / sqrt(n)`` with the sample standard deviation (``ddof=1``);
+    ``z = 1.96`` gives the 95% interval. One value has no spread: half-width 0.
+
+    Args:
+        values: a sequence, array or tensor of ``n >= 1`` numbers (e.g. per-task accuracies ``[n]``).
+        z: the standard-normal quantile (1.96 for 95%, 2.576 for 99%).
+
+    Returns:
+        ``(mean, half_width)`` as floats.
+
+    Example::
+
+        mean, ci = mean_confidence_interval([0.2, 0.4, 0.6, 0.8])   # (0.5, 0.2530)
+        print(f"{100 * mean:.2f}% ± {100 * ci:.2f}%")
+        mean_confidence_interval(accs, z=2.576)                      # 99%
+    """
+    a = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64).ravel()
+    if a.size == 0:
+        raise ValueError("mean_confidence_interval needs at least one value")
+    if not np.isfinite(a).all():
+        raise ValueError("mean_confidence_interval: values are not all finite")
+    if a.size == 1:
+        return float(a[0]), 0.0
+    return float(a.mean()), float(z * a.std(ddof=1) / math.sqrt(a.size))
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` returns (and ``--json`` writes, via :meth:`to_dict`).
+
+    accuracy: mean query accuracy over the tasks, in [0, 1]; ci95: half-width of its 95%
+    confidence interval; std: sample standard deviation of the per-task accuracies;
+    accuracies: the ``tasks`` per-task accuracies, in task order.
+    """
+
+    run_dir: str
+    arch: str
+    checkpoint: str
+    split: str
+    tasks: int
+    seed: int
+    ways: int
+    shots: int
+    queries: int
+    inner_steps: int
+    inner_lr: float
+    parameters: int
+    accuracy: float
+    ci95: float
+    std: float
+    seconds: float
+    accuracies: List[float] = field(repr=False, default_factory=list)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def evaluate(run_dir, tasks=600, inner_steps=None, split="test", seed=0, json_out=None, which="best",
+             device=None, threads=0, progress=False):
+    """Accuracy of a retrained network on ``tasks`` seeded tasks of held-out classes.
+
+    Args:
+        run_dir: a folder written by :func:`~bayesnas.inference.maml.retrain`.
+        tasks: number of test tasks (the papers: 600).
+        inner_steps: test-time inner steps (default: the run's ``eval_inner_steps``, else
+            its ``inner_steps``; the BASE paper uses 5, the MAML paper 10).
+        split: the split whose classes are tested ("test"; "val" to tune).
+        seed: seed of the task sampler: the same seed gives the same tasks to every network.
+        json_out: also write the result as JSON there (atomically).
+        which: checkpoint, "best" (by validation accuracy) or "last"; "best" falls back
+            to "last" when the run never validated (``result.checkpoint`` says which).
+        device: where to evaluate (default: the run's device setting).
+        threads: torch CPU threads (0 = leave torch's setting).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`Evaluation` (ways/shots/queries are the run's).
+
+    Example::
+
+        result = evaluate("runs/retrain-c4", tasks=600, inner_steps=10)
+        result.accuracy, result.ci95, result.parameters
+        evaluate("runs/retrain-c4", tasks=100, json_out="eval.json")
+    """
+    if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
+        raise ConfigError(f"tasks={tasks!r}: expected an integer >= 1")
+    if inner_steps is not None and (isinstance(inner_steps, bool) or not isinstance(inner_steps, int)
+                                    or inner_steps < 0):
+        raise ConfigError(f"inner_steps={inner_steps!r}: expected an integer >= 0")
+    if threads:
+        torch.set_num_threads(threads)
+    checkpoint = which
+    if which == "best" and not os.path.exists(RunDirectory(run_dir).file("checkpoint_best.pt")):
+        checkpoint = "last"  # a run stopped before its first validation; a missing "last" is reported
+    cfg, net, data = load_retrain(run_dir, which=checkpoint, device="cpu")
+    net = net.to(resolve_device(device if device is not None else cfg.device))
+    dev = next(net.parameters()).device
+    steps = cfg.test_inner_steps if inner_steps is None else inner_steps
+    sampler = TaskSampler(data.split(split), cfg.ways, cfg.shots, cfg.queries, seed=seed, device=dev)
+    t0 = time.perf_counter()
+    with tqdm(total=tasks, desc=f"evaluate {arch_label(cfg.arch)}", disable=not progress, dynamic_ncols=True) as bar:
+        accs = task_accuracies(net, sampler, range(tasks), steps, cfg.inner_lr,
+                               progress=lambda done: bar.update(done - bar.n))
+    seconds = time.perf_counter() - t0
+    mean, ci = mean_confidence_interval(accs)
+    result = Evaluation(
+        run_dir=os.fspath(run_dir), arch=arch_label(cfg.arch), checkpoint=checkpoint, split=split, tasks=tasks,
+        seed=seed, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries, inner_steps=steps, inner_lr=cfg.inner_lr,
+        parameters=count_parameters(net, trainable_only=True), accuracy=mean, ci95=ci,
+        std=float(accs.std(unbiased=True)) if tasks > 1 else 0.0, seconds=seconds, accuracies=accs.tolist(),
+    )
+    if json_out is not None:
+        write_json(json_out, result.to_dict())
+    return result
+
+
+def format_evaluation(result):
+    """A plain-text table of an :class:`Evaluation` (what ``bayesnas evaluate`` prints).
+
+    Example::
+
+        result = evaluate("runs/c4", tasks=100)
+        print(format_evaluation(result))
+        # run    arch   split tasks steps  setting       accuracy (95% CI)  parameters
+        # c4     conv4  test    100     5  5-way 1-shot  97.20% ± 0.61%         6,981
+    """
+    setting = f"{result.ways}-way {result.shots}-shot"
+    acc = f"{100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}%"
+    header = (f"{'run':<28} {'arch':<9} {'split':<5} {'tasks':>5} {'steps':>5}  {'setting':<13} "
+              f"{'accuracy (95% CI)':<18} {'parameters':>10}")
+    line = (f"{os.path.basename(os.path.normpath(result.run_dir)):<28} {result.arch:<9} {result.split:<5} "
+            f"{result.tasks:>5} {result.inner_steps:>5}  {setting:<13} {acc:<18} {result.parameters:>10,}")
+    return header + "\n" + line

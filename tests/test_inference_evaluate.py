@@ -1,0 +1,81 @@
+"""Evaluation: the confidence interval on known samples, and a seeded, paired test protocol."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bayesnas.errors import ConfigError, RunError
+from bayesnas.inference.evaluate import evaluate, format_evaluation, mean_confidence_interval
+from bayesnas.inference.maml import RetrainConfig, retrain
+
+
+def test_confidence_interval_of_a_known_sample():
+    mean, ci = mean_confidence_interval([0.2, 0.4, 0.6, 0.8])
+    # sample std = sqrt(0.2 / 3) = 0.2581989; 1.96 * 0.2581989 / sqrt(4) = 0.2530349
+    assert mean == pytest.approx(0.5) and ci == pytest.approx(0.2530349, abs=1e-7)
+    mean, ci = mean_confidence_interval(torch.tensor([1.0, 0.0] * 300))
+    # 600 Bernoulli(1/2) outcomes: std = sqrt(600 / 599) / 2
+    assert mean == 0.5 and ci == pytest.approx(1.96 * math.sqrt(600 / 599) / 2 / math.sqrt(600), rel=1e-12)
+    assert mean_confidence_interval([0.7, 0.7, 0.7]) == (pytest.approx(0.7), pytest.approx(0.0, abs=1e-15))
+    assert mean_confidence_interval([0.3]) == (0.3, 0.0)
+    assert mean_confidence_interval([0.2, 0.4, 0.6, 0.8], z=2.576)[1] == pytest.approx(2.576 * 0.2581989 / 2, abs=1e-6)
+    with pytest.raises(ValueError):
+        mean_confidence_interval([])
+
+
+def test_confidence_interval_covers_the_true_mean_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(0.7, 0.1, size=(4000, 200))
+    covered = 0
+    for sample in samples:
+        mean, ci = mean_confidence_interval(sample)
+        covered += abs(mean - 0.7) <= ci
+    # t with 199 df: P(|t| < 1.96) = 0.9486; 4000 draws give a standard error of 0.0035
+    assert 0.938 < covered / 4000 < 0.960
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate") / "c4"
+    cfg = RetrainConfig(arch="conv4", channels=8, iterations=20, queries=5, val_every=10, val_tasks=10,
+                        checkpoint_every=10, threads=1)
+    retrain(None, cfg, out=out, progress=False)
+    return out
+
+
+def test_evaluate_is_seeded_paired_and_writes_json(run, tmp_path):
+    a = evaluate(run, tasks=40, json_out=tmp_path / "e.json")
+    assert a.tasks == 40 and len(a.accuracies) == 40 and a.checkpoint == "best"
+    assert a.accuracy == pytest.approx(np.mean(a.accuracies))
+    assert a.ci95 == pytest.approx(1.96 * np.std(a.accuracies, ddof=1) / math.sqrt(40))
+    assert a.inner_steps == 5 and (a.ways, a.shots, a.queries) == (5, 1, 5)
+    # Conv-4 with 8 filters: 4 x (bias-free 3x3 conv + affine BN) + linear head on 8 features
+    assert a.parameters == (9 * 8 + 16) + 3 * (9 * 64 + 16) + (8 * 5 + 5)
+    saved = json.load(open(tmp_path / "e.json"))
+    assert saved["accuracy"] == a.accuracy and saved["accuracies"] == a.accuracies
+    # every per-task accuracy is a multiple of 1/25 (5-way, 5 queries per class)
+    assert all(abs(25 * x - round(25 * x)) < 1e-9 for x in a.accuracies)
+    b = evaluate(run, tasks=40)
+    assert b.accuracies == a.accuracies
+    c = evaluate(run, tasks=40, seed=1)
+    assert c.accuracies != a.accuracies
+    assert a.accuracy > 0.3  # chance is 0.2
+    text = format_evaluation(a)
+    assert "±" in text and f"{100 * a.accuracy:.2f}%" in text
+
+
+def test_inner_steps_at_test_time_matter(run):
+    none = evaluate(run, tasks=30, inner_steps=0)
+    five = evaluate(run, tasks=30, inner_steps=5)
+    assert none.inner_steps == 0
+    # without adaptation the labels are arbitrary: about chance
+    assert none.accuracy < 0.32 < five.accuracy
+
+
+def test_evaluate_bad_input(run, tmp_path):
+    with pytest.raises(RunError, match="no such run folder"):
+        evaluate(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="tasks"):
+        evaluate(run, tasks=0)
