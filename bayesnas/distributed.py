@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from .errors import BayesNASError, ConfigError
 
 
 @dataclass
@@ -85,6 +85,31 @@ class DistributedContext:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def on_main(self, action):
+        """Run ``action()`` on rank 0 and return its result on every rank.
+
+        A BayesNASError raised there (a run folder that exists, a missing checkpoint) is
+        raised on every rank, so no process waits for a partner that has given up.
+        """
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = action()
+            except BayesNASError as exc:
+                error = exc
+        if not self.active:
+            if error is not None:
+                raise error
+            return result
+        error = self.broadcast_object(error)
+        if error is not None:
+            raise error
+        return self.broadcast_object(result)
+
+    def strided(self, count):
+        """This rank's items of ``range(count)`` taken round-robin (for evaluation)."""
+        return list(range(self.rank, count, self.world_size))
 
     def barrier(self):
         if self.active:

@@ -69,3 +69,32 @@ def test_killing_one_rank_stops_the_job_and_the_last_checkpoint_loads(tmp_path, 
     assert "bayesnas" in output
     state = RunDirectory(out).load_checkpoint()
     assert state["iteration"] >= 1
+
+
+def test_retrain_and_evaluate_split_across_two_ranks_match_one(tmp_path):
+    # Conv-4 needs 16 pixels or more: the embedded 28x28 data
+    args = ["--iterations", "3", "--tasks", "2", "--channels", "4", "--queries", "2", "--inner-steps", "1",
+            "--val-every", "3", "--val-tasks", "3", "--threads", "1", "--device", "cpu", "--quiet"]
+    outputs = {}
+    for n in (1, 2):
+        job = torchrun(n, "retrain", "conv4", *args, "--out", str(tmp_path / f"r{n}"))
+        outputs[n] = job.communicate(timeout=300)[0]
+        assert job.returncode == 0, outputs[n]
+    a = RunDirectory(tmp_path / "r1").load_checkpoint()["stateful"]["net"]
+    b = RunDirectory(tmp_path / "r2").load_checkpoint()["stateful"]["net"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    assert RunDirectory(tmp_path / "r1").read_metrics()[-1]["val_acc"] == pytest.approx(
+        RunDirectory(tmp_path / "r2").read_metrics()[-1]["val_acc"], abs=1e-6)
+    assert outputs[2].count("run folder:") == 1
+    import json
+
+    results = {}
+    for n in (1, 2):
+        job = torchrun(n, "evaluate", str(tmp_path / "r1"), "--tasks", "5", "--threads", "1", "--quiet",
+                       "--json", str(tmp_path / f"eval{n}.json"))
+        out = job.communicate(timeout=300)[0]
+        assert job.returncode == 0, out
+        results[n] = json.load(open(tmp_path / f"eval{n}.json"))
+    assert results[1]["accuracies"] == pytest.approx(results[2]["accuracies"], abs=1e-6)
+    assert results[1]["accuracy"] == pytest.approx(results[2]["accuracy"], abs=1e-9)

@@ -92,6 +92,8 @@ def retrain_command(arch, out, resume, config_file, quiet, **flags):
             raise click.UsageError("give GENOTYPE (a genotype JSON file or fit run folder), conv4 or darts_v2")
         config = resolve_config(RetrainConfig, config_file=config_file, overrides=dict(flags, arch=arch))
         result = retrain(None, config, out=out, progress=not quiet)
+    if result.run_dir is None:  # a rank other than 0 of a torchrun job: rank 0 reports
+        return
     last = result.rows[-1] if result.rows else {}
     best = max((r["val_acc"] for r in result.rows if r.get("val_acc") is not None), default=None)
     click.echo(f"run folder: {result.run_dir}")
@@ -121,6 +123,8 @@ def evaluate_command(run_dir, tasks, inner_steps, split, seed, checkpoint, json_
 
     result = evaluate(run_dir, tasks=tasks, inner_steps=inner_steps, split=split, seed=seed, json_out=json_out,
                       which=checkpoint, device=device, threads=threads, progress=not quiet)
+    if result is None:  # a rank other than 0 of a torchrun job: rank 0 reports
+        return
     click.echo(format_evaluation(result))
     if json_out:
         click.echo(f"json: {json_out}")

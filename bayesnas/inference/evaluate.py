@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data import TaskSampler
 from ..device import resolve_device
+from ..distributed import init_distributed
 from ..errors import ConfigError
 from ..fileio import write_json
 from ..models import count_parameters
@@ -113,6 +114,10 @@ def evaluate(run_dir, tasks=600, inner_steps=None, split="test", seed=0, json_ou
         threads: torch CPU threads (0 = leave torch's setting).
         progress: show a progress bar.
 
+    Under torchrun the tasks are split across processes (round robin) and gathered on
+    every rank; only rank 0 returns the Evaluation and writes ``json_out`` (the others
+    return None).
+
     Returns:
         :class:`Evaluation` (ways/shots/queries are the run's).
 
@@ -133,15 +138,31 @@ def evaluate(run_dir, tasks=600, inner_steps=None, split="test", seed=0, json_ou
     if which == "best" and not os.path.exists(RunDirectory(run_dir).file("checkpoint_best.pt")):
         checkpoint = "last"  # a run stopped before its first validation; a missing "last" is reported
     cfg, net, data = load_retrain(run_dir, which=checkpoint, device="cpu")
-    net = net.to(resolve_device(device if device is not None else cfg.device))
+    ctx = init_distributed(resolve_device(device if device is not None else cfg.device))
+    try:
+        return _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, split, seed, json_out,
+                         progress)
+    finally:
+        ctx.close()
+
+
+def _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, split, seed, json_out, progress):
+    net = net.to(ctx.device)
     dev = next(net.parameters()).device
     steps = cfg.test_inner_steps if inner_steps is None else inner_steps
     sampler = TaskSampler(data.split(split), cfg.ways, cfg.shots, cfg.queries, seed=seed, device=dev)
     t0 = time.perf_counter()
-    with tqdm(total=tasks, desc=f"evaluate {arch_label(cfg.arch)}", disable=not progress, dynamic_ncols=True) as bar:
-        accs = task_accuracies(net, sampler, range(tasks), steps, cfg.inner_lr,
-                               progress=lambda done: bar.update(done - bar.n))
+    mine = ctx.strided(tasks)
+    with tqdm(total=len(mine), desc=f"evaluate {arch_label(cfg.arch)}", disable=not (progress and ctx.is_main),
+              dynamic_ncols=True) as bar:
+        local = task_accuracies(net, sampler, mine, steps, cfg.inner_lr,
+                                progress=lambda done: bar.update(done - bar.n)) if mine else torch.zeros(0)
+    accs = torch.zeros(tasks, dtype=torch.float64)
+    for indices, values in ctx.gather_objects((mine, local.double().cpu())):
+        accs[indices] = values
     seconds = time.perf_counter() - t0
+    if not ctx.is_main:
+        return None
     mean, ci = mean_confidence_interval(accs)
     result = Evaluation(
         run_dir=os.fspath(run_dir), arch=arch_label(cfg.arch), checkpoint=checkpoint, split=split, tasks=tasks,

@@ -26,6 +26,7 @@ from torch.func import functional_call
 from ..config import check, resolve_config
 from ..data import TaskSampler
 from ..device import resolve_device
+from ..distributed import init_distributed
 from ..errors import ConfigError, GenotypeError, NonFiniteLossError, RunError
 from ..fileio import write_json
 from ..models import (NAMED_GENOTYPES, Genotype, build_network, count_parameters, genotype_from_dict,
@@ -333,6 +334,15 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
         result.rows[-1]["val_acc"], result.parameters
         retrain(resume="runs/c4", config=RetrainConfig(iterations=400))
     """
+    requested = config.device if isinstance(config, RetrainConfig) else (config or {}).get("device")
+    ctx = init_distributed(resolve_device(requested or "auto"))
+    try:
+        return _retrain(ctx, arch, config, out, resume, progress, callbacks)
+    finally:
+        ctx.close()
+
+
+def _retrain(ctx, arch, config, out, resume, progress, callbacks):
     if resume is not None:
         run = RunDirectory(resume)
         saved = run.config()
@@ -344,9 +354,15 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
         if arch is not None and arch_config(arch) != cfg.arch:
             raise RunError(f"{resume}: was trained for another architecture ({arch_label(cfg.arch)}); "
                            f"--resume continues a run with its own architecture")
-        state = run.load_checkpoint()
-        if cfg.iterations != run.config().get("iterations"):
-            write_json(run.file("config.json"), cfg.to_dict())  # the folder states its own budget
+
+        def load():
+            state = run.load_checkpoint()
+            if cfg.iterations != run.config().get("iterations"):
+                write_json(run.file("config.json"), cfg.to_dict())  # the folder states its own budget
+            return state
+
+        state = ctx.on_main(load)
+        run = run if ctx.is_main else None
     else:
         if isinstance(config, RetrainConfig):
             cfg = dataclasses.replace(config)
@@ -360,7 +376,8 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
 
     from .svi import open_data, seed_everything
 
-    device = resolve_device(cfg.device)
+    ctx.share(cfg.tasks)  # fails early when the tasks cannot be split across processes
+    device = ctx.device if ctx.active else resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = open_data(cfg.data)
@@ -372,27 +389,36 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
     net = build_retrain_network(cfg, data.channels, data.image_size[0]).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.meta_lr)
 
-    if run is None:
-        run = RunDirectory.create(out or default_run_path("retrain"), cfg.to_dict())
-        run.write_metrics([])
+    if resume is None:
+        path = out or default_run_path("retrain")
+        run = ctx.on_main(lambda: RunDirectory.create(path, cfg.to_dict()))
+        if ctx.is_main:
+            run.write_metrics([])
+        else:
+            run = None
 
     loop = TrainingLoop(run, {"net": net, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
-                        checkpoint_every=cfg.checkpoint_every, score_key="val_acc", progress=progress,
+                        checkpoint_every=cfg.checkpoint_every, score_key="val_acc", progress=progress and ctx.is_main,
                         desc=f"retrain {arch_label(cfg.arch)}", callbacks=callbacks)
     if state is not None:
         loop.resume(state)
 
     def step(iteration):
-        batch = train_sampler.batch(range((iteration - 1) * cfg.tasks, iteration * cfg.tasks))
-        return maml_step(net, optimiser, batch, cfg)
+        start, stop = ctx.share(cfg.tasks)
+        first = (iteration - 1) * cfg.tasks
+        batch = train_sampler.batch(range(first + start, first + stop))
+        return ctx.mean_of(maml_step(net, optimiser, batch, cfg, reduce_gradients=ctx.average_gradients))
 
     def validate(iteration):
-        accs = task_accuracies(net, val_sampler, range(cfg.val_tasks), cfg.test_inner_steps, cfg.inner_lr)
-        return {"val_acc": accs.mean().item()}
+        mine = ctx.strided(cfg.val_tasks)
+        accs = task_accuracies(net, val_sampler, mine, cfg.test_inner_steps, cfg.inner_lr) if mine else torch.zeros(0)
+        totals = ctx.mean_of({"sum": accs.sum().item(), "count": float(len(mine))})
+        return {"val_acc": totals["sum"] / totals["count"]}
 
     rows = loop.run(step, validate)
     train_seconds = sum(r.get("seconds") or 0.0 for r in rows)
-    return RetrainResult(net=net, config=cfg, rows=rows, run_dir=run.path, seconds=loop.elapsed,
+    return RetrainResult(net=net, config=cfg, rows=rows, run_dir=run.path if run is not None else None,
+                         seconds=loop.elapsed,
                          train_seconds=train_seconds, parameters=count_parameters(net, trainable_only=True))
 
 

@@ -21,7 +21,7 @@ from ..config import FitConfig, resolve_config
 from ..data import TaskSampler, default_data_path, open_dataset
 from ..device import resolve_device
 from ..distributed import DistributedContext, init_distributed
-from ..errors import BayesNASError, ConfigError, NonFiniteLossError
+from ..errors import ConfigError, NonFiniteLossError
 from ..models import SearchNetwork
 from .elbo import elbo_terms
 from .guide import adapt
@@ -238,20 +238,6 @@ def fit(config=None, out=None, resume=None, progress=True, callbacks=()):
         ctx.close()
 
 
-def _on_main(ctx, action):
-    """Run ``action()`` on rank 0; a BayesNASError there is raised on every rank."""
-    result, error = None, None
-    if ctx.is_main:
-        try:
-            result = action()
-        except BayesNASError as exc:
-            error = exc
-    error = ctx.broadcast_object(error)
-    if error is not None:
-        raise error
-    return ctx.broadcast_object(result)
-
-
 def _fit(ctx, config, out, resume, progress, callbacks):
     if resume is not None:
         def load():
@@ -261,7 +247,7 @@ def _fit(ctx, config, out, resume, progress, callbacks):
                 saved["iterations"] = config.iterations
             return saved, run.load_checkpoint()
 
-        saved, state = _on_main(ctx, load)
+        saved, state = ctx.on_main(load)
         cfg = resolve_config(FitConfig, overrides=saved)
     else:
         cfg = config if isinstance(config, FitConfig) else resolve_config(FitConfig, overrides=config or {})
@@ -283,7 +269,7 @@ def _fit(ctx, config, out, resume, progress, callbacks):
         run = RunDirectory(resume) if ctx.is_main else None
     else:
         path = out or default_run_path("fit")
-        run = _on_main(ctx, lambda: RunDirectory.create(path, cfg.to_dict()))
+        run = ctx.on_main(lambda: RunDirectory.create(path, cfg.to_dict()))
         if ctx.is_main:
             run.write_metrics([])
         else:
