@@ -66,8 +66,8 @@ class FitConfig:
     rotations: bool = True  #: 90-degree rotations as new training classes (Omniglot practice)
     tasks: int = 2  #: T, tasks per meta-iteration
     inner_steps: int = 4  #: N, unrolled steps of the guide
-    iterations: int = 300
-    channels: int = 4  #: C of the search supernet
+    iterations: int = 80
+    channels: int = 2  #: C of the search supernet
     cells: int = 3
     variant: str = "gumbel"  #: "gumbel" (relaxed categorical z) or "softmax" (z = softmax(phi))
     tau_start: float = 1.0
@@ -84,14 +84,16 @@ class FitConfig:
     meta_lr: float = 1e-3  #: Adam step size of mu, sigma (and h_V, inner step sizes)
     arch_lr: float = 3e-3  #: Adam step size of alpha
     grad_clip: float = 10.0  #: max global norm of the meta-gradient (0 = no clipping)
-    val_every: int = 50
-    val_tasks: int = 20
+    val_every: int = 40
+    val_tasks: int = 10
     val_samples: int = 4  #: posterior samples averaged per validation prediction
     log_every: int = 10  #: iterations between entries of the edge-posterior history
-    checkpoint_every: int = 25
+    checkpoint_every: int = 20
     seed: int = 0
     device: str = "auto"
-    threads: int = 0  #: torch CPU threads (0 = torch's default)
+    #: torch CPU threads (0 = torch's default). 1 by default: the supernet's many small
+    #: operations spend more time synchronising two threads than computing (DESIGN §4)
+    threads: int = 1
 
     def validate(self):
         check(self.variant in ("gumbel", "softmax"), f"variant {self.variant!r}: expected 'gumbel' or 'softmax'")

@@ -34,7 +34,7 @@ _D = FitConfig()
 @click.option("--val-tasks", type=click.IntRange(min=1), default=None, help=f"Validation tasks [default: {_D.val_tasks}].")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: auto].")
 @click.option("--seed", type=int, default=None, help=f"[default: {_D.seed}]")
-@click.option("--threads", type=click.IntRange(min=0), default=None, help="torch CPU threads [default: torch's choice].")
+@click.option("--threads", type=click.IntRange(min=0), default=None, help=f"torch CPU threads, 0 = torch's choice [default: {_D.threads}].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def fit_command(out, resume, config_file, quiet, **flags):
