@@ -72,8 +72,11 @@ class FitConfig:
     variant: str = "gumbel"  #: "gumbel" (relaxed categorical z) or "softmax" (z = softmax(phi))
     tau_start: float = 1.0
     tau_end: float = 0.5  #: exponential decay from tau_start over the run
-    sigma_init: float = 0.05  #: initial prior scale of every weight
-    inner_lr_mu: float = 0.1
+    #: initial prior scale of every weight; with the guide's proximal mean step (guide.py)
+    #: the mean moves at most ~n_s * sigma^2 per unit gradient, so sigma also sets how far
+    #: a task can adapt
+    sigma_init: float = 0.1
+    inner_lr_mu: float = 0.4  #: the MAML paper's Omniglot step size
     inner_lr_rho: float = 0.1
     inner_lr_alpha: float = 1.0
     learn_inner_lr: bool = False
@@ -82,7 +85,7 @@ class FitConfig:
     kl_weight: float = 1.0  #: 1 = the full ELBO
     kl_anneal: int = 0  #: iterations of linear warm-up of the KL weight from 0 (0 = none)
     meta_lr: float = 1e-3  #: Adam step size of mu, sigma (and h_V, inner step sizes)
-    arch_lr: float = 3e-3  #: Adam step size of alpha
+    arch_lr: float = 1e-2  #: Adam step size of alpha (short CPU runs; DARTS used 3e-4 over far longer runs)
     grad_clip: float = 10.0  #: max global norm of the meta-gradient (0 = no clipping)
     val_every: int = 40
     val_tasks: int = 10

@@ -1,7 +1,8 @@
 """Time the naive vs the fused search supernet: forward+backward and a second-order step.
 
-Each (config, implementation, measurement) runs in its own subprocess so that its peak
-RSS is its own. A second-order step is one MAML-style inner step through the network:
+Each (config, implementation, measurement) runs in its own subprocesses so that its peak
+RSS is its own; naive and fused alternate round by round so both see the same machine
+load. Times are the median over all timed repeats. A second-order step is one MAML-style inner step through the network:
 ``g = grad(loss_support(theta), theta, create_graph=True)``, then
 ``loss_query(theta - 0.1 g).backward()`` (gradients reach theta and z).
 
@@ -101,7 +102,7 @@ def main(args):
     impls = ["naive", "fused"] if args.impl == "both" else [args.impl]
     results = []
     print(f"torch {torch.__version__}, {args.threads} threads, dw_grouping={args.grouping}, "
-          f"warm-up {args.warmup}, {args.repeats} repeats, load average "
+          f"warm-up {args.warmup}, {args.rounds} rounds x {args.repeats} repeats, load average "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     header = f"{'config':18} {'measurement':13} " + " ".join(f"{i + ' ms':>12}" for i in impls)
     header += f" {'ratio':>7} " + " ".join(f"{i + ' RSS MiB':>16}" for i in impls)
@@ -109,18 +110,28 @@ def main(args):
     for cfg in configs:
         for mode in MODES:
             row = {"config": cfg, "mode": mode}
+            runs = {impl: [] for impl in impls}
+            # Alternate the implementations round by round, so that both see the same load
+            # on a shared machine; each round is a fresh process (its own warm-up and RSS).
+            for _ in range(args.rounds):
+                for impl in impls:
+                    runs[impl].append(_run_child(cfg, impl, mode, args))
             for impl in impls:
-                row[impl] = _run_child(cfg, impl, mode, args)
+                times = [t for r in runs[impl] for t in r["times_ms"]]
+                row[impl] = {"median_ms": statistics.median(times), "min_ms": min(times),
+                             "times_ms": times,
+                             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs[impl])}
             if len(impls) == 2:
                 row["ratio"] = row["naive"]["median_ms"] / row["fused"]["median_ms"]
+            row["load_average"] = os.getloadavg()[0]
             results.append(row)
             line = f"{cfg['name']:18} {mode:13} " + " ".join(
                 f"{row[i]['median_ms']:12.0f}" for i in impls)
             line += f" {row.get('ratio', float('nan')):7.2f} " + " ".join(
                 f"{row[i]['peak_rss_mib']:16.0f}" for i in impls)
-            print(line, flush=True)
+            print(line + f"   (load {row['load_average']:.1f})", flush=True)
     report = {"torch": torch.__version__, "threads": args.threads, "grouping": args.grouping,
-              "warmup": args.warmup, "repeats": args.repeats, "machine": platform.processor()
+              "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds, "machine": platform.processor()
               or platform.machine(), "cpus": os.cpu_count(), "results": results}
     if args.json:
         from bayesnas.fileio import write_json
@@ -134,7 +145,9 @@ def parse_args(argv=None):
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per round")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="rounds alternating naive and fused (each a fresh process)")
     p.add_argument("--impl", choices=["both", "naive", "fused"], default="both")
     p.add_argument("--grouping", choices=["per_op", "by_dilation", "single"], default="per_op",
                    help="kernel groups of the fused net's first depthwise stage")

@@ -15,6 +15,9 @@ def _register():
 
     main.add_command(data_cmds.data)
     main.add_command(fit_cmds.fit_command)
+    from . import inspect_cmds
+
+    main.add_command(inspect_cmds.inspect_command)
     from . import retrain_cmds
 
     main.add_command(retrain_cmds.derive_cell_command)

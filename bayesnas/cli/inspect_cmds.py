@@ -1,0 +1,85 @@
+"""``bayesnas inspect``: print a fit run's edge posterior and derived cells, write its plots."""
+import math
+import os
+
+import click
+
+from .common import user_errors
+
+
+def _edge_name(source, target):
+    from ..inference.posterior import state_name
+
+    return f"{state_name(source)} -> n{target}"
+
+
+def _node_lines(pairs):
+    from ..inference.posterior import state_name
+
+    return [f"n{i // 2} <- " + " + ".join(f"{op}({state_name(src)})" for op, src in pairs[i:i + 2])
+            for i in range(0, len(pairs), 2)]
+
+
+@click.command("inspect")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for the plots [default: RUN_DIR/inspect].")
+@click.option("--checkpoint", "which", type=click.Choice(["last", "best"]), default="last",
+              help="Fit checkpoint to read.")
+@click.option("--top", type=click.IntRange(1, 10), default=3, help="Ops listed per edge (10 = the whole table).")
+@click.option("--sort", "sort_by", type=click.Choice(["edge", "entropy"]), default="edge",
+              help="Edge order: by index, or surest (lowest entropy) first.")
+@click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", help="Plot file format.")
+@click.option("--no-plots", is_flag=True, help="Print only; write no files.")
+@click.option("--calibration", "calibration_tasks", type=click.IntRange(min=0), default=0,
+              help="Also adapt to this many held-out tasks and report the ECE of one posterior sample "
+                   "vs --samples averaged (0 = skip).")
+@click.option("--samples", type=click.IntRange(min=1), default=8, help="Posterior samples averaged (with --calibration).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the calibration tasks and samples.")
+@user_errors
+def inspect_command(run_dir, out, which, top, sort_by, fmt, no_plots, calibration_tasks, samples, seed):
+    """Print the edge posterior of a fit run (top ops and entropy per edge, derived cells) and plot it."""
+    from ..run import load_run
+
+    run = load_run(run_dir)
+    post = run.edge_posterior(which)
+    genotype = post.derive()
+    history = run.posterior_history()
+    entropy = post.entropy()
+    rows = post.top(top)
+
+    cfg = run.config
+    click.echo(f"run {run.path}: {which} checkpoint at iteration {run.checkpoint_iteration(which)}/{cfg.iterations}, "
+               f"{cfg.variant}, tau {post.tau:.3g}")
+    for cell, h in zip(("normal", "reduce"), entropy):
+        click.echo(f"\n{cell} cell: op probabilities per edge (entropy in nats; uniform = {math.log(10):.3f})")
+        click.echo(f"  {'edge':<18}{'entropy':>8}  top {top} op{'s' * (top != 1)}")
+        edges = range(h.numel())
+        if sort_by == "entropy":
+            edges = sorted(edges, key=lambda e: float(h[e]))
+        for e in edges:
+            mine = [r for r in rows if r.cell == cell and r.edge == e]
+            ops = "  ".join(f"{r.op} {r.prob:.3f}" for r in mine)
+            click.echo(f"  {_edge_name(mine[0].source, mine[0].target):<18}{float(h[e]):>8.3f}  {ops}")
+    click.echo("\nderived cells (the rule of derive-cell):")
+    for cell in ("normal", "reduce"):
+        click.echo(f"  {cell} cell:")
+        for line in _node_lines(getattr(genotype, cell)):
+            click.echo(f"    {line}")
+
+    if calibration_tasks:
+        cal = run.calibration(tasks=calibration_tasks, samples=samples, seed=seed, which=which, progress=True)
+        click.echo(f"\ncalibration on {cal.tasks} held-out tasks ({cal.points} query points), 15-bin ECE:")
+        for name, ece, acc, nll in (("1 posterior sample", cal.ece_single, cal.acc_single, cal.nll_single),
+                                    (f"{cal.samples} samples averaged", cal.ece_averaged, cal.acc_averaged,
+                                     cal.nll_averaged)):
+            click.echo(f"  {name:<22}ECE {ece:.4f}  accuracy {acc:.4f}  NLL {nll:.4f}")
+
+    if not no_plots:
+        folder = out if out is not None else os.path.join(run.path, "inspect")
+        paths = [os.path.join(folder, f"edge_posterior.{fmt}"), os.path.join(folder, f"posterior_history.{fmt}")]
+        post.plot(path=paths[0])
+        history.plot(path=paths[1])
+        click.echo("\nplots:")
+        for path in paths:
+            click.echo(f"  {path}")

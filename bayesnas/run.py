@@ -1,0 +1,382 @@
+"""A fit run folder as one object: its config, metrics, checkpoints and posteriors.
+
+This is the notebook entry point after ``bayesnas fit``: the meta-level edge posterior,
+the posterior of a new task (the guide's own unrolled steps on its support set), its
+model-averaged predictions, the posterior's history over training, and calibration.
+
+Usage::
+
+    import bayesnas
+    run = bayesnas.load_run("runs/fit-20261127-120000")
+    run.edge_posterior().table(sort_by="prob", descending=True)[:5]
+    task = run.task_sampler("test").task(0)
+    run.adapt(task).predict(task.query_x).probs          # [ways * queries, ways]
+"""
+import os
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import FitConfig, from_dict
+from .device import resolve_device
+from .errors import ConfigError, RunError
+from .inference.posterior import AdaptedPosterior, EdgePosterior, PosteriorHistory, expected_calibration_error
+from .inference.rundir import RunDirectory
+from .models.genotypes import NUM_EDGES
+from .models.operations import NUM_OPS
+
+CHECKPOINTS = ("last", "best")
+
+
+def load_run(path, device="cpu"):
+    """Open the run folder ``path`` written by ``bayesnas fit`` (or :func:`bayesnas.inference.fit`).
+
+    Checks at once that the folder holds a fit config, a readable last checkpoint of the
+    current format with a meta-network in it, and metrics; anything missing, another
+    command's run or an older checkpoint format raises one :class:`~bayesnas.errors.RunError`
+    naming the file.
+
+    Args:
+        path: the run folder; device: where task posteriors are computed ("cpu", "cuda", "auto").
+
+    Returns:
+        :class:`Run`.
+
+    Usage::
+
+        run = load_run("runs/fit-20261127-120000")
+        run.config.iterations, run.iteration  # planned and reached
+        run.metrics[-1]["val_acc"]
+    """
+    return Run(path, device=device)
+
+
+class Calibration(NamedTuple):
+    """Calibration of a run's predictions on held-out tasks: one posterior sample vs S averaged.
+
+    tasks, samples, points: how many tasks, posterior samples S, query points in all;
+    ece_*: expected calibration error (15 bins); acc_*: accuracy; nll_*: mean negative
+    log-likelihood of the true class (nats). ``single`` uses the first posterior sample
+    of each task alone, ``averaged`` the mean of all S (Bayesian model averaging).
+
+    Usage::
+
+        cal = run.calibration(tasks=100, samples=8)
+        print(f"ECE {cal.ece_single:.3f} -> {cal.ece_averaged:.3f}")
+        cal._asdict()
+    """
+
+    tasks: int
+    samples: int
+    points: int
+    ece_single: float
+    ece_averaged: float
+    acc_single: float
+    acc_averaged: float
+    nll_single: float
+    nll_averaged: float
+
+
+class Run:
+    """A fit run folder, opened by :func:`load_run`.
+
+    Attributes:
+        path: the folder; directory: its :class:`~bayesnas.inference.rundir.RunDirectory`;
+        config: the run's :class:`~bayesnas.config.FitConfig`; device: torch.device of
+        task posteriors; iteration: the iteration of the last checkpoint.
+
+    Usage::
+
+        run = load_run("runs/a")
+        post = run.edge_posterior()           # meta-level, [14, 10] per cell type
+        task = run.task_posterior(support_x, support_y)
+        hist = run.posterior_history()
+    """
+
+    def __init__(self, path, device="cpu"):
+        self.directory = RunDirectory(path)
+        self.path = self.directory.path
+        config_file = self.directory.file("config.json")
+        raw = self.directory.config()
+        if not isinstance(raw, dict):
+            raise RunError(f"{config_file}: expected a JSON object of fit settings, got {type(raw).__name__}")
+        try:
+            self.config = from_dict(FitConfig, raw, source=config_file)
+        except (ConfigError, TypeError) as exc:
+            raise RunError(f"{exc}; expected the config of a `bayesnas fit` run") from None
+        self.device = resolve_device(device)
+        self._states = {}
+        self._metas = {}
+        self._data = None
+        self.iteration = int(self._state("last")["iteration"])
+        self.directory.read_metrics()
+
+    def _state(self, which):
+        if which not in CHECKPOINTS:
+            raise ConfigError(f"which={which!r}: expected one of {', '.join(CHECKPOINTS)}")
+        if which not in self._states:
+            state = self.directory.load_checkpoint(which)
+            path = self.directory.file(f"checkpoint_{which}.pt")
+            meta = state.get("stateful", {}).get("meta")
+            shapes = {k: tuple(meta[k].shape) for k in ("alpha_normal", "alpha_reduce")
+                      if isinstance(meta, dict) and k in meta}
+            if len(shapes) != 2 or "iteration" not in state:
+                raise RunError(f"{path}: holds no fit meta-network (no alpha_normal/alpha_reduce); "
+                               f"it was written by another command")
+            if any(s != (NUM_EDGES, NUM_OPS) for s in shapes.values()):
+                raise RunError(f"{path}: edge logits have shapes {shapes}, this bayesnas expects "
+                               f"({NUM_EDGES}, {NUM_OPS})")
+            self._states[which] = state
+        return self._states[which]
+
+    @property
+    def checkpoints(self):
+        """``{"last": path, "best": path}`` for the checkpoint files that exist.
+
+        Usage::
+
+            run.checkpoints["last"]           # 'runs/a/checkpoint_last.pt'
+            "best" in run.checkpoints
+        """
+        files = {w: self.directory.file(f"checkpoint_{w}.pt") for w in CHECKPOINTS}
+        return {w: p for w, p in files.items() if os.path.exists(p)}
+
+    @property
+    def metrics(self):
+        """``metrics.csv`` as a list of dicts, one per iteration (floats; None where not logged).
+
+        Read on every access, so a run still training shows its newest rows.
+
+        Usage::
+
+            [r["val_acc"] for r in run.metrics if r.get("val_acc") is not None]
+            run.metrics[-1]["loss"]
+        """
+        return self.directory.read_metrics()
+
+    def metrics_frame(self):
+        """``metrics.csv`` as a ``pandas.DataFrame`` indexed by iteration (needs pandas).
+
+        Usage::
+
+            df = run.metrics_frame()
+            df[["loss", "kl_z"]].rolling(10).mean().plot()
+            df["val_acc"].dropna()
+        """
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("metrics_frame() needs pandas: pip install pandas "
+                              "(or use run.metrics, a list of dicts)") from None
+        frame = pandas.DataFrame(self.metrics)
+        if "iteration" in frame:
+            frame["iteration"] = frame["iteration"].astype("int64")
+            frame = frame.set_index("iteration")
+        return frame
+
+    def checkpoint_iteration(self, which="last"):
+        """The iteration at which checkpoint ``which`` ("last" or "best") was written.
+
+        Usage::
+
+            run.checkpoint_iteration("best")  # where validation accuracy peaked
+        """
+        return int(self._state(which)["iteration"])
+
+    def temperature(self, which="last"):
+        """tau of the training schedule at checkpoint ``which``: what posteriors of it use by default.
+
+        Usage::
+
+            run.temperature()                 # tau_end once training finished
+        """
+        from .inference.svi import temperature
+
+        return temperature(self.config, max(self.checkpoint_iteration(which), 1))
+
+    def meta_network(self, which="last"):
+        """The :class:`~bayesnas.inference.meta.MetaNetwork` of checkpoint ``which``, on ``self.device``.
+
+        Usage::
+
+            meta = run.meta_network()
+            meta.sigma.mean()                 # learned prior scale of the weights
+            meta.alpha_normal.softmax(-1)     # [14, 10]
+        """
+        if which not in self._metas:
+            from .inference.svi import load_fit
+
+            self._state(which)
+            _, meta, data = load_fit(self.path, which, self.device)
+            self._metas[which] = meta
+            self._data = data
+        return self._metas[which]
+
+    @property
+    def data(self):
+        """The :class:`~bayesnas.data.FewShotData` the run trained on (opened on first use).
+
+        Usage::
+
+            run.data.splits                   # ['train', 'val', 'test']
+            run.data.split("test").num_classes
+        """
+        if self._data is None:
+            from .inference.svi import open_data
+
+            self._data = open_data(self.config.data)
+        return self._data
+
+    def edge_posterior(self, which="last"):
+        """The meta-level edge posterior ``softmax(alpha)`` of checkpoint ``which``.
+
+        Returns:
+            :class:`~bayesnas.inference.posterior.EdgePosterior` (``.probs`` per cell
+            ``[14, 10]``, tau = the schedule's temperature at that checkpoint).
+
+        Usage::
+
+            post = run.edge_posterior()
+            post.top(1)                       # each edge's favourite op
+            post.derive()                     # what `bayesnas derive-cell` writes
+        """
+        meta = self._state(which)["stateful"]["meta"]
+        return EdgePosterior(meta["alpha_normal"], meta["alpha_reduce"], tau=self.temperature(which),
+                             label=f"meta-level posterior ({which} checkpoint, iteration {self.checkpoint_iteration(which)})")
+
+    def task_posterior(self, support_x, support_y, steps=None, samples=8, tau=None, which="last", seed=None):
+        """The posterior q(theta, z | D) of a new task, by the guide's unrolled steps on its support set.
+
+        Args:
+            support_x: ``[n, C, H, W]`` images in [0, 1]; support_y: ``[n]`` labels 0..ways-1.
+            steps: unrolled steps (default: the run's ``inner_steps``, as in training).
+            samples: default number of posterior samples of ``.predict``.
+            tau: temperature (default: the schedule's value at the checkpoint; the KL
+                weight is the schedule's too, so the steps are those of training).
+            which: "last" or "best" checkpoint; seed: seed the steps' samples.
+
+        Returns:
+            :class:`~bayesnas.inference.posterior.AdaptedPosterior`: the EdgePosterior API
+            for this task plus ``.predict(query_x)``.
+
+        Usage::
+
+            task = run.task_sampler("test").task(3)
+            post = run.task_posterior(task.support_x, task.support_y, steps=8)
+            post.derive(), post.predict(task.query_x).entropy
+        """
+        from .inference.svi import kl_weight
+
+        cfg = self.config
+        steps = cfg.inner_steps if steps is None else int(steps)
+        tau = self.temperature(which) if tau is None else float(tau)
+        ways = cfg.ways
+        labels = torch.as_tensor(support_y)
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= ways):
+            raise ConfigError(f"support_y holds labels {int(labels.min())}..{int(labels.max())}; "
+                              f"this run's network has {ways} classes (labels 0..{ways - 1})")
+        return AdaptedPosterior.from_support(
+            self.meta_network(which), support_x, labels, steps=steps, tau=tau, relaxed=cfg.variant == "gumbel",
+            kl_weight=kl_weight(cfg, max(self.checkpoint_iteration(which), 1)), samples=samples, seed=seed,
+            label=f"task posterior ({which} checkpoint, {steps} step{'s' * (steps != 1)})")
+
+    def adapt(self, task, **kwargs):
+        """:meth:`task_posterior` of a task object (anything with ``support_x`` and ``support_y``).
+
+        Usage::
+
+            task = run.task_sampler("test").task(0)
+            post = run.adapt(task, samples=16)
+            post.predict(task.query_x).probs  # [ways * queries, ways]
+        """
+        return self.task_posterior(task.support_x, task.support_y, **kwargs)
+
+    def task_sampler(self, split=None, seed=0, shots=None, queries=None):
+        """A :class:`~bayesnas.data.TaskSampler` of the run's data with its ways (and shots, queries).
+
+        ``split`` defaults to the held-out one: "test" when the data has it, else "val".
+
+        Usage::
+
+            sampler = run.task_sampler()      # held-out classes
+            task = sampler.task(0)            # support_x [ways*shots, C, H, W]
+            run.task_sampler("val", shots=5).batch(range(4))
+        """
+        from .data import TaskSampler
+
+        data = self.data
+        if split is None:
+            split = "test" if "test" in data.splits else "val"
+        cfg = self.config
+        return TaskSampler(data.split(split), cfg.ways, cfg.shots if shots is None else shots,
+                           cfg.queries if queries is None else queries, seed=seed, device="cpu")
+
+    def posterior_history(self):
+        """The meta-level edge posterior at every logged iteration (``posterior_history.h5``).
+
+        Returns:
+            :class:`~bayesnas.inference.posterior.PosteriorHistory` (``iteration [n]``,
+            ``probs`` per cell ``[n, 14, 10]``, ``.plot()``).
+
+        Usage::
+
+            hist = run.posterior_history()
+            hist.probs.normal[:, 0]           # edge 0's op probabilities over time [n, 10]
+            hist.plot(path="history.png")
+        """
+        h = self.directory.read_history()
+        return PosteriorHistory(h["iteration"], h["alpha_normal"], h["alpha_reduce"],
+                                label=f"posterior history of {os.path.basename(os.path.normpath(self.path))}")
+
+    def calibration(self, tasks=50, samples=8, split=None, bins=15, seed=0, which="last", steps=None,
+                    progress=False):
+        """Calibration on held-out tasks: one posterior sample vs ``samples`` averaged.
+
+        Every task is adapted by :meth:`task_posterior`; its query points are predicted
+        by the first posterior sample alone and by the average of all S. Points of all
+        tasks are pooled before computing the ECE.
+
+        Args:
+            tasks: number of tasks (indices 0..tasks-1 of :meth:`task_sampler`);
+            samples: S; split: as in :meth:`task_sampler`; bins: ECE bins;
+            seed: seeds the task stream and the posterior samples; progress: a tqdm bar.
+
+        Returns:
+            :class:`Calibration`.
+
+        Usage::
+
+            cal = run.calibration(tasks=100, samples=8)
+            cal.ece_single, cal.ece_averaged
+            run.calibration(tasks=20, samples=1)   # single == averaged
+        """
+        if int(tasks) < 1 or int(samples) < 1:
+            raise ConfigError(f"tasks={tasks}, samples={samples}: expected both >= 1")
+        sampler = self.task_sampler(split, seed=seed)
+        singles, averaged, labels = [], [], []
+        for i in tqdm(range(int(tasks)), desc="calibration", disable=not progress, leave=False):
+            task = sampler.task(i)
+            post = self.adapt(task, samples=samples, which=which, steps=steps, seed=seed * 1_000_003 + i)
+            pred = post.predict(task.query_x, seed=seed * 1_000_003 + i)
+            singles.append(pred.sample_probs[0])
+            averaged.append(pred.probs)
+            labels.append(task.query_y)
+        labels = torch.cat(labels)
+        single, mean = torch.cat(singles), torch.cat(averaged)
+
+        def nll(probs):
+            return float(-probs.gather(-1, labels[:, None]).clamp_min(1e-12).log().mean())
+
+        def acc(probs):
+            return float((probs.argmax(-1) == labels).float().mean())
+
+        return Calibration(int(tasks), int(samples), labels.numel(),
+                           expected_calibration_error(single, labels, bins),
+                           expected_calibration_error(mean, labels, bins),
+                           acc(single), acc(mean), nll(single), nll(mean))
+
+    def __repr__(self):
+        cfg = self.config
+        return (f"<Run {self.path}: fit, iteration {self.iteration}/{cfg.iterations}, {cfg.variant}, "
+                f"{cfg.ways}-way {cfg.shots}-shot, C={cfg.channels}, {cfg.cells} cells>")

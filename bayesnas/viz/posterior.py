@@ -1,0 +1,161 @@
+"""Figures of edge posteriors: a heatmap per cell type, and op probabilities over training.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot state, no GUI
+backend needed); a notebook displays the returned figure, ``path=`` saves it atomically.
+
+Usage::
+
+    fig = plot_edge_posterior(run.edge_posterior(), path="edges.png")
+    fig = plot_posterior_history(run.posterior_history(), path="history.png")
+"""
+import os
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..fileio import atomic_path
+from ..inference.posterior import state_name
+from ..models.genotypes import EDGES, STEPS, edge_index
+from ..models.operations import OPS
+
+CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
+
+
+def _edge_label(edge):
+    source, target = EDGES[edge]
+    return f"{state_name(source)} \u2192 n{target}"
+
+
+def save_figure(fig, path, dpi=150):
+    """Save ``fig`` to ``path`` atomically; the format comes from the extension (png, pdf, svg, ...).
+
+    Usage::
+
+        save_figure(fig, "runs/a/inspect/edges.png")
+        save_figure(fig, "edges.pdf", dpi=300)
+        save_figure(fig, "edges")             # ConfigError: no extension
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    supported = fig.canvas.get_supported_filetypes()
+    if ext not in supported:
+        raise ConfigError(f"{path}: cannot save a figure as {ext or 'a file without extension'!r}; "
+                          f"expected one of .{', .'.join(sorted(supported))}")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=ext, dpi=dpi)
+    return path
+
+
+def plot_edge_posterior(posterior, path=None, title=None, annotate=True):
+    """Heatmaps (edges x ops) of an edge posterior, one per cell type.
+
+    The op chosen on each edge kept by the derived genotype (``posterior.derive()``) is
+    outlined in red; lines separate the edges of different target nodes.
+
+    Args:
+        posterior: an :class:`~bayesnas.inference.posterior.EdgePosterior` (``.probs``
+            per cell ``[14, 10]``); path: also save there; title: default ``posterior.label``;
+        annotate: write each probability in its cell.
+
+    Returns:
+        ``matplotlib.figure.Figure`` with two heatmap axes and a colour bar.
+
+    Usage::
+
+        fig = plot_edge_posterior(run.edge_posterior())
+        fig = plot_edge_posterior(run.adapt(task), path="task.png", title="task 7")
+        fig.axes[1].get_title()               # 'reduction cell'
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    genotype = posterior.derive()
+    # fixed margins rather than constrained layout: the same picture, a second faster to save
+    fig = Figure(figsize=(13, 6.5))
+    fig.subplots_adjust(left=0.12, right=0.9, bottom=0.2, top=0.88, wspace=0.06)
+    axes = fig.subplots(1, 2, sharey=True)
+    image = None
+    for ax, cell, probs in zip(axes, ("normal", "reduce"), posterior.probs):
+        probs = probs.numpy()
+        image = ax.imshow(probs, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        ax.set_title(CELL_TITLES[cell])
+        ax.set_xticks(range(len(OPS)), OPS, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(EDGES)), [_edge_label(e) for e in range(len(EDGES))], fontsize=8)
+        ax.set_xlabel("operation")
+        for boundary in np.cumsum([k + 2 for k in range(STEPS)])[:-1]:
+            ax.axhline(boundary - 0.5, color="white", linewidth=1.5)
+        if annotate:
+            for e in range(probs.shape[0]):
+                for o in range(probs.shape[1]):
+                    ax.text(o, e, f"{probs[e, o]:.2f}", ha="center", va="center", fontsize=6,
+                            color="black" if probs[e, o] > 0.6 else "white")
+        for i, (op, source) in enumerate(getattr(genotype, cell)):
+            e = edge_index(source, i // 2)
+            ax.add_patch(Rectangle((OPS.index(op) - 0.5, e - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    axes[0].set_ylabel("edge (source \u2192 target node)")
+    fig.colorbar(image, cax=fig.add_axes((0.92, 0.2, 0.015, 0.68)), label="probability")
+    fig.suptitle(title or f"{posterior.label} (red: the derived cell)")
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_posterior_history(history, path=None, title=None):
+    """Each edge's op probabilities over training, per cell type a grid (target node x source state).
+
+    Panel (row t, column s) of a cell type shows edge ``s -> node t``: one line per op
+    (the same colour for an op everywhere; one legend). The normal cell is on the left,
+    the reduction cell on the right; panels of a cell type share their axes.
+
+    Args:
+        history: a :class:`~bayesnas.inference.posterior.PosteriorHistory`
+            (``iteration [n]``, ``probs`` per cell ``[n, 14, 10]``); path: also save there.
+
+    Returns:
+        ``matplotlib.figure.Figure`` (28 panels with data).
+
+    Usage::
+
+        fig = plot_posterior_history(run.posterior_history())
+        plot_posterior_history(hist, path="history.pdf")
+        fig.axes[0].get_title()               # 'c_{k-2} → n0' of the normal cell
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    iterations = history.iteration.numpy()
+    colours = [f"C{o}" for o in range(len(OPS))]
+    columns = STEPS + 1
+    # no constrained layout: with 40 panels it costs seconds per save; fixed margins do
+    fig = Figure(figsize=(20, 8))
+    grid = fig.add_gridspec(STEPS, 2 * columns + 1, width_ratios=[1] * columns + [0.3] + [1] * columns,
+                            left=0.04, right=0.99, bottom=0.12, top=0.88, wspace=0.12, hspace=0.45)
+    lines = []
+    for half, (cell, probs) in enumerate(zip(("normal", "reduce"), history.probs)):
+        probs = probs.numpy()
+        offset = half * (columns + 1)
+        first = None
+        for target in range(STEPS):
+            for source in range(target + 2):
+                ax = fig.add_subplot(grid[target, offset + source], sharex=first, sharey=first)
+                if first is None:
+                    # few ticks: matplotlib spends most of a save of this figure on them
+                    ax.xaxis.set_major_locator(MaxNLocator(3, integer=True))
+                    ax.yaxis.set_major_locator(MaxNLocator(3))
+                    first = ax
+                e = edge_index(source, target)
+                lines = [ax.plot(iterations, probs[:, e, o], color=colours[o], linewidth=1.2,
+                                 marker="." if len(iterations) < 3 else None)[0] for o in range(len(OPS))]
+                ax.set_title(_edge_label(e), fontsize=8)
+                ax.tick_params(labelsize=7, labelleft=source == 0)
+                if source == 0:
+                    ax.set_ylabel("probability", fontsize=8)
+                if target == STEPS - 1:
+                    ax.set_xlabel("iteration", fontsize=8)
+        centre = (grid[0, offset].get_position(fig).x0 + grid[0, offset + columns - 1].get_position(fig).x1) / 2
+        fig.text(centre, 0.92, CELL_TITLES[cell], ha="center", fontsize=12)
+    fig.legend(lines, OPS, loc="lower center", ncols=len(OPS), fontsize=8, frameon=False)
+    fig.suptitle(title or f"{history.label}: op probability per edge over training")
+    if path is not None:
+        save_figure(fig, path, dpi=100)
+    return fig

@@ -1,0 +1,73 @@
+"""``bayesnas inspect``: the table, entropies, derived cells, plots, and one-line errors."""
+import os
+import re
+
+import pytest
+from click.testing import CliRunner
+
+import bayesnas
+from bayesnas.cli.main import main
+from bayesnas.inference.posterior import state_name
+from bayesnas.models.genotypes import load_genotype
+from tests.test_run_api import tiny_run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_run(tmp_path_factory)
+
+
+def test_inspect_prints_table_entropies_cells_and_writes_plots(run_dir):
+    result = CliRunner().invoke(main, ["inspect", run_dir, "--top", "2"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    run = bayesnas.load_run(run_dir)
+    post = run.edge_posterior()
+    # every edge of both cells, with its entropy and its two best ops, as the library says
+    for cell, h in zip(("normal", "reduce"), post.entropy()):
+        assert f"{cell} cell: op probabilities per edge" in out
+    first = post.top(2)[:2]
+    line = next(l for l in out.splitlines() if l.strip().startswith(f"{state_name(0)} -> n0"))
+    assert f"{float(post.entropy().normal[0]):.3f}" in line
+    assert f"{first[0].op} {first[0].prob:.3f}" in line and f"{first[1].op} {first[1].prob:.3f}" in line
+    assert len(re.findall(r"^\s+\S+ -> n\d", out, re.M)) == 2 * 14
+    genotype = post.derive()
+    op, source = genotype.normal[0]
+    op2, source2 = genotype.normal[1]
+    assert f"normal cell:\n    n0 <- {op}({state_name(source)}) + {op2}({state_name(source2)})\n" in out
+    for name in ("edge_posterior.png", "posterior_history.png"):
+        path = os.path.join(run_dir, "inspect", name)  # the default folder
+        assert os.path.getsize(path) > 10_000 and path in out
+
+
+def test_inspect_sorting_calibration_and_no_plots(run_dir, tmp_path):
+    result = CliRunner().invoke(main, ["inspect", run_dir, "--sort", "entropy", "--calibration", "1",
+                                       "--samples", "2", "--no-plots", "--out", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    assert "1 posterior sample" in result.output and "2 samples averaged" in result.output
+    assert "plots:" not in result.output and not (tmp_path / "plots").exists()
+    entropies = [float(l.split()[3]) for l in result.output.splitlines()
+                 if re.match(r"^\s+\S+ -> n\d", l)][:14]
+    assert entropies == sorted(entropies)
+
+
+def test_derive_agrees_with_the_derive_cell_command(run_dir, tmp_path):
+    run = bayesnas.load_run(run_dir)
+    result = CliRunner().invoke(main, ["derive-cell", run_dir, "--out", str(tmp_path / "g.json"), "--no-plot"])
+    assert result.exit_code == 0, result.output
+    assert load_genotype(tmp_path / "g.json") == run.edge_posterior().derive()
+    result = CliRunner().invoke(main, ["derive-cell", run_dir, "--task-seed", "3", "--out", str(tmp_path / "t.json"),
+                                       "--no-plot"])
+    assert result.exit_code == 0, result.output
+    task = run.task_sampler(seed=3).task(0)
+    assert load_genotype(tmp_path / "t.json") == run.adapt(task, seed=3).derive()
+
+
+def test_inspect_errors_are_one_line(run_dir, tmp_path):
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "missing")])
+    assert result.exit_code != 0
+    assert result.output.strip() == f"Error: {tmp_path / 'missing'}: no such run folder"
+    os.makedirs(tmp_path / "empty")
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "empty")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "config.json: missing" in result.output
