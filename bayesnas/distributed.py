@@ -133,7 +133,6 @@ def init_distributed(device, timeout_s=None):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistributedContext(device=device)
-    rank = int(os.environ.get("RANK", "0"))
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local)

@@ -242,8 +242,8 @@ class Run:
             post.derive()                     # what `bayesnas derive-cell` writes
         """
         meta = self._state(which)["stateful"]["meta"]
-        return EdgePosterior(meta["alpha_normal"], meta["alpha_reduce"], tau=self.temperature(which),
-                             label=f"meta-level posterior ({which} checkpoint, iteration {self.checkpoint_iteration(which)})")
+        label = f"meta-level posterior ({which} checkpoint, iteration {self.checkpoint_iteration(which)})"
+        return EdgePosterior(meta["alpha_normal"], meta["alpha_reduce"], tau=self.temperature(which), label=label)
 
     def task_posterior(self, support_x, support_y, steps=None, samples=8, tau=None, which="last", seed=None):
         """The posterior q(theta, z | D) of a new task, by the guide's unrolled steps on its support set.

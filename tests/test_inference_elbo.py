@@ -3,7 +3,6 @@ import pyro
 import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
-from torch.distributions import Normal, kl_divergence
 
 from bayesnas.inference import MetaNetwork, adapt, base_guide, base_model, elbo_terms, prior_posterior
 from bayesnas.inference.model import ExpRelaxedCategorical

@@ -34,7 +34,8 @@ def _node_lines(pairs):
 @click.option("--calibration", "calibration_tasks", type=click.IntRange(min=0), default=0,
               help="Also adapt to this many held-out tasks and report the ECE of one posterior sample "
                    "vs --samples averaged (0 = skip).")
-@click.option("--samples", type=click.IntRange(min=1), default=8, help="Posterior samples averaged (with --calibration).")
+@click.option("--samples", type=click.IntRange(min=1), default=8,
+              help="Posterior samples averaged (with --calibration).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the calibration tasks and samples.")
 @user_errors
 def inspect_command(run_dir, out, which, top, sort_by, fmt, no_plots, calibration_tasks, samples, seed):

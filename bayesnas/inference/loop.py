@@ -19,7 +19,32 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..device import resolve_device
 from ..errors import NonFiniteLossError, RunError
+from .rundir import RunDirectory, default_run_path
+
+
+def process_device(ctx, cfg):
+    """Check that ``cfg.tasks`` splits across the processes, set threads, return the device.
+
+    Alone, the run's own device setting rules (a resumed run keeps its device); under
+    torchrun, the device the process group was set up for.
+    """
+    ctx.share(cfg.tasks)
+    device = ctx.device if ctx.active else resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return device
+
+
+def create_run_on_main(ctx, out, kind, config):
+    """Create the run folder (``out`` or ``runs/<kind>-<time>``) on rank 0; None on other ranks."""
+    path = out or default_run_path(kind)
+    run = ctx.on_main(lambda: RunDirectory.create(path, config))
+    if not ctx.is_main:
+        return None
+    run.write_metrics([])
+    return run
 
 
 def capture_rng():

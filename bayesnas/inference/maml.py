@@ -31,8 +31,8 @@ from ..errors import ConfigError, GenotypeError, NonFiniteLossError, RunError
 from ..fileio import write_json
 from ..models import (NAMED_GENOTYPES, Genotype, build_network, count_parameters, genotype_from_dict,
                       genotype_to_dict, load_genotype)
-from .loop import TrainingLoop
-from .rundir import RunDirectory, default_run_path
+from .loop import TrainingLoop, create_run_on_main, process_device
+from .rundir import RunDirectory
 from .unroll import unrolled_steps
 
 #: Architecture names that ``retrain`` accepts besides a genotype.
@@ -376,10 +376,7 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks):
 
     from .svi import open_data, seed_everything
 
-    ctx.share(cfg.tasks)  # fails early when the tasks cannot be split across processes
-    device = ctx.device if ctx.active else resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    device = process_device(ctx, cfg)
     data = open_data(cfg.data)
     train_sampler = TaskSampler(data.split("train"), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed,
                                 rotations=cfg.rotations, device=device)
@@ -390,12 +387,7 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks):
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.meta_lr)
 
     if resume is None:
-        path = out or default_run_path("retrain")
-        run = ctx.on_main(lambda: RunDirectory.create(path, cfg.to_dict()))
-        if ctx.is_main:
-            run.write_metrics([])
-        else:
-            run = None
+        run = create_run_on_main(ctx, out, "retrain", cfg.to_dict())
 
     loop = TrainingLoop(run, {"net": net, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", progress=progress and ctx.is_main,

@@ -10,7 +10,6 @@ Usage::
     result = fit(FitConfig(iterations=20), out="runs/demo")
     result.meta.alpha_normal.softmax(-1)     # meta-level edge probabilities [14, 10]
 """
-import math
 import random
 from dataclasses import dataclass
 
@@ -25,10 +24,11 @@ from ..errors import ConfigError, NonFiniteLossError
 from ..models import SearchNetwork
 from .elbo import elbo_terms
 from .guide import adapt
-from .loop import TrainingLoop
+from .loop import TrainingLoop, create_run_on_main, process_device
 from .meta import MetaNetwork
 from .model import TaskNormal, edge_prior, task_share
-from .rundir import RunDirectory, default_run_path
+from ..fileio import write_json
+from .rundir import RunDirectory
 
 
 def seed_everything(seed):
@@ -243,9 +243,11 @@ def _fit(ctx, config, out, resume, progress, callbacks):
         def load():
             run = RunDirectory(resume)
             saved = run.config()
+            state = run.load_checkpoint()
             if isinstance(config, FitConfig) and config.iterations > saved["iterations"]:
                 saved["iterations"] = config.iterations
-            return saved, run.load_checkpoint()
+                write_json(run.file("config.json"), saved)  # the folder states its own budget
+            return saved, state
 
         saved, state = ctx.on_main(load)
         cfg = resolve_config(FitConfig, overrides=saved)
@@ -253,12 +255,7 @@ def _fit(ctx, config, out, resume, progress, callbacks):
         cfg = config if isinstance(config, FitConfig) else resolve_config(FitConfig, overrides=config or {})
         cfg.validate()
         state = None
-    ctx.share(cfg.tasks)  # fails early when the tasks cannot be split across processes
-
-    # alone, the run's own device setting rules (a resumed run keeps its device)
-    device = ctx.device if ctx.active else resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    device = process_device(ctx, cfg)
     data = open_data(cfg.data)
     train_sampler, val_sampler = task_samplers(cfg, data, device)
     seed_everything(cfg.seed)  # the same on every rank: see task_share
@@ -268,12 +265,7 @@ def _fit(ctx, config, out, resume, progress, callbacks):
     if resume is not None:
         run = RunDirectory(resume) if ctx.is_main else None
     else:
-        path = out or default_run_path("fit")
-        run = ctx.on_main(lambda: RunDirectory.create(path, cfg.to_dict()))
-        if ctx.is_main:
-            run.write_metrics([])
-        else:
-            run = None
+        run = create_run_on_main(ctx, out, "fit", cfg.to_dict())
 
     history = {"iteration": [], "alpha_normal": [], "alpha_reduce": []}
 
