@@ -1,16 +1,20 @@
 """Time the naive vs the fused search supernet: forward+backward and a second-order step.
 
-Each (config, implementation, measurement) runs in its own subprocesses so that its peak
-RSS is its own; naive and fused alternate round by round so both see the same machine
-load. Times are the median over all timed repeats. A second-order step is one MAML-style inner step through the network:
+A second-order step is one MAML-style inner step through the network:
 ``g = grad(loss_support(theta), theta, create_graph=True)``, then
 ``loss_query(theta - 0.1 g).backward()`` (gradients reach theta and z).
+
+Timing: one process per (config, measurement) builds both networks, warms each up, then
+alternates naive and fused step by step, so that both see the same load on a shared
+machine; the median and the minimum of the repeats are reported (the minimum is the
+better estimate of the cost on an idle machine). Peak RSS: one fresh process per
+(config, implementation, measurement) that runs the step twice.
 
 Usage::
 
     python benchmarks/bench_supernet.py --json bench.json          # full table
     python benchmarks/bench_supernet.py --quick                    # one small config
-    python benchmarks/bench_supernet.py --impl fused --grouping by_dilation
+    python benchmarks/bench_supernet.py --grouping by_dilation --repeats 9
 """
 import argparse
 import json
@@ -33,10 +37,11 @@ CONFIGS = [
 ]
 QUICK = [{"name": "C4-L2-16px-B10", "C": 4, "layers": 2, "image": 16, "batch": 10}]
 MODES = ("fwd_bwd", "second_order")
+IMPLS = ("naive", "fused")
 
 
-def _measure(cfg, impl, mode, grouping, threads, warmup, repeats):
-    """Run in a child process: median/min seconds of ``mode`` and the peak RSS (MiB)."""
+def _step(cfg, impl, mode, grouping):
+    """Build one network and return a function running one ``mode`` step on it."""
     import torch
     import torch.nn.functional as F
     from torch.func import functional_call
@@ -44,7 +49,6 @@ def _measure(cfg, impl, mode, grouping, threads, warmup, repeats):
     from bayesnas.models import NUM_EDGES, NUM_OPS, SearchNetwork
     from benchmarks.naive_supernet import NaiveSearchNetwork
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     if impl == "naive":
         net = NaiveSearchNetwork(in_channels=1, num_classes=5, C=cfg["C"], layers=cfg["layers"])
@@ -68,25 +72,42 @@ def _measure(cfg, impl, mode, grouping, threads, warmup, repeats):
         F.cross_entropy(functional_call(net, adapted, (x, zn, zr)), y).backward()
 
     fn = fwd_bwd if mode == "fwd_bwd" else second_order
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
+
+    def step():
         net.zero_grad(set_to_none=True)
         zn.grad = zr.grad = None
-        t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
-            "times_ms": [1e3 * t for t in times], "peak_rss_mib": rss}
+    return step
 
 
-def _run_child(cfg, impl, mode, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child",
-           json.dumps({"cfg": cfg, "impl": impl, "mode": mode, "grouping": args.grouping,
-                       "threads": args.threads, "warmup": args.warmup,
-                       "repeats": args.repeats})]
+def _child_time(spec):
+    """Alternate the implementations step by step; seconds per repeat for each."""
+    import torch
+    torch.set_num_threads(spec["threads"])
+    steps = {impl: _step(spec["cfg"], impl, spec["mode"], spec["grouping"]) for impl in spec["impls"]}
+    for step in steps.values():
+        for _ in range(spec["warmup"]):
+            step()
+    times = {impl: [] for impl in steps}
+    for _ in range(spec["repeats"]):
+        for impl, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[impl].append(time.perf_counter() - t0)
+    return times
+
+
+def _child_rss(spec):
+    import torch
+    torch.set_num_threads(spec["threads"])
+    step = _step(spec["cfg"], spec["impls"][0], spec["mode"], spec["grouping"])
+    step()
+    step()
+    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
+def _run_child(kind, spec):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(dict(spec, kind=kind))]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -94,45 +115,44 @@ def _run_child(cfg, impl, mode, args):
 def main(args):
     if args.child:
         spec = json.loads(args.child)
-        print(json.dumps(_measure(spec["cfg"], spec["impl"], spec["mode"], spec["grouping"],
-                                  spec["threads"], spec["warmup"], spec["repeats"])))
+        print(json.dumps((_child_time if spec["kind"] == "time" else _child_rss)(spec)))
         return None
     import torch
     configs = QUICK if args.quick else CONFIGS
-    impls = ["naive", "fused"] if args.impl == "both" else [args.impl]
-    results = []
+    impls = list(IMPLS) if args.impl == "both" else [args.impl]
     print(f"torch {torch.__version__}, {args.threads} threads, dw_grouping={args.grouping}, "
-          f"warm-up {args.warmup}, {args.rounds} rounds x {args.repeats} repeats, load average "
+          f"warm-up {args.warmup}, {args.repeats} alternating repeats, load average "
           f"{os.getloadavg()[0]:.2f}", flush=True)
-    header = f"{'config':18} {'measurement':13} " + " ".join(f"{i + ' ms':>12}" for i in impls)
-    header += f" {'ratio':>7} " + " ".join(f"{i + ' RSS MiB':>16}" for i in impls)
-    print(header, flush=True)
+    print(f"{'config':16} {'measurement':12} "
+          + " ".join(f"{i + ' med/min ms':>19}" for i in impls)
+          + f" {'ratio med/min':>14} " + " ".join(f"{i + ' RSS MiB':>16}" for i in impls), flush=True)
+    results = []
     for cfg in configs:
         for mode in MODES:
-            row = {"config": cfg, "mode": mode}
-            runs = {impl: [] for impl in impls}
-            # Alternate the implementations round by round, so that both see the same load
-            # on a shared machine; each round is a fresh process (its own warm-up and RSS).
-            for _ in range(args.rounds):
-                for impl in impls:
-                    runs[impl].append(_run_child(cfg, impl, mode, args))
+            spec = {"cfg": cfg, "mode": mode, "grouping": args.grouping, "threads": args.threads,
+                    "warmup": args.warmup, "repeats": args.repeats, "impls": impls}
+            load_before = os.getloadavg()[0]
+            times = _run_child("time", spec)
+            row = {"config": cfg, "mode": mode, "load_average": [load_before, os.getloadavg()[0]]}
             for impl in impls:
-                times = [t for r in runs[impl] for t in r["times_ms"]]
-                row[impl] = {"median_ms": statistics.median(times), "min_ms": min(times),
-                             "times_ms": times,
-                             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs[impl])}
+                ms = [1e3 * t for t in times[impl]]
+                row[impl] = {"median_ms": statistics.median(ms), "min_ms": min(ms), "times_ms": ms}
+                if not args.no_rss:
+                    row[impl].update(_run_child("rss", dict(spec, impls=[impl])))
             if len(impls) == 2:
-                row["ratio"] = row["naive"]["median_ms"] / row["fused"]["median_ms"]
-            row["load_average"] = os.getloadavg()[0]
+                row["ratio_median"] = row["naive"]["median_ms"] / row["fused"]["median_ms"]
+                row["ratio_min"] = row["naive"]["min_ms"] / row["fused"]["min_ms"]
             results.append(row)
-            line = f"{cfg['name']:18} {mode:13} " + " ".join(
-                f"{row[i]['median_ms']:12.0f}" for i in impls)
-            line += f" {row.get('ratio', float('nan')):7.2f} " + " ".join(
-                f"{row[i]['peak_rss_mib']:16.0f}" for i in impls)
-            print(line + f"   (load {row['load_average']:.1f})", flush=True)
+            line = f"{cfg['name']:16} {mode:12} " + " ".join(
+                f"{row[i]['median_ms']:11.0f}/{row[i]['min_ms']:<7.0f}" for i in impls)
+            if len(impls) == 2:
+                line += f" {row['ratio_median']:6.2f}/{row['ratio_min']:<7.2f}"
+            line += " " + " ".join(f"{row[i].get('peak_rss_mib', float('nan')):16.0f}" for i in impls)
+            print(line + f"  (load {load_before:.1f}->{os.getloadavg()[0]:.1f})", flush=True)
     report = {"torch": torch.__version__, "threads": args.threads, "grouping": args.grouping,
-              "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds, "machine": platform.processor()
-              or platform.machine(), "cpus": os.cpu_count(), "results": results}
+              "warmup": args.warmup, "repeats": args.repeats,
+              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "results": results}
     if args.json:
         from bayesnas.fileio import write_json
         write_json(args.json, report)
@@ -144,13 +164,12 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per round")
-    p.add_argument("--rounds", type=int, default=2,
-                   help="rounds alternating naive and fused (each a fresh process)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per network")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per network, alternating")
     p.add_argument("--impl", choices=["both", "naive", "fused"], default="both")
     p.add_argument("--grouping", choices=["per_op", "by_dilation", "single"], default="per_op",
                    help="kernel groups of the fused net's first depthwise stage")
+    p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS processes")
     p.add_argument("--quick", action="store_true", help="one tiny configuration (smoke test)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
