@@ -51,8 +51,12 @@ SEP_OPS = tuple(SEP_KERNELS)
 DIL_OPS = tuple(DIL_KERNELS)
 # Ops with a first depthwise stage, in the channel order of the fused tensors.
 DW_OPS = SEP_OPS + DIL_OPS
-# Kernel groups for the first depthwise stage: "per_op" measured fastest on the 2-core
-# CPU (see benchmarks/bench_supernet.py); the others trade FLOPs for fewer calls.
+# Kernel groups for the first depthwise stage. "per_op" (5 calls, each kernel at its true
+# size and dilation) measured fastest on the 2-core CPU: forward+backward, C=8, 3 cells,
+# batch 25, 28x28, best of 3 alternating runs: per_op 1.54 s, by_dilation 2.09 s, single
+# 1.93 s (1 thread); second order about equal for per_op/by_dilation (6.5 s), single 7.3 s.
+# At these sizes the work is memory- and FLOP-bound, not launch-bound, so the 2-3.5x FLOPs
+# of a common kernel cost more than the 3-4 calls they save.
 DW_GROUPINGS = {
     "per_op": [[op] for op in DW_OPS],
     "by_dilation": [list(SEP_OPS), list(DIL_OPS)],
@@ -253,6 +257,7 @@ class SearchCell(nn.Module):
 
         Each source has an edge to each of the last ``m`` nodes; returns their
         z-weighted sums ``[B, m, C * H' * W']`` (the contributions to those nodes).
+        Results of convolutions are reshaped, never viewed: on CPU they may be channels-last.
         """
         B, _, H, Wd = x.shape
         C, n = self.C, S * m
@@ -266,7 +271,7 @@ class SearchCell(nn.Module):
             y = conv2d(r, w, stride=stride, padding=D * (K - 1) // 2, dilation=D, groups=S * C)
             Ho, Wo = y.shape[-2:]
             # (source, channel, op, edge) -> (op, source, edge, channel)
-            parts.append(y.view(B, S, C, len(ops), m, Ho * Wo).permute(0, 3, 1, 4, 2, 5))
+            parts.append(y.reshape(B, S, C, len(ops), m, Ho * Wo).permute(0, 3, 1, 4, 2, 5))
         y = torch.cat(parts, 1) if len(parts) > 1 else parts[0].contiguous()
         g = len(DW_OPS)
         pw1 = torch.stack([getattr(self, f"{op}_pw1" if op in SEP_KERNELS else f"{op}_pw")[sl]
@@ -284,13 +289,13 @@ class SearchCell(nn.Module):
             sep1, dil = stage1.split([ns, len(DIL_OPS) * nC], 1)
             w = torch.cat([_embed_kernel(getattr(self, f"{op}_dw2")[sl], 1, K, 1)
                            for op in SEP_OPS]).view(ns, 1, K, K)
-            y = conv2d(F.relu(sep1).view(B, ns, Ho, Wo), w, padding=K // 2, groups=ns)
+            y = conv2d(F.relu(sep1).reshape(B, ns, Ho, Wo), w, padding=K // 2, groups=ns)
         else:
             *sep1, dil = stage1.split([nC] * len(SEP_OPS) + [len(DIL_OPS) * nC], 1)
             ys = []
             for t, (op, k) in zip(sep1, SEP_KERNELS.items()):
                 w = getattr(self, f"{op}_dw2")[sl].reshape(nC, 1, k, k)
-                ys.append(conv2d(F.relu(t).view(B, nC, Ho, Wo), w, padding=k // 2, groups=nC))
+                ys.append(conv2d(F.relu(t).reshape(B, nC, Ho, Wo), w, padding=k // 2, groups=nC))
             y = torch.cat(ys, 1)
         pw2 = torch.stack([getattr(self, f"{op}_pw2")[sl] for op in SEP_OPS]).view(-1, C, C)
         y = torch.matmul(pw2, y.reshape(B, len(SEP_OPS) * n, C, HW))
@@ -301,7 +306,7 @@ class SearchCell(nn.Module):
         y = conv2d(r, w, stride=stride, padding=(0, 3), groups=S)
         w = self.conv_7x1_1x7_w7x1[sl].reshape(n * C, C, 7, 1)
         y = conv2d(y, w, padding=(3, 0), groups=n)
-        conv7 = F.batch_norm(y.view(B, n * C, HW), None, None, training=True)
+        conv7 = F.batch_norm(y.reshape(B, n * C, HW), None, None, training=True)
 
         outputs = []
         if stride == 2:
@@ -309,16 +314,19 @@ class SearchCell(nn.Module):
             a = conv2d(r, wa.reshape(-1, C, 1, 1), stride=2, groups=S)
             b = conv2d(F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1)), wb.reshape(-1, C, 1, 1),
                          stride=2, groups=S)
-            fr = torch.cat([a.view(B, n, -1, HW), b.view(B, n, -1, HW)], 2).view(B, n * C, HW)
-            outputs.append(F.batch_norm(fr, None, None, training=True).view(B, n, C * HW))
+            fr = torch.cat([a.reshape(B, n, -1, HW), b.reshape(B, n, -1, HW)], 2).reshape(B, n * C, HW)
+            outputs.append(F.batch_norm(fr, None, None, training=True).reshape(B, n, C * HW))
         else:
             outputs.append(x.reshape(B, S, C * HW))
-        outputs.append(F.max_pool2d(x, 3, stride, 1).view(B, S, C * HW))
-        outputs.append(F.avg_pool2d(x, 3, stride, 1, count_include_pad=False).view(B, S, C * HW))
-        outputs.append(sep.view(B, -1, C * HW))
+        outputs.append(F.max_pool2d(x, 3, stride, 1).reshape(B, S, C * HW))
+        outputs.append(F.avg_pool2d(x, 3, stride, 1, count_include_pad=False).reshape(B, S, C * HW))
+        outputs.append(sep.reshape(B, -1, C * HW))
         outputs.append(dil.reshape(B, len(DIL_OPS) * n, C * HW))
-        outputs.append(conv7.view(B, n, C * HW))
-        return torch.matmul(W, torch.cat(outputs, 1)), (Ho, Wo)
+        outputs.append(conv7.reshape(B, n, C * HW))
+        # bmm with the mixing matrix expanded over the batch: torch.matmul would fold the
+        # batch into rows and copy the whole [B, outputs, C*H*W] tensor transposed.
+        Y = torch.cat(outputs, 1)
+        return torch.bmm(W.expand(B, -1, -1), Y), (Ho, Wo)
 
     def forward(self, s0, s1, mix):
         if self.reduction:
@@ -339,7 +347,7 @@ class SearchCell(nn.Module):
             node = contributions[0][b]
             for j in range(1, b + 1):
                 node = node + contributions[j][b - j]
-            nodes.append(node.view(B, C, Ho, Wo))
+            nodes.append(node.reshape(B, C, Ho, Wo))
         return torch.cat(nodes[-self.multiplier:], 1)
 
 
