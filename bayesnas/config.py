@@ -81,6 +81,10 @@ class FitConfig:
     inner_lr_alpha: float = 1.0
     learn_inner_lr: bool = False
     first_order: bool = False
+    #: memory-bounded SVI step: one task at a time (backward per task) and inner steps
+    #: recomputed in the outer backward; same values and gradients, peak memory of one
+    #: task's query pass plus one inner step instead of T tasks times N steps
+    low_memory: bool = False
     set_encoder: bool = False  #: start phi at alpha + h_V(D_t)
     kl_weight: float = 1.0  #: 1 = the full ELBO
     kl_anneal: int = 0  #: iterations of linear warm-up of the KL weight from 0 (0 = none)

@@ -53,6 +53,8 @@ def _retrain_options(func):
         click.option("--layers", type=click.IntRange(min=1), default=None,
                      help=f"Cells of a genotype network [default: {_D.layers}]."),
         click.option("--first-order", is_flag=True, default=None, help="First-order MAML (detached inner gradients)."),
+        click.option("--low-memory", is_flag=True, default=None,
+                     help="Memory-bounded step: one task at a time, inner steps recomputed in backward (same results, slower)."),
         click.option("--meta-lr", type=click.FloatRange(min=0, min_open=True), default=None,
                      help=f"Adam step size [default: {_D.meta_lr}]."),
         click.option("--val-every", type=click.IntRange(min=1), default=None, help=f"[default: {_D.val_every}]"),

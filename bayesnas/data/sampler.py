@@ -48,6 +48,23 @@ class Task(NamedTuple):
     classes: torch.Tensor
 
 
+def select_tasks(batch, index):
+    """Tasks ``index`` (an int slice) of a meta-batch, as the same kind of object.
+
+    Works for a :class:`Task` batch and for any object with ``support_x``, ``support_y``,
+    ``query_x``, ``query_y`` attributes (others are left out).
+
+    Usage::
+
+        first = select_tasks(sampler.batch(range(4)), slice(0, 1))   # support_x [1, ...]
+    """
+    if isinstance(batch, Task):
+        return Task(*(f[index] for f in batch))
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{k: getattr(batch, k)[index] for k in ("support_x", "support_y", "query_x", "query_y")})
+
+
 class TaskSampler:
     """Draws N-way K-shot tasks from a :class:`SplitData` held in memory.
 

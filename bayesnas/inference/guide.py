@@ -79,7 +79,8 @@ def mean_step_size(lr, sigma, kl_weight, n_support):
     return lr / (1 + lr * kl_weight / (n_support * sigma**2))
 
 
-def adapt(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, first_order=False):
+def adapt(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, first_order=False,
+          checkpoint=False):
     """Task posteriors by N unrolled gradient-ascent steps on each task's support ELBO.
 
     The objective of a step is ``(log p(y_s | x_s, theta, z) - kl_weight * KL(q || p)) / n_s``
@@ -93,6 +94,8 @@ def adapt(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, f
         steps: N, the number of inner steps (0 gives the prior, KL exactly 0).
         tau: temperature; relaxed: Gumbel (True) or softmax (False) variant.
         first_order: detach the inner gradients (cheaper, not the BASE default).
+        checkpoint: recompute each step in the outer backward instead of keeping its
+            graph (memory-bounded mode, see :func:`~bayesnas.inference.unroll.unrolled_steps`).
 
     Returns:
         :class:`TaskPosterior` with tensors ``[T, ...]``.
@@ -115,4 +118,4 @@ def adapt(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, f
         return terms.elbo(kl_weight).sum() / n_support
 
     return TaskPosterior(**unrolled_steps(support_elbo, start, steps, step_sizes,
-                                          first_order=first_order, maximize=True))
+                                          first_order=first_order, maximize=True, checkpoint=checkpoint))

@@ -25,6 +25,7 @@ from torch.func import functional_call
 
 from ..config import check, resolve_config
 from ..data import TaskSampler
+from ..data.sampler import select_tasks
 from ..device import resolve_device
 from ..distributed import init_distributed
 from ..errors import ConfigError, GenotypeError, NonFiniteLossError, RunError
@@ -62,6 +63,9 @@ class RetrainConfig:
     inner_lr: float = 0.4  #: the MAML paper's Omniglot step size
     eval_inner_steps: int = None  #: inner steps at validation/test time; None = inner_steps
     first_order: bool = False
+    #: memory-bounded step: backward one task at a time, inner steps recomputed in the
+    #: outer backward (same gradients; memory independent of tasks and inner steps)
+    low_memory: bool = False
     iterations: int = 500
     channels: int = 16  #: Conv-4 filters, or the first cell's channels C of a genotype network
     layers: int = 3  #: cells of a genotype network (reductions at 1/3 and 2/3); Conv-4 ignores it
@@ -164,7 +168,7 @@ def meta_parameters(net):
     return {name: p for name, p in net.named_parameters() if p.requires_grad}
 
 
-def adapt_task(net, params, support_x, support_y, steps, lr, first_order=False):
+def adapt_task(net, params, support_x, support_y, steps, lr, first_order=False, checkpoint=False):
     """A task's fast weights: ``steps`` gradient steps on the support cross-entropy.
 
     Args:
@@ -172,6 +176,7 @@ def adapt_task(net, params, support_x, support_y, steps, lr, first_order=False):
         params: dict name -> tensor, the starting point (the meta-parameters).
         support_x: ``[n_s, C, H, W]``; support_y: ``[n_s]`` labels.
         steps, lr: inner steps and step size; first_order: detach the inner gradients.
+        checkpoint: recompute each inner step in the outer backward (memory-bounded).
 
     Returns:
         dict name -> tensor of the adapted weights (differentiable w.r.t. ``params``
@@ -187,17 +192,17 @@ def adapt_task(net, params, support_x, support_y, steps, lr, first_order=False):
     def support_loss(p, step):
         return F.cross_entropy(functional_call(net, p, (support_x,)), support_y)
 
-    return unrolled_steps(support_loss, params, steps, lr, first_order=first_order)
+    return unrolled_steps(support_loss, params, steps, lr, first_order=first_order, checkpoint=checkpoint)
 
 
-def maml_loss(net, params, batch, steps, lr, first_order=False):
+def maml_loss(net, params, batch, steps, lr, first_order=False, checkpoint=False):
     """The MAML objective of a meta-batch: mean query cross-entropy after adaptation.
 
     Args:
         net, params: as for :func:`adapt_task`.
         batch: ``support_x [T, n_s, C, H, W]``, ``support_y [T, n_s]``, ``query_x [T, n_q, ...]``,
             ``query_y [T, n_q]`` (a sampler's Task batch).
-        steps, lr, first_order: the inner loop.
+        steps, lr, first_order, checkpoint: the inner loop (see :func:`adapt_task`).
 
     Returns:
         ``(loss, accuracy)``: scalar tensors, means over the T tasks; ``loss`` is
@@ -211,7 +216,7 @@ def maml_loss(net, params, batch, steps, lr, first_order=False):
     """
     losses, accs = [], []
     for t in range(batch.support_x.shape[0]):
-        fast = adapt_task(net, params, batch.support_x[t], batch.support_y[t], steps, lr, first_order)
+        fast = adapt_task(net, params, batch.support_x[t], batch.support_y[t], steps, lr, first_order, checkpoint)
         logits = functional_call(net, fast, (batch.query_x[t],))
         losses.append(F.cross_entropy(logits, batch.query_y[t]))
         accs.append((logits.detach().argmax(-1) == batch.query_y[t]).float().mean())
@@ -237,11 +242,21 @@ def maml_step(net, optimiser, batch, cfg, reduce_gradients=None):
         row["loss"], row["acc"]
     """
     params = meta_parameters(net)
-    loss, acc = maml_loss(net, params, batch, cfg.inner_steps, cfg.inner_lr, cfg.first_order)
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"the query loss is {loss.item()}")
     optimiser.zero_grad(set_to_none=True)
-    loss.backward()
+    # low_memory: one task's graph at a time (the mean's gradient is the sum of theirs / T)
+    num_tasks = batch.support_x.shape[0]
+    low_memory = getattr(cfg, "low_memory", False)
+    groups = [slice(t, t + 1) for t in range(num_tasks)] if low_memory else [slice(0, num_tasks)]
+    loss = acc = 0.0
+    for tasks in groups:
+        part = select_tasks(batch, tasks)
+        part_loss, part_acc = maml_loss(net, params, part, cfg.inner_steps, cfg.inner_lr, cfg.first_order,
+                                        checkpoint=low_memory)
+        if not torch.isfinite(part_loss):
+            raise NonFiniteLossError(f"the query loss is {part_loss.item()}")
+        (part_loss * (part.support_y.shape[0] / num_tasks)).backward()
+        loss = loss + part_loss.detach() * (part.support_y.shape[0] / num_tasks)
+        acc = acc + part_acc * (part.support_y.shape[0] / num_tasks)
     if reduce_gradients is not None:
         reduce_gradients(list(params.values()))
     if cfg.grad_clip > 0:

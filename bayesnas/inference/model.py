@@ -53,6 +53,12 @@ def task_share(total, start, stop):
         _TASK_SHARE.reset(token)
 
 
+def current_task_share(num_tasks):
+    """The active ``(total, start, stop)`` of :func:`task_share`, or ``(num_tasks, 0, num_tasks)``."""
+    share = _TASK_SHARE.get()
+    return share if share is not None else (num_tasks, 0, num_tasks)
+
+
 def _task_noise(draw, shape):
     """``draw(shape)``, or the local slice of ``draw`` over the whole meta-batch (see task_share)."""
     share = _TASK_SHARE.get()

@@ -18,6 +18,7 @@ import torch
 
 from ..config import FitConfig, resolve_config
 from ..data import TaskSampler, default_data_path, open_dataset
+from ..data.sampler import select_tasks
 from ..device import resolve_device
 from ..distributed import DistributedContext, init_distributed
 from ..errors import ConfigError, NonFiniteLossError
@@ -26,7 +27,7 @@ from .elbo import elbo_terms
 from .guide import adapt
 from .loop import TrainingLoop, create_run_on_main, process_device
 from .meta import MetaNetwork
-from .model import TaskNormal, edge_prior, task_share
+from .model import TaskNormal, current_task_share, edge_prior, task_share
 from ..fileio import write_json
 from .rundir import RunDirectory
 
@@ -172,15 +173,18 @@ def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
     relaxed = cfg.variant == "gumbel"
     tau = temperature(cfg, iteration)
     beta = kl_weight(cfg, iteration)
-    q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
-              kl_weight=beta, first_order=cfg.first_order)
-    terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed)
-    n_query = batch.query_y.shape[1]
-    loss = -terms.elbo(beta).mean() / n_query
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"the query ELBO is {loss.item()}")
+    num_tasks, n_query = batch.query_y.shape
     optimiser.zero_grad(set_to_none=True)
-    loss.backward()
+    if getattr(cfg, "low_memory", False):
+        parts, loss = _low_memory_backward(meta, batch, cfg, tau, relaxed, beta)
+        terms = type(parts[0])(*(torch.cat(t) for t in zip(*parts)))
+    else:
+        q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
+                  kl_weight=beta, first_order=cfg.first_order)
+        terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed)
+        loss = -terms.elbo(beta).mean() / n_query
+        _check_finite(loss)
+        loss.backward()
     if reduce_gradients is not None:
         reduce_gradients(meta.meta_parameters())
     if cfg.grad_clip > 0:
@@ -196,6 +200,50 @@ def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
         "kl_weight": beta,
         "sigma_mean": meta.sigma.mean().item(),
     }
+
+
+def _check_finite(loss):
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"the query ELBO is {loss.item()}")
+
+
+def _rng_states(device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_states(states, device):
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state(states[1], device)
+
+
+def _low_memory_backward(meta, batch, cfg, tau, relaxed, beta):
+    """The memory-bounded step: backward one task at a time, inner steps checkpointed.
+
+    Every task's pass starts from the same random state and, through :func:`task_share`,
+    takes its own slice of noise drawn for the whole meta-batch: exactly the noise the
+    all-tasks pass would give it, so values and gradients equal the default path's (up
+    to the order of floating-point sums). Returns the per-task detached ElboTerms and the
+    total loss.
+    """
+    num_tasks, n_query = batch.query_y.shape
+    total, start, _ = current_task_share(num_tasks)
+    device = meta.mu.device
+    states = _rng_states(device)
+    parts, loss = [], 0.0
+    for t in range(num_tasks):
+        _set_rng_states(states, device)
+        task = select_tasks(batch, slice(t, t + 1))
+        with task_share(total, start + t, start + t + 1):
+            q = adapt(meta, task.support_x, task.support_y, cfg.inner_steps, tau, relaxed,
+                      kl_weight=beta, first_order=cfg.first_order, checkpoint=True)
+            terms = elbo_terms(meta, task.query_x, task.query_y, q, tau, relaxed)
+            part = -terms.elbo(beta).sum() / (num_tasks * n_query)
+            _check_finite(part)
+            part.backward()
+        parts.append(type(terms)(*(v.detach() for v in terms)))
+        loss = loss + part.detach()
+    return parts, loss
 
 
 @dataclass

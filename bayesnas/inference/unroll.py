@@ -11,11 +11,19 @@ Usage::
     fast = unrolled_steps(lambda p, step: loss_fn(p), {"w": w}, steps=5, lr=0.4)
     outer = query_loss(fast)
     outer.backward()       # reaches w through the 5 steps
+
+Memory: the outer backward needs every step's graph, so by default peak memory grows
+linearly with the number of steps. With ``checkpoint=True`` a step keeps only its
+inputs; its graph (forward, backward and the inner gradient's own graph) is rebuilt
+during the outer backward (``torch.utils.checkpoint``, non-reentrant, random state
+restored), which costs one more forward and backward per step and gives the same values
+and gradients.
 """
 import torch
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
 
-def unrolled_steps(objective, params, steps, lr, first_order=False, maximize=False):
+def unrolled_steps(objective, params, steps, lr, first_order=False, maximize=False, checkpoint=False):
     """Take ``steps`` differentiable gradient steps on ``objective``.
 
     Args:
@@ -30,32 +38,43 @@ def unrolled_steps(objective, params, steps, lr, first_order=False, maximize=Fal
         first_order: if True the inner gradients are detached: the outer gradient then
             flows through the identity path only (first-order MAML).
         maximize: gradient ascent instead of descent (the guide maximises an ELBO).
+        checkpoint: recompute each step's graph in the outer backward instead of keeping
+            it (memory independent of ``steps``; ignored when ``first_order``).
 
     Returns:
         dict name -> tensor after the last step.
     """
     sign = 1.0 if maximize else -1.0
     names = list(params)
-    for step in range(steps):
-        value = objective(params, step)
+
+    def take_step(step, *values):
+        current = dict(zip(names, values))
+        value = objective(current, step)
         if not torch.isfinite(value).all():
             from ..errors import NonFiniteLossError
 
             raise NonFiniteLossError(f"inner step {step}: objective is {value.item()} (not finite)")
         grads = torch.autograd.grad(
             value,
-            [params[n] for n in names],
+            values,
             create_graph=not first_order,
             allow_unused=True,
         )
-        new = {}
+        new = []
         for name, grad in zip(names, grads):
             if grad is None:
-                new[name] = params[name]
+                new.append(current[name])
                 continue
             if first_order:
                 grad = grad.detach()
             step_size = lr[name] if isinstance(lr, dict) else lr
-            new[name] = params[name] + sign * step_size * grad
-        params = new
-    return params
+            new.append(current[name] + sign * step_size * grad)
+        return tuple(new)
+
+    values = tuple(params[n] for n in names)
+    for step in range(steps):
+        if checkpoint and not first_order:
+            values = _checkpoint(take_step, step, *values, use_reentrant=False)
+        else:
+            values = take_step(step, *values)
+    return dict(zip(names, values))
