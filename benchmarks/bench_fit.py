@@ -1,85 +1,337 @@
-"""Seconds per meta-iteration and peak memory of ``fit``'s SVI step, for named configs.
+"""The meta-iteration benchmark: seconds, peak memory, FLOPs and fraction of the machine's
+matmul throughput of ``fit``'s SVI step, against reference implementations, in one run.
 
-    python benchmarks/bench_fit.py --config default --iterations 3 --json out.json
-    python benchmarks/bench_fit.py --config paper --iterations 2
-    torchrun --standalone --nproc-per-node 2 benchmarks/bench_fit.py --config default --tasks 2
+    python benchmarks/bench_fit.py --config default --json benchmarks/results/fit_default_cpu.json
+    python benchmarks/bench_fit.py --config paper --impls low_memory --iterations 1 --warmup 0 --no-maml
+    torchrun --standalone --nproc-per-node 2 benchmarks/bench_fit.py --config default --impls ours
 
-Each named config runs in this process: one warm-up iteration, then the median of the
-timed ones. Peak memory is the process's maximum resident set size (CPU) or
-torch.cuda.max_memory_allocated (CUDA). Under torchrun every rank takes its share of the
-meta-batch and the figure reported is tasks per second of the whole job.
+What one run measures, on one config (``--config``; ``--tasks``, ``--inner-steps``
+override), with ``--threads`` torch threads on ``--device``:
+
+* ``matmul_gflops``: this machine's dense fp32 matmul throughput (1024x1024, median of 10).
+* per implementation of the same SVI step (``--impls``):
+  ``ours`` (the fused supernet), ``low_memory`` (ours, --low-memory: one task at a time,
+  inner steps recomputed), ``naive`` (benchmarks/naive_supernet.py: one module per op per
+  edge, loops over edges and tasks, PyTorch's own convolution derivatives; its parameters
+  are copied from ours, so the function is identical). The implementations are timed
+  alternately, iteration by iteration, so that all see the same load on a shared machine:
+  median seconds per meta-iteration after ``--warmup`` untimed ones; FLOPs of one
+  iteration (benchmarks/flops.py: torch.utils.flop_counter with the grouped-convolution
+  gradient fixed); achieved GFLOP/s and its fraction of ``matmul_gflops``.
+* peak memory: each implementation once more in a fresh process (one warm-up and one
+  timed iteration): peak resident set size on CPU (the whole process, so it includes
+  ~0.3 GB of Python and torch; ``baseline_mb`` is the RSS before the first step), or
+  torch.cuda.max_memory_allocated on CUDA.
+* memory vs inner steps (``--slope-steps``, fresh processes): peak memory of ours and of
+  low_memory at each N, and the least-squares slope in MB per inner step.
+* ``maml_conv4``: a second-order MAML meta-step on Conv-4 (64 filters, 5-way 1-shot,
+  15 queries, 4 tasks, 5 inner steps of 0.4, 28x28) done by bayesnas (``maml_loss``)
+  and by the ``higher`` library (``innerloop_ctx``, SGD) when it is installed: median
+  seconds, and the largest difference of their meta-gradients.
+
+Under torchrun only the ``ours`` timing runs; the figure is tasks per second of the job.
 """
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 from bayesnas.config import FitConfig  # noqa: E402
+from bayesnas.device import resolve_device  # noqa: E402
 from bayesnas.distributed import init_distributed  # noqa: E402
 from bayesnas.fileio import write_json  # noqa: E402
-from bayesnas.device import resolve_device  # noqa: E402
+from bayesnas.inference.meta import MetaNetwork  # noqa: E402
 from bayesnas.inference.model import task_share  # noqa: E402
 from bayesnas.inference.svi import build_meta_network, make_optimiser, open_data, svi_step, task_samplers  # noqa: E402
+from benchmarks.flops import count_flops  # noqa: E402
 
 CONFIGS = {
     "default": FitConfig(),
     # the paper's search shape at Omniglot size: C=16, 5 cells, 4 inner steps, 5-way 5-shot
     "paper": FitConfig(channels=16, cells=5, inner_steps=4, ways=5, shots=5, queries=5),
 }
+IMPLS = ("ours", "low_memory", "naive")
+
+
+def matmul_gflops(device, size=1024, repeats=10):
+    """Median dense fp32 matmul throughput (GFLOP/s) with the current thread setting."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    times = []
+    for i in range(repeats + 2):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def peak_rss_mb():
+    """This process's peak resident set size in MB (VmHWM; ru_maxrss where /proc is missing).
+
+    ru_maxrss alone would be wrong for the fresh processes: Linux carries the parent's
+    high-water mark over fork and exec.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(cfg, impl, in_channels, device):
+    """MetaNetwork and optimiser of one implementation; every impl starts from the same W."""
+    torch.manual_seed(0)
+    meta = build_meta_network(cfg, in_channels)
+    if impl == "naive":
+        from benchmarks.naive_supernet import NaiveSearchNetwork, copy_parameters
+
+        net = NaiveSearchNetwork(in_channels=in_channels, num_classes=cfg.ways, C=cfg.channels, layers=cfg.cells)
+        copy_parameters(meta.net, net)
+        naive = MetaNetwork(net, sigma_init=cfg.sigma_init,
+                            inner_lr={"mu": cfg.inner_lr_mu, "rho": cfg.inner_lr_rho, "alpha": cfg.inner_lr_alpha},
+                            in_channels=in_channels)
+        with torch.no_grad():
+            naive.alpha_normal.copy_(meta.alpha_normal)
+            naive.alpha_reduce.copy_(meta.alpha_reduce)
+        meta = naive
+    meta = meta.to(device)
+    impl_cfg = FitConfig(**{**cfg.to_dict(), "low_memory": impl == "low_memory"})
+    return meta, make_optimiser(meta, impl_cfg), impl_cfg
+
+
+def settings(args):
+    cfg = CONFIGS[args.config]
+    cfg = FitConfig(**cfg.to_dict())
+    if args.tasks:
+        cfg.tasks = args.tasks
+    if args.inner_steps is not None:
+        cfg.inner_steps = args.inner_steps
+    return cfg
+
+
+def run_child(args):
+    """One implementation in this fresh process: warm-up + 1 iteration; prints peak memory as JSON."""
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cfg = settings(args)
+    data = open_data(cfg.data)
+    sampler, _ = task_samplers(cfg, data, device)
+    meta, opt, impl_cfg = build(cfg, args.child, data.channels, device)
+    baseline = peak_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for it in range(2):
+        batch = sampler.batch(list(range(it * cfg.tasks, (it + 1) * cfg.tasks)))
+        t0 = time.perf_counter()
+        with task_share(cfg.tasks, 0, cfg.tasks):
+            svi_step(meta, opt, batch, impl_cfg, it + 1)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak, baseline = torch.cuda.max_memory_allocated(device) / 2**20, 0.0
+    else:
+        peak = peak_rss_mb()
+    print(json.dumps({"peak_memory_mb": peak, "baseline_mb": baseline, "seconds": times[-1]}))
+
+
+def child_memory(args, impl, inner_steps=None):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", impl, "--config", args.config,
+           "--threads", str(args.threads), "--device", args.device]
+    if args.tasks:
+        cmd += ["--tasks", str(args.tasks)]
+    steps = inner_steps if inner_steps is not None else args.inner_steps
+    if steps is not None:
+        cmd += ["--inner-steps", str(steps)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["exit %d" % out.returncode])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def slope(xs, ys):
+    """Least-squares slope of ys against xs."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def time_impls(args, cfg, ctx, data, sampler):
+    """Alternate the implementations iteration by iteration; FLOPs of one more iteration each."""
+    impls = {name: build(cfg, name, data.channels, ctx.device) for name in args.impls}
+    start, stop = ctx.share(cfg.tasks)
+    times = {name: [] for name in impls}
+    for it in range(args.warmup + args.iterations):
+        first = it * cfg.tasks
+        batch = sampler.batch(list(range(first + start, first + stop)))
+        for name, (meta, opt, impl_cfg) in impls.items():
+            ctx.barrier()
+            _sync(ctx.device)
+            t0 = time.perf_counter()
+            with task_share(cfg.tasks, start, stop):
+                svi_step(meta, opt, batch, impl_cfg, it + 1, reduce_gradients=ctx.average_gradients)
+            _sync(ctx.device)
+            if it >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+    results = {}
+    for name, (meta, opt, impl_cfg) in impls.items():
+        median = statistics.median(times[name])
+        row = {"seconds_per_iteration": median, "seconds_all": times[name], "tasks_per_second": cfg.tasks / median}
+        if ctx.world_size == 1 and args.flops:
+            batch = sampler.batch(list(range(cfg.tasks)))
+            with task_share(cfg.tasks, 0, cfg.tasks):
+                flops = count_flops(lambda: svi_step(meta, opt, batch, impl_cfg, 1))
+            row.update(flops_per_iteration=flops, gflops_per_second=flops / median / 1e9)
+        results[name] = row
+    return results
+
+
+def maml_conv4(args, device, repeats=5):
+    """Second-order MAML meta-step on Conv-4: bayesnas vs higher (when installed)."""
+    import torch.nn.functional as F
+
+    from bayesnas.data import TaskSampler
+    from bayesnas.inference.maml import maml_loss, meta_parameters
+    from bayesnas.models import Conv4
+
+    steps, lr, tasks = 5, 0.4, 4
+    data = open_data(None)
+    sampler = TaskSampler(data.split("train"), ways=5, shots=1, queries=15, seed=0, device=device)
+    torch.manual_seed(0)
+    net = Conv4(in_channels=1, num_classes=5, hidden=64, image_size=28).to(device)
+    params = list(net.parameters())
+
+    def ours(batch):
+        loss, _ = maml_loss(net, meta_parameters(net), batch, steps, lr)
+        return torch.autograd.grad(loss, params)
+
+    try:
+        import higher
+    except ImportError:
+        higher = None
+
+    def theirs(batch):
+        inner = torch.optim.SGD(net.parameters(), lr=lr)
+        total = 0.0
+        for t in range(batch.support_x.shape[0]):
+            with higher.innerloop_ctx(net, inner, copy_initial_weights=False) as (fnet, diffopt):
+                for _ in range(steps):
+                    diffopt.step(F.cross_entropy(fnet(batch.support_x[t]), batch.support_y[t]))
+                total = total + F.cross_entropy(fnet(batch.query_x[t]), batch.query_y[t])
+        return torch.autograd.grad(total / batch.support_x.shape[0], params)
+
+    fns = {"bayesnas": ours}
+    if higher is not None:
+        fns["higher"] = theirs
+    batch = sampler.batch(list(range(tasks)))
+    grads = {name: fn(batch) for name, fn in fns.items()}
+    times = {name: [] for name in fns}
+    for r in range(repeats):
+        batch = sampler.batch(list(range((r + 1) * tasks, (r + 2) * tasks)))
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn(batch)
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    row = {"settings": {"hidden": 64, "ways": 5, "shots": 1, "queries": 15, "tasks": tasks, "inner_steps": steps,
+                        "inner_lr": lr, "image": 28, "order": "second"},
+           "bayesnas_seconds": statistics.median(times["bayesnas"]), "higher_seconds": None,
+           "higher_installed": higher is not None}
+    if higher is not None:
+        row["higher_seconds"] = statistics.median(times["higher"])
+        row["higher_over_bayesnas"] = row["higher_seconds"] / row["bayesnas_seconds"]
+        row["max_abs_gradient_difference"] = max((a - b).abs().max().item()
+                                                 for a, b in zip(grads["bayesnas"], grads["higher"]))
+        row["higher_version"] = getattr(higher, "__version__", "?")
+    return row
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="default")
-    parser.add_argument("--iterations", type=int, default=3, help="timed iterations (after one warm-up)")
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per implementation")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     parser.add_argument("--tasks", type=int, default=None, help="override tasks per meta-batch")
+    parser.add_argument("--inner-steps", type=int, default=None, help="override inner steps N")
+    parser.add_argument("--impls", default="ours,low_memory,naive",
+                        help=f"comma-separated subset of {','.join(IMPLS)} to time")
+    parser.add_argument("--memory-impls", default=None,
+                        help="implementations whose peak memory is measured in a fresh process [default: --impls]")
+    parser.add_argument("--slope-steps", default="1,2,4",
+                        help="inner steps at which to measure peak memory of ours and low_memory ('' = skip)")
+    parser.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP count")
+    parser.add_argument("--no-maml", dest="maml", action="store_false", help="skip the Conv-4 MAML comparison")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--child", choices=IMPLS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.impls = [s for s in args.impls.split(",") if s]
+    unknown = sorted(set(args.impls) - set(IMPLS))
+    if unknown:
+        parser.error(f"--impls: unknown {', '.join(unknown)} (expected a subset of {', '.join(IMPLS)})")
+    if args.child:
+        return run_child(args)
 
     torch.set_num_threads(args.threads)
-    cfg = CONFIGS[args.config]
-    if args.tasks:
-        cfg.tasks = args.tasks
     ctx = init_distributed(resolve_device(args.device))
+    cfg = settings(args)
     data = open_data(cfg.data)
     sampler, _ = task_samplers(cfg, data, ctx.device)
-    torch.manual_seed(0)
-    meta = build_meta_network(cfg, data.channels).to(ctx.device)
-    optimiser = make_optimiser(meta, cfg)
-    start, stop = ctx.share(cfg.tasks)
-    times = []
-    for it in range(1, args.iterations + 2):
-        first = (it - 1) * cfg.tasks
-        batch = sampler.batch(list(range(first + start, first + stop)))
-        ctx.barrier()
-        t0 = time.perf_counter()
-        with task_share(cfg.tasks, start, stop):
-            svi_step(meta, optimiser, batch, cfg, it, reduce_gradients=ctx.average_gradients)
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    timed = times[1:]
-    if ctx.device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    median = statistics.median(timed)
-    result = {
-        "config": args.config, "settings": cfg.to_dict(), "device": str(ctx.device), "threads": args.threads,
-        "processes": ctx.world_size, "seconds_per_iteration": median, "seconds_all": timed,
-        "tasks_per_second": cfg.tasks / median, "peak_memory_mb_rank0": peak_mb,
-        "parameters_D": meta.mu.numel(),
-    }
+    result = {"config": args.config, "settings": cfg.to_dict(), "device": str(ctx.device), "threads": args.threads,
+              "processes": ctx.world_size, "torch": torch.__version__,
+              "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
     if ctx.is_main:
+        result["matmul_gflops"] = matmul_gflops(ctx.device)
+    result["impls"] = time_impls(args, cfg, ctx, data, sampler)
+    if ctx.is_main and ctx.world_size == 1:
+        peak = result["matmul_gflops"]
+        for row in result["impls"].values():
+            if "gflops_per_second" in row:
+                row["fraction_of_matmul"] = row["gflops_per_second"] / peak
+        mem_impls = args.impls if args.memory_impls is None else [s for s in args.memory_impls.split(",") if s]
+        for name in mem_impls:
+            result["impls"].setdefault(name, {}).update(child_memory(args, name))
+        if "ours" in result["impls"] and "naive" in result["impls"]:
+            result["naive_over_ours"] = (result["impls"]["naive"]["seconds_per_iteration"]
+                                         / result["impls"]["ours"]["seconds_per_iteration"])
+        steps = [int(s) for s in args.slope_steps.split(",") if s]
+        if len(steps) >= 2:
+            curve = {"inner_steps": steps}
+            for name in ("ours", "low_memory"):
+                peaks = [child_memory(args, name, n).get("peak_memory_mb") for n in steps]
+                curve[f"{name}_peak_mb"] = peaks
+                if None not in peaks:
+                    curve[f"{name}_slope_mb_per_step"] = slope(steps, peaks)
+            result["memory_vs_inner_steps"] = curve
+        if args.maml:
+            result["maml_conv4"] = maml_conv4(args, ctx.device)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            write_json(args.json, result)
+    elif ctx.is_main:
         print(json.dumps(result, indent=2))
         if args.json:
             write_json(args.json, result)

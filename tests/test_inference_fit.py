@@ -107,3 +107,21 @@ def test_bad_settings_and_folders_are_clear_errors(tmp_path):
         json.dump(FitConfig(**TINY).to_dict(), f)
     with pytest.raises(RunError, match="checkpoint_last.pt: missing"):
         fit(resume=tmp_path / "c", progress=False)
+
+
+def test_validation_adapts_with_the_training_kl_weight(tmp_path, monkeypatch):
+    """The guide's mean step depends on the KL weight: validating with another weight than
+    training's would score a different posterior (a bug once: validation used 1.0)."""
+    import bayesnas.inference.svi as svi
+
+    seen = []
+    real_adapt = svi.adapt
+
+    def spy(*args, **kwargs):
+        if kwargs.get("first_order"):
+            seen.append(kwargs.get("kl_weight"))
+        return real_adapt(*args, **kwargs)
+
+    monkeypatch.setattr(svi, "adapt", spy)
+    fit(FitConfig(**dict(TINY, iterations=3, kl_weight=0.25)), out=tmp_path / "run", progress=False)
+    assert seen and all(w == 0.25 for w in seen)

@@ -169,13 +169,15 @@ class DerivedCell(NamedTuple):
     task_seed: Optional[int]
 
 
-def task_edge_probs(meta, cfg, data, task_seed, which_split="test"):
+def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="test"):
     """Edge probabilities adapted to one task's support set: ``([14, 10], [14, 10])``.
 
     The task is task 0 of a sampler over ``which_split`` seeded with ``task_seed`` (the
-    fit run's ways and shots); the guide takes the run's ``inner_steps`` at the run's final
-    temperature. The guide's own randomness is seeded with ``task_seed`` too, so the same
-    seed always gives the same probabilities.
+    fit run's ways and shots); the guide takes the run's ``inner_steps`` with the
+    temperature and KL weight of the training schedule at ``iteration`` (default: the
+    run's last), exactly as :meth:`bayesnas.Run.task_posterior` does. The guide's own
+    randomness is seeded with ``task_seed`` too, so the same seed always gives the same
+    probabilities.
 
     Example::
 
@@ -183,18 +185,17 @@ def task_edge_probs(meta, cfg, data, task_seed, which_split="test"):
         pn, pr = task_edge_probs(meta, cfg, data, task_seed=3)
         derive_genotype(pn, pr)
     """
-    from .guide import adapt
+    from .posterior import AdaptedPosterior
+    from .svi import kl_weight, temperature
 
-    device = meta.mu.device
+    iteration = cfg.iterations if iteration is None else max(int(iteration), 1)
     sampler = TaskSampler(data.split(which_split), cfg.ways, cfg.shots, cfg.queries, seed=int(task_seed),
-                          device=device)
-    task = sampler.batch([0])
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(task_seed))
-        q = adapt(meta, task.support_x, task.support_y, cfg.inner_steps, cfg.tau_end,
-                  relaxed=cfg.variant == "gumbel", first_order=True)
-    return q.phi_normal[0].detach().softmax(-1), q.phi_reduce[0].detach().softmax(-1)
+                          device=meta.mu.device)
+    task = sampler.task(0)
+    post = AdaptedPosterior.from_support(meta, task.support_x, task.support_y, steps=cfg.inner_steps,
+                                         tau=temperature(cfg, iteration), relaxed=cfg.variant == "gumbel",
+                                         kl_weight=kl_weight(cfg, iteration), seed=int(task_seed))
+    return tuple(p.detach() for p in post.probs)
 
 
 def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last"):
@@ -220,6 +221,7 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last"):
         print(format_edges_table(cell.table))
         derive_cell("runs/fit-a", task_seed=7, plot=False).genotype
     """
+    from .rundir import RunDirectory
     from .svi import load_fit
 
     cfg, meta, data = load_fit(run_dir, which=which)
@@ -228,7 +230,8 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last"):
             pn, pr = meta.alpha_normal.softmax(-1), meta.alpha_reduce.softmax(-1)
         default_name = "genotype.json"
     else:
-        pn, pr = task_edge_probs(meta, cfg, data, task_seed)
+        iteration = RunDirectory(run_dir).load_checkpoint(which)["iteration"]
+        pn, pr = task_edge_probs(meta, cfg, data, task_seed, iteration=iteration)
         default_name = f"genotype-task{int(task_seed)}.json"
     genotype = derive_genotype(pn, pr)
     table = chosen_edges_table(pn, pr, genotype)

@@ -120,12 +120,13 @@ def meta_batch_indices(cfg, first, ctx):
     return list(range(first + start, first + stop)), task_share(cfg.tasks, start, stop)
 
 
-def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None):
+def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None, kl_weight=1.0):
     """Mean query accuracy and query ELBO per point over the first tasks of ``sampler``.
 
     Tasks go in meta-batches of ``cfg.tasks`` (``num_tasks`` rounded up to a multiple),
     split across processes like training. Uses its own RNG (forked, seeded) so that
-    validating never changes the training streams.
+    validating never changes the training streams. ``tau`` and ``kl_weight`` should be
+    the training schedule's (the guide's mean step depends on the KL weight).
     """
     ctx = ctx or DistributedContext(device=meta.mu.device)
     relaxed = cfg.variant == "gumbel"
@@ -138,7 +139,8 @@ def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None):
             indices, share = meta_batch_indices(cfg, first, ctx)
             batch = sampler.batch(indices)
             with share:
-                q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed, first_order=True)
+                q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed, kl_weight=kl_weight,
+                          first_order=True)
                 q = type(q)(*(t.detach() for t in q))
                 with torch.no_grad():
                     terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed)
@@ -343,7 +345,7 @@ def _fit(ctx, config, out, resume, progress, callbacks):
 
     def validate(iteration):
         acc, elbo = evaluate_tasks(meta, cfg, val_sampler, cfg.val_tasks, temperature(cfg, iteration),
-                                   seed=cfg.seed + 12345, ctx=ctx)
+                                   seed=cfg.seed + 12345, ctx=ctx, kl_weight=kl_weight(cfg, iteration))
         return {"val_acc": acc, "val_elbo": elbo}
 
     rows = loop.run(step, validate)

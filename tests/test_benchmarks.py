@@ -1,0 +1,53 @@
+"""The benchmark tooling: FLOP counts of grouped convolutions and the bench command's JSON."""
+import json
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import bench_fit
+from benchmarks.flops import count_flops
+
+
+def test_grouped_convolution_gradients_cost_one_forward_each():
+    x = torch.randn(5, 16, 14, 14, requires_grad=True)
+    w = torch.randn(32, 1, 5, 5, requires_grad=True)   # depthwise, channel multiplier 2
+    forward = 2 * 5 * 32 * 1 * 25 * 14 * 14
+    assert count_flops(lambda: F.conv2d(x, w, padding=2, groups=16)) == forward
+    assert count_flops(lambda: F.conv2d(x, w, padding=2, groups=16).sum().backward()) == 3 * forward
+    x.grad = w.grad = None
+    # only the weight gradient requested: one forward's worth
+    x.requires_grad_(False)
+    assert count_flops(lambda: F.conv2d(x, w, padding=2, groups=16).sum().backward()) == 2 * forward
+
+
+def test_dense_convolutions_count_as_torch_does():
+    x = torch.randn(3, 4, 9, 9, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, requires_grad=True)
+
+    def step():
+        F.conv2d(x, w, stride=2, padding=1).sum().backward()
+
+    with FlopCounterMode(display=False) as stock:
+        step()
+    assert count_flops(step) == stock.get_total_flops() > 0
+
+
+def test_slope_is_the_least_squares_slope():
+    assert abs(bench_fit.slope([1, 2, 4], [10.0, 12.0, 16.0]) - 2.0) < 1e-12
+    assert abs(bench_fit.slope([1, 2, 3], [1.0, 3.0, 2.0]) - 0.5) < 1e-12
+
+
+def test_bench_command_writes_its_figures(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench_fit.main(["--config", "default", "--tasks", "1", "--inner-steps", "1", "--iterations", "1", "--warmup", "0",
+                    "--impls", "ours,low_memory", "--memory-impls", "ours", "--slope-steps", "", "--no-maml",
+                    "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["threads"] == 1 and result["device"] == "cpu" and result["matmul_gflops"] > 0
+    ours, low = result["impls"]["ours"], result["impls"]["low_memory"]
+    assert ours["seconds_per_iteration"] > 0 and ours["flops_per_iteration"] > 1e8
+    # recomputing the inner step costs FLOPs: one more forward and backward of it
+    assert low["flops_per_iteration"] > ours["flops_per_iteration"]
+    assert 0 < ours["fraction_of_matmul"] < 1
+    assert ours["peak_memory_mb"] > ours["baseline_mb"] > 0
