@@ -64,6 +64,9 @@ class FitConfig:
     shots: int = 1
     queries: int = 5
     rotations: bool = True  #: 90-degree rotations as new training classes (Omniglot practice)
+    #: search on images resized to this size (None: the data's own); a smaller proxy
+    #: costs about the pixel ratio less, and the derived cell is retrained at full size
+    image_size: int = None
     tasks: int = 2  #: T, tasks per meta-iteration
     inner_steps: int = 4  #: N, unrolled steps of the guide
     iterations: int = 80
@@ -108,6 +111,8 @@ class FitConfig:
                      "val_samples", "log_every", "checkpoint_every", "val_every"):
             check(int(getattr(self, name)) >= 1, f"{name}={getattr(self, name)}: expected an integer >= 1")
         check(self.ways >= 2, f"ways={self.ways}: a task needs at least 2 classes")
+        check(self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 1),
+              f"image_size={self.image_size}: expected a positive integer (or null for the data's size)")
         check(self.inner_steps >= 0, f"inner_steps={self.inner_steps}: expected >= 0")
         check(self.tau_start > 0 and self.tau_end > 0, "tau_start and tau_end must be > 0")
         check(self.sigma_init > 0, f"sigma_init={self.sigma_init}: expected > 0")

@@ -310,7 +310,8 @@ class Run:
             split = "test" if "test" in data.splits else "val"
         cfg = self.config
         return TaskSampler(data.split(split), cfg.ways, cfg.shots if shots is None else shots,
-                           cfg.queries if queries is None else queries, seed=seed, device="cpu")
+                           cfg.queries if queries is None else queries, seed=seed, device="cpu",
+                           image_size=cfg.image_size)
 
     def posterior_history(self):
         """The meta-level edge posterior at every logged iteration (``posterior_history.h5``).

@@ -18,8 +18,8 @@ override), with ``--threads`` torch threads on ``--device``:
   median seconds per meta-iteration after ``--warmup`` untimed ones; FLOPs of one
   iteration (benchmarks/flops.py: torch.utils.flop_counter with the grouped-convolution
   gradient fixed); achieved GFLOP/s and its fraction of ``matmul_gflops``.
-* peak memory: each implementation once more in a fresh process (one warm-up and one
-  timed iteration): peak resident set size on CPU (the whole process, so it includes
+* peak memory: each implementation once more in a fresh process (one warm-up, if
+  ``--warmup`` is not 0, and one timed iteration): peak resident set size on CPU (the whole process, so it includes
   ~0.3 GB of Python and torch; ``baseline_mb`` is the RSS before the first step), or
   torch.cuda.max_memory_allocated on CUDA.
 * memory vs inner steps (``--slope-steps``, fresh processes): peak memory of ours and of
@@ -132,7 +132,7 @@ def settings(args):
 
 
 def run_child(args):
-    """One implementation in this fresh process: warm-up + 1 iteration; prints peak memory as JSON."""
+    """One implementation in this fresh process: ``--warmup`` + 1 iterations; prints peak memory as JSON."""
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     cfg = settings(args)
@@ -143,7 +143,7 @@ def run_child(args):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    for it in range(2):
+    for it in range(args.warmup + 1):
         batch = sampler.batch(list(range(it * cfg.tasks, (it + 1) * cfg.tasks)))
         t0 = time.perf_counter()
         with task_share(cfg.tasks, 0, cfg.tasks):
@@ -159,7 +159,7 @@ def run_child(args):
 
 def child_memory(args, impl, inner_steps=None):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", impl, "--config", args.config,
-           "--threads", str(args.threads), "--device", args.device]
+           "--threads", str(args.threads), "--device", args.device, "--warmup", str(min(args.warmup, 1))]
     if args.tasks:
         cmd += ["--tasks", str(args.tasks)]
     steps = inner_steps if inner_steps is not None else args.inner_steps

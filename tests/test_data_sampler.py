@@ -186,3 +186,18 @@ def test_cuda_tasks_match_cpu_tasks():
     assert gpu.support_x.is_cuda and gpu.classes.is_cuda
     for x, y in zip(cpu, gpu):
         assert torch.equal(x, y.cpu())
+
+
+def test_image_size_resizes_once_by_area_averaging():
+    train = load_default().split("train")
+    full = TaskSampler(train, ways=5, shots=1, queries=2, seed=3, rotations=True)
+    small = TaskSampler(train, ways=5, shots=1, queries=2, seed=3, rotations=True, image_size=14)
+    assert small.image_size == (14, 14) and full.image_size == (28, 28)
+    a, b = full.batch([0, 1]), small.batch([0, 1])
+    assert b.support_x.shape == (2, 5, 1, 14, 14)
+    assert torch.equal(a.support_y, b.support_y) and torch.equal(a.classes, b.classes)
+    # the same images (rotations included), each 2x2 block averaged and rounded to 8 bits
+    expected = torch.nn.functional.avg_pool2d(a.query_x.flatten(0, 1) * 255, 2).round().view_as(b.query_x) / 255
+    assert torch.allclose(b.query_x, expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="image_size 56 is larger than the stored 28x28"):
+        TaskSampler(train, ways=5, shots=1, queries=2, image_size=56)

@@ -125,3 +125,17 @@ def test_validation_adapts_with_the_training_kl_weight(tmp_path, monkeypatch):
     monkeypatch.setattr(svi, "adapt", spy)
     fit(FitConfig(**dict(TINY, iterations=3, kl_weight=0.25)), out=tmp_path / "run", progress=False)
     assert seen and all(w == 0.25 for w in seen)
+
+
+def test_search_on_a_smaller_proxy_image_size(tmp_path):
+    from bayesnas import load_run
+
+    result = fit(FitConfig(**dict(TINY, iterations=1, val_every=1, image_size=7)), out=tmp_path / "run", progress=False)
+    run = load_run(result.run_dir)
+    assert run.config.image_size == 7
+    task = run.task_sampler().task(0)
+    assert task.support_x.shape[-2:] == (7, 7)
+    post = run.task_posterior(task.support_x, task.support_y, seed=0)
+    assert post.predict(task.query_x).probs.shape == (task.query_x.shape[0], TINY.get("ways", 5))
+    with pytest.raises(ConfigError, match="image_size"):
+        FitConfig(**dict(TINY, image_size=0)).validate()

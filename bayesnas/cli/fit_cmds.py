@@ -18,6 +18,8 @@ _D = FitConfig()
 @click.option("--ways", type=click.IntRange(min=2), default=None, help=f"Classes per task [default: {_D.ways}].")
 @click.option("--shots", type=click.IntRange(min=1), default=None, help=f"Support images per class [default: {_D.shots}].")
 @click.option("--queries", type=click.IntRange(min=1), default=None, help=f"Query images per class [default: {_D.queries}].")
+@click.option("--image-size", type=click.IntRange(min=1), default=None,
+              help="Search on images resized to this size (a cheaper proxy) [default: the data's size].")
 @click.option("--channels", type=click.IntRange(min=1), default=None, help=f"Supernet channels C [default: {_D.channels}].")
 @click.option("--cells", type=click.IntRange(min=1), default=None, help=f"Supernet cells [default: {_D.cells}].")
 @click.option("--variant", type=click.Choice(["gumbel", "softmax"]), default=None, help=f"Edge variables [default: {_D.variant}].")

@@ -75,6 +75,10 @@ class TaskSampler:
         seed: the seed of every task's stream (with the task's index).
         rotations: add the three 90-degree rotations of every class as new classes.
         device: where the images live and tasks are returned ("cpu", "cuda", "auto", ...).
+        image_size: resize every image to ``image_size x image_size`` once, when the
+            sampler is built (area averaging, rounded back to 8 bits: 28 -> 14 is the mean
+            of each 2x2 block); None keeps the stored size. A search on smaller images
+            (a proxy, as DARTS searched on CIFAR) costs about the pixel ratio less.
 
     Impossible settings (too few classes, a class with fewer than shots + queries images)
     raise :class:`DataError` here, before any sampling.
@@ -87,7 +91,7 @@ class TaskSampler:
     """
 
     def __init__(self, split: SplitData, ways: int, shots: int, queries: int, seed: int = 0,
-                 rotations: bool = False, device="cpu"):
+                 rotations: bool = False, device="cpu", image_size=None):
         self.ways = _count("ways", ways, 2)
         self.shots = _count("shots", shots, 1)
         self.queries = _count("queries", queries, 1)
@@ -112,7 +116,8 @@ class TaskSampler:
                             f"{int(split.counts[smallest])} images, {self.shots}-shot "
                             f"{self.queries}-query needs {per_class}")
         self.device = resolve_device(str(device))
-        self._images = split.images.to(self.device)
+        self._images = _resized(split.images, image_size, where).to(self.device)
+        self.image_size = tuple(self._images.shape[-2:])
         self._counts = split.counts.numpy()
         self._offsets = split.class_offsets.numpy()
         self._max_count = int(self._counts.max())
@@ -177,6 +182,22 @@ class TaskSampler:
         return (f"TaskSampler({self.split.path!r}, split={self.split.name!r}, ways={self.ways}, "
                 f"shots={self.shots}, queries={self.queries}, seed={self.seed}, "
                 f"rotations={self.rotations}, device={str(self.device)!r})")
+
+
+def _resized(images, size, where):
+    """uint8 ``[N, C, H, W]`` images at ``size x size`` (area averaging, rounded), or as they are."""
+    if size is None or tuple(images.shape[-2:]) == (size, size):
+        return images
+    size = _count("image_size", size, 1)
+    height, width = images.shape[-2:]
+    if size > min(height, width):
+        raise ConfigError(f"{where}: image_size {size} is larger than the stored {height}x{width} "
+                          f"(only downsizing is supported)")
+    out = torch.empty(images.shape[:2] + (size, size), dtype=torch.uint8)
+    for first in range(0, images.shape[0], 4096):  # bounded temporary float memory
+        chunk = images[first:first + 4096].float()
+        out[first:first + 4096] = torch.nn.functional.interpolate(chunk, size=(size, size), mode="area").round_()
+    return out
 
 
 def _count(what, value, minimum):

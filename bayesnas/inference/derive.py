@@ -190,7 +190,7 @@ def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="tes
 
     iteration = cfg.iterations if iteration is None else max(int(iteration), 1)
     sampler = TaskSampler(data.split(which_split), cfg.ways, cfg.shots, cfg.queries, seed=int(task_seed),
-                          device=meta.mu.device)
+                          device=meta.mu.device, image_size=cfg.image_size)
     task = sampler.task(0)
     post = AdaptedPosterior.from_support(meta, task.support_x, task.support_y, steps=cfg.inner_steps,
                                          tau=temperature(cfg, iteration), relaxed=cfg.variant == "gumbel",

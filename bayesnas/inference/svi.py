@@ -80,12 +80,14 @@ def open_data(path):
 
 def task_samplers(cfg, data, device):
     """Training sampler (rotations as configured) and validation sampler (val split, else test)."""
+    size = getattr(cfg, "image_size", None)
     train = TaskSampler(data.split("train"), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed,
-                        rotations=cfg.rotations, device=device)
+                        rotations=cfg.rotations, device=device, image_size=size)
     val_split = "val" if "val" in data.splits else ("test" if "test" in data.splits else None)
     if val_split is None:
         raise ConfigError(f"{data.path}: has no 'val' or 'test' split to validate on")
-    val = TaskSampler(data.split(val_split), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1, device=device)
+    val = TaskSampler(data.split(val_split), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1, device=device,
+                      image_size=size)
     return train, val
 
 
