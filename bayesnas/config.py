@@ -84,6 +84,10 @@ class FitConfig:
     inner_lr_alpha: float = 1.0
     learn_inner_lr: bool = False
     first_order: bool = False
+    #: run a meta-batch's tasks as one batched supernet call (task-major channels, the
+    #: same function in float64; in float32 the rounding differs from one call per task, so
+    #: set False for results that are bitwise equal across process counts)
+    batch_tasks: bool = True
     #: memory-bounded SVI step: one task at a time (backward per task) and inner steps
     #: recomputed in the outer backward; same values and gradients, peak memory of one
     #: task's query pass plus one inner step instead of T tasks times N steps

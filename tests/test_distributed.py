@@ -26,7 +26,12 @@ def final_state(path):
 
 
 def test_two_ranks_with_half_the_tasks_each_equal_one_rank_with_all(tmp_path, small_omniglot):
-    data = ["--data", small_omniglot]
+    # one call per task on both sides (batch_tasks false): the same float32 rounding, so
+    # equal parameters; with batching, 1 rank x 2 tasks rounds differently from 2 x 1 and
+    # Adam's normalised steps amplify that (test_models_supernet checks batching exactly)
+    config = tmp_path / "config.json"
+    config.write_text('{"batch_tasks": false}')
+    data = ["--data", small_omniglot, "--config", str(config)]
     one = torchrun(1, "fit", *ARGS, *data, "--out", str(tmp_path / "one"))
     out_one = one.communicate(timeout=300)[0]
     assert one.returncode == 0, out_one

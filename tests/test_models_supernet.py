@@ -223,3 +223,41 @@ def test_cuda_fused_equals_naive_and_second_order():
     net = SearchNetwork(C=4, layers=3).cuda()
     out = net(torch.randn(5, 1, 12, 12, device="cuda"), zn.float(), zr.float())
     assert out.shape == (5, 5) and out.device.type == "cuda"
+
+
+@pytest.mark.parametrize("grouping", ["per_op", "by_dilation", "single"])
+def test_tasks_as_a_batch_equal_one_call_per_task_through_second_order(grouping):
+    """T tasks in one call (task-major channels, T-fold groups) == T separate calls, exactly
+    in float64, for the outputs and for the gradients of a gradient (theta and z)."""
+    from torch.func import functional_call
+
+    from bayesnas.models import ParamLayout
+
+    torch.manual_seed(0)
+    net = SearchNetwork(1, 5, C=2, layers=3, dw_grouping=grouping).double()
+    layout = ParamLayout.from_module(net)
+    T = 3
+    theta = (layout.flatten(net).detach()[None] + 0.05 * torch.randn(T, layout.numel, dtype=torch.float64))
+    theta.requires_grad_()
+    x = torch.rand(T, 4, 1, 12, 12, dtype=torch.float64)
+    zn = torch.softmax(torch.randn(T, 14, 10, dtype=torch.float64), -1).requires_grad_()
+    zr = torch.softmax(torch.randn(T, 14, 10, dtype=torch.float64), -1).requires_grad_()
+
+    def batched():
+        return functional_call(net, layout.unflatten(theta), (x, zn, zr))
+
+    def looped():
+        return torch.stack([functional_call(net, layout.unflatten(theta[t]), (x[t], zn[t], zr[t])) for t in range(T)])
+
+    def second_order(out):
+        g, = torch.autograd.grad(out.pow(2).sum(), theta, create_graph=True)
+        return torch.autograd.grad(g.pow(2).sum(), [theta, zn, zr])
+
+    out_b, out_l = batched(), looped()
+    assert out_b.shape == (T, 4, 5)
+    assert torch.allclose(out_b, out_l, rtol=1e-12, atol=1e-12)
+    for gb, gl in zip(second_order(batched()), second_order(looped())):
+        assert gl.abs().sum() > 0
+        assert torch.allclose(gb, gl, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="substitute"):
+        net(x, zn, zr)  # T tasks but the module's own (unbatched) parameters

@@ -87,6 +87,8 @@ class MetaNetwork(nn.Module):
             {k: nn.Parameter(torch.tensor(math.log(v)), requires_grad=learn_inner_lr) for k, v in inner_lr.items()}
         )
         self.encoder = SetEncoder(in_channels) if set_encoder else None
+        #: forward_tasks runs all tasks in one call when the supernet supports it
+        self.batch_tasks = True
 
     @property
     def sigma(self):
@@ -106,5 +108,11 @@ class MetaNetwork(nn.Module):
         return functional_call(self.net, self.layout.unflatten(theta), (x, z_normal, z_reduce))
 
     def forward_tasks(self, x, theta, z_normal, z_reduce):
-        """Logits of T tasks: x ``[T, B, C, H, W]``, theta ``[T, D]``, z ``[T, 14, 10]`` -> ``[T, B, ways]``."""
+        """Logits of T tasks: x ``[T, B, C, H, W]``, theta ``[T, D]``, z ``[T, 14, 10]`` -> ``[T, B, ways]``.
+
+        A supernet that takes tasks as a batch (``task_batched``, the fused
+        SearchNetwork) runs all T in one call; any other network, one call per task.
+        """
+        if self.batch_tasks and getattr(self.net, "task_batched", False) and x.shape[0] > 1:
+            return functional_call(self.net, self.layout.unflatten(theta), (x, z_normal, z_reduce))
         return torch.stack([self.forward_task(x[t], theta[t], z_normal[t], z_reduce[t]) for t in range(x.shape[0])])

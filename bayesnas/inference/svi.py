@@ -55,7 +55,7 @@ def kl_weight(cfg, iteration):
 def build_meta_network(cfg, in_channels):
     """The MetaNetwork of a FitConfig (supernet over ``cfg.ways`` classes)."""
     net = SearchNetwork(in_channels=in_channels, num_classes=cfg.ways, C=cfg.channels, layers=cfg.cells)
-    return MetaNetwork(
+    meta = MetaNetwork(
         net,
         sigma_init=cfg.sigma_init,
         inner_lr={"mu": cfg.inner_lr_mu, "rho": cfg.inner_lr_rho, "alpha": cfg.inner_lr_alpha},
@@ -63,6 +63,8 @@ def build_meta_network(cfg, in_channels):
         set_encoder=cfg.set_encoder,
         in_channels=in_channels,
     )
+    meta.batch_tasks = getattr(cfg, "batch_tasks", True)
+    return meta
 
 
 def make_optimiser(meta, cfg):

@@ -237,27 +237,36 @@ class SearchCell(nn.Module):
         fan_in = shape[2] * shape[3] * shape[4]
         self.register_parameter(name, nn.Parameter(_uniform_(torch.empty(shape), fan_in)))
 
-    def _dw1_weight(self, ops, K, D, first, S, m):
-        """Weights of one kernel group for edges ``first .. first + S*m - 1``.
+    def _edges(self, name, sl):
+        """Edge parameter ``name`` at source-major positions ``sl``, ``[T, n, ...]``."""
+        p = getattr(self, name)
+        return p[:, sl] if p.dim() == 6 else p[sl].unsqueeze(0)
 
-        Returns ``[S * C * len(ops) * m, 1, K, K]`` in the (source, channel, op, edge)
-        order that a channel-multiplier depthwise convolution of the S sources produces.
+    def _dw1_weight(self, ops, K, D, first, S, m, T):
+        """Weights of one kernel group for edges ``first .. first + S*m - 1`` of T tasks.
+
+        Returns ``[T * S * C * len(ops) * m, 1, K, K]`` in the (task, source, channel, op,
+        edge) order that a channel-multiplier depthwise convolution of the stacked
+        sources produces.
         """
         C, n = self.C, S * m
         ws = []
         for op in ops:
-            w = getattr(self, f"{op}_dw1" if op in SEP_KERNELS else f"{op}_dw")[first:first + n]
+            w = self._edges(f"{op}_dw1" if op in SEP_KERNELS else f"{op}_dw", slice(first, first + n))
             ws.append(_embed_kernel(w, _kernel_of(op)[1], K, D))
-        w = torch.stack(ws)                                         # [g, n, C, 1, K, K]
-        w = w.view(len(ops), S, m, C, K, K).permute(1, 3, 0, 2, 4, 5)
-        return w.reshape(S * C * len(ops) * m, 1, K, K)
+        w = torch.stack(ws, 1)                                      # [T, g, n, C, 1, K, K]
+        w = w.view(T, len(ops), S, m, C, K, K).permute(0, 2, 4, 1, 3, 5, 6)
+        return w.reshape(T * S * C * len(ops) * m, 1, K, K)
 
-    def _edge_batch(self, x, S, m, first, stride, W):
-        """All mixed edges leaving the ``S`` sources stacked in ``x [B, S*C, H, W]``.
+    def _edge_batch(self, x, S, m, first, stride, W, T):
+        """All mixed edges leaving the ``S`` sources of T tasks stacked in ``x [B, T*S*C, H, W]``.
 
-        Each source has an edge to each of the last ``m`` nodes; returns their
-        z-weighted sums ``[B, m, C * H' * W']`` (the contributions to those nodes).
-        Results of convolutions are reshaped, never viewed: on CPU they may be channels-last.
+        Channels are task-major: (task, source, channel). Each source has an edge to each
+        of the last ``m`` nodes; returns their z-weighted sums ``[B, T, m, C * H' * W']``
+        (the contributions to those nodes) with ``W [T, m, outputs]``. Every per-channel
+        operation (depthwise convolution, BatchNorm, pooling) treats a task's channels as
+        its own, so tasks never mix. Results of convolutions are reshaped, never viewed:
+        on CPU they may be channels-last.
         """
         B, _, H, Wd = x.shape
         C, n = self.C, S * m
@@ -267,17 +276,17 @@ class SearchCell(nn.Module):
         # First depthwise stage of sep 3/5/7 and dil 3/5 for all n edges.
         parts = []
         for ops, K, D in self.dw_groups:
-            w = self._dw1_weight(ops, K, D, first, S, m)
-            y = conv2d(r, w, stride=stride, padding=D * (K - 1) // 2, dilation=D, groups=S * C)
+            w = self._dw1_weight(ops, K, D, first, S, m, T)
+            y = conv2d(r, w, stride=stride, padding=D * (K - 1) // 2, dilation=D, groups=T * S * C)
             Ho, Wo = y.shape[-2:]
-            # (source, channel, op, edge) -> (op, source, edge, channel)
-            parts.append(y.reshape(B, S, C, len(ops), m, Ho * Wo).permute(0, 3, 1, 4, 2, 5))
-        y = torch.cat(parts, 1) if len(parts) > 1 else parts[0].contiguous()
+            # (task, source, channel, op, edge) -> (task, op, source, edge, channel)
+            parts.append(y.reshape(B, T, S, C, len(ops), m, Ho * Wo).permute(0, 1, 4, 2, 5, 3, 6))
+        y = torch.cat(parts, 2) if len(parts) > 1 else parts[0].contiguous()
         g = len(DW_OPS)
-        pw1 = torch.stack([getattr(self, f"{op}_pw1" if op in SEP_KERNELS else f"{op}_pw")[sl]
-                           for op in DW_OPS]).view(g, S, m, C, C)
-        y = torch.matmul(pw1, y).view(B, g * n * C, Ho * Wo)
-        stage1 = F.batch_norm(y, None, None, training=True)
+        pw1 = torch.stack([self._edges(f"{op}_pw1" if op in SEP_KERNELS else f"{op}_pw", sl)
+                           for op in DW_OPS], 1).view(T, g, S, m, C, C)
+        y = torch.matmul(pw1, y).view(B, T * g * n * C, Ho * Wo)
+        stage1 = F.batch_norm(y, None, None, training=True).view(B, T, g * n * C, Ho * Wo)
         HW = Ho * Wo
 
         # Second stage of the separable ops (stride 1, no channel multiplier). split (not
@@ -286,72 +295,103 @@ class SearchCell(nn.Module):
         ns = len(SEP_OPS) * nC
         if self.dw2_grouped:
             K = max(SEP_KERNELS.values())
-            sep1, dil = stage1.split([ns, len(DIL_OPS) * nC], 1)
-            w = torch.cat([_embed_kernel(getattr(self, f"{op}_dw2")[sl], 1, K, 1)
-                           for op in SEP_OPS]).view(ns, 1, K, K)
-            y = conv2d(F.relu(sep1).reshape(B, ns, Ho, Wo), w, padding=K // 2, groups=ns)
+            sep1, dil = stage1.split([ns, len(DIL_OPS) * nC], 2)
+            w = torch.cat([_embed_kernel(self._edges(f"{op}_dw2", sl), 1, K, 1)
+                           for op in SEP_OPS], 1).reshape(T * ns, 1, K, K)
+            y = conv2d(F.relu(sep1).reshape(B, T * ns, Ho, Wo), w, padding=K // 2, groups=T * ns)
         else:
-            *sep1, dil = stage1.split([nC] * len(SEP_OPS) + [len(DIL_OPS) * nC], 1)
+            *sep1, dil = stage1.split([nC] * len(SEP_OPS) + [len(DIL_OPS) * nC], 2)
             ys = []
             for t, (op, k) in zip(sep1, SEP_KERNELS.items()):
-                w = getattr(self, f"{op}_dw2")[sl].reshape(nC, 1, k, k)
-                ys.append(conv2d(F.relu(t).reshape(B, nC, Ho, Wo), w, padding=k // 2, groups=nC))
-            y = torch.cat(ys, 1)
-        pw2 = torch.stack([getattr(self, f"{op}_pw2")[sl] for op in SEP_OPS]).view(-1, C, C)
-        y = torch.matmul(pw2, y.reshape(B, len(SEP_OPS) * n, C, HW))
-        sep = F.batch_norm(y.view(B, ns, HW), None, None, training=True)
+                w = self._edges(f"{op}_dw2", sl).reshape(T * nC, 1, k, k)
+                y = conv2d(F.relu(t).reshape(B, T * nC, Ho, Wo), w, padding=k // 2, groups=T * nC)
+                ys.append(y.reshape(B, T, 1, nC, HW))
+            y = torch.cat(ys, 2)
+        pw2 = torch.stack([self._edges(f"{op}_pw2", sl) for op in SEP_OPS], 1).view(T, len(SEP_OPS) * n, C, C)
+        y = torch.matmul(pw2, y.reshape(B, T, len(SEP_OPS) * n, C, HW))
+        sep = F.batch_norm(y.view(B, T * ns, HW), None, None, training=True)
 
         # conv_7x1_1x7: 1x7 (strided) per source with all its edges' outputs, then 7x1 per edge.
-        w = self.conv_7x1_1x7_w1x7[sl].reshape(n * C, C, 1, 7)
-        y = conv2d(r, w, stride=stride, padding=(0, 3), groups=S)
-        w = self.conv_7x1_1x7_w7x1[sl].reshape(n * C, C, 7, 1)
-        y = conv2d(y, w, padding=(3, 0), groups=n)
-        conv7 = F.batch_norm(y.reshape(B, n * C, HW), None, None, training=True)
+        w = self._edges("conv_7x1_1x7_w1x7", sl).reshape(T * n * C, C, 1, 7)
+        y = conv2d(r, w, stride=stride, padding=(0, 3), groups=T * S)
+        w = self._edges("conv_7x1_1x7_w7x1", sl).reshape(T * n * C, C, 7, 1)
+        y = conv2d(y, w, padding=(3, 0), groups=T * n)
+        conv7 = F.batch_norm(y.reshape(B, T * n * C, HW), None, None, training=True)
 
         outputs = []
         if stride == 2:
-            wa, wb = self.skip_connect_fr_a[sl], self.skip_connect_fr_b[sl]
-            a = conv2d(r, wa.reshape(-1, C, 1, 1), stride=2, groups=S)
+            wa, wb = self._edges("skip_connect_fr_a", sl), self._edges("skip_connect_fr_b", sl)
+            a = conv2d(r, wa.reshape(-1, C, 1, 1), stride=2, groups=T * S)
             b = conv2d(F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1)), wb.reshape(-1, C, 1, 1),
-                         stride=2, groups=S)
-            fr = torch.cat([a.reshape(B, n, -1, HW), b.reshape(B, n, -1, HW)], 2).reshape(B, n * C, HW)
-            outputs.append(F.batch_norm(fr, None, None, training=True).reshape(B, n, C * HW))
+                       stride=2, groups=T * S)
+            fr = torch.cat([a.reshape(B, T, n, -1, HW), b.reshape(B, T, n, -1, HW)], 3).reshape(B, T * n * C, HW)
+            outputs.append(F.batch_norm(fr, None, None, training=True).reshape(B, T, n, C * HW))
         else:
-            outputs.append(x.reshape(B, S, C * HW))
-        outputs.append(F.max_pool2d(x, 3, stride, 1).reshape(B, S, C * HW))
-        outputs.append(F.avg_pool2d(x, 3, stride, 1, count_include_pad=False).reshape(B, S, C * HW))
-        outputs.append(sep.reshape(B, -1, C * HW))
-        outputs.append(dil.reshape(B, len(DIL_OPS) * n, C * HW))
-        outputs.append(conv7.reshape(B, n, C * HW))
-        # bmm with the mixing matrix expanded over the batch: torch.matmul would fold the
-        # batch into rows and copy the whole [B, outputs, C*H*W] tensor transposed.
-        Y = torch.cat(outputs, 1)
-        return torch.bmm(W.expand(B, -1, -1), Y), (Ho, Wo)
+            outputs.append(x.reshape(B, T, S, C * HW))
+        outputs.append(F.max_pool2d(x, 3, stride, 1).reshape(B, T, S, C * HW))
+        outputs.append(F.avg_pool2d(x, 3, stride, 1, count_include_pad=False).reshape(B, T, S, C * HW))
+        outputs.append(sep.reshape(B, T, -1, C * HW))
+        outputs.append(dil.reshape(B, T, len(DIL_OPS) * n, C * HW))
+        outputs.append(conv7.reshape(B, T, n, C * HW))
+        # One batched matrix product per (image, task) with the task's mixing matrix.
+        Y = torch.cat(outputs, 2)
+        return torch.matmul(W, Y), (Ho, Wo)
 
     def forward(self, s0, s1, mix):
+        """``s0``, ``s1``: ``[B, T*C_in, H, W]`` task-major; ``mix``: ``[T, targets, outputs]`` per batch."""
+        T = mix[0].shape[0]
         if self.reduction:
             s0 = s1
-        s0, s1 = self.pre0(s0), self.pre1(s1)
+        s0, s1 = _task_module(self.pre0, s0, T), _task_module(self.pre1, s1, T)
         B, C = s1.shape[0], self.C
         contributions = []
         nodes = []
         for b, (sources, m, first) in enumerate(edge_batches(self.steps)):
             if b == 0:
-                x = torch.cat([s0, s1], 1)
+                x = _task_cat([s0, s1], T)
                 stride = 2 if self.reduction else 1
             else:
                 x, stride = nodes[-1], 1
-            c, (Ho, Wo) = self._edge_batch(x, len(sources), m, first, stride, mix[b])
-            contributions.append(c.unbind(1))
+            c, (Ho, Wo) = self._edge_batch(x, len(sources), m, first, stride, mix[b], T)
+            contributions.append(c.unbind(2))
             # Node b is complete: it has received an edge from every state 0 .. b + 1.
             node = contributions[0][b]
             for j in range(1, b + 1):
                 node = node + contributions[j][b - j]
-            nodes.append(node.reshape(B, C, Ho, Wo))
-        return torch.cat(nodes[-self.multiplier:], 1)
+            nodes.append(node.reshape(B, T * C, Ho, Wo))
+        return _task_cat(nodes[-self.multiplier:], T)
+
+
+def _task_cat(states, T):
+    """Concatenate task-major states ``[B, T*C_i, H, W]`` channel-wise within each task."""
+    if T == 1:
+        return torch.cat(states, 1)
+    B, _, H, W = states[0].shape
+    return torch.cat([s.reshape(B, T, -1, H, W) for s in states], 2).reshape(B, -1, H, W)
+
+
+def _task_weight(p, base_dim, T):
+    """A (possibly task-batched ``[T, *shape]``) convolution weight as ``[T * C_out, ...]``."""
+    return p.reshape(T * p.shape[-base_dim], *p.shape[-base_dim + 1:])
+
+
+def _task_module(module, x, T):
+    """ReLUConvBN / FactorizedReduce on task-major ``x [B, T*C_in, H, W]``, one group per task."""
+    x = F.relu(x)
+    if isinstance(module, FactorizedReduce):
+        shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+        a = conv2d(x, _task_weight(module.conv_a.weight, 4, T), stride=2, groups=T)
+        b = conv2d(shifted, _task_weight(module.conv_b.weight, 4, T), stride=2, groups=T)
+        y = _task_cat([a, b], T)
+    else:
+        conv = module.conv
+        y = conv2d(x, _task_weight(conv.weight, 4, T), stride=conv.stride, padding=conv.padding, groups=T)
+    return F.batch_norm(y, None, None, training=True)
 
 
 class SearchNetwork(nn.Module):
+    #: ``forward`` takes T tasks at once (``x [T, B, ...]`` with ``[T, *shape]`` parameters)
+    task_batched = True
     """The fused DARTS-style search supernet ``f(x; theta, z)``.
 
     stem (3x3 conv to ``stem_multiplier * C`` channels, BN) -> ``layers`` search cells
@@ -410,30 +450,57 @@ class SearchNetwork(nn.Module):
         """Per edge batch, the ``[targets, outputs]`` matrix of ``z`` weights of a cell type.
 
         ``z [num_edges, 10]`` -> list of ``steps`` matrices (zeros where an output does not
-        feed a target). Shared by all cells of the type within one forward.
+        feed a target); ``z [T, num_edges, 10]`` -> ``[T, targets, outputs]`` each. Shared
+        by all cells of the type within one forward.
 
         Usage::
 
             mix = net.mixing_matrices(z_normal, reduction=False)
             [m.shape for m in mix]            # [(4, 54), (3, 21), (2, 15), (1, 9)] (normal)
-            y = net.cells[0](s0, s1, mix)
+            y = net.cells[0](s0, s1, [m[None] for m in mix])
         """
-        flat = torch.cat([z.reshape(-1), z.new_zeros(1)])
-        return [flat[getattr(self, f"_mix_{int(reduction)}_{b}")] for b in range(self.steps)]
+        lead = z.shape[:-2]
+        flat = torch.cat([z.reshape(*lead, -1), z.new_zeros(*lead, 1)], -1)
+        return [flat[..., getattr(self, f"_mix_{int(reduction)}_{b}")] for b in range(self.steps)]
 
     def forward(self, x, z_normal, z_reduce):
-        expected = (self.num_edges, NUM_OPS)
+        """Logits of one task, or of T tasks at once.
+
+        One task: ``x [B, C, H, W]``, ``z_* [14, 10]``, the module's own parameters ->
+        ``[B, classes]``. T tasks: ``x [T, B, C, H, W]``, ``z_* [T, 14, 10]``, and every
+        parameter substituted (``torch.func.functional_call``) by a ``[T, *shape]``
+        tensor, task t's weights in row t -> ``[T, B, classes]``. The T tasks run as one
+        network whose channels are task-major and whose convolutions have T times the
+        groups: the same function as T separate calls, in a T-th of the calls.
+        """
+        batched = x.dim() == 5
+        T = x.shape[0] if batched else 1
+        expected = ((T,) if batched else ()) + (self.num_edges, NUM_OPS)
         for name, z in (("z_normal", z_normal), ("z_reduce", z_reduce)):
             if tuple(z.shape) != expected:
                 raise ValueError(f"{name} has shape {tuple(z.shape)}, expected {expected} "
-                                 f"(edges, ops)")
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x has shape {tuple(x.shape)}, expected [B, {self.in_channels}, H, W]")
+                                 f"({'tasks, ' if batched else ''}edges, ops)")
+        if x.dim() not in (4, 5) or x.shape[-3] != self.in_channels:
+            raise ValueError(f"x has shape {tuple(x.shape)}, expected [B, {self.in_channels}, H, W] "
+                             f"or [T, B, {self.in_channels}, H, W]")
+        stem_w = self.stem[0].weight
+        if stem_w.dim() != (5 if batched else 4) or (batched and stem_w.shape[0] != T):
+            raise ValueError(f"{T if batched else 1} task(s) in x but the stem weight has shape "
+                             f"{tuple(stem_w.shape)}: substitute [T, *shape] parameters for T tasks")
+        if batched:
+            x = x.transpose(0, 1).reshape(x.shape[1], T * self.in_channels, *x.shape[-2:])
+        s = conv2d(x, _task_weight(stem_w, 4, T), padding=1, groups=T)
+        s0 = s1 = F.batch_norm(s, None, None, training=True)
         mix = {}
-        s0 = s1 = self.stem(x)
         for cell in self.cells:
             if cell.reduction not in mix:
-                mix[cell.reduction] = self.mixing_matrices(z_reduce if cell.reduction else z_normal,
-                                                           cell.reduction)
+                z = z_reduce if cell.reduction else z_normal
+                mix[cell.reduction] = self.mixing_matrices(z if batched else z[None], cell.reduction)
             s0, s1 = s1, cell(s0, s1, mix[cell.reduction])
-        return self.classifier(s1.mean((2, 3)))
+        B = s1.shape[0]
+        features = s1.mean((2, 3)).view(B, T, -1)                      # [B, T, C_p]
+        w, bias = self.classifier.weight, self.classifier.bias
+        if not batched:
+            w, bias = w[None], bias[None]
+        logits = torch.einsum("btc,tkc->tbk", features, w) + bias[:, None]
+        return logits if batched else logits[0]
