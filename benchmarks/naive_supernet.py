@@ -14,9 +14,8 @@ import torch
 import torch.nn as nn
 
 from bayesnas.models.genotypes import STEPS
-from bayesnas.models.macro import make_stem, reduction_indices
-from bayesnas.models.operations import (DIL_KERNELS, OPS, SEP_KERNELS, FactorizedReduce,
-                                        ReLUConvBN, make_op)
+from bayesnas.models.macro import CellPlan, cell_plan, make_preprocess, make_stem
+from bayesnas.models.operations import DIL_KERNELS, OPS, SEP_KERNELS, make_op
 from bayesnas.models.supernet import SearchNetwork, source_major
 
 
@@ -40,13 +39,7 @@ class NaiveSearchCell(nn.Module):
     def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev):
         super().__init__()
         self.steps, self.multiplier, self.reduction = steps, multiplier, reduction
-        if reduction:
-            self.pre0 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
-        elif reduction_prev:
-            self.pre0 = FactorizedReduce(C_pp, C, affine=False)
-        else:
-            self.pre0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
-        self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.pre0, self.pre1 = make_preprocess(CellPlan(reduction, reduction_prev, C_pp, C_p, C), affine=False)
         self.edges = nn.ModuleList(
             MixedOp(C, 2 if reduction and j < 2 else 1) for k in range(steps) for j in range(k + 2))
 
@@ -74,20 +67,10 @@ class NaiveSearchNetwork(nn.Module):
                  stem_multiplier=3):
         super().__init__()
         self.steps = steps
-        C_stem = stem_multiplier * C
-        self.stem = make_stem(in_channels, C_stem, affine=False)
-        reductions = reduction_indices(layers)
-        C_pp, C_p, C_cur = C_stem, C_stem, C
-        cells, reduction_prev = [], False
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                C_cur *= 2
-            cells.append(NaiveSearchCell(steps, multiplier, C_pp, C_p, C_cur, reduction,
-                                         reduction_prev))
-            reduction_prev = reduction
-            C_pp, C_p = C_p, multiplier * C_cur
-        self.cells = nn.ModuleList(cells)
+        self.stem = make_stem(in_channels, stem_multiplier * C, affine=False)
+        plan, C_p = cell_plan(C, layers, stem_multiplier, multiplier)
+        self.cells = nn.ModuleList(NaiveSearchCell(steps, multiplier, p.C_pp, p.C_p, p.C, p.reduction,
+                                                   p.reduction_prev) for p in plan)
         self.classifier = nn.Linear(C_p, num_classes)
 
     def forward(self, x, z_normal, z_reduce):

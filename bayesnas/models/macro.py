@@ -9,10 +9,12 @@ Usage::
     reduction_indices(5)                      # [1, 3]   N R N R N
     stem = make_stem(1, 24, affine=False)     # [B, 1, H, W] -> [B, 24, H, W]
 """
+from typing import NamedTuple
+
 import torch.nn as nn
 
 from ..errors import ConfigError
-from .operations import batch_norm
+from .operations import FactorizedReduce, ReLUConvBN, batch_norm
 
 
 def reduction_indices(layers):
@@ -58,3 +60,60 @@ def check_positive(**values):
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name}={value!r}: expected a positive integer")
+
+
+class CellPlan(NamedTuple):
+    """Where one cell sits in the macro-architecture and its channel counts."""
+
+    reduction: bool
+    reduction_prev: bool
+    C_pp: int  #: channels of the cell's first input (two cells back)
+    C_p: int  #: channels of its second input (the previous cell)
+    C: int  #: channels of each of its nodes
+
+
+def cell_plan(C, layers, stem_multiplier, outputs):
+    """The cells of a network: ``(list of CellPlan, channels of the last cell's output)``.
+
+    Reduction cells (at :func:`reduction_indices`) double the node channels; a cell's
+    output concatenates ``outputs(reduction)`` nodes (an int is the same for both kinds).
+
+    Usage::
+
+        plan, C_out = cell_plan(C=8, layers=3, stem_multiplier=3, outputs=4)
+        [p.reduction for p in plan]           # [False, True, True]
+        plan[1].C_p, C_out                    # 32, 128
+    """
+    count = outputs if callable(outputs) else (lambda reduction: outputs)
+    reductions = reduction_indices(layers)
+    C_pp = C_p = stem_multiplier * C
+    C_cur, reduction_prev, plan = C, False, []
+    for i in range(layers):
+        reduction = i in reductions
+        if reduction:
+            C_cur *= 2
+        plan.append(CellPlan(reduction, reduction_prev, C_pp, C_p, C_cur))
+        reduction_prev = reduction
+        C_pp, C_p = C_p, count(reduction) * C_cur
+    return plan, C_p
+
+
+def make_preprocess(plan, affine):
+    """The two input preprocessings ``(pre0, pre1)`` of a cell at ``plan``.
+
+    ``pre1`` is a 1x1 ReLUConvBN of the previous cell's output. ``pre0`` takes the cell two
+    back: a 1x1 ReLUConvBN, or a FactorizedReduce when the previous cell halved the
+    resolution; a reduction cell reads the previous output twice, so its ``pre0`` takes
+    ``C_p`` channels.
+
+    Usage::
+
+        pre0, pre1 = make_preprocess(cell_plan(8, 3, 3, 4)[0][2], affine=False)
+    """
+    if plan.reduction:
+        pre0 = ReLUConvBN(plan.C_p, plan.C, 1, 1, 0, affine=affine)
+    elif plan.reduction_prev:
+        pre0 = FactorizedReduce(plan.C_pp, plan.C, affine=affine)
+    else:
+        pre0 = ReLUConvBN(plan.C_pp, plan.C, 1, 1, 0, affine=affine)
+    return pre0, ReLUConvBN(plan.C_p, plan.C, 1, 1, 0, affine=affine)

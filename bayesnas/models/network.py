@@ -18,8 +18,8 @@ import torch.nn as nn
 from ..errors import GenotypeError
 from .conv4 import Conv4
 from .genotypes import NAMED_GENOTYPES, STEPS, Genotype, load_genotype, named_genotype, validate_genotype
-from .macro import check_positive, make_stem, reduction_indices
-from .operations import FactorizedReduce, ReLUConvBN, make_op
+from .macro import CellPlan, cell_plan, check_positive, make_preprocess, make_stem, reduction_indices
+from .operations import make_op
 
 
 class FixedCell(nn.Module):
@@ -40,13 +40,7 @@ class FixedCell(nn.Module):
         self.reduction = reduction
         self.inputs = [j for _, j in pairs]
         self.concat = list(concat)
-        if reduction:
-            self.pre0 = ReLUConvBN(C_p, C, 1, 1, 0, affine=True)
-        elif reduction_prev:
-            self.pre0 = FactorizedReduce(C_pp, C, affine=True)
-        else:
-            self.pre0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=True)
-        self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=True)
+        self.pre0, self.pre1 = make_preprocess(CellPlan(reduction, reduction_prev, C_pp, C_p, C), affine=True)
         self.ops = nn.ModuleList(make_op(name, C, 2 if reduction and j < 2 else 1, affine=True)
                                  for name, j in pairs)
 
@@ -84,20 +78,11 @@ class NetworkFromGenotype(nn.Module):
         self.genotype = validate_genotype(genotype, steps=steps)
         self.in_channels = in_channels
         self.reductions = reduction_indices(layers)
-        C_stem = stem_multiplier * C
-        self.stem = make_stem(in_channels, C_stem, affine=True)
-        C_pp, C_p, C_cur = C_stem, C_stem, C
-        cells, reduction_prev = [], False
-        for i in range(layers):
-            reduction = i in self.reductions
-            if reduction:
-                C_cur *= 2
-                pairs, concat = genotype.reduce, genotype.reduce_concat
-            else:
-                pairs, concat = genotype.normal, genotype.normal_concat
-            cells.append(FixedCell(pairs, concat, C_pp, C_p, C_cur, reduction, reduction_prev))
-            reduction_prev = reduction
-            C_pp, C_p = C_p, len(concat) * C_cur
+        self.stem = make_stem(in_channels, stem_multiplier * C, affine=True)
+        concats = {False: genotype.normal_concat, True: genotype.reduce_concat}
+        plan, C_p = cell_plan(C, layers, stem_multiplier, lambda reduction: len(concats[reduction]))
+        cells = [FixedCell(genotype.reduce if p.reduction else genotype.normal, concats[p.reduction],
+                           p.C_pp, p.C_p, p.C, p.reduction, p.reduction_prev) for p in plan]
         self.cells = nn.ModuleList(cells)
         self.classifier = nn.Linear(C_p, num_classes)
 

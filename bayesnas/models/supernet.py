@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ._conv import conv2d
 from .genotypes import STEPS
-from .macro import check_positive, make_stem, reduction_indices
-from .operations import DIL_KERNELS, DILATION, NUM_OPS, OPS, SEP_KERNELS, FactorizedReduce, ReLUConvBN
+from .macro import CellPlan, cell_plan, check_positive, make_preprocess, make_stem, reduction_indices
+from .operations import DIL_KERNELS, DILATION, NUM_OPS, OPS, SEP_KERNELS, FactorizedReduce
 
 SEP_OPS = tuple(SEP_KERNELS)
 DIL_OPS = tuple(DIL_KERNELS)
@@ -209,13 +209,7 @@ class SearchCell(nn.Module):
         self.reduction, self.reduction_prev = reduction, reduction_prev
         self.dw_groups = [(ops,) + _group_kernel(ops) for ops in DW_GROUPINGS[dw_grouping]]
         self.dw2_grouped = dw_grouping != "per_op"
-        if reduction:
-            self.pre0 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
-        elif reduction_prev:
-            self.pre0 = FactorizedReduce(C_pp, C, affine=False)
-        else:
-            self.pre0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
-        self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.pre0, self.pre1 = make_preprocess(CellPlan(reduction, reduction_prev, C_pp, C_p, C), affine=False)
 
         E = num_edges(steps)
         for op, k in SEP_KERNELS.items():
@@ -428,19 +422,10 @@ class SearchNetwork(nn.Module):
         self.layers, self.steps, self.multiplier = layers, steps, multiplier
         self.num_edges = num_edges(steps)
         self.reductions = reduction_indices(layers)
-        C_stem = stem_multiplier * C
-        self.stem = make_stem(in_channels, C_stem, affine=False)
-        C_pp, C_p, C_cur = C_stem, C_stem, C
-        cells, reduction_prev = [], False
-        for i in range(layers):
-            reduction = i in self.reductions
-            if reduction:
-                C_cur *= 2
-            cells.append(SearchCell(steps, multiplier, C_pp, C_p, C_cur, reduction,
-                                    reduction_prev, dw_grouping))
-            reduction_prev = reduction
-            C_pp, C_p = C_p, multiplier * C_cur
-        self.cells = nn.ModuleList(cells)
+        self.stem = make_stem(in_channels, stem_multiplier * C, affine=False)
+        plan, C_p = cell_plan(C, layers, stem_multiplier, multiplier)
+        self.cells = nn.ModuleList(SearchCell(steps, multiplier, p.C_pp, p.C_p, p.C, p.reduction, p.reduction_prev,
+                                              dw_grouping) for p in plan)
         self.classifier = nn.Linear(C_p, num_classes)
         for red in (False, True):
             for b, index in enumerate(_mix_index(steps, red)):
