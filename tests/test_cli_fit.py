@@ -67,3 +67,27 @@ def test_user_mistakes_are_one_clear_line(tmp_path):
     one_line_error(invoke("fit", "--resume", str(tmp_path / "none")), "none")
     one_line_error(invoke("fit", "--device", "tpu", *TINY), "tpu")
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").glob("*.pt"))
+
+
+def test_low_memory_image_size_and_step_sizes_reach_the_run_config(tmp_path):
+    out = str(tmp_path / "run")
+    result = invoke("fit", "--out", out, *TINY, "--low-memory", "--image-size", "7", "--meta-lr", "0.002",
+                    "--arch-lr", "0.05")
+    assert result.exit_code == 0, result.output
+    config = json.load(open(tmp_path / "run" / "config.json"))
+    assert config["low_memory"] is True and config["image_size"] == 7
+    assert config["meta_lr"] == 0.002 and config["arch_lr"] == 0.05
+    bad = invoke("fit", "--out", str(tmp_path / "bad"), *TINY, "--image-size", "99")
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert "image_size 99 is larger than the stored 14x14" in bad.output
+
+
+def test_shipped_cpu_config_is_valid():
+    import os
+
+    from bayesnas.config import FitConfig, resolve_config
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "omniglot_cpu.json")
+    cfg = resolve_config(FitConfig, config_file=path)
+    cfg.validate()
+    assert cfg.image_size == 14 and cfg.kl_weight == 0.001
