@@ -207,6 +207,29 @@ def time_impls(args, cfg, ctx, data, sampler):
     return results
 
 
+def extrapolated_flops(args, cfg, data):
+    """FLOPs of one default-path iteration from two 1-task counts: T * (a + b * N).
+
+    Every task of a meta-batch has the same shapes and every inner step the same work, so
+    the count is linear in tasks and in steps; each count holds one task's graph of a few
+    steps only.
+    """
+    n1, n2 = (int(v) for v in args.flops_from_steps.split(","))
+    counts = {}
+    for n in (n1, n2):
+        small = FitConfig(**{**cfg.to_dict(), "tasks": 1, "inner_steps": n})
+        sampler, _ = task_samplers(small, data, torch.device(args.device))
+        meta, opt, impl_cfg = build(small, "ours", data.channels, torch.device(args.device))
+        batch = sampler.batch([0])
+        with task_share(1, 0, 1):
+            counts[n] = count_flops(lambda: svi_step(meta, opt, batch, impl_cfg, 1))
+        del meta, opt
+    per_step = (counts[n2] - counts[n1]) / (n2 - n1)
+    per_task = counts[n1] + per_step * (cfg.inner_steps - n1)
+    return {"one_task_counts": {str(k): v for k, v in counts.items()}, "per_inner_step_per_task": per_step,
+            "total": per_task * cfg.tasks}
+
+
 def maml_conv4(args, device, repeats=5):
     """Second-order MAML meta-step on Conv-4: bayesnas vs higher (when installed)."""
     import torch.nn.functional as F
@@ -282,6 +305,10 @@ def main(argv=None):
     parser.add_argument("--slope-steps", default="1,2,4",
                         help="inner steps at which to measure peak memory of ours and low_memory ('' = skip)")
     parser.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP count")
+    parser.add_argument("--flops-from-steps", default=None,
+                        help="instead of counting a whole iteration per implementation, count the default "
+                             "path's FLOPs for 1 task at these two inner-step counts (e.g. 1,2) and extrapolate "
+                             "linearly to the config's tasks and steps (for shapes whose count is too big to hold)")
     parser.add_argument("--no-maml", dest="maml", action="store_false", help="skip the Conv-4 MAML comparison")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -306,6 +333,8 @@ def main(argv=None):
     if ctx.is_main:
         result["matmul_gflops"] = matmul_gflops(ctx.device)
     result["impls"] = time_impls(args, cfg, ctx, data, sampler)
+    if ctx.is_main and args.flops_from_steps:
+        result["flops_per_iteration_extrapolated"] = extrapolated_flops(args, cfg, data)
     if ctx.is_main and ctx.world_size == 1:
         peak = result["matmul_gflops"]
         for row in result["impls"].values():

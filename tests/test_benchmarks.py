@@ -51,3 +51,20 @@ def test_bench_command_writes_its_figures(tmp_path, capsys):
     assert low["flops_per_iteration"] > ours["flops_per_iteration"]
     assert 0 < ours["fraction_of_matmul"] < 1
     assert ours["peak_memory_mb"] > ours["baseline_mb"] > 0
+
+
+def test_flops_extrapolated_from_one_task_equal_the_whole_iteration_count():
+    import argparse
+
+    from bayesnas.config import FitConfig
+    from bayesnas.inference.model import task_share
+    from bayesnas.inference.svi import open_data, svi_step, task_samplers
+
+    cfg = FitConfig(channels=1, cells=2, tasks=3, inner_steps=3, ways=3, queries=2, image_size=7)
+    data = open_data(None)
+    estimate = bench_fit.extrapolated_flops(argparse.Namespace(flops_from_steps="1,2", device="cpu"), cfg, data)
+    sampler, _ = task_samplers(cfg, data, torch.device("cpu"))
+    meta, opt, impl_cfg = bench_fit.build(cfg, "ours", 1, torch.device("cpu"))
+    with task_share(3, 0, 3):
+        whole = count_flops(lambda: svi_step(meta, opt, sampler.batch([0, 1, 2]), impl_cfg, 1))
+    assert estimate["total"] == whole > 0
