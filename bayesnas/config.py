@@ -36,14 +36,34 @@ def load_config_file(path, cls):
 
 
 def from_dict(cls, values, source="<dict>"):
-    """Instantiate dataclass ``cls`` from ``values``, rejecting unknown keys, then validate."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    """Instantiate dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types, then validate."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    for name, value in values.items():
+        _check_type(fields[name], value, source)
     cfg = cls(**values)
     cfg.validate()
     return cfg
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_type(field, value, source):
+    """A setting's value must have its field's type (a JSON "false" string is not false)."""
+    kind = field.type
+    if kind not in _TYPE_NAMES or (value is None and field.default is None):
+        return
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{source}: {field.name}={value!r}: expected {_TYPE_NAMES[kind]}")
 
 
 def check(condition, message):

@@ -91,3 +91,27 @@ def test_shipped_cpu_config_is_valid():
     cfg = resolve_config(FitConfig, config_file=path)
     cfg.validate()
     assert cfg.image_size == 14 and cfg.kl_weight == 0.001
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"low_memory": "false"}, "low_memory='false': expected true or false"),
+    ({"seed": 5.5}, "seed=5.5: expected an integer"),
+    ({"cells": True}, "cells=True: expected an integer"),
+    ({"kl_weight": "0.1"}, "kl_weight='0.1': expected a number"),
+    ({"variant": 3}, "variant=3: expected a string"),
+])
+def test_config_file_values_of_the_wrong_type_are_one_clear_error(tmp_path, settings, message):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(settings))
+    result = invoke("fit", "--config", str(cfg), "--out", str(tmp_path / "run"), *TINY)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert message in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_accepts_integers_for_numbers_and_null_for_optional_settings(tmp_path):
+    from bayesnas.config import FitConfig, resolve_config
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"kl_weight": 1, "image_size": None, "data": None}))
+    assert resolve_config(FitConfig, config_file=str(cfg)).kl_weight == 1
