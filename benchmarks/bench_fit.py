@@ -51,7 +51,6 @@ from bayesnas.config import FitConfig  # noqa: E402
 from bayesnas.device import resolve_device  # noqa: E402
 from bayesnas.distributed import init_distributed  # noqa: E402
 from bayesnas.fileio import write_json  # noqa: E402
-from bayesnas.inference.meta import MetaNetwork  # noqa: E402
 from bayesnas.inference.model import task_share  # noqa: E402
 from bayesnas.inference.svi import build_meta_network, make_optimiser, open_data, svi_step, task_samplers  # noqa: E402
 from benchmarks.flops import count_flops  # noqa: E402
@@ -109,9 +108,7 @@ def build(cfg, impl, in_channels, device):
 
         net = NaiveSearchNetwork(in_channels=in_channels, num_classes=cfg.ways, C=cfg.channels, layers=cfg.cells)
         copy_parameters(meta.net, net)
-        naive = MetaNetwork(net, sigma_init=cfg.sigma_init,
-                            inner_lr={"mu": cfg.inner_lr_mu, "rho": cfg.inner_lr_rho, "alpha": cfg.inner_lr_alpha},
-                            in_channels=in_channels)
+        naive = build_meta_network(cfg, in_channels, net=net)
         with torch.no_grad():
             naive.alpha_normal.copy_(meta.alpha_normal)
             naive.alpha_reduce.copy_(meta.alpha_reduce)
@@ -223,7 +220,6 @@ def extrapolated_flops(args, cfg, data):
         batch = sampler.batch([0])
         with task_share(1, 0, 1):
             counts[n] = count_flops(lambda: svi_step(meta, opt, batch, impl_cfg, 1))
-        del meta, opt
     per_step = (counts[n2] - counts[n1]) / (n2 - n1)
     per_task = counts[n1] + per_step * (cfg.inner_steps - n1)
     return {"one_task_counts": {str(k): v for k, v in counts.items()}, "per_inner_step_per_task": per_step,
@@ -357,10 +353,7 @@ def main(argv=None):
             result["memory_vs_inner_steps"] = curve
         if args.maml:
             result["maml_conv4"] = maml_conv4(args, ctx.device)
-        print(json.dumps(result, indent=2))
-        if args.json:
-            write_json(args.json, result)
-    elif ctx.is_main:
+    if ctx.is_main:
         print(json.dumps(result, indent=2))
         if args.json:
             write_json(args.json, result)

@@ -221,17 +221,15 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last"):
         print(format_edges_table(cell.table))
         derive_cell("runs/fit-a", task_seed=7, plot=False).genotype
     """
-    from .rundir import RunDirectory
-    from .svi import load_fit
+    from .svi import load_fit_state
 
-    cfg, meta, data = load_fit(run_dir, which=which)
+    cfg, meta, data, state = load_fit_state(run_dir, which=which)
     if task_seed is None:
         with torch.no_grad():
             pn, pr = meta.alpha_normal.softmax(-1), meta.alpha_reduce.softmax(-1)
         default_name = "genotype.json"
     else:
-        iteration = RunDirectory(run_dir).load_checkpoint(which)["iteration"]
-        pn, pr = task_edge_probs(meta, cfg, data, task_seed, iteration=iteration)
+        pn, pr = task_edge_probs(meta, cfg, data, task_seed, iteration=state["iteration"])
         default_name = f"genotype-task{int(task_seed)}.json"
     genotype = derive_genotype(pn, pr)
     table = chosen_edges_table(pn, pr, genotype)

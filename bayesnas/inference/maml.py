@@ -245,18 +245,18 @@ def maml_step(net, optimiser, batch, cfg, reduce_gradients=None):
     optimiser.zero_grad(set_to_none=True)
     # low_memory: one task's graph at a time (the mean's gradient is the sum of theirs / T)
     num_tasks = batch.support_x.shape[0]
-    low_memory = getattr(cfg, "low_memory", False)
-    groups = [slice(t, t + 1) for t in range(num_tasks)] if low_memory else [slice(0, num_tasks)]
+    groups = [slice(t, t + 1) for t in range(num_tasks)] if cfg.low_memory else [slice(0, num_tasks)]
     loss = acc = 0.0
     for tasks in groups:
         part = select_tasks(batch, tasks)
         part_loss, part_acc = maml_loss(net, params, part, cfg.inner_steps, cfg.inner_lr, cfg.first_order,
-                                        checkpoint=low_memory)
+                                        checkpoint=cfg.low_memory)
         if not torch.isfinite(part_loss):
             raise NonFiniteLossError(f"the query loss is {part_loss.item()}")
-        (part_loss * (part.support_y.shape[0] / num_tasks)).backward()
-        loss = loss + part_loss.detach() * (part.support_y.shape[0] / num_tasks)
-        acc = acc + part_acc * (part.support_y.shape[0] / num_tasks)
+        share = part.support_y.shape[0] / num_tasks  # the part's weight in the mean over tasks
+        (part_loss * share).backward()
+        loss = loss + part_loss.detach() * share
+        acc = acc + part_acc * share
     if reduce_gradients is not None:
         reduce_gradients(list(params.values()))
     if cfg.grad_clip > 0:

@@ -69,10 +69,12 @@ class MetaNetwork(nn.Module):
         learn_inner_lr: make the three inner step sizes meta-parameters.
         set_encoder: also learn h_V, which starts the edge logits of the guide at
             alpha + h_V(D_t) instead of alpha.
+        batch_tasks: run the tasks of :meth:`forward_tasks` in one call when the supernet
+            supports it (``task_batched``); False: one call per task.
     """
 
     def __init__(self, net, sigma_init=0.05, inner_lr=None, learn_inner_lr=False,
-                 set_encoder=False, in_channels=1):
+                 set_encoder=False, in_channels=1, batch_tasks=True):
         super().__init__()
         self.net = net
         for p in self.net.parameters():
@@ -87,8 +89,7 @@ class MetaNetwork(nn.Module):
             {k: nn.Parameter(torch.tensor(math.log(v)), requires_grad=learn_inner_lr) for k, v in inner_lr.items()}
         )
         self.encoder = SetEncoder(in_channels) if set_encoder else None
-        #: forward_tasks runs all tasks in one call when the supernet supports it
-        self.batch_tasks = True
+        self.batch_tasks = batch_tasks
 
     @property
     def sigma(self):

@@ -52,19 +52,19 @@ def kl_weight(cfg, iteration):
     return cfg.kl_weight * min(1.0, iteration / cfg.kl_anneal)
 
 
-def build_meta_network(cfg, in_channels):
-    """The MetaNetwork of a FitConfig (supernet over ``cfg.ways`` classes)."""
-    net = SearchNetwork(in_channels=in_channels, num_classes=cfg.ways, C=cfg.channels, layers=cfg.cells)
-    meta = MetaNetwork(
+def build_meta_network(cfg, in_channels, net=None):
+    """The MetaNetwork of a FitConfig over ``net`` (default: the fused supernet of ``cfg.ways`` classes)."""
+    if net is None:
+        net = SearchNetwork(in_channels=in_channels, num_classes=cfg.ways, C=cfg.channels, layers=cfg.cells)
+    return MetaNetwork(
         net,
         sigma_init=cfg.sigma_init,
         inner_lr={"mu": cfg.inner_lr_mu, "rho": cfg.inner_lr_rho, "alpha": cfg.inner_lr_alpha},
         learn_inner_lr=cfg.learn_inner_lr,
         set_encoder=cfg.set_encoder,
         in_channels=in_channels,
+        batch_tasks=cfg.batch_tasks,
     )
-    meta.batch_tasks = getattr(cfg, "batch_tasks", True)
-    return meta
 
 
 def make_optimiser(meta, cfg):
@@ -82,7 +82,7 @@ def open_data(path):
 
 def task_samplers(cfg, data, device):
     """Training sampler (rotations as configured) and validation sampler (val split, else test)."""
-    size = getattr(cfg, "image_size", None)
+    size = cfg.image_size
     train = TaskSampler(data.split("train"), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed,
                         rotations=cfg.rotations, device=device, image_size=size)
     val_split = "val" if "val" in data.splits else ("test" if "test" in data.splits else None)
@@ -181,7 +181,7 @@ def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
     beta = kl_weight(cfg, iteration)
     num_tasks, n_query = batch.query_y.shape
     optimiser.zero_grad(set_to_none=True)
-    if getattr(cfg, "low_memory", False):
+    if cfg.low_memory:
         parts, loss = _low_memory_backward(meta, batch, cfg, tau, relaxed, beta)
         terms = type(parts[0])(*(torch.cat(t) for t in zip(*parts)))
     else:
@@ -372,6 +372,12 @@ def load_fit(run_dir, which="last", device="cpu"):
         cfg, meta, data = load_fit("runs/fit-20261127-120000")
         meta.alpha_normal.softmax(-1)
     """
+    cfg, meta, data, _ = load_fit_state(run_dir, which)
+    return cfg, meta.to(device), data
+
+
+def load_fit_state(run_dir, which="last"):
+    """:func:`load_fit` on the CPU, plus the checkpoint's state dict (its ``"iteration"``, RNG, ...)."""
     run = RunDirectory(run_dir)
     cfg = resolve_config(FitConfig, overrides=run.config())
     state = run.load_checkpoint(which)
@@ -384,4 +390,4 @@ def load_fit(run_dir, which="last", device="cpu"):
 
         raise RunError(f"{run.file('checkpoint_' + which + '.pt')}: does not hold a fit meta-network matching "
                        f"{run.file('config.json')} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    return cfg, meta.to(device), data
+    return cfg, meta, data, state

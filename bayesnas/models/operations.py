@@ -94,6 +94,15 @@ class ReLUConvBN(nn.Module):
         return self.bn(self.conv(F.relu(x)))
 
 
+def shift_to_odd_pixels(x):
+    """``x [B, C, H, W]`` moved up-left by one pixel (zeros beyond the border).
+
+    A stride-2 sampling of the result reads the odd pixels that a stride-2 sampling of
+    ``x`` skips: the second half of a factorized reduce.
+    """
+    return F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+
+
 class FactorizedReduce(nn.Module):
     """Halve the resolution without losing every other pixel.
 
@@ -117,8 +126,7 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x):
         x = F.relu(x)
-        shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
-        return self.bn(torch.cat([self.conv_a(x), self.conv_b(shifted)], dim=1))
+        return self.bn(torch.cat([self.conv_a(x), self.conv_b(shift_to_odd_pixels(x))], dim=1))
 
 
 class SepConv(nn.Module):

@@ -45,7 +45,7 @@ from ..errors import ConfigError
 from ._conv import conv2d
 from .genotypes import STEPS
 from .macro import CellPlan, cell_plan, check_positive, make_preprocess, make_stem, reduction_indices
-from .operations import DIL_KERNELS, DILATION, NUM_OPS, OPS, SEP_KERNELS, FactorizedReduce
+from .operations import DIL_KERNELS, DILATION, NUM_OPS, OPS, SEP_KERNELS, FactorizedReduce, shift_to_odd_pixels
 
 SEP_OPS = tuple(SEP_KERNELS)
 DIL_OPS = tuple(DIL_KERNELS)
@@ -316,8 +316,7 @@ class SearchCell(nn.Module):
         if stride == 2:
             wa, wb = self._edges("skip_connect_fr_a", sl), self._edges("skip_connect_fr_b", sl)
             a = conv2d(r, wa.reshape(-1, C, 1, 1), stride=2, groups=T * S)
-            b = conv2d(F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1)), wb.reshape(-1, C, 1, 1),
-                       stride=2, groups=T * S)
+            b = conv2d(shift_to_odd_pixels(r), wb.reshape(-1, C, 1, 1), stride=2, groups=T * S)
             fr = torch.cat([a.reshape(B, T, n, -1, HW), b.reshape(B, T, n, -1, HW)], 3).reshape(B, T * n * C, HW)
             outputs.append(F.batch_norm(fr, None, None, training=True).reshape(B, T, n, C * HW))
         else:
@@ -364,28 +363,25 @@ def _task_cat(states, T):
     return torch.cat([s.reshape(B, T, -1, H, W) for s in states], 2).reshape(B, -1, H, W)
 
 
-def _task_weight(p, base_dim, T):
-    """A (possibly task-batched ``[T, *shape]``) convolution weight as ``[T * C_out, ...]``."""
-    return p.reshape(T * p.shape[-base_dim], *p.shape[-base_dim + 1:])
+def _task_weight(p, T):
+    """A convolution weight ``[C_out, C_in, kh, kw]`` or task-batched ``[T, C_out, ...]`` as ``[T * C_out, ...]``."""
+    return p.reshape(T * p.shape[-4], *p.shape[-3:])
 
 
 def _task_module(module, x, T):
     """ReLUConvBN / FactorizedReduce on task-major ``x [B, T*C_in, H, W]``, one group per task."""
     x = F.relu(x)
     if isinstance(module, FactorizedReduce):
-        shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
-        a = conv2d(x, _task_weight(module.conv_a.weight, 4, T), stride=2, groups=T)
-        b = conv2d(shifted, _task_weight(module.conv_b.weight, 4, T), stride=2, groups=T)
+        a = conv2d(x, _task_weight(module.conv_a.weight, T), stride=2, groups=T)
+        b = conv2d(shift_to_odd_pixels(x), _task_weight(module.conv_b.weight, T), stride=2, groups=T)
         y = _task_cat([a, b], T)
     else:
         conv = module.conv
-        y = conv2d(x, _task_weight(conv.weight, 4, T), stride=conv.stride, padding=conv.padding, groups=T)
+        y = conv2d(x, _task_weight(conv.weight, T), stride=conv.stride, padding=conv.padding, groups=T)
     return F.batch_norm(y, None, None, training=True)
 
 
 class SearchNetwork(nn.Module):
-    #: ``forward`` takes T tasks at once (``x [T, B, ...]`` with ``[T, *shape]`` parameters)
-    task_batched = True
     """The fused DARTS-style search supernet ``f(x; theta, z)``.
 
     stem (3x3 conv to ``stem_multiplier * C`` channels, BN) -> ``layers`` search cells
@@ -409,6 +405,9 @@ class SearchNetwork(nn.Module):
         z = torch.full((14, 10), 0.1)
         logits = net(torch.randn(25, 1, 28, 28), z, z)          # [25, 5]
     """
+
+    #: ``forward`` takes T tasks at once (``x [T, B, ...]`` with ``[T, *shape]`` parameters)
+    task_batched = True
 
     def __init__(self, in_channels=1, num_classes=5, C=8, layers=3, steps=STEPS, multiplier=4,
                  stem_multiplier=3, dw_grouping="per_op"):
@@ -474,7 +473,7 @@ class SearchNetwork(nn.Module):
                              f"{tuple(stem_w.shape)}: substitute [T, *shape] parameters for T tasks")
         if batched:
             x = x.transpose(0, 1).reshape(x.shape[1], T * self.in_channels, *x.shape[-2:])
-        s = conv2d(x, _task_weight(stem_w, 4, T), padding=1, groups=T)
+        s = conv2d(x, _task_weight(stem_w, T), padding=1, groups=T)
         s0 = s1 = F.batch_norm(s, None, None, training=True)
         mix = {}
         for cell in self.cells:
