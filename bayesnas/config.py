@@ -105,8 +105,8 @@ class FitConfig:
     learn_inner_lr: bool = False
     first_order: bool = False
     #: run a meta-batch's tasks as one batched supernet call (task-major channels, the
-    #: same function in float64; in float32 the rounding differs from one call per task, so
-    #: set False for results that are bitwise equal across process counts)
+    #: same function in float64). False: one call and one backward per task, whose
+    #: results are bitwise equal across process counts (float32 rounds differently)
     batch_tasks: bool = True
     #: memory-bounded SVI step: one task at a time (backward per task) and inner steps
     #: recomputed in the outer backward; same values and gradients, peak memory of one

@@ -26,9 +26,10 @@ def final_state(path):
 
 
 def test_two_ranks_with_half_the_tasks_each_equal_one_rank_with_all(tmp_path, small_omniglot):
-    # one call per task on both sides (batch_tasks false): the same float32 rounding, so
-    # equal parameters; with batching, 1 rank x 2 tasks rounds differently from 2 x 1 and
-    # Adam's normalised steps amplify that (test_models_supernet checks batching exactly)
+    # batch_tasks false: one call and one backward per task on both sides, the tasks'
+    # gradients summed in task order, so equal float32 rounding and equal parameters; with
+    # batching (or one backward over both tasks) the rounding differs and Adam's normalised
+    # steps amplify it (test_models_supernet checks batching exactly in float64)
     config = tmp_path / "config.json"
     config.write_text('{"batch_tasks": false}')
     data = ["--data", small_omniglot, "--config", str(config)]

@@ -196,17 +196,28 @@ def test_vmap_over_tasks_matches_loop():
         assert torch.allclose(batched[t], single, atol=1e-5)
 
 
-@pytest.mark.parametrize("stride,dilation,groups,k", [(1, 1, 4, 3), (2, 2, 4, 3), (2, 1, 2, 5)])
-def test_grouped_conv_derivatives(stride, dilation, groups, k):
+@pytest.mark.parametrize("stride,dilation,groups,k,pad", [
+    (1, 1, 4, (3, 3), None), (2, 2, 4, (3, 3), None), (2, 1, 2, (5, 5), None),
+    # stride 1 takes the input gradient from a forward convolution with a flipped kernel:
+    (1, 2, 4, (5, 5), None),          # dilated depthwise with a channel multiplier
+    (1, 1, 2, (1, 7), None),          # asymmetric kernel, 2 input channels per group
+    (1, 1, 1, (3, 3), (0, 0)),        # no padding (the flipped call pads k - 1)
+    (1, 1, 4, (3, 3), (2, 2)),        # padding beyond k - 1: the backward primitive
+])
+def test_grouped_conv_derivatives(stride, dilation, groups, k, pad):
     torch.manual_seed(0)
-    x = torch.randn(1, 4, 5, 5, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(8, 4 // groups, k, k, dtype=torch.float64, requires_grad=True)
-    pad = dilation * (k - 1) // 2
+    x = torch.randn(1, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 4 // groups, *k, dtype=torch.float64, requires_grad=True)
+    pad = pad or tuple(dilation * (kk - 1) // 2 for kk in k)
 
     def f(x, w):
         return conv2d(x, w, stride, pad, dilation, groups)
 
     assert torch.allclose(f(x, w), F.conv2d(x, w, None, stride, pad, dilation, groups))
+    gy = torch.randn_like(f(x, w))
+    got = torch.autograd.grad(f(x, w), (x, w), gy)
+    want = torch.autograd.grad(F.conv2d(x, w, None, stride, pad, dilation, groups), (x, w), gy)
+    assert all(torch.allclose(a, b) for a, b in zip(got, want))
     assert gradcheck(f, (x, w))
     assert gradgradcheck(f, (x, w))
 

@@ -181,8 +181,8 @@ def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
     beta = kl_weight(cfg, iteration)
     num_tasks, n_query = batch.query_y.shape
     optimiser.zero_grad(set_to_none=True)
-    if cfg.low_memory:
-        parts, loss = _low_memory_backward(meta, batch, cfg, tau, relaxed, beta)
+    if cfg.low_memory or not cfg.batch_tasks:
+        parts, loss = _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint=cfg.low_memory)
         terms = type(parts[0])(*(torch.cat(t) for t in zip(*parts)))
     else:
         q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
@@ -223,10 +223,14 @@ def _set_rng_states(states, device):
         torch.cuda.set_rng_state(states[1], device)
 
 
-def _low_memory_backward(meta, batch, cfg, tau, relaxed, beta):
-    """The memory-bounded step: backward one task at a time, inner steps checkpointed.
+def _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint):
+    """Backward one task at a time; with ``checkpoint`` (the memory-bounded step) the
+    inner steps are recomputed in the outer backward.
 
-    Every task's pass starts from the same random state and, through :func:`task_share`,
+    Each task's meta-gradient is computed whole and then added to ``.grad`` in task order,
+    so T tasks in one process and T processes with one task each (summed by all-reduce)
+    give bitwise equal gradients: one backward over all tasks would interleave their
+    contributions and round differently. Every task's pass starts from the same random state and, through :func:`task_share`,
     takes its own slice of noise drawn for the whole meta-batch: exactly the noise the
     all-tasks pass would give it, so values and gradients equal the default path's (up
     to the order of floating-point sums). Returns the per-task detached ElboTerms and the
@@ -242,7 +246,7 @@ def _low_memory_backward(meta, batch, cfg, tau, relaxed, beta):
         task = select_tasks(batch, slice(t, t + 1))
         with task_share(total, start + t, start + t + 1):
             q = adapt(meta, task.support_x, task.support_y, cfg.inner_steps, tau, relaxed,
-                      kl_weight=beta, first_order=cfg.first_order, checkpoint=True)
+                      kl_weight=beta, first_order=cfg.first_order, checkpoint=checkpoint)
             terms = elbo_terms(meta, task.query_x, task.query_y, q, tau, relaxed)
             part = -terms.elbo(beta).sum() / (num_tasks * n_query)
             _check_finite(part)

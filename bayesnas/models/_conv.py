@@ -51,6 +51,17 @@ def _conv(x, w, params):
 
 def _input_grad(g, w, x_shape, params):
     stride, padding, dilation, groups = params
+    if max(stride) == 1:
+        # Stride 1: the input gradient is the forward convolution of g with the kernel
+        # flipped and its in/out channels swapped within each group. oneDNN's forward is
+        # as fast as or up to 8x faster than its backward-data primitive (dilated kernels).
+        kernel = w.shape[-2:]
+        pad = [d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding)]
+        if min(pad) >= 0:
+            out_pg, in_pg = w.shape[0] // groups, w.shape[1]
+            wt = w.view(groups, out_pg, in_pg, *kernel).transpose(1, 2).flip(-2, -1)
+            return F.conv2d(_fmt(g, params), wt.reshape(groups * in_pg, out_pg, *kernel), None,
+                            1, pad, dilation, groups)
     fmt = torch.channels_last if _channels_last(g.device, params) else torch.contiguous_format
     x_like = torch.empty(x_shape, dtype=g.dtype, device=g.device, memory_format=fmt)
     return _aten.convolution_backward(_fmt(g, params), x_like, w, None, stride, padding, dilation,
@@ -67,18 +78,15 @@ def _weight_grad(x, g, w_shape, params):
 
 class _Conv(torch.autograd.Function):
     @staticmethod
-    def forward(x, w, params):
-        return _conv(x, w, params)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, w, params = inputs
+    def forward(ctx, x, w, params):
         ctx.params = params
         ctx.save_for_backward(x, w)
+        return _conv(x, w, params)
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
+        g = _fmt(g, ctx.params)  # once for both calls, and recorded for higher orders
         gx = _InputGrad.apply(g, w, tuple(x.shape), ctx.params) if ctx.needs_input_grad[0] else None
         gw = _WeightGrad.apply(x, g, tuple(w.shape), ctx.params) if ctx.needs_input_grad[1] else None
         return gx, gw, None
@@ -86,18 +94,15 @@ class _Conv(torch.autograd.Function):
 
 class _InputGrad(torch.autograd.Function):
     @staticmethod
-    def forward(g, w, x_shape, params):
-        return _input_grad(g, w, x_shape, params)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        g, w, _, params = inputs
+    def forward(ctx, g, w, x_shape, params):
         ctx.params = params
         ctx.save_for_backward(g, w)
+        return _input_grad(g, w, x_shape, params)
 
     @staticmethod
     def backward(ctx, gg):
         g, w = ctx.saved_tensors
+        gg = _fmt(gg, ctx.params)
         d_g = _Conv.apply(gg, w, ctx.params) if ctx.needs_input_grad[0] else None
         d_w = _WeightGrad.apply(gg, g, tuple(w.shape), ctx.params) if ctx.needs_input_grad[1] else None
         return d_g, d_w, None, None
@@ -105,14 +110,10 @@ class _InputGrad(torch.autograd.Function):
 
 class _WeightGrad(torch.autograd.Function):
     @staticmethod
-    def forward(x, g, w_shape, params):
-        return _weight_grad(x, g, w_shape, params)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, g, _, params = inputs
+    def forward(ctx, x, g, w_shape, params):
         ctx.params = params
         ctx.save_for_backward(x, g)
+        return _weight_grad(x, g, w_shape, params)
 
     @staticmethod
     def backward(ctx, gg):
@@ -120,6 +121,16 @@ class _WeightGrad(torch.autograd.Function):
         d_x = _InputGrad.apply(g, gg, tuple(x.shape), ctx.params) if ctx.needs_input_grad[0] else None
         d_g = _Conv.apply(x, gg, ctx.params) if ctx.needs_input_grad[1] else None
         return d_x, d_g, None, None
+
+
+def conv_input(x):
+    """``x`` in the memory layout :func:`conv2d` computes in (channels-last on CPU).
+
+    For a tensor that feeds several convolutions: converted once here, not once per call.
+    """
+    if x.device.type != "cpu" or torch._C._are_functorch_transforms_active():
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def conv2d(x, w, stride=1, padding=0, dilation=1, groups=1):
@@ -137,4 +148,6 @@ def conv2d(x, w, stride=1, padding=0, dilation=1, groups=1):
     params = (_pair(stride), _pair(padding), _pair(dilation), groups)
     if torch._C._are_functorch_transforms_active():
         return F.conv2d(x, w, None, *params)
-    return _Conv.apply(x, w, params)
+    # Converted outside the Function so that the saved input is already in the layout
+    # every derivative wants, and the conversion is differentiated like any other op.
+    return _Conv.apply(_fmt(x, params), w, params)

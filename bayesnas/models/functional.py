@@ -113,8 +113,9 @@ class ParamLayout:
             raise ValueError(f"ParamLayout.unflatten: expected [..., {self.numel}], "
                              f"got {tuple(vec.shape)}")
         lead = vec.shape[:-1]
-        return {name: vec[..., off:off + n].view(*lead, *shape)
-                for name, shape, off, n in zip(self.names, self.shapes, self.offsets, self.numels)}
+        # split, not slices: its backward is one cat, not a zero-filled [..., D] per tensor
+        return {name: part.view(*lead, *shape)
+                for name, shape, part in zip(self.names, self.shapes, vec.split(self.numels, -1))}
 
     @torch.no_grad()
     def copy_to_module(self, vec, module):

@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ._conv import conv2d
+from ._conv import conv2d, conv_input
 from .genotypes import STEPS
 from .macro import CellPlan, cell_plan, check_positive, make_preprocess, make_stem, reduction_indices
 from .operations import DIL_KERNELS, DILATION, NUM_OPS, OPS, SEP_KERNELS, FactorizedReduce, shift_to_odd_pixels
@@ -231,28 +231,41 @@ class SearchCell(nn.Module):
         fan_in = shape[2] * shape[3] * shape[4]
         self.register_parameter(name, nn.Parameter(_uniform_(torch.empty(shape), fan_in)))
 
-    def _edges(self, name, sl):
-        """Edge parameter ``name`` at source-major positions ``sl``, ``[T, n, ...]``."""
-        p = getattr(self, name)
-        return p[:, sl] if p.dim() == 6 else p[sl].unsqueeze(0)
+    def _edge_chunks(self, T):
+        """``chunks(name, b)``: edge parameter ``name`` at batch ``b``'s positions, ``[T, n, ...]``.
 
-    def _dw1_weight(self, ops, K, D, first, S, m, T):
-        """Weights of one kernel group for edges ``first .. first + S*m - 1`` of T tasks.
+        Each parameter is cut once per forward with ``split`` (whose backward is one
+        ``cat``), not sliced once per batch (a zero-filled full-size gradient per slice).
+        """
+        sizes = [len(sources) * m for sources, m, _ in edge_batches(self.steps)]
+        cache = {}
+
+        def chunks(name, b):
+            if name not in cache:
+                p = getattr(self, name)
+                dim = p.dim() - 5
+                parts = p.split(sizes if p.shape[dim] == sum(sizes) else [p.shape[dim]], dim)
+                cache[name] = parts if dim else [c.unsqueeze(0) for c in parts]
+            return cache[name][b]
+        return chunks
+
+    def _dw1_weight(self, ops, K, D, edges, b, S, m, T):
+        """Weights of one kernel group for the edges of batch ``b`` of T tasks.
 
         Returns ``[T * S * C * len(ops) * m, 1, K, K]`` in the (task, source, channel, op,
         edge) order that a channel-multiplier depthwise convolution of the stacked
         sources produces.
         """
-        C, n = self.C, S * m
+        C = self.C
         ws = []
         for op in ops:
-            w = self._edges(f"{op}_dw1" if op in SEP_KERNELS else f"{op}_dw", slice(first, first + n))
+            w = edges(f"{op}_dw1" if op in SEP_KERNELS else f"{op}_dw", b)
             ws.append(_embed_kernel(w, _kernel_of(op)[1], K, D))
         w = torch.stack(ws, 1)                                      # [T, g, n, C, 1, K, K]
         w = w.view(T, len(ops), S, m, C, K, K).permute(0, 2, 4, 1, 3, 5, 6)
         return w.reshape(T * S * C * len(ops) * m, 1, K, K)
 
-    def _edge_batch(self, x, S, m, first, stride, W, T):
+    def _edge_batch(self, x, S, m, edges, b, stride, W, T):
         """All mixed edges leaving the ``S`` sources of T tasks stacked in ``x [B, T*S*C, H, W]``.
 
         Channels are task-major: (task, source, channel). Each source has an edge to each
@@ -264,20 +277,19 @@ class SearchCell(nn.Module):
         """
         B, _, H, Wd = x.shape
         C, n = self.C, S * m
-        sl = slice(first, first + n)
-        r = F.relu(x)
+        r = conv_input(F.relu(x))  # feeds 6 or 8 convolutions
 
         # First depthwise stage of sep 3/5/7 and dil 3/5 for all n edges.
         parts = []
         for ops, K, D in self.dw_groups:
-            w = self._dw1_weight(ops, K, D, first, S, m, T)
+            w = self._dw1_weight(ops, K, D, edges, b, S, m, T)
             y = conv2d(r, w, stride=stride, padding=D * (K - 1) // 2, dilation=D, groups=T * S * C)
             Ho, Wo = y.shape[-2:]
             # (task, source, channel, op, edge) -> (task, op, source, edge, channel)
             parts.append(y.reshape(B, T, S, C, len(ops), m, Ho * Wo).permute(0, 1, 4, 2, 5, 3, 6))
         y = torch.cat(parts, 2) if len(parts) > 1 else parts[0].contiguous()
         g = len(DW_OPS)
-        pw1 = torch.stack([self._edges(f"{op}_pw1" if op in SEP_KERNELS else f"{op}_pw", sl)
+        pw1 = torch.stack([edges(f"{op}_pw1" if op in SEP_KERNELS else f"{op}_pw", b)
                            for op in DW_OPS], 1).view(T, g, S, m, C, C)
         y = torch.matmul(pw1, y).view(B, T * g * n * C, Ho * Wo)
         stage1 = F.batch_norm(y, None, None, training=True).view(B, T, g * n * C, Ho * Wo)
@@ -290,31 +302,31 @@ class SearchCell(nn.Module):
         if self.dw2_grouped:
             K = max(SEP_KERNELS.values())
             sep1, dil = stage1.split([ns, len(DIL_OPS) * nC], 2)
-            w = torch.cat([_embed_kernel(self._edges(f"{op}_dw2", sl), 1, K, 1)
+            w = torch.cat([_embed_kernel(edges(f"{op}_dw2", b), 1, K, 1)
                            for op in SEP_OPS], 1).reshape(T * ns, 1, K, K)
             y = conv2d(F.relu(sep1).reshape(B, T * ns, Ho, Wo), w, padding=K // 2, groups=T * ns)
         else:
             *sep1, dil = stage1.split([nC] * len(SEP_OPS) + [len(DIL_OPS) * nC], 2)
             ys = []
             for t, (op, k) in zip(sep1, SEP_KERNELS.items()):
-                w = self._edges(f"{op}_dw2", sl).reshape(T * nC, 1, k, k)
+                w = edges(f"{op}_dw2", b).reshape(T * nC, 1, k, k)
                 y = conv2d(F.relu(t).reshape(B, T * nC, Ho, Wo), w, padding=k // 2, groups=T * nC)
                 ys.append(y.reshape(B, T, 1, nC, HW))
             y = torch.cat(ys, 2)
-        pw2 = torch.stack([self._edges(f"{op}_pw2", sl) for op in SEP_OPS], 1).view(T, len(SEP_OPS) * n, C, C)
+        pw2 = torch.stack([edges(f"{op}_pw2", b) for op in SEP_OPS], 1).view(T, len(SEP_OPS) * n, C, C)
         y = torch.matmul(pw2, y.reshape(B, T, len(SEP_OPS) * n, C, HW))
         sep = F.batch_norm(y.view(B, T * ns, HW), None, None, training=True)
 
         # conv_7x1_1x7: 1x7 (strided) per source with all its edges' outputs, then 7x1 per edge.
-        w = self._edges("conv_7x1_1x7_w1x7", sl).reshape(T * n * C, C, 1, 7)
+        w = edges("conv_7x1_1x7_w1x7", b).reshape(T * n * C, C, 1, 7)
         y = conv2d(r, w, stride=stride, padding=(0, 3), groups=T * S)
-        w = self._edges("conv_7x1_1x7_w7x1", sl).reshape(T * n * C, C, 7, 1)
+        w = edges("conv_7x1_1x7_w7x1", b).reshape(T * n * C, C, 7, 1)
         y = conv2d(y, w, padding=(3, 0), groups=T * n)
         conv7 = F.batch_norm(y.reshape(B, T * n * C, HW), None, None, training=True)
 
         outputs = []
         if stride == 2:
-            wa, wb = self._edges("skip_connect_fr_a", sl), self._edges("skip_connect_fr_b", sl)
+            wa, wb = edges("skip_connect_fr_a", b), edges("skip_connect_fr_b", b)
             a = conv2d(r, wa.reshape(-1, C, 1, 1), stride=2, groups=T * S)
             b = conv2d(shift_to_odd_pixels(r), wb.reshape(-1, C, 1, 1), stride=2, groups=T * S)
             fr = torch.cat([a.reshape(B, T, n, -1, HW), b.reshape(B, T, n, -1, HW)], 3).reshape(B, T * n * C, HW)
@@ -339,13 +351,14 @@ class SearchCell(nn.Module):
         B, C = s1.shape[0], self.C
         contributions = []
         nodes = []
-        for b, (sources, m, first) in enumerate(edge_batches(self.steps)):
+        edges = self._edge_chunks(T)
+        for b, (sources, m, _) in enumerate(edge_batches(self.steps)):
             if b == 0:
                 x = _task_cat([s0, s1], T)
                 stride = 2 if self.reduction else 1
             else:
                 x, stride = nodes[-1], 1
-            c, (Ho, Wo) = self._edge_batch(x, len(sources), m, first, stride, mix[b], T)
+            c, (Ho, Wo) = self._edge_batch(x, len(sources), m, edges, b, stride, mix[b], T)
             contributions.append(c.unbind(2))
             # Node b is complete: it has received an edge from every state 0 .. b + 1.
             node = contributions[0][b]
@@ -370,7 +383,7 @@ def _task_weight(p, T):
 
 def _task_module(module, x, T):
     """ReLUConvBN / FactorizedReduce on task-major ``x [B, T*C_in, H, W]``, one group per task."""
-    x = F.relu(x)
+    x = conv_input(F.relu(x))
     if isinstance(module, FactorizedReduce):
         a = conv2d(x, _task_weight(module.conv_a.weight, T), stride=2, groups=T)
         b = conv2d(shift_to_odd_pixels(x), _task_weight(module.conv_b.weight, T), stride=2, groups=T)
