@@ -52,6 +52,38 @@ def test_two_ranks_with_half_the_tasks_each_equal_one_rank_with_all(tmp_path, sm
     assert out_two.count("run folder:") == 1
 
 
+def test_split_meta_batch_gives_bitwise_equal_gradients_in_one_process(small_omniglot):
+    """What the 2-rank test relies on, without processes: with batch_tasks false, the
+    meta-gradient of 2 tasks equals the average of the two 1-task shares' gradients exactly."""
+    from bayesnas.config import FitConfig
+    from bayesnas.inference.model import task_share
+    from bayesnas.inference.svi import build_meta_network, open_data, svi_step, task_samplers
+
+    cfg = FitConfig(data=small_omniglot, tasks=2, channels=2, queries=2, inner_steps=1,
+                    batch_tasks=False, grad_clip=0)
+    sampler, _ = task_samplers(cfg, open_data(small_omniglot), torch.device("cpu"))
+
+    class Hold:  # keeps the gradients: no optimiser step
+        def zero_grad(self, set_to_none=True):
+            pass
+
+        def step(self):
+            pass
+
+    def grads(share, tasks):
+        torch.manual_seed(0)
+        meta = build_meta_network(cfg, 1)
+        torch.manual_seed(5)
+        with task_share(2, *share):
+            svi_step(meta, Hold(), sampler.batch(tasks), cfg, 1)
+        return torch.cat([p.grad.reshape(-1) for p in meta.meta_parameters()])
+
+    whole = grads((0, 2), [0, 1])
+    halves = (grads((0, 1), [0]) + grads((1, 2), [1])) / 2
+    assert torch.equal(whole, halves)
+    assert whole.abs().max() > 0
+
+
 def test_killing_one_rank_stops_the_job_and_the_last_checkpoint_loads(tmp_path, small_omniglot):
     out = tmp_path / "run"
     args = ["fit", "--iterations", "400", "--tasks", "2", "--channels", "2", "--queries", "2", "--inner-steps", "1",

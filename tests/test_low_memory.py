@@ -70,8 +70,8 @@ def test_checkpointed_guide_memory_does_not_grow_with_inner_steps():
 
 @pytest.mark.parametrize("variant", ["gumbel", "softmax"])
 def test_low_memory_svi_step_equals_the_default_step(variant):
-    # batch_tasks off: the low-memory step runs one task per call, so the default step must
-    # too for float32 results to round the same (batching itself: test_models_supernet)
+    # batch_tasks off: one call and one backward per task on both sides, so the only
+    # difference is the recomputation of the inner steps (batching itself: test_models_supernet)
     cfg = FitConfig(channels=1, cells=2, inner_steps=2, tasks=3, ways=3, queries=2, variant=variant, batch_tasks=False)
     sampler, _ = task_samplers(cfg, load_default(), torch.device("cpu"))
     batch = sampler.batch([0, 1, 2])
