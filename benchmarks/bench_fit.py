@@ -32,6 +32,7 @@ override), with ``--threads`` torch threads on ``--device``:
 Under torchrun only the ``ours`` timing runs; the figure is tasks per second of the job.
 """
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -283,7 +284,7 @@ def maml_conv4(args, device, repeats=5):
         row["higher_over_bayesnas"] = row["higher_seconds"] / row["bayesnas_seconds"]
         row["max_abs_gradient_difference"] = max((a - b).abs().max().item()
                                                  for a, b in zip(grads["bayesnas"], grads["higher"]))
-        row["higher_version"] = getattr(higher, "__version__", "?")
+        row["higher_version"] = importlib.metadata.version("higher")  # it has no __version__
     return row
 
 
