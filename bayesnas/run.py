@@ -57,8 +57,10 @@ class Calibration(NamedTuple):
 
     tasks, samples, points: how many tasks, posterior samples S, query points in all;
     ece_*: expected calibration error (15 bins); acc_*: accuracy; nll_*: mean negative
-    log-likelihood of the true class (nats). ``single`` uses the first posterior sample
-    of each task alone, ``averaged`` the mean of all S (Bayesian model averaging).
+    log-likelihood of the true class (nats); conf_*: mean probability of the predicted
+    class (above the accuracy: overconfident; below: underconfident). ``single`` uses the
+    first posterior sample of each task alone, ``averaged`` the mean of all S (Bayesian
+    model averaging).
 
     Usage::
 
@@ -76,6 +78,8 @@ class Calibration(NamedTuple):
     acc_averaged: float
     nll_single: float
     nll_averaged: float
+    conf_single: float
+    conf_averaged: float
 
 
 class Run:
@@ -372,10 +376,13 @@ class Run:
         def acc(probs):
             return float((probs.argmax(-1) == labels).float().mean())
 
+        def conf(probs):
+            return float(probs.max(-1).values.mean())
+
         return Calibration(int(tasks), int(samples), labels.numel(),
                            expected_calibration_error(single, labels, bins),
                            expected_calibration_error(mean, labels, bins),
-                           acc(single), acc(mean), nll(single), nll(mean))
+                           acc(single), acc(mean), nll(single), nll(mean), conf(single), conf(mean))
 
     def __repr__(self):
         cfg = self.config

@@ -112,8 +112,13 @@ def test_calibration_single_and_averaged(run):
     assert cal.tasks == 2 and cal.points == 2 * run.config.ways * run.config.queries
     for value in (cal.ece_single, cal.ece_averaged, cal.acc_single, cal.acc_averaged):
         assert 0.0 <= value <= 1.0
+    for conf, acc, ece in ((cal.conf_single, cal.acc_single, cal.ece_single),
+                           (cal.conf_averaged, cal.acc_averaged, cal.ece_averaged)):
+        assert 1.0 / run.config.ways <= conf <= 1.0
+        # the ECE is a weighted mean of per-bin |accuracy - confidence|: never below the gap overall
+        assert ece >= abs(acc - conf) - 1e-6
     one = run.calibration(tasks=2, samples=1)
-    assert one.ece_single == one.ece_averaged
+    assert one.ece_single == one.ece_averaged and one.conf_single == one.conf_averaged
 
 
 def test_missing_files_and_foreign_checkpoints_fail_clearly(run_dir, tmp_path):

@@ -71,10 +71,11 @@ def inspect_command(run_dir, out, which, top, sort_by, fmt, no_plots, calibratio
     if calibration_tasks:
         cal = run.calibration(tasks=calibration_tasks, samples=samples, seed=seed, which=which, progress=True)
         click.echo(f"\ncalibration on {cal.tasks} held-out tasks ({cal.points} query points), 15-bin ECE:")
-        for name, ece, acc, nll in (("1 posterior sample", cal.ece_single, cal.acc_single, cal.nll_single),
-                                    (f"{cal.samples} samples averaged", cal.ece_averaged, cal.acc_averaged,
-                                     cal.nll_averaged)):
-            click.echo(f"  {name:<22}ECE {ece:.4f}  accuracy {acc:.4f}  NLL {nll:.4f}")
+        for name, ece, acc, nll, conf in (
+                ("1 posterior sample", cal.ece_single, cal.acc_single, cal.nll_single, cal.conf_single),
+                (f"{cal.samples} samples averaged", cal.ece_averaged, cal.acc_averaged, cal.nll_averaged,
+                 cal.conf_averaged)):
+            click.echo(f"  {name:<22}ECE {ece:.4f}  accuracy {acc:.4f}  mean confidence {conf:.4f}  NLL {nll:.4f}")
 
     if not no_plots:
         folder = out if out is not None else os.path.join(run.path, "inspect")
