@@ -90,7 +90,7 @@ def test_shipped_cpu_config_is_valid():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "omniglot_cpu.json")
     cfg = resolve_config(FitConfig, config_file=path)
     cfg.validate()
-    assert cfg.image_size == 14 and cfg.kl_weight == 0.001
+    assert cfg.image_size == 14 and cfg.kl_weight == 0.001 and cfg.iterations == 250
 
 
 @pytest.mark.parametrize("settings, message", [
