@@ -125,8 +125,8 @@ class FitConfig:
     checkpoint_every: int = 20
     seed: int = 0
     device: str = "auto"
-    #: torch CPU threads (0 = torch's default). 1 by default: the supernet's many small
-    #: operations spend more time synchronising two threads than computing (DESIGN §4)
+    #: torch CPU threads (0 = torch's default). 1 by default: two threads measured 1.0-1.2x
+    #: faster on an idle 2-core machine but contend badly when anything else runs (DESIGN §4)
     threads: int = 1
 
     def validate(self):

@@ -230,11 +230,11 @@ def _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint):
     Each task's meta-gradient is computed whole and then added to ``.grad`` in task order,
     so T tasks in one process and T processes with one task each (summed by all-reduce)
     give bitwise equal gradients: one backward over all tasks would interleave their
-    contributions and round differently. Every task's pass starts from the same random state and, through :func:`task_share`,
-    takes its own slice of noise drawn for the whole meta-batch: exactly the noise the
-    all-tasks pass would give it, so values and gradients equal the default path's (up
-    to the order of floating-point sums). Returns the per-task detached ElboTerms and the
-    total loss.
+    contributions and round differently. Every task's pass starts from the same random
+    state and, through :func:`task_share`, takes its own slice of noise drawn for the
+    whole meta-batch: exactly the noise the all-tasks pass would give it, so values and
+    gradients equal the default path's (up to the order of floating-point sums). Returns
+    the per-task detached ElboTerms and the total loss.
     """
     num_tasks, n_query = batch.query_y.shape
     total, start, _ = current_task_share(num_tasks)

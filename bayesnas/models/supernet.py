@@ -231,7 +231,7 @@ class SearchCell(nn.Module):
         fan_in = shape[2] * shape[3] * shape[4]
         self.register_parameter(name, nn.Parameter(_uniform_(torch.empty(shape), fan_in)))
 
-    def _edge_chunks(self, T):
+    def _edge_chunks(self):
         """``chunks(name, b)``: edge parameter ``name`` at batch ``b``'s positions, ``[T, n, ...]``.
 
         Each parameter is cut once per forward with ``split`` (whose backward is one
@@ -327,9 +327,10 @@ class SearchCell(nn.Module):
         outputs = []
         if stride == 2:
             wa, wb = edges("skip_connect_fr_a", b), edges("skip_connect_fr_b", b)
-            a = conv2d(r, wa.reshape(-1, C, 1, 1), stride=2, groups=T * S)
-            b = conv2d(shift_to_odd_pixels(r), wb.reshape(-1, C, 1, 1), stride=2, groups=T * S)
-            fr = torch.cat([a.reshape(B, T, n, -1, HW), b.reshape(B, T, n, -1, HW)], 3).reshape(B, T * n * C, HW)
+            # (named fr_a, fr_b: b is the batch index here)
+            fr_a = conv2d(r, wa.reshape(-1, C, 1, 1), stride=2, groups=T * S)
+            fr_b = conv2d(shift_to_odd_pixels(r), wb.reshape(-1, C, 1, 1), stride=2, groups=T * S)
+            fr = torch.cat([fr_a.reshape(B, T, n, -1, HW), fr_b.reshape(B, T, n, -1, HW)], 3).reshape(B, T * n * C, HW)
             outputs.append(F.batch_norm(fr, None, None, training=True).reshape(B, T, n, C * HW))
         else:
             outputs.append(x.reshape(B, T, S, C * HW))
@@ -351,7 +352,7 @@ class SearchCell(nn.Module):
         B, C = s1.shape[0], self.C
         contributions = []
         nodes = []
-        edges = self._edge_chunks(T)
+        edges = self._edge_chunks()
         for b, (sources, m, _) in enumerate(edge_batches(self.steps)):
             if b == 0:
                 x = _task_cat([s0, s1], T)
