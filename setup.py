@@ -23,7 +23,9 @@ setup(
         "pillow>=9.0",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # the tests read TensorBoard event files back, so they need the optional extra too
+        "test": ["pytest>=7", "tensorboard>=2.10"],
+        "tensorboard": ["tensorboard>=2.10"],
         "notebook": ["pandas>=1.5"],
     },
     entry_points={"console_scripts": ["bayesnas=bayesnas.cli.main:main"]},

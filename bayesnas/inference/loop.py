@@ -79,10 +79,13 @@ class TrainingLoop:
             in checkpoints; ``on_checkpoint(extra)`` writes its files.
         progress: show a tqdm bar; desc: its label.
         callbacks: callables ``(iteration, row)`` run after each iteration.
+        logger: an object with ``log(iteration, row, validated)`` and ``close()`` (e.g. a
+            :class:`~bayesnas.inference.tensorboard_logger.TensorBoardLogger`), told every
+            row before the callbacks and closed when :meth:`run` ends, however it ends.
     """
 
     def __init__(self, run, stateful, iterations, val_every=50, checkpoint_every=25, score_key="val_acc",
-                 extra=None, on_checkpoint=None, progress=True, desc="train", callbacks=()):
+                 extra=None, on_checkpoint=None, progress=True, desc="train", callbacks=(), logger=None):
         self.run_dir = run
         self.stateful = stateful
         self.iterations = int(iterations)
@@ -94,6 +97,7 @@ class TrainingLoop:
         self.progress = progress
         self.desc = desc
         self.callbacks = list(callbacks)
+        self.logger = logger
         self.start = 0
         self.rows = []
         self.best = -math.inf
@@ -161,7 +165,8 @@ class TrainingLoop:
                 row["seconds"] = time.perf_counter() - t_it
                 last = iteration == self.iterations
                 is_best = False
-                if iteration % self.val_every == 0 or last:
+                validated = iteration % self.val_every == 0 or last
+                if validated:
                     scores = validate(iteration)
                     row.update(scores)
                     if scores[self.score_key] > self.best:
@@ -169,6 +174,8 @@ class TrainingLoop:
                     bar.write(f"[{self.desc}] iteration {iteration}: " + ", ".join(
                         f"{k}={v:.4g}" for k, v in scores.items()))
                 self.rows.append(row)
+                if self.logger is not None:
+                    self.logger.log(iteration, row, validated)
                 for callback in self.callbacks:
                     callback(iteration, row)
                 if iteration % self.checkpoint_every == 0 or last or is_best:
@@ -180,5 +187,7 @@ class TrainingLoop:
                 bar.update(1)
         finally:
             bar.close()
+            if self.logger is not None:
+                self.logger.close()
         self.elapsed = time.perf_counter() - t0
         return self.rows

@@ -46,6 +46,24 @@ def save_figure(fig, path, dpi=150):
     return path
 
 
+def figure_to_array(fig, dpi=80):
+    """Render ``fig`` to an RGB image: a uint8 array ``[height, width, 3]`` (Agg, no display).
+
+    Sets the figure's dpi (pixels per inch of its size), so render a figure made for this.
+
+    Usage::
+
+        image = figure_to_array(plot_edge_posterior(post))          # [520, 1040, 3] at 80 dpi
+        writer.add_image("edge_posterior", image, step, dataformats="HWC")
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
 def plot_edge_posterior(posterior, path=None, title=None, annotate=True):
     """Heatmaps (edges x ops) of an edge posterior, one per cell type.
 

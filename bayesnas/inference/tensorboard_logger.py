@@ -1,0 +1,176 @@
+"""TensorBoard event files of a training run (``RUN/tensorboard/``), for ``--tensorboard``.
+
+Every logged iteration writes each numeric field of the metrics row as a scalar whose tag
+is the field's name (``loss``, ``kl_z``, ``val_acc``, ...) at step = iteration; at each
+validation, figures (a fit run's edge-posterior heatmap and derived cell) are written as
+images; the resolved config is written once per session as hparams. A resumed run appends
+to the same folder, and TensorBoard drops the steps an interrupted session had logged past
+its last checkpoint, so every step appears once.
+
+TensorBoard is an optional extra: ``pip install 'bayesnas[tensorboard]'``.
+
+Usage::
+
+    logger = TensorBoardLogger("runs/a/tensorboard", hparams=cfg.to_dict())
+    loop = TrainingLoop(run, stateful, iterations, logger=logger)
+    loop.run(step, validate)               # the loop closes the logger
+"""
+import json
+import math
+
+from ..errors import ConfigError
+
+INSTALL = "pip install 'bayesnas[tensorboard]' (or: pip install tensorboard)"
+
+
+def summary_writer_class():
+    """torch's ``SummaryWriter``, or a :class:`~bayesnas.errors.ConfigError` saying what to install.
+
+    Usage::
+
+        SummaryWriter = summary_writer_class()
+        SummaryWriter("runs/a/tensorboard").add_scalar("loss", 0.5, 1)
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(f"--tensorboard needs the tensorboard package, which is not installed: {INSTALL}") from None
+    return SummaryWriter
+
+
+def hparam_values(config):
+    """A config dict as TensorBoard hparams: numbers and strings kept, anything else as its JSON text.
+
+    Bools become "true"/"false" (torch's hparams would turn them into the numbers 1 and 0).
+
+    Usage::
+
+        hparam_values({"iterations": 80, "data": None, "low_memory": False, "arch": {"normal": []}})
+        # {'iterations': 80, 'data': 'null', 'low_memory': 'false', 'arch': '{"normal": []}'}
+    """
+    return {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else json.dumps(v, sort_keys=True)
+            for k, v in config.items()}
+
+
+class TensorBoardLogger:
+    """Writes a training loop's rows to TensorBoard event files (the loop's ``logger``).
+
+    Args:
+        log_dir: the event folder (``RUN/tensorboard``); a resumed run passes the same one.
+        hparams: the resolved config (dict), written as hparams with ``metric`` as its metric.
+        scalars: optional ``callable(iteration) -> dict`` of more scalars; a row's own
+            field of the same name wins.
+        figures: optional ``callable(iteration) -> dict tag -> matplotlib Figure``, drawn at
+            each validation and written as images of ``dpi`` pixels per inch.
+
+    The writer opens at the first row logged, with ``purge_step`` = that iteration: a
+    resumed session starts at its checkpoint's iteration + 1, and TensorBoard discards
+    what an earlier session had written from that step on.
+
+    Usage::
+
+        logger = TensorBoardLogger("runs/a/tensorboard", hparams={"iterations": 3})
+        logger.log(1, {"iteration": 1, "loss": 0.7}, validated=False)
+        logger.close()
+    """
+
+    def __init__(self, log_dir, hparams=None, scalars=None, figures=None, metric="val_acc", dpi=100):
+        self._writer_class = summary_writer_class()
+        self.log_dir = str(log_dir)
+        self.hparams = dict(hparams or {})
+        self.scalars = scalars
+        self.figures = figures
+        self.metric = metric
+        self.dpi = dpi
+        self.writer = None
+
+    def _open(self, iteration):
+        from torch.utils.tensorboard.summary import hparams
+
+        self.writer = self._writer_class(self.log_dir, purge_step=iteration)
+        if self.hparams:
+            for summary in hparams(hparam_values(self.hparams), {self.metric: 0.0}):
+                self.writer.file_writer.add_summary(summary)
+
+    def log(self, iteration, row, validated):
+        """Write ``row`` (a dict of the loop's metrics) at step ``iteration``; figures too when ``validated``."""
+        if self.writer is None:
+            self._open(iteration)
+        values = {k: float(v) for k, v in row.items()
+                  if k != "iteration" and isinstance(v, (int, float)) and not isinstance(v, bool)
+                  and math.isfinite(v)}
+        if self.scalars is not None:
+            for key, value in self.scalars(iteration).items():
+                values.setdefault(key, float(value))
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, iteration)
+        if validated and self.figures is not None:
+            from ..viz.posterior import figure_to_array
+
+            for tag, fig in self.figures(iteration).items():
+                self.writer.add_image(tag, figure_to_array(fig, self.dpi), iteration, dataformats="HWC")
+        # a killed process loses only what it logged after its last checkpoint, which a resume redoes
+        self.writer.flush()
+
+    def close(self):
+        """Flush and close the event file (a later :meth:`log` opens a new one)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def edge_posterior_scalars(posterior):
+    """Summary numbers of an edge posterior: mean edge entropy (nats) and mean top-op probability.
+
+    Both are means over the 28 edges of the two cell types.
+
+    Usage::
+
+        edge_posterior_scalars(EdgePosterior.from_meta(meta))
+        # {'edge_entropy_mean': 2.301, 'top_prob_mean': 0.104}
+    """
+    import torch
+
+    entropy = torch.cat(list(posterior.entropy()))
+    top = torch.cat([p.max(-1).values for p in posterior.probs])
+    return {"edge_entropy_mean": float(entropy.mean()), "top_prob_mean": float(top.mean())}
+
+
+def edge_posterior_figures(posterior):
+    """The edge-posterior heatmap and the derived cell's picture, as figures keyed by image tag.
+
+    Usage::
+
+        figs = edge_posterior_figures(EdgePosterior.from_meta(meta, label="iteration 40"))
+        sorted(figs)                      # ['derived_cell', 'edge_posterior']
+    """
+    from ..viz.cells import plot_genotype
+    from .derive import chosen_edges_table
+
+    genotype = posterior.derive()
+    return {
+        "edge_posterior": posterior.plot(),
+        "derived_cell": plot_genotype(genotype, table=chosen_edges_table(*posterior.probs, genotype),
+                                      title=posterior.label),
+    }
+
+
+def meta_posterior_logger(log_dir, config, meta):
+    """The logger of a fit run: its rows, plus the meta-level edge posterior ``softmax(alpha)`` of ``meta``.
+
+    Adds ``edge_entropy_mean`` and ``top_prob_mean`` to every step (unless the row holds
+    them) and the heatmap and derived cell at every validation.
+
+    Usage::
+
+        logger = meta_posterior_logger(run.file("tensorboard"), cfg.to_dict(), meta)
+        TrainingLoop(run, {"meta": meta}, 100, logger=logger)
+    """
+    from .posterior import EdgePosterior
+
+    def posterior(iteration):
+        return EdgePosterior.from_meta(meta, label=f"meta-level posterior, iteration {iteration}")
+
+    return TensorBoardLogger(log_dir, hparams=config,
+                             scalars=lambda iteration: edge_posterior_scalars(posterior(iteration)),
+                             figures=lambda iteration: edge_posterior_figures(posterior(iteration)))
