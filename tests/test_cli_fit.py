@@ -115,3 +115,22 @@ def test_config_file_accepts_integers_for_numbers_and_null_for_optional_settings
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"kl_weight": 1, "image_size": None, "data": None}))
     assert resolve_config(FitConfig, config_file=str(cfg)).kl_weight == 1
+
+
+def test_fit_and_resume_with_tensorboard_record_their_command_lines(tmp_path, monkeypatch):
+    import shlex
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    for args in (["fit", "--out", str(out), "--tensorboard", *TINY],
+                 ["fit", "--resume", str(out), "--iterations", "3", "--tensorboard", "--quiet"]):
+        monkeypatch.setattr(sys, "argv", ["/usr/bin/bayesnas", *args])
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert "```\n" + shlex.join(["bayesnas", *args]) + "\n```" in (out / "README.md").read_text()
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
+    assert f"bayesnas fit --resume {out} --iterations 6 --tensorboard\n" in (out / "README.md").read_text()

@@ -29,7 +29,8 @@ def test_fit_writes_a_complete_run_folder(tmp_path):
     result = fit(FitConfig(**TINY), out=tmp_path / "run", progress=False)
     run = RunDirectory(tmp_path / "run")
     names = sorted(os.listdir(run.path))
-    assert names == ["checkpoint_best.pt", "checkpoint_last.pt", "config.json", "metrics.csv", "posterior_history.h5"]
+    assert names == ["README.md", "checkpoint_best.pt", "checkpoint_last.pt", "config.json", "derived_cell.png",
+                     "metrics.csv", "posterior_history.h5", "sessions.json"]
     assert run.config()["iterations"] == 6
     rows = run.read_metrics()
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]

@@ -1,5 +1,7 @@
 """Shared CLI plumbing: turn library errors into one clear line and a non-zero exit."""
 import functools
+import shlex
+import sys
 
 import click
 
@@ -17,3 +19,16 @@ def user_errors(func):
             raise click.ClickException(str(exc)) from None
 
     return wrapper
+
+
+def cli_command(argv=None):
+    """The command line of this process as the user typed it: ``bayesnas`` and its arguments
+    (what a run card records as the command that made the run).
+
+    Usage::
+
+        cli_command(["/usr/bin/bayesnas", "fit", "--out", "runs/my run"])
+        # "bayesnas fit --out 'runs/my run'"
+    """
+    argv = sys.argv if argv is None else argv
+    return shlex.join(["bayesnas", *argv[1:]])

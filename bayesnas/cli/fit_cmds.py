@@ -2,7 +2,7 @@
 import click
 
 from ..config import FitConfig, resolve_config
-from .common import user_errors
+from .common import cli_command, user_errors
 
 _D = FitConfig()
 
@@ -42,8 +42,10 @@ _D = FitConfig()
 @click.option("--seed", type=int, default=None, help=f"[default: {_D.seed}]")
 @click.option("--threads", type=click.IntRange(min=0), default=None, help=f"torch CPU threads, 0 = torch's choice [default: {_D.threads}].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write TensorBoard event files to RUN/tensorboard/ (pip install 'bayesnas[tensorboard]').")
 @user_errors
-def fit_command(out, resume, config_file, quiet, **flags):
+def fit_command(out, resume, config_file, quiet, tensorboard, **flags):
     """Meta-train BASE (weights and cell architecture) by SVI and write a run folder."""
     from ..inference import fit
 
@@ -53,10 +55,10 @@ def fit_command(out, resume, config_file, quiet, **flags):
         if extra or config_file:
             raise click.UsageError("--resume continues a run with its own config; only --iterations may be given")
         config = resolve_config(FitConfig, overrides=dict(_D.to_dict(), **overrides)) if overrides else None
-        result = fit(config, resume=resume, progress=not quiet)
+        result = fit(config, resume=resume, progress=not quiet, tensorboard=tensorboard, command=cli_command())
     else:
         config = resolve_config(FitConfig, config_file=config_file, overrides=flags)
-        result = fit(config, out=out, progress=not quiet)
+        result = fit(config, out=out, progress=not quiet, tensorboard=tensorboard, command=cli_command())
     if result.run_dir is None:  # a rank other than 0 of a torchrun job: rank 0 reports
         return
     last = result.rows[-1] if result.rows else {}

@@ -1,4 +1,4 @@
-"""``bayesnas inspect``: print a fit run's edge posterior and derived cells, write its plots."""
+"""``bayesnas inspect``: print a run's card; for a fit run its edge posterior and derived cells, and write its plots."""
 import math
 import os
 
@@ -30,7 +30,7 @@ def _node_lines(pairs):
 @click.option("--sort", "sort_by", type=click.Choice(["edge", "entropy"]), default="edge",
               help="Edge order: by index, or surest (lowest entropy) first.")
 @click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", help="Plot file format.")
-@click.option("--no-plots", is_flag=True, help="Print only; write no files.")
+@click.option("--no-plots", is_flag=True, help="Print only; write no files (not even the refreshed run card).")
 @click.option("--calibration", "calibration_tasks", type=click.IntRange(min=0), default=0,
               help="Also adapt to this many held-out tasks and report the ECE of one posterior sample "
                    "vs --samples averaged (0 = skip).")
@@ -39,9 +39,15 @@ def _node_lines(pairs):
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the calibration tasks and samples.")
 @user_errors
 def inspect_command(run_dir, out, which, top, sort_by, fmt, no_plots, calibration_tasks, samples, seed):
-    """Print the edge posterior of a fit run (top ops and entropy per edge, derived cells) and plot it."""
+    """Print the run card of a fit or retrain run (RUN/README.md, refreshed); for a fit run also its edge
+    posterior (top ops and entropy per edge, derived cells) and plots."""
+    from ..inference.card import build_run_card, write_run_card
     from ..run import load_run
 
+    card = build_run_card(run_dir) if no_plots else write_run_card(run_dir)
+    click.echo(card.markdown)
+    if card.kind != "fit":
+        return
     run = load_run(run_dir)
     post = run.edge_posterior(which)
     genotype = post.derive()

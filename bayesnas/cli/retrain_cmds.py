@@ -2,7 +2,7 @@
 import click
 
 from ..inference.maml import RetrainConfig
-from .common import user_errors
+from .common import cli_command, user_errors
 
 _D = RetrainConfig()
 
@@ -76,9 +76,11 @@ def _retrain_options(func):
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue the retrain run in this folder from its last checkpoint.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help=f"[default: {_D.seed}]")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write TensorBoard event files to RUN/tensorboard/ (pip install 'bayesnas[tensorboard]').")
 @_retrain_options
 @user_errors
-def retrain_command(arch, out, resume, config_file, quiet, **flags):
+def retrain_command(arch, out, resume, config_file, quiet, tensorboard, **flags):
     """Meta-train a network from GENOTYPE (a genotype JSON file or a fit run folder), conv4 or darts_v2 with MAML."""
     from ..config import resolve_config
     from ..inference.maml import arch_label, retrain
@@ -88,12 +90,13 @@ def retrain_command(arch, out, resume, config_file, quiet, **flags):
         if sorted(set(overrides) - {"iterations"}) or config_file:
             raise click.UsageError("--resume continues a run with its own config; only --iterations may be given")
         config = RetrainConfig(iterations=overrides["iterations"]) if overrides else None
-        result = retrain(arch, config, resume=resume, progress=not quiet)
+        result = retrain(arch, config, resume=resume, progress=not quiet, tensorboard=tensorboard,
+                         command=cli_command())
     else:
         if arch is None:
             raise click.UsageError("give GENOTYPE (a genotype JSON file or fit run folder), conv4 or darts_v2")
         config = resolve_config(RetrainConfig, config_file=config_file, overrides=dict(flags, arch=arch))
-        result = retrain(None, config, out=out, progress=not quiet)
+        result = retrain(None, config, out=out, progress=not quiet, tensorboard=tensorboard, command=cli_command())
     if result.run_dir is None:  # a rank other than 0 of a torchrun job: rank 0 reports
         return
     last = result.rows[-1] if result.rows else {}
@@ -153,10 +156,12 @@ def _seeds(ctx, param, value):
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder of the runs and compare.json [default: runs/compare-<time>]; reused runs continue.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the table as JSON.")
+@click.option("--tensorboard", is_flag=True,
+              help="Every retrain run writes TensorBoard event files to its own RUN/tensorboard/.")
 @_retrain_options
 @user_errors
 def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_seed, random_seed, out, json_out,
-                    config_file, quiet, eval_inner_steps, **flags):
+                    tensorboard, config_file, quiet, eval_inner_steps, **flags):
     """Retrain and evaluate GENOTYPEs, DARTS_V2, Conv-4 and random cells under one budget (Table 1)."""
     from ..config import resolve_config
     from ..inference.compare import compare, format_compare_table
@@ -166,6 +171,6 @@ def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     result = compare(list(genotypes), random_cells=random_cells, config=config, seeds=seeds, eval_tasks=eval_tasks,
                      eval_seed=eval_seed, out=out, baselines=names, random_seed=random_seed, json_out=json_out,
-                     progress=not quiet, log=click.echo)
+                     progress=not quiet, log=click.echo, tensorboard=tensorboard, command=cli_command())
     click.echo(format_compare_table(result))
     click.echo(f"json: {json_out or result.out + '/compare.json'}")

@@ -27,9 +27,11 @@ from typing import List
 from ..errors import ConfigError, GenotypeError, RunError
 from ..fileio import write_json
 from ..models import count_parameters, random_genotype
+from .card import EVALUATION, write_run_card
 from .evaluate import evaluate, mean_confidence_interval
 from .maml import BASELINES, RetrainConfig, arch_config, retrain
 from .rundir import RunDirectory, default_run_path
+from .tensorboard_logger import summary_writer_class
 
 
 @dataclass
@@ -134,7 +136,7 @@ def architectures(genotypes=(), random_cells=0, baselines=("darts_v2", "conv4"),
     return out
 
 
-def _train(arch, cfg, path, progress):
+def _train(arch, cfg, path, progress, tensorboard, command):
     """Retrain into ``path``, continuing it when an earlier compare left it there."""
     run = RunDirectory(path)
     if os.path.exists(run.file("checkpoint_last.pt")):
@@ -143,13 +145,13 @@ def _train(arch, cfg, path, progress):
         if differ or saved.get("iterations", 0) > cfg.iterations:
             raise RunError(f"{path}: holds a run with other settings ({', '.join(differ) or 'iterations'}); "
                            f"the comparison would not share one budget: choose another --out")
-        return retrain(arch, cfg, resume=path, progress=progress)
-    return retrain(arch, cfg, out=path, progress=progress)
+        return retrain(arch, cfg, resume=path, progress=progress, tensorboard=tensorboard, command=command)
+    return retrain(arch, cfg, out=path, progress=progress, tensorboard=tensorboard, command=command)
 
 
 def compare(genotypes=(), random_cells=2, config=None, seeds=(0,), eval_tasks=600, eval_inner_steps=None,
             eval_seed=0, out=None, baselines=("darts_v2", "conv4"), random_seed=0, json_out=None, progress=True,
-            log=None):
+            log=None, tensorboard=False, command=None):
     """Retrain and evaluate every architecture under one budget and seed set; a Table-1-like result.
 
     Args:
@@ -162,6 +164,11 @@ def compare(genotypes=(), random_cells=2, config=None, seeds=(0,), eval_tasks=60
         baselines: named architectures to include ("darts_v2", "conv4").
         random_seed: seed of the random cells; json_out: also write the JSON there.
         progress: progress bars; log: optional ``callable(str)`` told when each run ends.
+        tensorboard: every retrain run writes TensorBoard event files to its own
+            ``OUT/<label>-seed<S>/tensorboard/``.
+        command: the command line recorded in each run's card (default: the retrain call).
+
+    Each run folder also keeps its evaluation (``evaluation.json``), shown in its run card.
 
     Returns:
         :class:`CompareResult` (also written to ``OUT/compare.json``).
@@ -172,6 +179,8 @@ def compare(genotypes=(), random_cells=2, config=None, seeds=(0,), eval_tasks=60
         result = compare(["runs/fit-a/genotype.json"], random_cells=2, config=cfg, seeds=[0, 1])
         print(format_compare_table(result))
     """
+    if tensorboard:
+        summary_writer_class()  # a missing package stops the comparison before any run starts
     if isinstance(config, RetrainConfig):
         cfg = dataclasses.replace(config)
     else:
@@ -192,9 +201,10 @@ def compare(genotypes=(), random_cells=2, config=None, seeds=(0,), eval_tasks=60
         for seed in seeds:
             run_cfg = dataclasses.replace(cfg, arch=arch, seed=seed)
             path = os.path.join(out, f"{label}-seed{seed}")
-            trained = _train(arch, run_cfg, path, progress)
+            trained = _train(arch, run_cfg, path, progress, tensorboard, command)
             result = evaluate(path, tasks=eval_tasks, inner_steps=eval_inner_steps, seed=eval_seed,
-                              progress=progress)
+                              json_out=os.path.join(path, EVALUATION), progress=progress)
+            write_run_card(path)
             accs.extend(result.accuracies)
             val_accs.append(max(r["val_acc"] for r in trained.rows if r.get("val_acc") is not None))
             train_s += trained.train_seconds

@@ -32,8 +32,10 @@ from ..errors import ConfigError, GenotypeError, NonFiniteLossError, RunError
 from ..fileio import write_json
 from ..models import (NAMED_GENOTYPES, Genotype, build_network, count_parameters, genotype_from_dict,
                       genotype_to_dict, load_genotype)
+from .card import python_call, recorded_session
 from .loop import TrainingLoop, create_run_on_main, process_device
 from .rundir import RunDirectory
+from .tensorboard_logger import TensorBoardLogger, summary_writer_class
 from .unroll import unrolled_steps
 
 #: Architecture names that ``retrain`` accepts besides a genotype.
@@ -324,7 +326,8 @@ class RetrainResult:
     parameters: int
 
 
-def retrain(arch=None, config=None, out=None, resume=None, progress=True, callbacks=()):
+def retrain(arch=None, config=None, out=None, resume=None, progress=True, callbacks=(), tensorboard=False,
+            command=None):
     """Meta-train a fixed network with second-order MAML and write a run folder.
 
     Args:
@@ -336,9 +339,13 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
         resume: an existing retrain run folder to continue from its last checkpoint (its
             own config is used; ``config`` may only raise ``iterations``).
         progress: show a progress bar; callbacks: ``(iteration, row)`` hooks.
+        tensorboard: also write every metric to TensorBoard event files in
+            ``RUN/tensorboard/`` (needs ``pip install 'bayesnas[tensorboard]'``).
+        command: the command line recorded in the run card (default: this Python call).
 
     The run folder holds config.json (with the genotype), checkpoint_last.pt and
-    checkpoint_best.pt (by validation accuracy on held-out classes), metrics.csv.
+    checkpoint_best.pt (by validation accuracy on held-out classes), metrics.csv, and the
+    run card README.md.
 
     Returns:
         :class:`RetrainResult`.
@@ -347,17 +354,22 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
 
         result = retrain("conv4", RetrainConfig(iterations=200, channels=32), out="runs/c4")
         result.rows[-1]["val_acc"], result.parameters
-        retrain(resume="runs/c4", config=RetrainConfig(iterations=400))
+        retrain(resume="runs/c4", config=RetrainConfig(iterations=400), tensorboard=True)
     """
+    if tensorboard:
+        summary_writer_class()  # a missing package stops the run before anything is written
+    if command is None:
+        command = python_call("bayesnas.inference.retrain", arch=arch, config=config, out=out, resume=resume,
+                              tensorboard=tensorboard or None)
     requested = config.device if isinstance(config, RetrainConfig) else (config or {}).get("device")
     ctx = init_distributed(resolve_device(requested or "auto"))
     try:
-        return _retrain(ctx, arch, config, out, resume, progress, callbacks)
+        return _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, command)
     finally:
         ctx.close()
 
 
-def _retrain(ctx, arch, config, out, resume, progress, callbacks):
+def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, command):
     if resume is not None:
         run = RunDirectory(resume)
         saved = run.config()
@@ -404,9 +416,12 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks):
     if resume is None:
         run = create_run_on_main(ctx, out, "retrain", cfg.to_dict())
 
+    logger = None
+    if tensorboard and run is not None:
+        logger = TensorBoardLogger(run.file("tensorboard"), hparams=cfg.to_dict())
     loop = TrainingLoop(run, {"net": net, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", progress=progress and ctx.is_main,
-                        desc=f"retrain {arch_label(cfg.arch)}", callbacks=callbacks)
+                        desc=f"retrain {arch_label(cfg.arch)}", callbacks=callbacks, logger=logger)
     if state is not None:
         loop.resume(state)
 
@@ -422,7 +437,8 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks):
         totals = ctx.mean_of({"sum": accs.sum().item(), "count": float(len(mine))})
         return {"val_acc": totals["sum"] / totals["count"]}
 
-    rows = loop.run(step, validate)
+    with recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size):
+        rows = loop.run(step, validate)
     train_seconds = sum(r.get("seconds") or 0.0 for r in rows)
     return RetrainResult(net=net, config=cfg, rows=rows, run_dir=run.path if run is not None else None,
                          seconds=loop.elapsed,

@@ -23,6 +23,7 @@ from ..device import resolve_device
 from ..distributed import DistributedContext, init_distributed
 from ..errors import ConfigError, NonFiniteLossError
 from ..models import SearchNetwork
+from .card import python_call, recorded_session
 from .elbo import elbo_terms
 from .guide import adapt
 from .loop import TrainingLoop, create_run_on_main, process_device
@@ -30,6 +31,7 @@ from .meta import MetaNetwork
 from .model import TaskNormal, current_task_share, edge_prior, task_share
 from ..fileio import write_json
 from .rundir import RunDirectory
+from .tensorboard_logger import meta_posterior_logger, summary_writer_class
 
 
 def seed_everything(seed):
@@ -268,7 +270,7 @@ class FitResult:
     seconds: float
 
 
-def fit(config=None, out=None, resume=None, progress=True, callbacks=()):
+def fit(config=None, out=None, resume=None, progress=True, callbacks=(), tensorboard=False, command=None):
     """Meta-train BASE by SVI and write a run folder.
 
     Args:
@@ -278,6 +280,11 @@ def fit(config=None, out=None, resume=None, progress=True, callbacks=()):
         resume: an existing run folder to continue from its last checkpoint (its own
             config is used; ``config`` may only raise ``iterations``).
         progress: show a progress bar; callbacks: ``(iteration, row)`` hooks.
+        tensorboard: also write TensorBoard event files to ``RUN/tensorboard/`` (needs
+            ``pip install 'bayesnas[tensorboard]'``): every metric, the mean edge entropy
+            and top-op probability, the posterior heatmap and derived cell at each validation.
+        command: the command line recorded in the run card ``RUN/README.md`` (the CLI
+            passes its own; default: this Python call).
 
     Returns:
         :class:`FitResult`.
@@ -286,17 +293,23 @@ def fit(config=None, out=None, resume=None, progress=True, callbacks=()):
 
         result = fit(FitConfig(iterations=50, channels=4), out="runs/small")
         print(result.rows[-1]["val_acc"])
+        fit(FitConfig(iterations=3), out="runs/tb", tensorboard=True)   # tensorboard --logdir runs/tb/tensorboard
     """
+    if tensorboard:
+        summary_writer_class()  # a missing package stops the run before anything is written
+    if command is None:
+        command = python_call("bayesnas.inference.fit", config=config, out=out, resume=resume,
+                              tensorboard=tensorboard or None)
     # the process group needs a device type (gloo or nccl) before the config of a resumed run is read
     requested = config.device if isinstance(config, FitConfig) else (config or {}).get("device")
     ctx = init_distributed(resolve_device(requested or "auto"))
     try:
-        return _fit(ctx, config, out, resume, progress, callbacks)
+        return _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command)
     finally:
         ctx.close()
 
 
-def _fit(ctx, config, out, resume, progress, callbacks):
+def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
     if resume is not None:
         def load():
             run = RunDirectory(resume)
@@ -332,10 +345,13 @@ def _fit(ctx, config, out, resume, progress, callbacks):
         history["alpha_normal"].append(meta.alpha_normal.detach().cpu().numpy().copy())
         history["alpha_reduce"].append(meta.alpha_reduce.detach().cpu().numpy().copy())
 
+    logger = None
+    if tensorboard and run is not None:
+        logger = meta_posterior_logger(run.file("tensorboard"), cfg.to_dict(), meta)
     loop = TrainingLoop(run, {"meta": meta, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", extra={"history": history},
                         on_checkpoint=lambda extra: run.write_history(extra["history"]),
-                        progress=progress and ctx.is_main, desc="fit", callbacks=callbacks)
+                        progress=progress and ctx.is_main, desc="fit", callbacks=callbacks, logger=logger)
     if state is not None:
         loop.resume(state)
         history = loop.extra["history"]
@@ -356,7 +372,8 @@ def _fit(ctx, config, out, resume, progress, callbacks):
                                    seed=cfg.seed + 12345, ctx=ctx, kl_weight=kl_weight(cfg, iteration))
         return {"val_acc": acc, "val_elbo": elbo}
 
-    rows = loop.run(step, validate)
+    with recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size):
+        rows = loop.run(step, validate)
     return FitResult(meta=meta, config=cfg, rows=rows, run_dir=run.path if run is not None else None,
                      seconds=loop.elapsed)
 

@@ -1,0 +1,475 @@
+"""The run card: ``RUN/README.md``, the page that says what a run folder holds and how to go on.
+
+It is written atomically whenever a training session of a ``fit`` or ``retrain`` run ends,
+however it ends (finished, interrupted, failed). It holds the command that made the run
+(and those that continued it), package versions, device and threads, the data file with
+its sha256, iterations reached of planned, final and best metrics, the derived cell with
+its picture (fit, ``RUN/derived_cell.png``) or the architecture and evaluation (retrain),
+and the commands to resume, derive, retrain and evaluate.
+
+Each session is recorded in ``RUN/sessions.json`` (its command, versions, device, data
+hash, iterations, how it ended), so the card can be rebuilt from the folder at any time:
+``bayesnas inspect RUN`` does, and so picks up an evaluation written later to
+``RUN/evaluation.json``.
+
+Usage::
+
+    card = build_run_card("runs/a")       # RunCard: .markdown, .status, .iteration, ...
+    print(card.markdown)
+    write_run_card("runs/a")              # RUN/README.md (and RUN/derived_cell.png for fit)
+"""
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+from typing import List, NamedTuple, Optional
+
+import torch
+
+from ..errors import RunError
+from ..fileio import atomic_path, write_json
+from .rundir import RunDirectory
+
+CARD = "README.md"
+SESSIONS = "sessions.json"
+CELL_PICTURE = "derived_cell.png"
+EVALUATION = "evaluation.json"
+
+
+def python_call(function, **arguments):
+    """A Python call as text, config dataclasses shown by the fields that differ from their defaults.
+
+    Arguments that are None are left out (they are the defaults).
+
+    Usage::
+
+        python_call("bayesnas.inference.fit", config=FitConfig(iterations=6), out="runs/a")
+        # "bayesnas.inference.fit(config=FitConfig(iterations=6), out='runs/a')"
+    """
+    parts = [f"{name}={_literal(value)}" for name, value in arguments.items() if value is not None]
+    return f"{function}({', '.join(parts)})"
+
+
+def _literal(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changed = [f"{f.name}={getattr(value, f.name)!r}" for f in dataclasses.fields(value)
+                   if getattr(value, f.name) != f.default]
+        return f"{type(value).__name__}({', '.join(changed)})"
+    if isinstance(value, os.PathLike):
+        return repr(os.fspath(value))
+    return repr(value)
+
+
+def file_sha256(path):
+    """The sha256 of a file's bytes, as hex (read in 1 MiB pieces).
+
+    Usage::
+
+        file_sha256("data/mini.h5")       # '3f5a...'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions():
+    """Versions of bayesnas, torch, pyro, numpy and Python, as a dict of strings.
+
+    Usage::
+
+        package_versions()["torch"]      # '2.13.0+cpu'
+    """
+    import numpy
+    import pyro
+
+    from .. import __version__
+
+    return {"bayesnas": __version__, "torch": torch.__version__, "pyro-ppl": pyro.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+_SESSION_KEYS = {"command", "cwd", "started", "ended", "status", "start_iteration", "reached_iteration",
+                 "checkpoint_iteration", "device", "threads", "processes", "versions", "data"}
+
+
+def read_sessions(run_dir):
+    """The sessions recorded in ``RUN/sessions.json`` (a list of dicts; [] when there is none).
+
+    Usage::
+
+        [s["status"] for s in read_sessions("runs/a")]     # ['stopped (KeyboardInterrupt)', 'finished']
+    """
+    path = RunDirectory(run_dir).file(SESSIONS)
+    try:
+        with open(path, encoding="utf-8") as f:
+            sessions = json.load(f)
+    except FileNotFoundError:
+        return []
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(sessions, list) or not all(isinstance(s, dict) and _SESSION_KEYS <= set(s) for s in sessions):
+        raise RunError(f"{path}: expected a JSON list of session records with keys {', '.join(sorted(_SESSION_KEYS))}")
+    return sessions
+
+
+@contextlib.contextmanager
+def recorded_session(run_dir, loop, command, device, data_path, processes=1):
+    """Record a training session in ``RUN/sessions.json`` and write the run card when it ends.
+
+    The block runs the loop; on any exit, finished or by an exception (which is re-raised),
+    the session's end is recorded (status, iterations reached, last checkpoint) and
+    ``RUN/README.md`` is written. ``run_dir`` None (the other ranks of a distributed job)
+    records nothing.
+
+    Args:
+        run_dir: the run folder; loop: the :class:`~bayesnas.inference.loop.TrainingLoop`
+            (its ``start``, ``rows`` and ``last_checkpoint`` are read at the end).
+        command: the command line or Python call that started the session.
+        device: the torch device trained on; data_path: the data file (its sha256 is recorded).
+        processes: the number of training processes.
+
+    Usage::
+
+        with recorded_session(run.path, loop, cli_command(), device, data.path):
+            loop.run(step, validate)
+    """
+    if run_dir is None:
+        yield
+        return
+    sessions = read_sessions(run_dir)
+    record = {
+        "command": command, "cwd": os.getcwd(), "started": _now(), "ended": None,
+        "status": "running (or killed before it could record its end)",
+        "start_iteration": loop.start, "reached_iteration": loop.start, "checkpoint_iteration": loop.last_checkpoint,
+        "device": str(device), "threads": torch.get_num_threads(), "processes": int(processes),
+        "versions": package_versions(),
+        "data": {"path": os.path.abspath(data_path), "sha256": file_sha256(data_path),
+                 "bytes": os.path.getsize(data_path)},
+    }
+    sessions.append(record)
+    path = RunDirectory(run_dir).file(SESSIONS)
+    write_json(path, sessions)
+    status = "finished"
+    try:
+        yield
+    except BaseException as exc:
+        status = f"stopped ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
+        raise
+    finally:
+        record.update(ended=_now(), status=status, checkpoint_iteration=loop.last_checkpoint,
+                      reached_iteration=int(loop.rows[-1]["iteration"]) if loop.rows else loop.start)
+        write_json(path, sessions)
+        try:
+            write_run_card(run_dir)
+        except Exception as card_error:
+            if status == "finished":
+                raise
+            # raising here would hide the error that stopped the run, which is what the user must see
+            print(f"warning: {RunDirectory(run_dir).file(CARD)} not written: {card_error}", file=sys.stderr)
+
+
+class RunCard(NamedTuple):
+    """What :func:`build_run_card` returns.
+
+    kind: "fit" or "retrain"; status: how the last session ended; iteration: iterations
+    reached; iterations: planned; checkpoint_iteration: the last checkpoint's (None:
+    none yet); sessions: the records of ``sessions.json``; data_sha256: the data file's
+    hash; genotype: the derived cell (fit) or trained one (retrain; None for a named
+    baseline); evaluation: the dict of ``RUN/evaluation.json`` or None; markdown: the card.
+    """
+
+    path: str
+    kind: str
+    status: str
+    iteration: int
+    iterations: int
+    checkpoint_iteration: Optional[int]
+    sessions: List[dict]
+    data_sha256: str
+    genotype: object
+    evaluation: Optional[dict]
+    markdown: str
+
+
+def run_kind(config, config_path="config.json"):
+    """"fit" or "retrain", from a run's config dict; RunError for anything else."""
+    if isinstance(config, dict) and "arch" in config:
+        return "retrain"
+    if isinstance(config, dict) and "variant" in config:
+        return "fit"
+    raise RunError(f"{config_path}: neither a fit nor a retrain config (no 'variant' or 'arch' setting)")
+
+
+def build_run_card(run_dir):
+    """The run card of a ``fit`` or ``retrain`` run folder, built from its files.
+
+    Reads config.json, sessions.json, metrics.csv, the last checkpoint (fit: the
+    meta-level edge posterior, to derive the cell) and evaluation.json when present.
+
+    Args:
+        run_dir: the run folder.
+
+    Returns:
+        :class:`RunCard` (its ``markdown`` is what ``RUN/README.md`` holds).
+
+    Usage::
+
+        card = build_run_card("runs/a")
+        card.iteration, card.iterations, card.status
+        print(card.markdown)
+    """
+    run = RunDirectory(run_dir)
+    config = run.config()
+    kind = run_kind(config, run.file("config.json"))
+    sessions = read_sessions(run.path)
+    rows = run.read_metrics() if os.path.exists(run.file("metrics.csv")) else []
+    last = sessions[-1] if sessions else None
+    iteration = last["reached_iteration"] if last else (int(rows[-1]["iteration"]) if rows else 0)
+    state = None
+    if os.path.exists(run.file("checkpoint_last.pt")):
+        state = run.load_checkpoint()
+    checkpoint_iteration = int(state["iteration"]) if state is not None else None
+    status = last["status"] if last else "no session recorded (the run predates run cards)"
+    if last:
+        data = last["data"]
+    else:
+        data_path = _data_path(config)
+        data = {"path": os.path.abspath(data_path), "sha256": file_sha256(data_path),
+                "bytes": os.path.getsize(data_path)}
+
+    genotype = evaluation = None
+    if kind == "fit" and state is not None:
+        from .posterior import EdgePosterior
+
+        meta = state["stateful"]["meta"]
+        genotype = EdgePosterior(meta["alpha_normal"], meta["alpha_reduce"]).derive()
+    elif kind == "retrain" and isinstance(config["arch"], dict):
+        from ..models import genotype_from_dict
+
+        genotype = genotype_from_dict(config["arch"], source=run.file("config.json"))
+    if kind == "retrain" and os.path.exists(run.file(EVALUATION)):
+        try:
+            with open(run.file(EVALUATION), encoding="utf-8") as f:
+                evaluation = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunError(f"{run.file(EVALUATION)}: not valid JSON ({exc})") from None
+
+    sections = [
+        _header(run.path, kind, config, status, iteration, checkpoint_iteration),
+        _made_by(sessions),
+        _environment(last),
+        _data_section(config, data, sessions),
+        _metrics_section(rows),
+        _fit_cell(run, state, genotype) if kind == "fit" else _retrain_section(config, genotype, evaluation),
+        _commands(run.path, kind, config, iteration),
+    ]
+    markdown = "\n\n".join(s for s in sections if s) + "\n"
+    return RunCard(run.path, kind, status, iteration, config["iterations"], checkpoint_iteration, sessions,
+                   data["sha256"], genotype, evaluation, markdown)
+
+
+def write_run_card(run_dir):
+    """Build the run card and write ``RUN/README.md`` atomically; for fit, draw ``RUN/derived_cell.png`` too.
+
+    Returns:
+        :class:`RunCard`.
+
+    Usage::
+
+        card = write_run_card("runs/a")
+        open("runs/a/README.md").read() == card.markdown      # True
+    """
+    card = build_run_card(run_dir)
+    run = RunDirectory(run_dir)
+    if card.kind == "fit" and card.genotype is not None:
+        from ..viz.cells import plot_genotype
+        from ..viz.posterior import save_figure
+
+        fig = plot_genotype(card.genotype, title=f"{os.path.basename(os.path.normpath(run.path))}: meta-level "
+                                                 f"alpha, iteration {card.checkpoint_iteration}")
+        save_figure(fig, run.file(CELL_PICTURE), dpi=100)
+    with atomic_path(run.file(CARD)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(card.markdown)
+    return card
+
+
+def _data_path(config):
+    if config.get("data") is not None:
+        return config["data"]
+    from ..data import default_data_path
+
+    return os.fspath(default_data_path())
+
+
+def _header(path, kind, config, status, iteration, checkpoint_iteration):
+    what = "a BASE search (`bayesnas fit`)" if kind == "fit" else "a MAML retraining (`bayesnas retrain`)"
+    checkpoint = ("no checkpoint yet" if checkpoint_iteration is None
+                  else f"last checkpoint at iteration {checkpoint_iteration}")
+    return "\n".join([
+        f"# Run card: {os.path.basename(os.path.normpath(path))}",
+        "",
+        f"This folder holds {what}. Settings: [config.json](config.json); one row per iteration: "
+        f"[metrics.csv](metrics.csv).",
+        "",
+        f"- status: {status}",
+        f"- iterations: {iteration} of {config['iterations']} reached; {checkpoint}",
+    ])
+
+
+def _made_by(sessions):
+    if not sessions:
+        return "## How it was made\n\nNot recorded: the run predates run cards."
+    lines = ["## How it was made", "", f"Started in `{sessions[0]['cwd']}` by:", "", "```", sessions[0]["command"],
+             "```"]
+    for s in sessions[1:]:
+        lines += ["", f"Continued at iteration {s['start_iteration']} ({s['started']}) by:", "", "```",
+                  s["command"], "```"]
+    lines += ["", "| session | started | ended | iterations | status |", "|---|---|---|---|---|"]
+    for i, s in enumerate(sessions, 1):
+        status = s["status"].replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {i} | {s['started']} | {s['ended'] or ''} | {s['start_iteration']} to "
+                     f"{s['reached_iteration']} | {status} |")
+    return "\n".join(lines)
+
+
+def _environment(last):
+    if last is None:
+        return ""
+    versions = ", ".join(f"{name} {version}" for name, version in last["versions"].items())
+    return "\n".join([
+        "## Software and hardware (last session)",
+        "",
+        f"- packages: {versions}",
+        f"- device: {last['device']}; torch CPU threads: {last['threads']}; processes: {last['processes']}",
+    ])
+
+
+def _data_section(config, data, sessions):
+    named = f"`{config['data']}`" if config.get("data") else "the embedded Omniglot file (no --data)"
+    lines = ["## Data", "", f"- file: {named} ({data['path']}, {data['bytes']:,} bytes)",
+             f"- sha256: `{data['sha256']}`"]
+    hashes = {s["data"]["sha256"] for s in sessions}
+    if len(hashes) > 1:
+        lines.append(f"- warning: the sessions of this run read {len(hashes)} different versions of the file")
+    return "\n".join(lines)
+
+
+def _metrics_section(rows):
+    if not rows:
+        return "## Metrics\n\nNo iteration was logged yet."
+    final = rows[-1]
+    scored = [r for r in rows if r.get("val_acc") is not None]
+    best = max(scored, key=lambda r: r["val_acc"]) if scored else None
+    named = [("final", final)] + ([("best val_acc", best)] if best is not None else [])
+    fields = []
+    for _, row in named:
+        fields.extend(k for k, v in row.items() if v is not None and k not in fields and k != "seconds")
+    lines = ["## Metrics", "", "| | " + " | ".join(fields) + " |", "|---" * (len(fields) + 1) + "|"]
+    for name, row in named:
+        cells = ["" if row.get(k) is None else (str(int(row[k])) if k == "iteration" else f"{row[k]:.4g}")
+                 for k in fields]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    seconds = sum(r.get("seconds") or 0.0 for r in rows)
+    lines += ["", f"Training steps took {seconds:.0f} s in all (validation excluded); final = the last row of "
+                  f"metrics.csv (written with each checkpoint)."]
+    return "\n".join(lines)
+
+
+def _fit_cell(run, state, genotype):
+    if genotype is None:
+        return "## Derived cell\n\nNo checkpoint yet, so no cell."
+    from .derive import chosen_edges_table, format_edges_table
+
+    meta = state["stateful"]["meta"]
+    probs = [torch.as_tensor(meta[k]).float().softmax(-1) for k in ("alpha_normal", "alpha_reduce")]
+    table = format_edges_table(chosen_edges_table(*probs, genotype))
+    return "\n".join([
+        "## Derived cell",
+        "",
+        f"From the meta-level edge posterior softmax(alpha) of the last checkpoint (iteration {state['iteration']}),"
+        f" by the rule of `bayesnas derive-cell`: per node, the 2 strongest incoming edges, each with its best op.",
+        "",
+        f"![derived cell]({CELL_PICTURE})",
+        "",
+        "```",
+        table,
+        "```",
+    ])
+
+
+def _node_lines(pairs):
+    from .posterior import state_name
+
+    return [f"n{i // 2} <- " + " + ".join(f"{op}({state_name(src)})" for op, src in pairs[i:i + 2])
+            for i in range(0, len(pairs), 2)]
+
+
+def _retrain_section(config, genotype, evaluation):
+    from .maml import arch_label
+
+    lines = ["## Architecture", ""]
+    if genotype is None:
+        lines.append(f"`{arch_label(config['arch'])}`, {config['channels']} channels.")
+    else:
+        lines += [f"A genotype network: {config['layers']} cells, first cell {config['channels']} channels.", "",
+                  "```"]
+        for cell in ("normal", "reduce"):
+            lines.append(f"{cell} cell:")
+            lines += [f"  {line}" for line in _node_lines(getattr(genotype, cell))]
+        lines.append("```")
+    lines += ["", "## Evaluation", ""]
+    if evaluation is None:
+        lines.append(f"None yet in {EVALUATION} (the evaluate command below writes it).")
+    else:
+        lines.append(f"{100 * evaluation['accuracy']:.2f}% ± {100 * evaluation['ci95']:.2f}% (95% CI) over "
+                     f"{evaluation['tasks']} {evaluation['ways']}-way {evaluation['shots']}-shot tasks of the "
+                     f"{evaluation['split']} split (seed {evaluation['seed']}, {evaluation['inner_steps']} inner "
+                     f"steps, {evaluation['checkpoint']} checkpoint).")
+    return "\n".join(lines)
+
+
+def _commands(path, kind, config, iteration):
+    run = os.path.normpath(path)
+    q = shlex.quote
+    tensorboard = os.path.isdir(os.path.join(run, "tensorboard"))
+    finished = iteration >= config["iterations"]
+    resume = (f" --resume {q(run)}" + (f" --iterations {2 * config['iterations']}" if finished else "")
+              + (" --tensorboard" if tensorboard else ""))
+    lines = ["## Commands", "", "```bash",
+             "# resume from the last checkpoint" + (" (a finished run goes on only with more --iterations)"
+                                                   if finished else "")]
+    if kind == "fit":
+        retrain_dir = run + "-retrain"
+        data = f" --data {q(config['data'])}" if config.get("data") else ""
+        lines += [
+            f"bayesnas fit{resume}",
+            "# derive the cell (genotype.json and its picture genotype.png), retrain it with MAML, evaluate it",
+            f"bayesnas derive-cell {q(run)}",
+            f"bayesnas retrain {q(run)} --out {q(retrain_dir)}{data}",
+            f"bayesnas evaluate {q(retrain_dir)} --json {q(os.path.join(retrain_dir, EVALUATION))}",
+        ]
+    else:
+        lines += [
+            f"bayesnas retrain{resume}",
+            "# evaluate on held-out classes; the card shows the result after: bayesnas inspect " + q(run),
+            f"bayesnas evaluate {q(run)} --json {q(os.path.join(run, EVALUATION))}",
+        ]
+    if tensorboard:
+        lines += ["# watch the curves and the posterior pictures",
+                  f"tensorboard --logdir {q(os.path.join(run, 'tensorboard'))}"]
+    lines.append("```")
+    if not os.path.isabs(run):
+        lines += ["", "Paths are relative to the folder the run was started in (see above)."]
+    return "\n".join(lines)
