@@ -93,6 +93,12 @@ def test_card_is_written_when_the_run_is_interrupted_and_a_resume_extends_it(tmp
     assert [(s["start_iteration"], s["reached_iteration"]) for s in card.sessions] == [(0, 3), (2, 4)]
     assert "Continued at iteration 2" in card.markdown and "bayesnas fit --resume somewhere" in card.markdown
     assert "- iterations: 4 of 4 reached; last checkpoint at iteration 4" in card_text(run)
+    # a run made before run cards existed, then resumed: the card does not pass the resume off as its start
+    with open(run / "sessions.json", "w") as f:
+        json.dump(card.sessions[1:], f)
+    text = build_run_card(run).markdown
+    assert "The session that started it was not recorded" in text and "Started in" not in text
+    assert "Continued at iteration 2" in text
 
 
 def test_card_of_a_retrain_run_made_by_the_cli_shows_its_evaluation(tmp_path, monkeypatch):

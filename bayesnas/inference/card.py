@@ -331,11 +331,16 @@ def _header(path, kind, config, status, iteration, checkpoint_iteration):
 def _made_by(sessions):
     if not sessions:
         return "## How it was made\n\nNot recorded: the run predates run cards."
-    lines = ["## How it was made", "", f"Started in `{sessions[0]['cwd']}` by:", "", "```", sessions[0]["command"],
-             "```"]
-    for s in sessions[1:]:
-        lines += ["", f"Continued at iteration {s['start_iteration']} ({s['started']}) by:", "", "```",
-                  s["command"], "```"]
+    first = sessions[0]
+    if first["start_iteration"] == 0:
+        lines = ["## How it was made", "", f"Started in `{first['cwd']}` by:", "", "```", first["command"], "```"]
+        later = sessions[1:]
+    else:
+        lines = ["## How it was made", "", "The session that started it was not recorded (it predates run cards)."]
+        later = sessions
+    for s in later:
+        lines += ["", f"Continued at iteration {s['start_iteration']} ({s['started']}, in `{s['cwd']}`) by:", "",
+                  "```", s["command"], "```"]
     lines += ["", "| session | started | ended | iterations | status |", "|---|---|---|---|---|"]
     for i, s in enumerate(sessions, 1):
         status = s["status"].replace("|", "\\|").replace("\n", " ")
