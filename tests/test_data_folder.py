@@ -3,8 +3,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
+from bayesnas.cli.main import main
 from bayesnas.data import import_folder, open_dataset
 from bayesnas.errors import ConfigError, DataError
 
@@ -29,6 +31,10 @@ def by_name(data):
 
 def chw(images):
     return torch.from_numpy(images).permute(0, 3, 1, 2)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 # ---------------------------------------------------------------- what an import stores
@@ -308,3 +314,52 @@ def test_root_must_be_a_folder(tmp_path):
     (tmp_path / "nothing").mkdir()
     with pytest.raises(DataError, match="nothing: no class folders"):
         load(tmp_path / "nothing", tmp_path / "o.h5")
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_import_then_info(tmp_path):
+    write_image_folder(tmp_path / "imgs", SIX, mode="RGB", side=6)
+    out = tmp_path / "o.h5"
+    result = run("data", "import", "folder", tmp_path / "imgs", "--out", out, "--size", "6",
+                 "--seed", "2", "--split-fractions", "0.5,0.17,0.33", "--invert")
+    assert result.exit_code == 0, result.output
+    info = run("data", "info", out)
+    assert info.exit_code == 0, info.output
+    lines = info.output.splitlines()
+    assert lines[1] == ("source:     folder (imgs); class split seed 2, fractions 0.5/0.17/0.33; "
+                        "6x6 LANCZOS, RGB, inverted")
+    assert lines[2] == "image size: 6x6, channels: 3"
+    rows = {line.split()[0]: line.split()[1:] for line in lines[4:]}
+    assert rows == {"train": ["3", "3", "9"], "val": ["1", "3", "3"], "test": ["2", "3", "6"],
+                    "total": ["6", "18"]}
+
+
+def test_cli_channels_flag(tmp_path):
+    write_image_folder(tmp_path / "imgs", SIX, mode="RGB", side=6)
+    result = run("data", "import", "folder", tmp_path / "imgs", "--out", tmp_path / "o.h5", "--channels", "1")
+    assert result.exit_code == 0, result.output
+    assert "image size: 28x28, channels: 1" in result.output
+
+
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    write_image_folder(tmp_path / "imgs", SIX, side=6)
+    (tmp_path / "imgs" / "class5" / "img_00.png").write_bytes(b"junk")
+    out = tmp_path / "o.h5"
+    result = run("data", "import", "folder", tmp_path / "imgs", "--out", out)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.splitlines() == [f"Error: {tmp_path / 'imgs' / 'class5' / 'img_00.png'}: unreadable image "
+                                          f"(not in a format PIL knows)"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags", [["--channels", "2"], ["--size", "0"], ["--split-fractions", "1,1,1"]])
+def test_cli_bad_flags_are_usage_errors(tmp_path, flags):
+    result = run("data", "import", "folder", tmp_path, "--out", tmp_path / "o.h5", *flags)
+    assert result.exit_code == 2 and "Usage:" in result.output and "Traceback" not in result.output
+
+
+def test_cli_needs_out(tmp_path):
+    result = run("data", "import", "folder", tmp_path)
+    assert result.exit_code == 2 and "--out" in result.output
