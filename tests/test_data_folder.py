@@ -285,6 +285,7 @@ def test_mixed_channels_import_with_channels_given(tmp_path):
 
 @pytest.mark.parametrize("kwargs, error, expected", [
     ({"channels": 2}, ConfigError, "channels must be 1, 3 or None"),
+    ({"channels": 1.0}, ConfigError, "channels must be 1, 3 or None"),
     ({"size": 0}, ConfigError, "size must be a positive integer"),
     ({"seed": -1}, ConfigError, "seed must be a non-negative integer"),
     ({"split_fractions": (0.5, 0.6, 0)}, ConfigError, "summing to 1"),

@@ -72,7 +72,8 @@ def import_folder(root, out, channels: Optional[int] = None, size: Optional[int]
         data = import_folder("sketches/", "sketches.h5", channels=1, invert=True)
         train = data.split("train")          # images uint8 [n, 1, 28, 28]
     """
-    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
+    if channels is not None and (isinstance(channels, bool) or not isinstance(channels, (int, np.integer))
+                                 or channels not in (1, 3)):
         raise ConfigError(f"channels must be 1, 3 or None (as found), got {channels!r}")
     if size is not None:
         size = _positive_int("size", size)
