@@ -94,7 +94,11 @@ class FitConfig:
     cells: int = 3
     variant: str = "gumbel"  #: "gumbel" (relaxed categorical z) or "softmax" (z = softmax(phi))
     tau_start: float = 1.0
-    tau_end: float = 0.5  #: exponential decay from tau_start over the run
+    tau_end: float = 0.5  #: exponential decay from tau_start over schedule_iterations
+    #: iterations the temperature decays over (None: iterations). Extending a finished
+    #: run (``--resume --iterations N``) sets it to the old budget, so tau stays at
+    #: tau_end from there on instead of jumping back up (see :meth:`extended`)
+    schedule_iterations: int = None
     #: initial prior scale of every weight; with the guide's proximal mean step (guide.py)
     #: the mean moves at most ~n_s * sigma^2 per unit gradient, so sigma also sets how far
     #: a task can adapt
@@ -139,11 +143,26 @@ class FitConfig:
               f"image_size={self.image_size}: expected a positive integer (or null for the data's size)")
         check(self.inner_steps >= 0, f"inner_steps={self.inner_steps}: expected >= 0")
         check(self.tau_start > 0 and self.tau_end > 0, "tau_start and tau_end must be > 0")
+        check(self.schedule_iterations is None or self.schedule_iterations >= 1,
+              f"schedule_iterations={self.schedule_iterations}: expected an integer >= 1 (or null: iterations)")
         check(self.sigma_init > 0, f"sigma_init={self.sigma_init}: expected > 0")
         check(self.kl_weight >= 0 and self.kl_anneal >= 0, "kl_weight and kl_anneal must be >= 0")
         check(self.threads >= 0, f"threads={self.threads}: expected >= 0")
         for name in ("inner_lr_mu", "inner_lr_rho", "inner_lr_alpha", "meta_lr", "arch_lr"):
             check(getattr(self, name) > 0, f"{name}={getattr(self, name)}: expected > 0")
+
+    def extended(self, iterations):
+        """This config with its budget raised to ``iterations``, the schedules kept continuous.
+
+        The temperature keeps decaying over the budget it was laid out over, and stays at
+        tau_end after it; the KL warm-up counts absolute iterations and needs nothing.
+
+        Example::
+
+            FitConfig(iterations=250).extended(500).schedule_iterations   # 250
+        """
+        return dataclasses.replace(self, iterations=iterations,
+                                   schedule_iterations=self.schedule_iterations or self.iterations)
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -29,3 +29,7 @@ class RunError(BayesNASError):
 
 class NonFiniteLossError(BayesNASError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class WriteError(BayesNASError):
+    """A file could not be written (full disk, read-only folder); its previous version is kept."""

@@ -117,3 +117,22 @@ def write_mini_learn2learn(root, classes, seed=0):
         with open(root / f"mini-imagenet-cache-{split}.pkl", "wb") as f:
             pickle.dump({"image_data": image_data, "class_dict": class_dict}, f)
     return root
+
+
+def write_image_folder(root, classes, mode="L", side=10, seed=0, suffix=".png"):
+    """Write ``root/<class>/img_NN<suffix>`` for ``{class: n_images}``, random pixels in ``mode``.
+
+    ``root`` may end in a split folder (``tmp/imgs/train``). JPEG (``suffix=".jpg"``) is
+    lossy, so only PNG pixels round trip exactly. Returns ``{class: uint8 [n, side, side, C]}``.
+    """
+    rng = np.random.default_rng(seed)
+    channels = 1 if mode == "L" else 3
+    written = {}
+    for name, count in classes.items():
+        folder = Path(root) / name
+        folder.mkdir(parents=True)
+        images = rng.integers(0, 256, (count, side, side, channels), dtype=np.uint8)
+        for i, image in enumerate(images):
+            Image.fromarray(image[:, :, 0] if channels == 1 else image).save(folder / f"img_{i:02d}{suffix}")
+        written[name] = images
+    return written

@@ -113,7 +113,7 @@ def test_retrain_bad_input(tmp_path):
 
 def test_evaluate_bad_input(fit_run, tmp_path):
     assert_one_line_error(invoke("evaluate", tmp_path / "gone"), "gone", "no such run folder")
-    assert_one_line_error(invoke("evaluate", fit_run), "config.json", "not the config of a retrain run")
+    assert_one_line_error(invoke("evaluate", fit_run), "config.json", "unknown setting(s)", "not usable as the config of a retrain run")
 
 
 def test_compare_tiny_budget(fit_run, tmp_path):

@@ -8,7 +8,7 @@ import torch
 from bayesnas.data import (ClassRecord, FewShotData, SplitData, default_data_path, load_default,
                            open_dataset, write_dataset)
 from bayesnas.data import store
-from bayesnas.errors import DataError
+from bayesnas.errors import DataError, WriteError
 
 
 def records(rng, names, counts, shape=(5, 4, 2)):
@@ -104,7 +104,7 @@ def test_failure_while_writing_keeps_the_previous_file(toy, monkeypatch):
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(h5py.Group, "create_dataset", fail_on_third)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match=r"toy\.h5: cannot write \(disk full\); the previous toy\.h5"):
         write_dataset(path, splits, source="other", image_size=(5, 4), channels=2)
     assert path.read_bytes() == before
     assert leftovers(path.parent) == ["toy.h5"]

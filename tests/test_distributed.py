@@ -92,9 +92,13 @@ def test_killing_one_rank_stops_the_job_and_the_last_checkpoint_loads(tmp_path, 
     job = torchrun(2, *args)
     checkpoint = out / "checkpoint_last.pt"
     deadline = time.time() + 240
-    while not checkpoint.exists() and time.time() < deadline and job.poll() is None:
+
+    def trained():  # past the iteration-0 checkpoint a new run writes before its first step
+        return checkpoint.exists() and RunDirectory(out).load_checkpoint()["iteration"] >= 1
+
+    while not trained() and time.time() < deadline and job.poll() is None:
         time.sleep(0.5)
-    assert checkpoint.exists(), job.communicate(timeout=60)[0]
+    assert trained(), job.communicate(timeout=60)[0]
     workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
     rank1 = [pid for pid in workers
              if b"RANK=1\0" in open(f"/proc/{pid}/environ", "rb").read().replace(b"LOCAL_RANK=1\0", b"")]

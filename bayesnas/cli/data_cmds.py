@@ -3,7 +3,7 @@ import math
 
 import click
 
-from ..data import default_data_path, import_miniimagenet, import_omniglot, open_dataset
+from ..data import default_data_path, import_folder, import_miniimagenet, import_omniglot, open_dataset
 from ..data.omniglot import SPLIT_BY
 from .common import user_errors
 
@@ -19,6 +19,8 @@ def import_group():
 
 
 def _fractions(ctx, param, value):
+    if value is None:
+        return None
     try:
         parts = tuple(float(v) for v in value.split(","))
     except ValueError:
@@ -77,6 +79,45 @@ def import_miniimagenet_cmd(path, out, size):
       (c) learn2learn: mini-imagenet-cache-{train,val,test}.pkl
     """
     _print_summary(import_miniimagenet(path, out, size=size))
+
+
+@import_group.command("folder")
+@click.argument("root")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="HDF5 file to write (replaced atomically).")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+              help="Convert every image to grey (1) or RGB (3).  [default: as found; all must agree]")
+@click.option("--size", type=click.IntRange(min=1), default=None,
+              help="Side of the square output images, in pixels (PIL LANCZOS resize).  "
+                   "[default: 84 for RGB, 28 for grey]")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Seed of the class split (ROOT/<class>/ layout only).  [default: 0]")
+@click.option("--split-fractions", default=None, callback=_fractions,
+              help="train,val,test fractions of the classes; a 0 leaves that split out "
+                   "(ROOT/<class>/ layout only).  [default: 0.6,0.15,0.25]")
+@click.option("--invert", is_flag=True, help="Store 255 - v: for dark drawings on a light background.")
+@user_errors
+def import_folder_cmd(root, out, channels, size, seed, split_fractions, invert):
+    """Import your own images from ROOT/<class>/<images> or ROOT/{train,val,test}/<class>/<images>.
+
+    \b
+    Images are .png, .jpg and .jpeg files (grey or colour); other files and hidden
+    entries are ignored. A class is named by its folder.
+
+    \b
+    Without split folders, the classes are split by the Omniglot rule: class names
+    sorted, then shuffled with numpy.random.default_rng(SEED).permutation; with n
+    classes, train takes the first round(n*f_train), val the next ones up to
+    round(n*(f_train+f_val)), test the rest (halves round up).
+
+    \b
+    Refused, with the path named: an empty class, an unreadable image, grey and
+    colour images mixed (without --channels), too few classes for the fractions, a
+    symlink pointing outside ROOT, a split folder with no classes.
+    """
+    channels = None if channels is None else int(channels)
+    _print_summary(import_folder(root, out, channels=channels, size=size, seed=seed,
+                                 split_fractions=split_fractions, invert=invert))
 
 
 @data.command("info")

@@ -6,6 +6,7 @@ Usage::
     sampler = TaskSampler(load_default().split("train"), ways=5, shots=1, queries=15)
     task = sampler.task(0)
 """
+from .folder import import_folder
 from .miniimagenet import import_miniimagenet
 from .omniglot import import_omniglot
 from .sampler import Task, TaskSampler
@@ -15,4 +16,5 @@ from .store import (ClassRecord, FewShotData, SplitData, default_data_path, load
 __all__ = [
     "open_dataset", "write_dataset", "default_data_path", "load_default", "FewShotData",
     "SplitData", "ClassRecord", "TaskSampler", "Task", "import_omniglot", "import_miniimagenet",
+    "import_folder",
 ]

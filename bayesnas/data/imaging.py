@@ -14,15 +14,38 @@ from ..errors import DataError
 RESAMPLE = Image.Resampling.LANCZOS
 
 
-def decode(data: bytes, mode: str, where: str) -> Image.Image:
-    """Decode image bytes to a PIL image in ``mode`` ("L" or "RGB"); DataError naming ``where``."""
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def decode(data: bytes, mode, where: str) -> Image.Image:
+    """Decode image bytes to a PIL image in ``mode``; DataError naming ``where``.
+
+    ``mode`` is "L", "RGB", or None for the file's own kind: "L" when it is grey (PIL
+    modes 1, L, LA, I, I;16, F, or a palette of greys), "RGB" otherwise. 16-bit grey
+    keeps its top 8 bits.
+
+    Example::
+
+        img = decode(Path("cat/1.png").read_bytes(), None, "cat/1.png")   # img.mode "L" or "RGB"
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if mode is None:
+                mode = "L" if img.mode in GREY_MODES or _grey_palette(img) else "RGB"
+            if img.mode.startswith("I;16"):
+                # PIL's convert clips 16-bit values at 255 instead of scaling them.
+                return Image.fromarray((np.asarray(img) >> 8).astype(np.uint8)).convert(mode)
             return img.convert(mode)
     except UnidentifiedImageError:
         raise DataError(f"{where}: unreadable image (not in a format PIL knows)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{where}: unreadable image ({exc})") from None
+
+
+def _grey_palette(img: Image.Image) -> bool:
+    palette = img.getpalette() if img.mode in ("P", "PA") else None
+    return bool(palette) and all(palette[i] == palette[i + 1] == palette[i + 2]
+                                 for i in range(0, len(palette) - 2, 3))
 
 
 def resize(img: Image.Image, size: int) -> np.ndarray:

@@ -217,6 +217,32 @@ def _assign_splits(characters, fractions, seed, split_by, out_label) -> Dict[str
         units = sorted("/".join(key) for key in characters)
         unit_of = {key: "/".join(key) for key in characters}
         unit_word = "characters"
+    split_of = split_units(units, fractions, seed, unit_word, out_label)
+    splits: Dict[str, List[ClassRecord]] = {}
+    for key, images in characters.items():
+        split = split_of[unit_of[key]]
+        splits.setdefault(split, []).append(ClassRecord("/".join(key), key[0], images))
+    return splits
+
+
+def split_units(units: Sequence[str], fractions, seed: int, unit_word: str, label: str) -> Dict[str, str]:
+    """The split rule of this module's docstring: ``{unit: "train" | "val" | "test"}``.
+
+    ``units`` are sorted first, so the result depends only on the set of names, the seed
+    and the fractions. Shared by every importer that splits classes itself.
+
+    Args:
+        units: distinct names to split (characters, alphabets, class folders).
+        fractions: checked (train, val, test) fractions summing to 1.
+        seed: seed of ``numpy.random.default_rng(seed).permutation``.
+        unit_word: plural noun for the error message ("classes").
+        label: the input named in the error message.
+
+    Example::
+
+        split_units(["a", "b", "c", "d"], (0.5, 0.25, 0.25), 0, "classes", "root/")
+    """
+    units = sorted(units)
     order = np.random.default_rng(seed).permutation(len(units))
     shuffled = [units[i] for i in order]
     n = len(units)
@@ -225,13 +251,9 @@ def _assign_splits(characters, fractions, seed, split_by, out_label) -> Dict[str
     start = 0
     for split, fraction, end in zip(SPLITS, fractions, ends):
         if fraction > 0 and end <= start:
-            raise DataError(f"{out_label}: split '{split}' (fraction {fraction:g}) would get none of the "
+            raise DataError(f"{label}: split '{split}' (fraction {fraction:g}) would get none of the "
                             f"{n} {unit_word}; import more data or set its fraction to 0")
         for unit in shuffled[start:end]:
             split_of[unit] = split
         start = end
-    splits: Dict[str, List[ClassRecord]] = {}
-    for key, images in characters.items():
-        split = split_of[unit_of[key]]
-        splits.setdefault(split, []).append(ClassRecord("/".join(key), key[0], images))
-    return splits
+    return split_of

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import from_dict
 from ..device import resolve_device
-from ..errors import NonFiniteLossError, RunError
+from ..errors import ConfigError, NonFiniteLossError, RunError
+from ..fileio import write_json
 from .rundir import RunDirectory, default_run_path
 
 
@@ -47,9 +49,44 @@ def create_run_on_main(ctx, out, kind, config):
     return run
 
 
+def read_run_config(run, cls):
+    """The config of the run folder ``run`` (a RunDirectory) as a ``cls`` dataclass.
+
+    A missing, unknown or wrongly typed value is one :class:`RunError` naming config.json.
+    """
+    path = run.file("config.json")
+    kind = cls.__name__.replace("Config", "").lower()  # FitConfig -> fit, RetrainConfig -> retrain
+    saved = run.config()
+    if not isinstance(saved, dict):
+        raise RunError(f"{path}: expected a JSON object of {cls.__name__} fields, found {type(saved).__name__}")
+    try:
+        return from_dict(cls, saved, source=path)
+    except ConfigError as exc:
+        raise RunError(f"{exc}; not usable as the config of a {kind} run") from None
+
+
+def resume_run(run, cls, iterations=None):
+    """What a resumed run continues from: ``(config, checkpoint state)`` of the folder ``run``.
+
+    The config is the run's own (checked as by :func:`read_run_config`), its budget raised
+    to ``iterations`` when that is larger: through the config's ``extended``, which keeps
+    its schedules continuous, and written back to config.json (the folder states its own
+    budget) only once the last checkpoint has loaded.
+    """
+    cfg = read_run_config(run, cls)
+    state = run.load_checkpoint()
+    if iterations is not None and iterations > cfg.iterations:
+        cfg = cfg.extended(iterations)
+        write_json(run.file("config.json"), cfg.to_dict())
+    return cfg, state
+
+
 def capture_rng():
-    """Every RNG stream the training touches, as a picklable dict."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG stream the training touches, as plain data (tensors, ints, tuples) for a checkpoint."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -59,7 +96,9 @@ def restore_rng(state):
     """Inverse of :func:`capture_rng`."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -75,8 +114,9 @@ class TrainingLoop:
         val_every, checkpoint_every: intervals in iterations (the last iteration always
             validates and checkpoints).
         score_key: the validation metric that decides ``best`` (higher is better).
-        extra: a dict of picklable state of the method (e.g. a posterior history) saved
-            in checkpoints; ``on_checkpoint(extra)`` writes its files.
+        extra: a dict of state of the method (e.g. a posterior history) saved in
+            checkpoints, as plain data (tensors, numbers, strings, lists, dicts);
+            ``on_checkpoint(extra)`` writes its files.
         progress: show a tqdm bar; desc: its label.
         callbacks: callables ``(iteration, row)`` run after each iteration.
         logger: an object with ``log(iteration, row, validated)`` and ``close()`` (e.g. a
@@ -148,7 +188,11 @@ class TrainingLoop:
 
         ``step(iteration) -> dict`` of floats (must include "loss"); ``validate(iteration)
         -> dict`` of floats (including ``score_key``). Returns the list of metric rows.
+        A new run first writes a checkpoint at iteration 0 (the initial parameters and
+        RNG streams), so a run killed before its first regular checkpoint resumes exactly.
         """
+        if self.last_checkpoint is None:
+            self._checkpoint(self.start, best=False)
         bar = tqdm(total=self.iterations, initial=self.start, desc=self.desc, disable=not self.progress,
                    dynamic_ncols=True, leave=True)
         t0 = time.perf_counter()

@@ -29,11 +29,10 @@ from ..data.sampler import select_tasks
 from ..device import resolve_device
 from ..distributed import init_distributed
 from ..errors import ConfigError, GenotypeError, NonFiniteLossError, RunError
-from ..fileio import write_json
 from ..models import (NAMED_GENOTYPES, Genotype, build_network, count_parameters, genotype_from_dict,
                       genotype_to_dict, load_genotype)
 from .card import python_call, recorded_session
-from .loop import TrainingLoop, create_run_on_main, process_device
+from .loop import TrainingLoop, create_run_on_main, process_device, read_run_config, resume_run
 from .rundir import RunDirectory
 from .tensorboard_logger import TensorBoardLogger, summary_writer_class
 from .unroll import unrolled_steps
@@ -102,6 +101,10 @@ class RetrainConfig:
     def test_inner_steps(self):
         """Inner steps used when validating and evaluating."""
         return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
+
+    def extended(self, iterations):
+        """This config with its budget raised to ``iterations`` (MAML has no schedule to keep)."""
+        return dataclasses.replace(self, iterations=iterations)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -372,23 +375,12 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
 def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, command):
     if resume is not None:
         run = RunDirectory(resume)
-        saved = run.config()
-        if isinstance(config, dict):
-            config = resolve_config(RetrainConfig, overrides=config)
-        if isinstance(config, RetrainConfig) and config.iterations > saved.get("iterations", 0):
-            saved["iterations"] = config.iterations
-        cfg = resolve_config(RetrainConfig, overrides=saved)
-        if arch is not None and arch_config(arch) != cfg.arch:
-            raise RunError(f"{resume}: was trained for another architecture ({arch_label(cfg.arch)}); "
+        requested = config.get("iterations") if isinstance(config, dict) else getattr(config, "iterations", None)
+        saved = ctx.on_main(lambda: read_run_config(run, RetrainConfig))
+        if arch is not None and arch_config(arch) != saved.arch:
+            raise RunError(f"{resume}: was trained for another architecture ({arch_label(saved.arch)}); "
                            f"--resume continues a run with its own architecture")
-
-        def load():
-            state = run.load_checkpoint()
-            if cfg.iterations != run.config().get("iterations"):
-                write_json(run.file("config.json"), cfg.to_dict())  # the folder states its own budget
-            return state
-
-        state = ctx.on_main(load)
+        cfg, state = ctx.on_main(lambda: resume_run(run, RetrainConfig, requested))
         run = run if ctx.is_main else None
     else:
         if isinstance(config, RetrainConfig):
@@ -462,11 +454,7 @@ def load_retrain(run_dir, which="best", device="cpu"):
         cfg.arch
     """
     run = RunDirectory(run_dir)
-    saved = run.config()
-    try:
-        cfg = resolve_config(RetrainConfig, overrides=saved)
-    except ConfigError as exc:
-        raise RunError(f"{run.file('config.json')}: not the config of a retrain run ({exc})") from None
+    cfg = read_run_config(run, RetrainConfig)
     state = run.load_checkpoint(which)
     from .svi import open_data
 

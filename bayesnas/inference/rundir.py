@@ -8,7 +8,10 @@
     RUN_DIR/genotype.json          the derived cell (derive-cell)
 
 Every file is replaced atomically, so a run killed at any moment leaves the previous
-complete version of each file in place.
+complete version of each file in place. Checkpoints hold only tensors and plain Python
+data (numbers, strings, None, lists, tuples, dicts) and are read with
+``torch.load(weights_only=True)``: a checkpoint that holds anything else, such as a
+crafted pickle whose loading would run code, is refused with a :class:`RunError`.
 
 Usage::
 
@@ -20,6 +23,7 @@ import csv
 import datetime
 import json
 import os
+import pickle
 
 import h5py
 import numpy as np
@@ -28,7 +32,9 @@ import torch
 from ..errors import RunError
 from ..fileio import atomic_path, write_json
 
-CHECKPOINT_FORMAT = 1
+#: 2: plain data only (format 1 held numpy arrays, which need the unsafe pickle loader)
+CHECKPOINT_FORMAT = 2
+_PLAIN_SCALARS = (bool, int, float, str, type(None))
 
 
 def default_run_path(kind, root="runs"):
@@ -77,21 +83,32 @@ class RunDirectory:
             raise RunError(f"{path}: not valid JSON ({exc})") from None
 
     def save_checkpoint(self, state, best=False):
-        """Write ``checkpoint_last.pt`` (and ``checkpoint_best.pt`` when ``best``) atomically."""
+        """Write ``checkpoint_last.pt`` (and first ``checkpoint_best.pt`` when ``best``) atomically.
+
+        ``state`` must be plain data (see the module docstring). ``best`` is written before
+        ``last``: a crash between the two leaves ``best`` at the newest best score and
+        ``last`` at the previous checkpoint, whose resumed run re-validates and rewrites
+        ``best`` identically; never a ``last`` recording a best score that ``best`` lacks.
+        A failed write (full disk, read-only folder) raises one
+        :class:`~bayesnas.errors.WriteError` and leaves the previous file of that name intact.
+        """
         state = dict(state, format=CHECKPOINT_FORMAT)
-        with atomic_path(self.file("checkpoint_last.pt")) as tmp:
-            torch.save(state, tmp)
-        if best:
-            with atomic_path(self.file("checkpoint_best.pt")) as tmp:
+        _check_plain(state, "state")
+        for which in (("best", "last") if best else ("last",)):
+            with atomic_path(self.file(f"checkpoint_{which}.pt")) as tmp:
                 torch.save(state, tmp)
 
     def load_checkpoint(self, which="last", map_location="cpu"):
-        """Load ``checkpoint_<which>.pt``; a clear RunError if missing, corrupt or of another format."""
+        """Load ``checkpoint_<which>.pt``; a clear RunError if missing, corrupt, unsafe or of another format."""
         path = self.file(f"checkpoint_{which}.pt")
         if not os.path.exists(path):
             raise RunError(f"{path}: missing; expected a checkpoint written by bayesnas")
         try:
-            state = torch.load(path, map_location=map_location, weights_only=False)
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:
+            raise RunError(f"{path}: refused: it holds Python objects other than tensors and plain data, which "
+                           f"a bayesnas checkpoint (format {CHECKPOINT_FORMAT}) never does and whose loading could "
+                           f"run code") from None
         except Exception as exc:  # torch raises many kinds on a corrupt file
             raise RunError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -144,3 +161,16 @@ class RunDirectory:
             raise RunError(f"{path}: missing; expected the edge posterior history of a fit run") from None
         except (OSError, KeyError) as exc:
             raise RunError(f"{path}: not a readable posterior history ({exc})") from None
+
+
+def _check_plain(obj, where):
+    """Raise TypeError unless ``obj`` is plain data that ``torch.load(weights_only=True)`` reads back."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            _check_plain(key, f"{where} key")
+            _check_plain(value, f"{where}[{key!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+    elif not (type(obj) in _PLAIN_SCALARS or isinstance(obj, torch.Tensor)):  # numpy.float64 subclasses float
+        raise TypeError(f"checkpoint {where} is a {type(obj).__name__}; checkpoints hold tensors and plain data only")

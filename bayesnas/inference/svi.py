@@ -26,10 +26,9 @@ from ..models import SearchNetwork
 from .card import python_call, recorded_session
 from .elbo import elbo_terms
 from .guide import adapt
-from .loop import TrainingLoop, create_run_on_main, process_device
+from .loop import TrainingLoop, create_run_on_main, process_device, read_run_config, resume_run
 from .meta import MetaNetwork
 from .model import TaskNormal, current_task_share, edge_prior, task_share
-from ..fileio import write_json
 from .rundir import RunDirectory
 from .tensorboard_logger import meta_posterior_logger, summary_writer_class
 
@@ -42,8 +41,10 @@ def seed_everything(seed):
 
 
 def temperature(cfg, iteration):
-    """tau at ``iteration`` (1-based): exponential decay from tau_start to tau_end over the run."""
-    frac = (iteration - 1) / max(cfg.iterations - 1, 1)
+    """tau at ``iteration`` (1-based): exponential decay from tau_start to tau_end over
+    ``cfg.schedule_iterations`` (default: the run's iterations), then tau_end."""
+    span = cfg.schedule_iterations or cfg.iterations
+    frac = min(iteration - 1, span - 1) / max(span - 1, 1)
     return cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
 
 
@@ -311,17 +312,9 @@ def fit(config=None, out=None, resume=None, progress=True, callbacks=(), tensorb
 
 def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
     if resume is not None:
-        def load():
-            run = RunDirectory(resume)
-            saved = run.config()
-            state = run.load_checkpoint()
-            if isinstance(config, FitConfig) and config.iterations > saved["iterations"]:
-                saved["iterations"] = config.iterations
-                write_json(run.file("config.json"), saved)  # the folder states its own budget
-            return saved, state
+        requested = config.get("iterations") if isinstance(config, dict) else getattr(config, "iterations", None)
 
-        saved, state = ctx.on_main(load)
-        cfg = resolve_config(FitConfig, overrides=saved)
+        cfg, state = ctx.on_main(lambda: resume_run(RunDirectory(resume), FitConfig, requested))
     else:
         cfg = config if isinstance(config, FitConfig) else resolve_config(FitConfig, overrides=config or {})
         cfg.validate()
@@ -342,8 +335,8 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
 
     def record_alpha(iteration):
         history["iteration"].append(iteration)
-        history["alpha_normal"].append(meta.alpha_normal.detach().cpu().numpy().copy())
-        history["alpha_reduce"].append(meta.alpha_reduce.detach().cpu().numpy().copy())
+        history["alpha_normal"].append(meta.alpha_normal.detach().cpu().clone())
+        history["alpha_reduce"].append(meta.alpha_reduce.detach().cpu().clone())
 
     logger = None
     if tensorboard and run is not None:
@@ -400,7 +393,7 @@ def load_fit(run_dir, which="last", device="cpu"):
 def load_fit_state(run_dir, which="last"):
     """:func:`load_fit` on the CPU, plus the checkpoint's state dict (its ``"iteration"``, RNG, ...)."""
     run = RunDirectory(run_dir)
-    cfg = resolve_config(FitConfig, overrides=run.config())
+    cfg = read_run_config(run, FitConfig)
     state = run.load_checkpoint(which)
     data = open_data(cfg.data)
     meta = build_meta_network(cfg, data.channels)
