@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from bayesnas.config import FitConfig
-from bayesnas.errors import ConfigError, NonFiniteLossError, RunError
+from bayesnas.data import open_dataset
+from bayesnas.errors import ConfigError, DataError, NonFiniteLossError, RunError
 from bayesnas.inference import RunDirectory, fit
-from bayesnas.inference.svi import load_fit
+from bayesnas.inference.svi import load_fit, task_samplers
+from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
 TINY = dict(iterations=6, channels=2, cells=3, queries=2, inner_steps=1, val_every=3, checkpoint_every=2,
             val_tasks=2, val_samples=2, log_every=2, threads=1)
@@ -139,3 +141,38 @@ def test_search_on_a_smaller_proxy_image_size(tmp_path):
     assert post.predict(task.query_x).probs.shape == (task.query_x.shape[0], TINY.get("ways", 5))
     with pytest.raises(ConfigError, match="image_size"):
         FitConfig(**dict(TINY, image_size=0)).validate()
+
+
+@pytest.mark.parametrize("which, given, expected", [("mini", None, False), ("omniglot", None, True),
+                                                    ("mini", True, True), ("omniglot", False, False)])
+def test_rotations_default_on_for_omniglot_only_and_an_explicit_value_wins(which, given, expected, tmp_path,
+                                                                            small_omniglot):
+    path = mini_imagenet_file(tmp_path) if which == "mini" else small_omniglot
+    settings = dict(TINY, data=path) if given is None else dict(TINY, data=path, rotations=given)
+    cfg = FitConfig(**settings)
+    train, val = task_samplers(cfg, open_dataset(path), torch.device("cpu"))
+    assert train.rotations is expected and cfg.rotations is expected  # resolved in place: config.json says it
+    assert val.rotations is False and val.split.name == "val"
+
+
+def test_fit_on_mini_imagenet_records_no_rotations(tmp_path):
+    path = mini_imagenet_file(tmp_path)
+    fit(FitConfig(**dict(TINY, data=path, ways=2, iterations=1, val_every=1)), out=tmp_path / "run", progress=False)
+    saved = json.load(open(tmp_path / "run" / "config.json"))
+    assert saved["rotations"] is False and saved["select_on"] == "val"
+
+
+def test_without_a_val_split_fit_refuses_unless_told_to_select_on_test(tmp_path):
+    path = write_fewshot_file(tmp_path / "noval.h5", "Omniglot (no validation classes)", {"train": 6, "test": 5},
+                              side=14, channels=1)
+    with pytest.raises(DataError, match=r"noval\.h5: has no 'val' split .*--select-on test"):
+        fit(FitConfig(**dict(TINY, data=path, iterations=1)), out=tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()
+    cfg = FitConfig(**dict(TINY, data=path, iterations=1, val_every=1, select_on="test"))
+    _, val = task_samplers(cfg, open_dataset(path), torch.device("cpu"))
+    assert val.split.name == "test"
+    result = fit(cfg, out=tmp_path / "run", progress=False)
+    assert result.rows[-1]["val_acc"] is not None
+    assert json.load(open(tmp_path / "run" / "config.json"))["select_on"] == "test"
+    with pytest.raises(ConfigError, match="select_on='train'"):
+        FitConfig(**dict(TINY, select_on="train")).validate()

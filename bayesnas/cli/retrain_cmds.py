@@ -48,6 +48,11 @@ def _retrain_options(func):
         click.option("--ways", type=click.IntRange(min=2), default=None, help=f"[default: {_D.ways}]"),
         click.option("--shots", type=click.IntRange(min=1), default=None, help=f"[default: {_D.shots}]"),
         click.option("--queries", type=click.IntRange(min=1), default=None, help=f"[default: {_D.queries}]"),
+        click.option("--rotations/--no-rotations", default=None,
+                     help="Rotated images as new training classes [default: on for an Omniglot file only]."),
+        click.option("--select-on", type=click.Choice(["val", "test"]), default=None,
+                     help="Split that validates and picks checkpoint_best.pt; 'test' only for a file without "
+                          "validation classes (evaluate then warns) [default: val]."),
         click.option("--channels", type=click.IntRange(min=1), default=None,
                      help=f"Conv-4 filters / first cell's channels [default: {_D.channels}]."),
         click.option("--layers", type=click.IntRange(min=1), default=None,

@@ -8,6 +8,7 @@ Usage::
 """
 from .miniimagenet import import_miniimagenet
 from .omniglot import import_omniglot
+from .protocol import SELECT_ON, default_rotations, resolve_rotations, selection_split
 from .sampler import Task, TaskSampler
 from .store import (ClassRecord, FewShotData, SplitData, default_data_path, load_default,
                     open_dataset, write_dataset)
@@ -15,4 +16,5 @@ from .store import (ClassRecord, FewShotData, SplitData, default_data_path, load
 __all__ = [
     "open_dataset", "write_dataset", "default_data_path", "load_default", "FewShotData",
     "SplitData", "ClassRecord", "TaskSampler", "Task", "import_omniglot", "import_miniimagenet",
+    "SELECT_ON", "default_rotations", "resolve_rotations", "selection_split",
 ]

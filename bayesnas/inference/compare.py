@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import List
 
+from ..data import resolve_rotations
 from ..errors import ConfigError, GenotypeError, RunError
 from ..fileio import write_json
 from ..models import count_parameters, random_genotype
@@ -138,8 +139,9 @@ def _train(arch, cfg, path, progress):
     """Retrain into ``path``, continuing it when an earlier compare left it there."""
     run = RunDirectory(path)
     if os.path.exists(run.file("checkpoint_last.pt")):
-        saved, wanted = run.config(), cfg.to_dict()
-        differ = sorted(k for k in wanted if k != "iterations" and saved.get(k) != wanted[k])
+        saved, wanted, defaults = run.config(), cfg.to_dict(), RetrainConfig().to_dict()
+        # a setting the saved config lacks was written before it existed: it ran with the default
+        differ = sorted(k for k in wanted if k != "iterations" and saved.get(k, defaults[k]) != wanted[k])
         if differ or saved.get("iterations", 0) > cfg.iterations:
             raise RunError(f"{path}: holds a run with other settings ({', '.join(differ) or 'iterations'}); "
                            f"the comparison would not share one budget: choose another --out")
@@ -179,6 +181,10 @@ def compare(genotypes=(), random_cells=2, config=None, seeds=(0,), eval_tasks=60
 
         cfg = resolve_config(RetrainConfig, overrides=config or {})
     cfg.validate()
+    from .svi import open_data
+
+    # resolved once, so every run (and a rerun's check of the saved configs) states the same value
+    cfg.rotations = resolve_rotations(cfg.rotations, open_data(cfg.data))
     seeds = [int(s) for s in seeds]
     if not seeds or any(s < 0 for s in seeds):
         raise ConfigError(f"seeds={seeds}: expected at least one non-negative integer")
