@@ -91,8 +91,8 @@ def test_task_posterior_adapts_and_predicts(run, run_dir, tmp_path):
     assert pred.probs.shape == (n_query, ways) and pred.sample_probs.shape == (3, n_query, ways)
     again = run.task_posterior(task.support_x, task.support_y, samples=3, seed=0)
     torch.testing.assert_close(again.probs.reduce, post.probs.reduce)
-    # the task-specific cell is what `derive-cell --task-seed` gives for the same task and seed
-    seeded = run.adapt(run.task_sampler(seed=5).task(0), seed=5)
+    # the task-specific cell is what `derive-cell --task-seed` gives for the same (validation) task and seed
+    seeded = run.adapt(run.task_sampler("val", seed=5).task(0), seed=5)
     cell = derive_cell(run_dir, task_seed=5, out=tmp_path / "g.json", plot=False)
     assert seeded.derive() == cell.genotype
     with pytest.raises(bayesnas.errors.ConfigError, match=r"2 classes \(labels 0..1\)"):
