@@ -140,6 +140,7 @@ def test_compare_tiny_budget(fit_run, tmp_path):
     changed = invoke(*args, "--inner-lr", "0.1")
     assert_one_line_error(changed, "inner_lr", "another --out")
     assert configs[0]["rotations"] is True and table["config"]["rotations"] is True  # resolved: embedded Omniglot
+    assert "vs fit (paired)" in result.output and table["reference"] == "fit"
 
 
 def retrain_config_of(tmp_path, name, *flags):
