@@ -27,7 +27,26 @@ class Kill(Exception):
     pass
 
 
-def test_fit_writes_a_complete_run_folder(tmp_path):
+def gaussian_kl(mu_q, sigma_q, mu_p, sigma_p):
+    """KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)) summed over the last dim, in float64, by hand."""
+    mu_q, sigma_q, mu_p, sigma_p = (t.double() for t in (mu_q, sigma_q, mu_p, sigma_p))
+    per_weight = torch.log(sigma_p / sigma_q) + (sigma_q ** 2 + (mu_q - mu_p) ** 2) / (2 * sigma_p ** 2) - 0.5
+    return per_weight.sum(-1)
+
+
+def test_fit_writes_a_complete_run_folder(tmp_path, monkeypatch):
+    import bayesnas.inference.svi as svi
+
+    adapted = []  # per training iteration: the prior (mu, sigma) and the adapted psi of the T tasks
+    real_adapt = svi.adapt
+
+    def spy(meta, *args, **kwargs):
+        q = real_adapt(meta, *args, **kwargs)
+        if not kwargs.get("first_order"):  # validation adapts first-order; training does not
+            adapted.append(tuple(t.detach().clone() for t in (meta.mu, meta.sigma, q.mu, q.sigma)))
+        return q
+
+    monkeypatch.setattr(svi, "adapt", spy)
     result = fit(FitConfig(**TINY), out=tmp_path / "run", progress=False)
     run = RunDirectory(tmp_path / "run")
     names = sorted(os.listdir(run.path))
@@ -36,7 +55,13 @@ def test_fit_writes_a_complete_run_folder(tmp_path):
     rows = run.read_metrics()
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[2]["val_acc"] is not None and rows[0]["val_acc"] is None
-    assert all(r["kl_theta"] >= 0 for r in rows)
+    # the logged KL of theta is the closed-form Gaussian KL of the adapted psi from the prior
+    # of that iteration (before its optimiser step), averaged over the meta-batch's tasks
+    assert len(adapted) == len(rows) == 6
+    for row, (mu, sigma, psi_mu, psi_sigma) in zip(rows, adapted):
+        assert psi_mu.shape == (TINY.get("tasks", 2), mu.numel())
+        expected = gaussian_kl(psi_mu, psi_sigma, mu, sigma).mean().item()
+        assert row["kl_theta"] == pytest.approx(expected, rel=1e-3, abs=1e-4)
     history = run.read_history()
     assert list(history["iteration"]) == [0, 2, 4, 6]
     assert history["alpha_normal"].shape == (4, 14, 10)
