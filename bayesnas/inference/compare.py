@@ -269,7 +269,7 @@ def compare(genotypes=(), random_cells=2, config=None, seeds=(0,), eval_tasks=60
     out = os.fspath(out) if out is not None else default_run_path("compare")
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    rows, per_seed = [], []
+    rows, reference_accs = [], None
     for label, arch in archs:
         accs, val_accs, train_s, eval_s, dirs, params = [], [], 0.0, 0.0, [], 0
         for seed in seeds:
@@ -288,8 +288,10 @@ def compare(genotypes=(), random_cells=2, config=None, seeds=(0,), eval_tasks=60
                 log(f"{label} seed {seed}: {100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}% "
                     f"({trained.train_seconds:.0f} s training)")
         mean, ci, per_task = over_tasks(accs)
-        diff, diff_ci = paired_difference(accs, per_seed[0]) if per_seed else (0.0, 0.0)
-        per_seed.append(accs)
+        if reference_accs is None:
+            reference_accs, diff, diff_ci = accs, 0.0, 0.0
+        else:
+            diff, diff_ci = paired_difference(accs, reference_accs)
         rows.append(CompareRow(label, arch, mean, ci, diff, diff_ci, sum(val_accs) / len(val_accs), params,
                                train_s / len(seeds), eval_s / len(seeds), dirs, per_task.tolist()))
     result = CompareResult(rows=rows, config={k: v for k, v in cfg.to_dict().items() if k not in ("arch", "seed")},
