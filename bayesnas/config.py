@@ -83,7 +83,12 @@ class FitConfig:
     ways: int = 5
     shots: int = 1
     queries: int = 5
-    rotations: bool = True  #: 90-degree rotations as new training classes (Omniglot practice)
+    #: 90-degree rotations as new training classes; None: on for an Omniglot file only
+    #: (from its ``source``), off otherwise. The run's config.json records the value used
+    rotations: bool = None
+    #: the split that validates and picks checkpoint_best.pt: "val"; "test" only on
+    #: explicit request (a file without validation classes), and the run is marked
+    select_on: str = "val"
     #: search on images resized to this size (None: the data's own); a smaller proxy
     #: costs about the pixel ratio less, and the derived cell is retrained at full size
     image_size: int = None
@@ -135,6 +140,7 @@ class FitConfig:
 
     def validate(self):
         check(self.variant in ("gumbel", "softmax"), f"variant {self.variant!r}: expected 'gumbel' or 'softmax'")
+        check(self.select_on in ("val", "test"), f"select_on={self.select_on!r}: expected 'val' or 'test'")
         for name in ("ways", "shots", "queries", "tasks", "iterations", "channels", "cells", "val_tasks",
                      "val_samples", "log_every", "checkpoint_every", "val_every"):
             check(int(getattr(self, name)) >= 1, f"{name}={getattr(self, name)}: expected an integer >= 1")

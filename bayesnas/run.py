@@ -15,6 +15,7 @@ Usage::
 import os
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -80,6 +81,23 @@ class Calibration(NamedTuple):
     nll_averaged: float
     conf_single: float
     conf_averaged: float
+
+
+def calibration_seeds(seed, task):
+    """Seeds of task ``task``'s adaptation and of its predictions: two independent streams.
+
+    Both come from ``numpy.random.SeedSequence([seed, task, stream])``, stream 0 for the
+    guide's steps and 1 for the posterior samples of the prediction; equal seeds would
+    make prediction sample 0 replay the noise of inner step 0.
+
+    Usage::
+
+        adapt_seed, predict_seed = calibration_seeds(0, 3)
+        post = run.adapt(task, seed=adapt_seed)
+        post.predict(task.query_x, seed=predict_seed)
+    """
+    return tuple(int(np.random.SeedSequence([int(seed), int(task), stream]).generate_state(1, np.uint64)[0] >> 1)
+                 for stream in (0, 1))
 
 
 class Run:
@@ -340,12 +358,15 @@ class Run:
 
         Every task is adapted by :meth:`task_posterior`; its query points are predicted
         by the first posterior sample alone and by the average of all S. Points of all
-        tasks are pooled before computing the ECE.
+        tasks are pooled before computing the ECE. Adaptation and prediction draw from
+        independent random streams (:func:`calibration_seeds`): prediction sample 0 must
+        not reuse the noise the guide's steps were fitted to.
 
         Args:
             tasks: number of tasks (indices 0..tasks-1 of :meth:`task_sampler`);
             samples: S; split: as in :meth:`task_sampler`; bins: ECE bins;
-            seed: seeds the task stream and the posterior samples; progress: a tqdm bar.
+            seed: seeds the task stream, the steps' samples and the posterior samples
+            (the same seed gives the same result); progress: a tqdm bar.
 
         Returns:
             :class:`Calibration`.
@@ -362,8 +383,9 @@ class Run:
         singles, averaged, labels = [], [], []
         for i in tqdm(range(int(tasks)), desc="calibration", disable=not progress, leave=False):
             task = sampler.task(i)
-            post = self.adapt(task, samples=samples, which=which, steps=steps, seed=seed * 1_000_003 + i)
-            pred = post.predict(task.query_x, seed=seed * 1_000_003 + i)
+            adapt_seed, predict_seed = calibration_seeds(seed, i)
+            post = self.adapt(task, samples=samples, which=which, steps=steps, seed=adapt_seed)
+            pred = post.predict(task.query_x, seed=predict_seed)
             singles.append(pred.sample_probs[0])
             averaged.append(pred.probs)
             labels.append(task.query_y)

@@ -5,8 +5,11 @@
 For 5-way 1-shot and 5-way 5-shot, every architecture (the given searched cells, DARTS_V2,
 Conv-4 and ``--random-cells`` cells drawn uniformly from the search space) is retrained with
 second-order MAML under one identical budget (iterations, tasks, inner steps, channels,
-layers, seeds) and evaluated on the same seeded test tasks of held-out characters. Prints
-one table per setting and writes everything, with the budget and wall times, as JSON.
+layers, seeds) and evaluated on the same seeded test tasks of held-out characters. With
+several ``--seeds``, accuracies are averaged over the seeds per test task before the mean
+and 95% CI over tasks are taken, and the "vs" column is each architecture's paired per-task
+difference from the first (README, "Protocol rules"). Prints one table per setting and
+writes everything, with the budget and wall times, as JSON.
 The default budget is sized to finish in about 20 minutes on a 2-core CPU with one torch
 thread; it trains far less than the paper (30,000 iterations), so the numbers compare
 architectures at a small budget, not at convergence.

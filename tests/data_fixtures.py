@@ -136,3 +136,37 @@ def write_image_folder(root, classes, mode="L", side=10, seed=0, suffix=".png"):
             Image.fromarray(image[:, :, 0] if channels == 1 else image).save(folder / f"img_{i:02d}{suffix}")
         written[name] = images
     return written
+
+
+def write_fewshot_file(path, source, classes, images_per_class=4, side=10, channels=3, seed=0):
+    """A bayesnas-fewshot file of random pixels with ``{split: n_classes}`` and the given ``source``.
+
+    Square images, so rotations apply; ``source`` decides the rotation default
+    (``"miniImageNet (...)"`` as the importer writes it: off; ``"Omniglot (...)"``: on).
+    """
+    from bayesnas.data import ClassRecord, write_dataset
+
+    rng = np.random.default_rng(seed)
+    splits = {
+        split: [ClassRecord(f"{split}{c:03d}", "", rng.integers(0, 256, (images_per_class, side, side, channels),
+                                                                  dtype=np.uint8))
+                for c in range(n)]
+        for split, n in classes.items()
+    }
+    write_dataset(path, splits, source=source, image_size=(side, side), channels=channels)
+    return str(path)
+
+
+def mini_imagenet_file(folder, classes=None, images_per_class=4, side=10):
+    """A Mini-ImageNet-shaped file made by the real importer (Ravi & Larochelle layout, RGB).
+
+    ``classes``: ``{split: n_classes}`` (default 6 train, 5 val, 5 test). Returns its path.
+    """
+    from bayesnas.data import import_miniimagenet
+
+    folder = Path(folder)
+    layout = classes or {"train": 6, "val": 5, "test": 5}
+    write_mini_csv(folder / "mini", mini_classes(layout, images_per_class=images_per_class, side=side))
+    out = folder / "mini.h5"
+    import_miniimagenet(folder / "mini", out, size=side)
+    return str(out)

@@ -4,6 +4,7 @@ import json
 from click.testing import CliRunner
 
 from bayesnas.cli.main import main
+from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
 import pytest
 
@@ -30,6 +31,7 @@ def test_fit_then_resume_with_more_iterations(tmp_path):
     assert "validation accuracy" in result.output
     config = json.load(open(tmp_path / "run" / "config.json"))
     assert config["iterations"] == 2 and config["channels"] == 2 and config["variant"] == "gumbel"
+    assert config["rotations"] is True and config["select_on"] == "val"  # an Omniglot file: rotations on
     result = invoke("fit", "--resume", out, "--iterations", "3", "--quiet")
     assert result.exit_code == 0, result.output
     assert "after 3 iterations" in result.output
@@ -134,3 +136,26 @@ def test_fit_and_resume_with_tensorboard_record_their_command_lines(tmp_path, mo
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
     assert f"bayesnas fit --resume {out} --iterations 6 --tensorboard\n" in (out / "README.md").read_text()
+
+
+def fit_config_of(tmp_path, name, *flags):
+    result = invoke("fit", "--out", str(tmp_path / name), *TINY, "--iterations", "1", "--ways", "2", *flags)
+    assert result.exit_code == 0, result.output
+    return json.load(open(tmp_path / name / "config.json"))
+
+
+def test_rotation_flags_override_the_default_both_ways(tmp_path):
+    mini = mini_imagenet_file(tmp_path)
+    assert fit_config_of(tmp_path, "mini", "--data", mini)["rotations"] is False
+    assert fit_config_of(tmp_path, "mini-rot", "--data", mini, "--rotations")["rotations"] is True
+    assert fit_config_of(tmp_path, "omniglot-norot", "--no-rotations")["rotations"] is False
+
+
+def test_a_file_without_val_needs_select_on_test(tmp_path):
+    noval = write_fewshot_file(tmp_path / "noval.h5", "Omniglot (no validation classes)", {"train": 6, "test": 5},
+                               side=14, channels=1)
+    result = invoke("fit", "--out", str(tmp_path / "refused"), *TINY, "--data", noval)
+    one_line_error(result, "noval.h5: has no 'val' split", "--select-on test")
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "refused").exists()
+    assert fit_config_of(tmp_path, "run", "--data", noval, "--select-on", "test")["select_on"] == "test"

@@ -59,7 +59,7 @@ def test_derive_agrees_with_the_derive_cell_command(run_dir, tmp_path):
     result = CliRunner().invoke(main, ["derive-cell", run_dir, "--task-seed", "3", "--out", str(tmp_path / "t.json"),
                                        "--no-plot"])
     assert result.exit_code == 0, result.output
-    task = run.task_sampler(seed=3).task(0)
+    task = run.task_sampler("val", seed=3).task(0)   # a validation task, by default
     assert load_genotype(tmp_path / "t.json") == run.adapt(task, seed=3).derive()
 
 

@@ -6,6 +6,7 @@ from click.testing import CliRunner
 
 from bayesnas.cli.main import main
 from bayesnas.models.genotypes import load_genotype
+from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
 TINY = ["--iterations", "2", "--channels", "2", "--layers", "1", "--queries", "1", "--inner-steps", "1",
         "--val-every", "2", "--val-tasks", "2", "--threads", "1", "--quiet"]
@@ -138,3 +139,52 @@ def test_compare_tiny_budget(fit_run, tmp_path):
         [r["accuracy"] for r in table["rows"]]
     changed = invoke(*args, "--inner-lr", "0.1")
     assert_one_line_error(changed, "inner_lr", "another --out")
+    assert configs[0]["rotations"] is True and table["config"]["rotations"] is True  # resolved: embedded Omniglot
+    assert "vs fit (paired)" in result.output and table["reference"] == "fit"
+
+
+def retrain_config_of(tmp_path, name, *flags):
+    result = invoke("retrain", "conv4", "--out", tmp_path / name, *TINY, "--ways", "2", *flags)
+    assert result.exit_code == 0, result.output
+    return json.load(open(tmp_path / name / "config.json"))
+
+
+def test_retrain_rotation_flags_override_the_default_both_ways(tmp_path):
+    mini = mini_imagenet_file(tmp_path, side=16)
+    assert retrain_config_of(tmp_path, "mini", "--data", mini)["rotations"] is False
+    assert retrain_config_of(tmp_path, "mini-rot", "--data", mini, "--rotations")["rotations"] is True
+    assert retrain_config_of(tmp_path, "omniglot-norot", "--no-rotations")["rotations"] is False
+
+
+def test_selecting_on_test_classes_needs_the_flag_and_evaluate_warns(tmp_path):
+    noval = write_fewshot_file(tmp_path / "noval.h5", "Omniglot (no validation classes)", {"train": 4, "test": 3},
+                               side=16, channels=1)
+    assert_one_line_error(invoke("retrain", "conv4", "--out", tmp_path / "refused", "--data", noval, *TINY),
+                          "noval.h5: has no 'val' split", "--select-on test")
+    assert not (tmp_path / "refused").exists()
+    assert retrain_config_of(tmp_path, "run", "--data", noval, "--select-on", "test")["select_on"] == "test"
+    result = invoke("evaluate", tmp_path / "run", "--tasks", "2", "--json", tmp_path / "e.json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "warning: this run validated on the test classes" in result.output
+    assert "optimistically biased" in json.load(open(tmp_path / "e.json"))["warnings"][0]
+
+
+def test_compare_passes_the_protocol_flags(tmp_path, monkeypatch):
+    import importlib
+
+    class Stop(Exception):
+        """Raised by the stand-in of the library call: nothing is trained."""
+
+    seen = {}
+
+    def capture(genotypes, config, **kwargs):
+        seen["config"] = config
+        raise Stop()
+
+    monkeypatch.setattr(importlib.import_module("bayesnas.inference.compare"), "compare", capture)
+    assert isinstance(invoke("compare", "--no-rotations", "--select-on", "test", *TINY).exception, Stop)
+    assert seen["config"].rotations is False and seen["config"].select_on == "test"
+    assert isinstance(invoke("compare", "--rotations", *TINY).exception, Stop)
+    assert seen["config"].rotations is True
+    invoke("compare", *TINY)
+    assert seen["config"].rotations is None and seen["config"].select_on == "val"  # resolved from the file

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from bayesnas.cli.main import main
-from bayesnas.data import import_folder, open_dataset
+from bayesnas.data import import_folder
 from bayesnas.errors import ConfigError, DataError
 
 from .data_fixtures import write_image_folder

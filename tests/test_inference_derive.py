@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bayesnas.config import FitConfig
-from bayesnas.errors import GenotypeError
+from bayesnas.errors import ConfigError, GenotypeError
 from bayesnas.inference import fit
 from bayesnas.inference.derive import chosen_edges_table, derive_cell, derive_genotype, format_edges_table
 from bayesnas.models.genotypes import EDGES, Genotype, edge_index, load_genotype, validate_genotype
@@ -162,3 +162,27 @@ def test_derive_cell_adapted_to_a_task_is_reproducible_and_moves_the_posterior(f
     assert not torch.allclose(a.probs_normal, meta_level.probs_normal, atol=1e-6)
     assert torch.allclose(a.probs_normal.sum(-1), torch.ones(14, dtype=a.probs_normal.dtype), atol=1e-5)
     assert isinstance(a.genotype, Genotype)
+
+
+def test_derive_cell_adapts_to_a_validation_task_unless_told_otherwise(fit_run, monkeypatch):
+    import bayesnas.inference.derive as derive
+    from bayesnas.data import load_default
+
+    splits = []
+    real_sampler = derive.TaskSampler
+
+    def spy(split, *args, **kwargs):
+        splits.append(split)
+        return real_sampler(split, *args, **kwargs)
+
+    monkeypatch.setattr(derive, "TaskSampler", spy)
+    val = derive_cell(fit_run, task_seed=2, plot=False)
+    data = load_default()  # what fit_run trained on
+    assert [s.name for s in splits] == ["val"] and splits[0].class_names == data.split("val").class_names
+    assert val.task_split == "val" and val.genotype_path == str(fit_run / "genotype-task2.json")
+    test = derive_cell(fit_run, task_seed=2, plot=False, task_split="test")
+    assert splits[-1].name == "test" and test.genotype_path == str(fit_run / "genotype-task2-test.json")
+    assert not torch.equal(val.probs_normal, test.probs_normal)
+    assert derive_cell(fit_run, plot=False).task_split is None
+    with pytest.raises(ConfigError, match="task_split='train'"):
+        derive_cell(fit_run, task_seed=2, plot=False, task_split="train")

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from bayesnas.data.protocol import TEST_SELECTION_WARNING
 from bayesnas.errors import ConfigError, RunError
 from bayesnas.inference.evaluate import evaluate, format_evaluation, mean_confidence_interval
 from bayesnas.inference.maml import RetrainConfig, retrain
+from tests.data_fixtures import write_fewshot_file
 
 
 def test_confidence_interval_of_a_known_sample():
@@ -64,6 +66,7 @@ def test_evaluate_is_seeded_paired_and_writes_json(run, tmp_path):
     assert a.accuracy > 0.3  # chance is 0.2
     text = format_evaluation(a)
     assert "±" in text and f"{100 * a.accuracy:.2f}%" in text
+    assert a.warnings == [] and saved["warnings"] == [] and "warning" not in text
 
 
 def test_inner_steps_at_test_time_matter(run):
@@ -79,3 +82,15 @@ def test_evaluate_bad_input(run, tmp_path):
         evaluate(tmp_path / "missing")
     with pytest.raises(ConfigError, match="tasks"):
         evaluate(run, tasks=0)
+
+
+def test_a_run_that_selected_on_the_test_classes_is_evaluated_with_a_warning(tmp_path):
+    path = write_fewshot_file(tmp_path / "noval.h5", "Omniglot (no validation classes)", {"train": 4, "test": 3},
+                              side=16, channels=1)
+    cfg = RetrainConfig(arch="conv4", data=path, select_on="test", channels=2, iterations=1, ways=2, queries=2,
+                        inner_steps=1, val_every=1, val_tasks=1, checkpoint_every=1, threads=1)
+    retrain(None, cfg, out=tmp_path / "run", progress=False)
+    result = evaluate(tmp_path / "run", tasks=3, json_out=tmp_path / "e.json")
+    assert result.warnings == [TEST_SELECTION_WARNING]
+    assert json.load(open(tmp_path / "e.json"))["warnings"] == [TEST_SELECTION_WARNING]
+    assert format_evaluation(result).splitlines()[-1] == f"warning: {TEST_SELECTION_WARNING}"

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from bayesnas.config import FitConfig
-from bayesnas.errors import ConfigError, NonFiniteLossError, RunError
+from bayesnas.data import open_dataset
+from bayesnas.errors import ConfigError, DataError, NonFiniteLossError, RunError
 from bayesnas.inference import RunDirectory, fit
-from bayesnas.inference.svi import load_fit
+from bayesnas.inference.svi import load_fit, task_samplers
+from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
 TINY = dict(iterations=6, channels=2, cells=3, queries=2, inner_steps=1, val_every=3, checkpoint_every=2,
             val_tasks=2, val_samples=2, log_every=2, threads=1)
@@ -25,7 +27,26 @@ class Kill(Exception):
     pass
 
 
-def test_fit_writes_a_complete_run_folder(tmp_path):
+def gaussian_kl(mu_q, sigma_q, mu_p, sigma_p):
+    """KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)) summed over the last dim, in float64, by hand."""
+    mu_q, sigma_q, mu_p, sigma_p = (t.double() for t in (mu_q, sigma_q, mu_p, sigma_p))
+    per_weight = torch.log(sigma_p / sigma_q) + (sigma_q ** 2 + (mu_q - mu_p) ** 2) / (2 * sigma_p ** 2) - 0.5
+    return per_weight.sum(-1)
+
+
+def test_fit_writes_a_complete_run_folder(tmp_path, monkeypatch):
+    import bayesnas.inference.svi as svi
+
+    adapted = []  # per training iteration: the prior (mu, sigma) and the adapted psi of the T tasks
+    real_adapt = svi.adapt
+
+    def spy(meta, *args, **kwargs):
+        q = real_adapt(meta, *args, **kwargs)
+        if not kwargs.get("first_order"):  # validation adapts first-order; training does not
+            adapted.append(tuple(t.detach().clone() for t in (meta.mu, meta.sigma, q.mu, q.sigma)))
+        return q
+
+    monkeypatch.setattr(svi, "adapt", spy)
     result = fit(FitConfig(**TINY), out=tmp_path / "run", progress=False)
     run = RunDirectory(tmp_path / "run")
     names = sorted(os.listdir(run.path))
@@ -35,7 +56,13 @@ def test_fit_writes_a_complete_run_folder(tmp_path):
     rows = run.read_metrics()
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[2]["val_acc"] is not None and rows[0]["val_acc"] is None
-    assert all(r["kl_theta"] >= 0 for r in rows)
+    # the logged KL of theta is the closed-form Gaussian KL of the adapted psi from the prior
+    # of that iteration (before its optimiser step), averaged over the meta-batch's tasks
+    assert len(adapted) == len(rows) == 6
+    for row, (mu, sigma, psi_mu, psi_sigma) in zip(rows, adapted):
+        assert psi_mu.shape == (TINY.get("tasks", 2), mu.numel())
+        expected = gaussian_kl(psi_mu, psi_sigma, mu, sigma).mean().item()
+        assert row["kl_theta"] == pytest.approx(expected, rel=1e-3, abs=1e-4)
     history = run.read_history()
     assert list(history["iteration"]) == [0, 2, 4, 6]
     assert history["alpha_normal"].shape == (4, 14, 10)
@@ -140,3 +167,38 @@ def test_search_on_a_smaller_proxy_image_size(tmp_path):
     assert post.predict(task.query_x).probs.shape == (task.query_x.shape[0], TINY.get("ways", 5))
     with pytest.raises(ConfigError, match="image_size"):
         FitConfig(**dict(TINY, image_size=0)).validate()
+
+
+@pytest.mark.parametrize("which, given, expected", [("mini", None, False), ("omniglot", None, True),
+                                                    ("mini", True, True), ("omniglot", False, False)])
+def test_rotations_default_on_for_omniglot_only_and_an_explicit_value_wins(which, given, expected, tmp_path,
+                                                                            small_omniglot):
+    path = mini_imagenet_file(tmp_path) if which == "mini" else small_omniglot
+    settings = dict(TINY, data=path) if given is None else dict(TINY, data=path, rotations=given)
+    cfg = FitConfig(**settings)
+    train, val = task_samplers(cfg, open_dataset(path), torch.device("cpu"))
+    assert train.rotations is expected and cfg.rotations is expected  # resolved in place: config.json says it
+    assert val.rotations is False and val.split.name == "val"
+
+
+def test_fit_on_mini_imagenet_records_no_rotations(tmp_path):
+    path = mini_imagenet_file(tmp_path)
+    fit(FitConfig(**dict(TINY, data=path, ways=2, iterations=1, val_every=1)), out=tmp_path / "run", progress=False)
+    saved = json.load(open(tmp_path / "run" / "config.json"))
+    assert saved["rotations"] is False and saved["select_on"] == "val"
+
+
+def test_without_a_val_split_fit_refuses_unless_told_to_select_on_test(tmp_path):
+    path = write_fewshot_file(tmp_path / "noval.h5", "Omniglot (no validation classes)", {"train": 6, "test": 5},
+                              side=14, channels=1)
+    with pytest.raises(DataError, match=r"noval\.h5: has no 'val' split .*--select-on test"):
+        fit(FitConfig(**dict(TINY, data=path, iterations=1)), out=tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()
+    cfg = FitConfig(**dict(TINY, data=path, iterations=1, val_every=1, select_on="test"))
+    _, val = task_samplers(cfg, open_dataset(path), torch.device("cpu"))
+    assert val.split.name == "test"
+    result = fit(cfg, out=tmp_path / "run", progress=False)
+    assert result.rows[-1]["val_acc"] is not None
+    assert json.load(open(tmp_path / "run" / "config.json"))["select_on"] == "test"
+    with pytest.raises(ConfigError, match="select_on='train'"):
+        FitConfig(**dict(TINY, select_on="train")).validate()

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from bayesnas.errors import ConfigError, GenotypeError, RunError
+from bayesnas.errors import ConfigError, DataError, GenotypeError, RunError
 from bayesnas.inference.maml import (RetrainConfig, adapt_task, arch_config, build_retrain_network, load_retrain,
                                      maml_loss, meta_parameters, retrain)
 from bayesnas.models.genotypes import DARTS_V2, genotype_to_dict, random_genotype, save_genotype
+from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
 
 def tiny_problem(arch="conv4", size=16, layers=1):
@@ -146,3 +147,42 @@ def test_architectures_and_config_errors(tmp_path):
         RetrainConfig(inner_steps=-1).validate()
     with pytest.raises(ConfigError, match="ways"):
         RetrainConfig(ways=1).validate()
+
+
+RETRAIN_TINY = dict(arch="conv4", channels=2, iterations=1, ways=2, queries=2, inner_steps=1, val_every=1,
+                    val_tasks=1, checkpoint_every=1, threads=1)
+
+
+@pytest.mark.parametrize("which, given, expected", [("mini", None, False), ("omniglot", None, True),
+                                                    ("mini", True, True), ("omniglot", False, False)])
+def test_retrain_rotations_default_on_for_omniglot_only_and_config_json_says_so(which, given, expected, tmp_path,
+                                                                                monkeypatch):
+    import bayesnas.inference.maml as maml
+
+    path = mini_imagenet_file(tmp_path, side=16) if which == "mini" else None  # None: the embedded Omniglot
+    built = []
+    real_sampler = maml.TaskSampler
+
+    def spy(split, *args, **kwargs):
+        built.append((split.name, kwargs.get("rotations", False)))
+        return real_sampler(split, *args, **kwargs)
+
+    monkeypatch.setattr(maml, "TaskSampler", spy)
+    settings = dict(RETRAIN_TINY, data=path) if given is None else dict(RETRAIN_TINY, data=path, rotations=given)
+    retrain(None, RetrainConfig(**settings), out=tmp_path / "run", progress=False)
+    assert built == [("train", expected), ("val", False)]
+    assert json.load(open(tmp_path / "run" / "config.json"))["rotations"] is expected
+
+
+def test_retrain_without_a_val_split_refuses_unless_told_to_select_on_test(tmp_path):
+    path = write_fewshot_file(tmp_path / "noval.h5", "Omniglot (no validation classes)", {"train": 4, "test": 3},
+                              side=16, channels=1)
+    with pytest.raises(DataError, match=r"noval\.h5: has no 'val' split .*--select-on test"):
+        retrain(None, RetrainConfig(**dict(RETRAIN_TINY, data=path)), out=tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()
+    result = retrain(None, RetrainConfig(**dict(RETRAIN_TINY, data=path, select_on="test")), out=tmp_path / "run",
+                     progress=False)
+    assert result.rows[-1]["val_acc"] is not None
+    assert json.load(open(tmp_path / "run" / "config.json"))["select_on"] == "test"
+    with pytest.raises(ConfigError, match="select_on='all'"):
+        RetrainConfig(select_on="all").validate()

@@ -91,8 +91,8 @@ def test_task_posterior_adapts_and_predicts(run, run_dir, tmp_path):
     assert pred.probs.shape == (n_query, ways) and pred.sample_probs.shape == (3, n_query, ways)
     again = run.task_posterior(task.support_x, task.support_y, samples=3, seed=0)
     torch.testing.assert_close(again.probs.reduce, post.probs.reduce)
-    # the task-specific cell is what `derive-cell --task-seed` gives for the same task and seed
-    seeded = run.adapt(run.task_sampler(seed=5).task(0), seed=5)
+    # the task-specific cell is what `derive-cell --task-seed` gives for the same (validation) task and seed
+    seeded = run.adapt(run.task_sampler("val", seed=5).task(0), seed=5)
     cell = derive_cell(run_dir, task_seed=5, out=tmp_path / "g.json", plot=False)
     assert seeded.derive() == cell.genotype
     with pytest.raises(bayesnas.errors.ConfigError, match=r"2 classes \(labels 0..1\)"):
@@ -107,18 +107,72 @@ def test_posterior_history(run):
     torch.testing.assert_close(hist.at(-1).probs.normal, run.edge_posterior().probs.normal)
 
 
-def test_calibration_single_and_averaged(run):
+def plain_ece(probs, labels, bins=15):
+    """The 15-bin ECE by its definition, one bin at a time, in float64."""
+    probs = probs.double()
+    conf, pred = probs.max(-1)
+    total = 0.0
+    for b in range(bins):
+        inside = (conf > b / bins) & (conf <= (b + 1) / bins)
+        if inside.any():
+            acc = (pred[inside] == labels[inside]).double().mean()
+            total += inside.double().mean().item() * abs(acc - conf[inside].mean()).item()
+    return total
+
+
+def test_calibration_is_computed_from_the_predictions_it_made(run, monkeypatch):
+    made = []
+    real_predict = AdaptedPosterior.predict
+
+    def spy(self, *args, **kwargs):
+        made.append(real_predict(self, *args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(AdaptedPosterior, "predict", spy)
     cal = run.calibration(tasks=2, samples=3)
     assert cal.tasks == 2 and cal.points == 2 * run.config.ways * run.config.queries
-    for value in (cal.ece_single, cal.ece_averaged, cal.acc_single, cal.acc_averaged):
-        assert 0.0 <= value <= 1.0
-    for conf, acc, ece in ((cal.conf_single, cal.acc_single, cal.ece_single),
-                           (cal.conf_averaged, cal.acc_averaged, cal.ece_averaged)):
-        assert 1.0 / run.config.ways <= conf <= 1.0
-        # the ECE is a weighted mean of per-bin |accuracy - confidence|: never below the gap overall
-        assert ece >= abs(acc - conf) - 1e-6
+    labels = torch.cat([run.task_sampler(seed=0).task(i).query_y for i in range(2)])
+    assert len(made) == 2 and all(p.sample_probs.shape[0] == 3 for p in made)
+    single = torch.cat([p.sample_probs[0] for p in made]).double()
+    averaged = torch.cat([p.probs for p in made]).double()
+    for probs, ece, acc, conf, nll in ((single, cal.ece_single, cal.acc_single, cal.conf_single, cal.nll_single),
+                                       (averaged, cal.ece_averaged, cal.acc_averaged, cal.conf_averaged,
+                                        cal.nll_averaged)):
+        assert ece == pytest.approx(plain_ece(probs, labels), abs=1e-6)
+        assert acc == pytest.approx((probs.argmax(-1) == labels).double().mean().item(), abs=1e-9)
+        assert conf == pytest.approx(probs.max(-1).values.mean().item(), abs=1e-6)
+        assert nll == pytest.approx(-probs[torch.arange(len(labels)), labels].log().mean().item(), abs=1e-5)
     one = run.calibration(tasks=2, samples=1)
     assert one.ece_single == one.ece_averaged and one.conf_single == one.conf_averaged
+
+
+def test_calibration_adapts_and_predicts_from_independent_random_streams(run, monkeypatch):
+    """Prediction sample 0 must not replay the noise of the guide's first step: the two
+    must start from different generator states (a bug once: both were seeded alike)."""
+    import bayesnas.inference.guide as guide
+    import bayesnas.inference.svi as svi
+
+    states = {"adapt": [], "predict": []}
+    real_adapt, real_predictive = guide.adapt, svi.predictive
+
+    def adapt_spy(*args, **kwargs):
+        states["adapt"].append(torch.get_rng_state())
+        return real_adapt(*args, **kwargs)
+
+    def predictive_spy(*args, **kwargs):
+        states["predict"].append(torch.get_rng_state())
+        return real_predictive(*args, **kwargs)
+
+    monkeypatch.setattr(guide, "adapt", adapt_spy)
+    monkeypatch.setattr(svi, "predictive", predictive_spy)
+    first = run.calibration(tasks=2, samples=2, seed=4)
+    assert len(states["adapt"]) == len(states["predict"]) == 2
+    for adapting, predicting in zip(states["adapt"], states["predict"]):
+        assert not torch.equal(adapting, predicting)
+    assert not torch.equal(states["adapt"][0], states["adapt"][1])
+    assert run.calibration(tasks=2, samples=2, seed=4) == first  # still deterministic for a seed
+    assert torch.equal(states["adapt"][2], states["adapt"][0]) and torch.equal(states["predict"][3],
+                                                                               states["predict"][1])
 
 
 def test_missing_files_and_foreign_checkpoints_fail_clearly(run_dir, tmp_path):

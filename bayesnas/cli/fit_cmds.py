@@ -18,6 +18,11 @@ _D = FitConfig()
 @click.option("--ways", type=click.IntRange(min=2), default=None, help=f"Classes per task [default: {_D.ways}].")
 @click.option("--shots", type=click.IntRange(min=1), default=None, help=f"Support images per class [default: {_D.shots}].")
 @click.option("--queries", type=click.IntRange(min=1), default=None, help=f"Query images per class [default: {_D.queries}].")
+@click.option("--rotations/--no-rotations", default=None,
+              help="Rotated images as new training classes [default: on for an Omniglot file only].")
+@click.option("--select-on", type=click.Choice(["val", "test"]), default=None,
+              help="Split that validates and picks checkpoint_best.pt; 'test' only for a file without "
+                   "validation classes (the run is marked) [default: val].")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="Search on images resized to this size (a cheaper proxy) [default: the data's size].")
 @click.option("--channels", type=click.IntRange(min=1), default=None, help=f"Supernet channels C [default: {_D.channels}].")

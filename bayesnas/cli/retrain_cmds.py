@@ -10,18 +10,21 @@ _D = RetrainConfig()
 @click.command("derive-cell")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--task-seed", type=click.IntRange(min=0), default=None,
-              help="Adapt the edge posterior to the support set of the test task drawn with this seed "
+              help="Adapt the edge posterior to the support set of the task drawn with this seed "
                    "[default: the meta-level alpha].")
+@click.option("--task-split", type=click.Choice(["val", "test"]), default="val",
+              help="Split of the --task-seed task (test classes must stay unseen until evaluation).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Genotype JSON to write [default: RUN_DIR/genotype.json, or RUN_DIR/genotype-task<N>.json].")
 @click.option("--no-plot", is_flag=True, help="Do not draw the cells (default: a PNG beside the JSON).")
 @click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last", help="Fit checkpoint to read.")
 @user_errors
-def derive_cell_command(run_dir, task_seed, out, no_plot, checkpoint):
+def derive_cell_command(run_dir, task_seed, task_split, out, no_plot, checkpoint):
     """Derive the cell of a fit run: the 2 strongest edges per node, each with its best op."""
     from ..inference.derive import derive_cell, format_edges_table
 
-    cell = derive_cell(run_dir, task_seed=task_seed, out=out, plot=not no_plot, which=checkpoint)
+    cell = derive_cell(run_dir, task_seed=task_seed, out=out, plot=not no_plot, which=checkpoint,
+                       task_split=task_split)
     click.echo(format_edges_table(cell.table))
     click.echo(f"genotype: {cell.genotype_path}")
     if cell.plot_path:
@@ -48,6 +51,11 @@ def _retrain_options(func):
         click.option("--ways", type=click.IntRange(min=2), default=None, help=f"[default: {_D.ways}]"),
         click.option("--shots", type=click.IntRange(min=1), default=None, help=f"[default: {_D.shots}]"),
         click.option("--queries", type=click.IntRange(min=1), default=None, help=f"[default: {_D.queries}]"),
+        click.option("--rotations/--no-rotations", default=None,
+                     help="Rotated images as new training classes [default: on for an Omniglot file only]."),
+        click.option("--select-on", type=click.Choice(["val", "test"]), default=None,
+                     help="Split that validates and picks checkpoint_best.pt; 'test' only for a file without "
+                          "validation classes (evaluate then warns) [default: val]."),
         click.option("--channels", type=click.IntRange(min=1), default=None,
                      help=f"Conv-4 filters / first cell's channels [default: {_D.channels}]."),
         click.option("--layers", type=click.IntRange(min=1), default=None,

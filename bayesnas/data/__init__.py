@@ -9,6 +9,7 @@ Usage::
 from .folder import import_folder
 from .miniimagenet import import_miniimagenet
 from .omniglot import import_omniglot
+from .protocol import SELECT_ON, default_rotations, resolve_rotations, selection_split
 from .sampler import Task, TaskSampler
 from .store import (ClassRecord, FewShotData, SplitData, default_data_path, load_default,
                     open_dataset, write_dataset)
@@ -17,4 +18,5 @@ __all__ = [
     "open_dataset", "write_dataset", "default_data_path", "load_default", "FewShotData",
     "SplitData", "ClassRecord", "TaskSampler", "Task", "import_omniglot", "import_miniimagenet",
     "import_folder",
+    "SELECT_ON", "default_rotations", "resolve_rotations", "selection_split",
 ]

@@ -13,7 +13,9 @@ A kept pair of a node is listed in increasing order of source state, so two deri
 that keep the same edges give equal genotypes.
 
 The probabilities come from the meta-level alpha of a fit run (``softmax(alpha)``,
-default) or from a task's adapted posterior ``softmax(phi)`` (``--task-seed``).
+default) or from a task's adapted posterior ``softmax(phi)`` (``--task-seed``). That task
+comes from the validation split by default: choosing a cell is model selection, and the
+test classes stay unseen until evaluation.
 
 Usage::
 
@@ -26,8 +28,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ..data import TaskSampler
-from ..errors import GenotypeError
+from ..data import SELECT_ON, TaskSampler
+from ..errors import ConfigError, GenotypeError
 from ..models import NUM_EDGES, NUM_OPS, OPS, STEPS, Genotype, edge_index, save_genotype
 from .posterior import state_name
 
@@ -157,7 +159,8 @@ class DerivedCell(NamedTuple):
     genotype: the derived Genotype; table: its :class:`ChosenEdge` rows; probs_normal,
     probs_reduce: the ``[14, 10]`` probabilities it came from; genotype_path: the JSON
     written; plot_path: the picture written (None without a plot); task_seed: the task's
-    seed (None for the meta-level alpha).
+    seed (None for the meta-level alpha); task_split: the split of that task (None for
+    the meta-level alpha).
     """
 
     genotype: Genotype
@@ -167,13 +170,14 @@ class DerivedCell(NamedTuple):
     genotype_path: str
     plot_path: Optional[str]
     task_seed: Optional[int]
+    task_split: Optional[str] = None
 
 
-def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="test"):
+def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="val"):
     """Edge probabilities adapted to one task's support set: ``([14, 10], [14, 10])``.
 
-    The task is task 0 of a sampler over ``which_split`` seeded with ``task_seed`` (the
-    fit run's ways and shots); the guide takes the run's ``inner_steps`` with the
+    The task is task 0 of a sampler over ``which_split`` (the validation classes by
+    default) seeded with ``task_seed`` (the fit run's ways and shots); the guide takes the run's ``inner_steps`` with the
     temperature and KL weight of the training schedule at ``iteration`` (default: the
     run's last), exactly as :meth:`bayesnas.Run.task_posterior` does. The guide's own
     randomness is seeded with ``task_seed`` too, so the same seed always gives the same
@@ -198,19 +202,21 @@ def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="tes
     return tuple(p.detach() for p in post.probs)
 
 
-def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last"):
+def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task_split="val"):
     """Derive the cell of a ``bayesnas fit`` run, write it as JSON and draw it.
 
     Args:
         run_dir: a folder written by :func:`~bayesnas.inference.svi.fit`.
         task_seed: None for the meta-level alpha; an int to adapt the posterior to the
-            support set of one test-split task sampled with that seed.
+            support set of one task of ``task_split`` sampled with that seed.
         out: genotype JSON to write (default ``RUN_DIR/genotype.json``, or
-            ``RUN_DIR/genotype-task<SEED>.json`` with a task seed, so that the
-            meta-level cell is never overwritten). Written atomically.
+            ``RUN_DIR/genotype-task<SEED>.json`` with a task seed, ``-test`` added for a
+            test task, so that the meta-level cell is never overwritten). Written atomically.
         plot: True draws both cells to the JSON's path with ``.png``; a path
             (``.png``/``.pdf``/``.svg``) draws there; False draws nothing.
         which: the fit checkpoint to read, "last" or "best".
+        task_split: the split of the ``task_seed`` task: "val" (default; deriving a cell
+            is model selection) or "test".
 
     Returns:
         :class:`DerivedCell`.
@@ -223,14 +229,17 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last"):
     """
     from .svi import load_fit_state
 
+    if task_split not in SELECT_ON:
+        raise ConfigError(f"task_split={task_split!r}: expected one of {', '.join(SELECT_ON)}")
     cfg, meta, data, state = load_fit_state(run_dir, which=which)
     if task_seed is None:
         with torch.no_grad():
             pn, pr = meta.alpha_normal.softmax(-1), meta.alpha_reduce.softmax(-1)
         default_name = "genotype.json"
+        task_split = None
     else:
-        pn, pr = task_edge_probs(meta, cfg, data, task_seed, iteration=state["iteration"])
-        default_name = f"genotype-task{int(task_seed)}.json"
+        pn, pr = task_edge_probs(meta, cfg, data, task_seed, iteration=state["iteration"], which_split=task_split)
+        default_name = f"genotype-task{int(task_seed)}{'-test' if task_split == 'test' else ''}.json"
     genotype = derive_genotype(pn, pr)
     table = chosen_edges_table(pn, pr, genotype)
     path = os.fspath(out) if out is not None else os.path.join(os.fspath(run_dir), default_name)
@@ -240,7 +249,8 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last"):
         from ..viz.cells import plot_genotype
 
         plot_path = os.path.splitext(path)[0] + ".png" if plot is True else os.fspath(plot)
-        where = "meta-level alpha" if task_seed is None else f"adapted to test task seed {task_seed}"
+        where = "meta-level alpha" if task_seed is None else f"adapted to {task_split} task seed {task_seed}"
         plot_genotype(genotype, path=plot_path, table=table,
                       title=f"{os.path.basename(os.path.normpath(os.fspath(run_dir)))}: {where}")
-    return DerivedCell(genotype, table, pn.detach().cpu(), pr.detach().cpu(), path, plot_path, task_seed)
+    return DerivedCell(genotype, table, pn.detach().cpu(), pr.detach().cpu(), path, plot_path, task_seed,
+                       task_split)

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import TaskSampler
+from ..data.protocol import TEST_SELECTION_WARNING
 from ..device import resolve_device
 from ..distributed import init_distributed
 from ..errors import ConfigError
@@ -71,6 +72,7 @@ class Evaluation:
 
     accuracy: mean query accuracy over the tasks, in [0, 1]; ci95: half-width of its 95%
     confidence interval; std: sample standard deviation of the per-task accuracies;
+    warnings: protocol warnings about the run (a checkpoint selected on the test classes);
     accuracies: the ``tasks`` per-task accuracies, in task order.
     """
 
@@ -90,6 +92,7 @@ class Evaluation:
     ci95: float
     std: float
     seconds: float
+    warnings: List[str] = field(default_factory=list)
     accuracies: List[float] = field(repr=False, default_factory=list)
 
     def to_dict(self):
@@ -113,6 +116,10 @@ def evaluate(run_dir, tasks=600, inner_steps=None, split="test", seed=0, json_ou
         device: where to evaluate (default: the run's device setting).
         threads: torch CPU threads (0 = leave torch's setting).
         progress: show a progress bar.
+
+    A run that selected its checkpoint on the test classes (``select_on="test"`` in its
+    config.json) is evaluated all the same, with a warning in ``result.warnings`` (printed
+    by :func:`format_evaluation`, written to the JSON).
 
     Under torchrun the tasks are split across processes (round robin) and gathered on
     every rank; only rank 0 returns the Evaluation and writes ``json_out`` (the others
@@ -168,7 +175,8 @@ def _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, spli
         run_dir=os.fspath(run_dir), arch=arch_label(cfg.arch), checkpoint=checkpoint, split=split, tasks=tasks,
         seed=seed, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries, inner_steps=steps, inner_lr=cfg.inner_lr,
         parameters=count_parameters(net, trainable_only=True), accuracy=mean, ci95=ci,
-        std=float(accs.std(unbiased=True)) if tasks > 1 else 0.0, seconds=seconds, accuracies=accs.tolist(),
+        std=float(accs.std(unbiased=True)) if tasks > 1 else 0.0, seconds=seconds,
+        warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [], accuracies=accs.tolist(),
     )
     if json_out is not None:
         write_json(json_out, result.to_dict())
@@ -191,4 +199,4 @@ def format_evaluation(result):
               f"{'accuracy (95% CI)':<18} {'parameters':>10}")
     line = (f"{os.path.basename(os.path.normpath(result.run_dir)):<28} {result.arch:<9} {result.split:<5} "
             f"{result.tasks:>5} {result.inner_steps:>5}  {setting:<13} {acc:<18} {result.parameters:>10,}")
-    return header + "\n" + line
+    return "\n".join([header, line] + [f"warning: {w}" for w in result.warnings])

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..config import check, resolve_config
-from ..data import TaskSampler
+from ..data import SELECT_ON, TaskSampler, resolve_rotations, selection_split
 from ..data.sampler import select_tasks
 from ..device import resolve_device
 from ..distributed import init_distributed
-from ..errors import ConfigError, GenotypeError, NonFiniteLossError, RunError
+from ..errors import GenotypeError, NonFiniteLossError, RunError
 from ..models import (NAMED_GENOTYPES, Genotype, build_network, count_parameters, genotype_from_dict,
                       genotype_to_dict, load_genotype)
 from .card import python_call, recorded_session
@@ -58,7 +58,12 @@ class RetrainConfig:
     ways: int = 5
     shots: int = 1
     queries: int = 15
-    rotations: bool = True  #: 90-degree rotations as new training classes (Omniglot practice)
+    #: 90-degree rotations as new training classes; None: on for an Omniglot file only
+    #: (from its ``source``), off otherwise. The run's config.json records the value used
+    rotations: bool = None
+    #: the split that validates and picks checkpoint_best.pt: "val"; "test" only on
+    #: explicit request (a file without validation classes), and evaluate then warns
+    select_on: str = "val"
     tasks: int = 2  #: tasks per meta-batch
     inner_steps: int = 5
     inner_lr: float = 0.4  #: the MAML paper's Omniglot step size
@@ -87,6 +92,7 @@ class RetrainConfig:
             check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                   f"{name}={value!r}: expected an integer >= 1")
         check(self.ways >= 2, f"ways={self.ways}: a task needs at least 2 classes")
+        check(self.select_on in SELECT_ON, f"select_on={self.select_on!r}: expected 'val' or 'test'")
         check(isinstance(self.inner_steps, int) and self.inner_steps >= 0,
               f"inner_steps={self.inner_steps!r}: expected an integer >= 0")
         check(self.eval_inner_steps is None or (isinstance(self.eval_inner_steps, int) and self.eval_inner_steps >= 0),
@@ -303,14 +309,6 @@ def task_accuracies(net, sampler, indices, steps, lr, chunk=4, progress=None):
     return torch.tensor(out, dtype=torch.float64)
 
 
-def validation_split(data):
-    """The split validation uses: "val" when the file has one, else "test"."""
-    for name in ("val", "test"):
-        if name in data.splits:
-            return name
-    raise ConfigError(f"{data.path}: has no 'val' or 'test' split to validate on")
-
-
 @dataclass
 class RetrainResult:
     """What :func:`retrain` returns: the meta-trained network, its config, metrics and run folder.
@@ -347,8 +345,8 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
         command: the command line recorded in the run card (default: this Python call).
 
     The run folder holds config.json (with the genotype), checkpoint_last.pt and
-    checkpoint_best.pt (by validation accuracy on held-out classes), metrics.csv, and the
-    run card README.md.
+    checkpoint_best.pt (by validation accuracy on the classes of ``select_on``), metrics.csv,
+    and the run card README.md.
 
     Returns:
         :class:`RetrainResult`.
@@ -397,9 +395,10 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
 
     device = process_device(ctx, cfg)
     data = open_data(cfg.data)
+    cfg.rotations = resolve_rotations(cfg.rotations, data)  # before config.json is written: it records what ran
     train_sampler = TaskSampler(data.split("train"), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed,
                                 rotations=cfg.rotations, device=device)
-    val_sampler = TaskSampler(data.split(validation_split(data)), cfg.ways, cfg.shots, cfg.queries,
+    val_sampler = TaskSampler(data.split(selection_split(data, cfg.select_on)), cfg.ways, cfg.shots, cfg.queries,
                               seed=cfg.seed + 1, device=device)
     seed_everything(cfg.seed)
     net = build_retrain_network(cfg, data.channels, data.image_size[0]).to(device)

@@ -11,17 +11,18 @@ Usage::
     result.meta.alpha_normal.softmax(-1)     # meta-level edge probabilities [14, 10]
 """
 import random
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..config import FitConfig, resolve_config
-from ..data import TaskSampler, default_data_path, open_dataset
+from ..data import TaskSampler, default_data_path, open_dataset, resolve_rotations, selection_split
 from ..data.sampler import select_tasks
 from ..device import resolve_device
 from ..distributed import DistributedContext, init_distributed
-from ..errors import ConfigError, NonFiniteLossError
+from ..errors import NonFiniteLossError
 from ..models import SearchNetwork
 from .card import python_call, recorded_session
 from .elbo import elbo_terms
@@ -84,13 +85,23 @@ def open_data(path):
 
 
 def task_samplers(cfg, data, device):
-    """Training sampler (rotations as configured) and validation sampler (val split, else test)."""
+    """Training and validation samplers of a FitConfig, under the protocol rules (bayesnas.data.protocol).
+
+    ``cfg.rotations`` None (auto) is resolved in place from the file (on for Omniglot
+    only), so that the config the run folder records says what ran. Validation uses the
+    ``val`` split; a file without one is a DataError naming it unless
+    ``cfg.select_on == "test"``.
+
+    Example::
+
+        train, val = task_samplers(cfg, open_data(cfg.data), torch.device("cpu"))
+        train.batch([0, 1]).support_x.shape      # [2, ways*shots, C, H, W]
+    """
     size = cfg.image_size
+    cfg.rotations = resolve_rotations(cfg.rotations, data)
+    val_split = selection_split(data, cfg.select_on)
     train = TaskSampler(data.split("train"), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed,
                         rotations=cfg.rotations, device=device, image_size=size)
-    val_split = "val" if "val" in data.splits else ("test" if "test" in data.splits else None)
-    if val_split is None:
-        raise ConfigError(f"{data.path}: has no 'val' or 'test' split to validate on")
     val = TaskSampler(data.split(val_split), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1, device=device,
                       image_size=size)
     return train, val
@@ -316,7 +327,7 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
 
         cfg, state = ctx.on_main(lambda: resume_run(RunDirectory(resume), FitConfig, requested))
     else:
-        cfg = config if isinstance(config, FitConfig) else resolve_config(FitConfig, overrides=config or {})
+        cfg = dataclasses.replace(config) if isinstance(config, FitConfig) else resolve_config(FitConfig, overrides=config or {})
         cfg.validate()
         state = None
     device = process_device(ctx, cfg)

@@ -1,0 +1,80 @@
+"""The protocol rules that depend on the data file: rotations and the model-selection split.
+
+* 90-degree rotations as new training classes are Omniglot practice (Santoro et al., the
+  MAML paper); on natural images (Mini-ImageNet) a rotated photograph is not a new class.
+  ``rotations=None`` in a config means "decide from the file": on for a file whose
+  ``source`` attribute names Omniglot (the Omniglot importer's and the embedded file's
+  do), off for any other.
+* Model selection (validation during training, ``checkpoint_best.pt``) uses the ``val``
+  split. A file without one is an error unless the user selects on the test classes
+  explicitly (``select_on="test"``); the run's config then records it and ``evaluate``
+  warns that its accuracy was measured on the classes that chose the checkpoint.
+
+Usage::
+
+    data = open_dataset("mini.h5")
+    default_rotations(data)                  # False: the source names miniImageNet
+    selection_split(data, "val")             # "val", or a DataError naming the file
+"""
+import re
+
+from ..errors import ConfigError, DataError
+
+#: The values of a config's ``select_on``.
+SELECT_ON = ("val", "test")
+
+#: What ``evaluate`` and ``compare`` print for a run that selected its checkpoint on test classes.
+TEST_SELECTION_WARNING = ("this run validated on the test classes (select_on='test'): checkpoint_best.pt was "
+                          "chosen by their accuracy, so test accuracy is optimistically biased")
+
+_OMNIGLOT = re.compile(r"\bomniglot\b", re.IGNORECASE)
+
+
+def default_rotations(data):
+    """Whether training tasks add rotated classes by default: True for an Omniglot file.
+
+    Args:
+        data: a :class:`~bayesnas.data.store.FewShotData` (its ``source`` attribute).
+
+    Example::
+
+        default_rotations(load_default())        # True: the embedded file is Omniglot
+        default_rotations(open_dataset("mini.h5"))   # False
+    """
+    return bool(_OMNIGLOT.search(data.source or ""))
+
+
+def resolve_rotations(rotations, data):
+    """``rotations`` as given (True/False), or :func:`default_rotations` of ``data`` when None."""
+    return default_rotations(data) if rotations is None else bool(rotations)
+
+
+def selection_split(data, select_on="val"):
+    """The split that validates during training and picks ``checkpoint_best.pt``.
+
+    Args:
+        data: the opened data file; select_on: "val" (the rule) or "test" (explicit
+            opt-in for a file without validation classes).
+
+    Returns:
+        the split name, ``select_on`` itself.
+
+    Raises:
+        DataError naming the file when it has no such split; ConfigError for another
+        ``select_on``.
+
+    Example::
+
+        selection_split(load_default())           # 'val'
+        selection_split(open_dataset("no_val.h5"), "test")   # 'test', and the run is marked
+    """
+    if select_on not in SELECT_ON:
+        raise ConfigError(f"select_on={select_on!r}: expected one of {', '.join(SELECT_ON)}")
+    if select_on in data.splits:
+        return select_on
+    if select_on == "val":
+        raise DataError(f"{data.path}: has no 'val' split to select checkpoints on (it has "
+                        f"{', '.join(data.splits)}); import it with validation classes, or pass "
+                        f"--select-on test (select_on='test') to select on the test classes, knowing the "
+                        f"test accuracy is then biased")
+    raise DataError(f"{data.path}: has no 'test' split to select checkpoints on (it has {', '.join(data.splits)})")
