@@ -416,9 +416,9 @@ class SearchNetwork(nn.Module):
     in :data:`~bayesnas.models.operations.OPS` order; rows need not sum to 1) ->
     logits ``[B, num_classes]``. ``z_normal`` is shared by all normal cells, ``z_reduce``
     by all reduction cells. A reduction cell reads two copies of the previous cell's
-    output, as in the paper's appendix B (DARTS: the previous two). ``dw_grouping`` picks the kernel groups of the fused first
-    depthwise stage (``"per_op"``, ``"by_dilation"``, ``"single"``); all give the same
-    function.
+    output, as in the paper's appendix B (DARTS: the previous two). ``dw_grouping``
+    picks the kernel groups of the fused first depthwise stage (``"per_op"``,
+    ``"by_dilation"``, ``"single"``); all give the same function.
 
     Usage::
 
