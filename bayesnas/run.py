@@ -166,7 +166,7 @@ class Run:
 
     @property
     def metrics(self):
-        """``metrics.csv`` as a list of dicts, one per iteration (floats; None where not logged).
+        """``metrics.csv`` as a list of dicts, one per iteration (floats, the genotype a string; None where not logged).
 
         Read on every access, so a run still training shows its newest rows.
 

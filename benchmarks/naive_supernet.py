@@ -15,16 +15,23 @@ import torch.nn as nn
 
 from bayesnas.models.genotypes import STEPS
 from bayesnas.models.macro import CellPlan, cell_plan, make_preprocess, make_stem
-from bayesnas.models.operations import DIL_KERNELS, OPS, SEP_KERNELS, make_op
+from bayesnas.models.operations import DIL_KERNELS, OPS, POOL_OPS, SEP_KERNELS, batch_norm, make_op
 from bayesnas.models.supernet import SearchNetwork, source_major
 
 
 class MixedOp(nn.Module):
-    """All 10 candidate ops of one edge: ``forward(x, w [10]) = sum_o w[o] * op_o(x)``."""
+    """All 10 candidate ops of one edge: ``forward(x, w [10]) = sum_o w[o] * op_o(x)``.
+
+    Pooling ops are followed by a BatchNorm without affine parameters (DARTS's mixed op).
+    """
 
     def __init__(self, C, stride):
         super().__init__()
-        self.ops = nn.ModuleList(make_op(name, C, stride, affine=False) for name in OPS)
+        ops = []
+        for name in OPS:
+            op = make_op(name, C, stride, affine=False)
+            ops.append(nn.Sequential(op, batch_norm(C, affine=False)) if name in POOL_OPS else op)
+        self.ops = nn.ModuleList(ops)
 
     def forward(self, x, w):
         out = 0

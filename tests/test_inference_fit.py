@@ -75,6 +75,41 @@ def test_fit_writes_a_complete_run_folder(tmp_path, monkeypatch):
     assert torch.equal(meta.mu, result.meta.mu)
 
 
+def test_fit_logs_search_diagnostics_in_metrics_and_history(tmp_path):
+    """Every logged step's diagnostics, in metrics.csv and the history, are those of the
+    history's alpha at that iteration: entropy and top-op probability over the 28 edges,
+    the derived genotype, and whether it changed since the previous log."""
+    import math
+
+    from bayesnas.inference.posterior import EdgePosterior
+    from bayesnas.models.genotypes import genotype_string
+
+    fit(FitConfig(**dict(TINY, arch_lr=0.3)), out=tmp_path / "run", progress=False)
+    run = RunDirectory(tmp_path / "run")
+    history = run.read_history()
+    rows = {int(r["iteration"]): r for r in run.read_metrics()}
+    assert list(history["iteration"]) == [0, 2, 4, 6]
+    assert [rows[i]["genotype"] is None for i in (1, 3, 5)] == [True] * 3  # logged every 2nd step only
+    genotypes = []
+    for k, iteration in enumerate(history["iteration"]):
+        post = EdgePosterior(history["alpha_normal"][k], history["alpha_reduce"][k])
+        entropy = torch.cat(post.entropy())
+        top = torch.cat([p.max(-1).values for p in post.probs])
+        expected = {"edge_entropy_mean": entropy.mean().item(), "edge_entropy_max": entropy.max().item(),
+                    "top_prob_mean": top.mean().item(), "genotype": genotype_string(post.derive())}
+        genotypes.append(expected["genotype"])
+        assert entropy.numel() == 28 and 0 < expected["edge_entropy_mean"] <= math.log(10) + 1e-6
+        for key, value in expected.items():
+            want = value if key == "genotype" else pytest.approx(value, rel=1e-6)
+            assert history[key][k] == want
+            if iteration:
+                assert rows[iteration][key] == want
+    assert isinstance(rows[2]["genotype"], str) and isinstance(rows[2]["loss"], float)
+    changed = [0] + [int(a != b) for a, b in zip(genotypes, genotypes[1:])]
+    assert history["genotype_changed"].tolist() == changed
+    assert [rows[i]["genotype_changed"] for i in (2, 4, 6)] == changed[1:]
+
+
 def test_same_seed_same_result_and_resume_after_a_kill_matches(tmp_path):
     full = fit(FitConfig(**TINY), out=tmp_path / "full", progress=False)
 
@@ -85,19 +120,32 @@ def test_same_seed_same_result_and_resume_after_a_kill_matches(tmp_path):
     with pytest.raises(Kill):
         fit(FitConfig(**TINY), out=tmp_path / "killed", progress=False, callbacks=[kill_at_5])
     killed = RunDirectory(tmp_path / "killed")
-    assert killed.load_checkpoint()["iteration"] == 4  # the last complete checkpoint
+    state = killed.load_checkpoint()
+    assert state["iteration"] == 4  # the last complete checkpoint
+    # as a checkpoint written before fit logged search diagnostics: resuming recomputes them
+    for key in ("edge_entropy_mean", "edge_entropy_max", "top_prob_mean", "genotype", "genotype_changed"):
+        del state["extra"]["history"][key]
+    killed.save_checkpoint(state)
     resumed = fit(resume=tmp_path / "killed", progress=False)
     assert [r["loss"] for r in resumed.rows] == [r["loss"] for r in full.rows]
     assert [r.get("val_acc") for r in resumed.rows] == [r.get("val_acc") for r in full.rows]
     assert torch.equal(resumed.meta.mu, full.meta.mu)
     assert torch.equal(resumed.meta.alpha_reduce, full.meta.alpha_reduce)
-    assert RunDirectory(tmp_path / "killed").read_history()["iteration"].tolist() == [0, 2, 4, 6]
+    history = RunDirectory(tmp_path / "killed").read_history()
+    history_full = RunDirectory(tmp_path / "full").read_history()
+    assert history["iteration"].tolist() == [0, 2, 4, 6]
+    assert history["genotype"] == history_full["genotype"]
+    assert history["top_prob_mean"].tolist() == history_full["top_prob_mean"].tolist()
 
 
 def test_resume_can_extend_the_number_of_iterations(tmp_path):
     fit(FitConfig(**dict(TINY, iterations=2)), out=tmp_path / "run", progress=False)
     result = fit(FitConfig(**dict(TINY, iterations=4)), resume=tmp_path / "run", progress=False)
     assert [r["iteration"] for r in result.rows] == [1, 2, 3, 4]
+    history = RunDirectory(tmp_path / "run").read_history()
+    genotypes = history["genotype"]
+    assert len(genotypes) == 3  # iterations 0, 2 and, after the resume, 4
+    assert history["genotype_changed"].tolist() == [0] + [int(a != b) for a, b in zip(genotypes, genotypes[1:])]
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):

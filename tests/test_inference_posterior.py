@@ -239,3 +239,56 @@ def test_predict_averages_the_posterior_samples():
     torch.testing.assert_close(same.probs.reduce, EdgePosterior.from_meta(meta).probs.reduce)
     with pytest.raises(ValueError, match="one task"):
         AdaptedPosterior.from_support(meta, sx, sy, steps=1)
+
+
+# --- search diagnostics --------------------------------------------------------------------
+
+
+def test_search_diagnostics_of_known_posteriors():
+    uniform = EdgePosterior(torch.zeros(14, 10), torch.zeros(14, 10)).diagnostics()
+    assert uniform.edge_entropy_mean == pytest.approx(math.log(10), abs=1e-6)
+    assert uniform.edge_entropy_max == pytest.approx(math.log(10), abs=1e-6)
+    assert uniform.top_prob_mean == pytest.approx(0.1, abs=1e-7)
+    assert uniform.genotype_changed == 0
+    # one edge of the reduction cell sure of one op: it lowers the mean, not the max
+    sure = torch.zeros(14, 10)
+    sure[3, 5] = 50.0
+    d = EdgePosterior(torch.zeros(14, 10), sure).diagnostics(previous=uniform.genotype)
+    assert d.edge_entropy_mean == pytest.approx(math.log(10) * 27 / 28, abs=1e-5)
+    assert d.edge_entropy_max == pytest.approx(math.log(10), abs=1e-6)
+    assert d.top_prob_mean == pytest.approx((27 * 0.1 + 1.0) / 28, abs=1e-6)
+    from bayesnas.models.genotypes import genotype_string
+
+    assert d.genotype == genotype_string(EdgePosterior(torch.zeros(14, 10), sure).derive())
+    assert d.genotype.split("reduce ")[1].split(" ")[1].startswith("n1=")  # edge 3 is c_{k-1} -> n1
+    assert f"{OPS[5]}(1)" in d.genotype.split("reduce ")[1].split(" ")[1]
+    assert d.genotype_changed == 1
+    assert EdgePosterior(torch.zeros(14, 10), sure).diagnostics(previous=d.genotype).genotype_changed == 0
+
+
+def test_history_diagnostics_table_counts_changes_between_shown_rows():
+    from bayesnas.inference.posterior import format_diagnostics_table
+
+    g = torch.Generator().manual_seed(0)
+    a, b = 3 * torch.randn(2, 14, 10, generator=g), 3 * torch.randn(2, 14, 10, generator=g)
+    # genotypes: A A B B A A A B  -> changes at entries 2, 4, 7
+    pick = [a, a, b, b, a, a, a, b]
+    history = PosteriorHistory(list(range(0, 80, 10)), torch.stack([p[0] for p in pick]),
+                               torch.stack([p[1] for p in pick]))
+    rows = history.diagnostics()
+    assert [d.genotype_changed for d in rows] == [0, 0, 1, 0, 1, 0, 0, 1]
+    assert rows[0].genotype != rows[2].genotype and rows[0].genotype == rows[4].genotype
+    full = format_diagnostics_table(history).splitlines()
+    assert full[0].split() == ["iteration", "entropy", "mean", "entropy", "max", "top-op", "prob", "changed"]
+    assert [int(line.split()[0]) for line in full[1:-1]] == list(range(0, 80, 10))
+    assert full[3].split() == ["20", f"{rows[2].edge_entropy_mean:.3f}", f"{rows[2].edge_entropy_max:.3f}",
+                               f"{rows[2].top_prob_mean:.3f}", "1"]
+    assert full[-1] == "the derived genotype changed 3 times in 8 logged steps, last at iteration 70"
+    short = format_diagnostics_table(history, max_rows=3).splitlines()
+    # entries 0, 4 (rounded from 3.5) and 7: changes at 2, 4 fall into the second row, 7 into the third
+    assert [line.split()[0] for line in short[1:-1]] == ["0", "40", "70"]
+    assert [line.split()[-1] for line in short[1:-1]] == ["0", "2", "1"]
+    with pytest.raises(ValueError, match="max_rows"):
+        format_diagnostics_table(history, max_rows=1)
+    fig = history.plot_diagnostics()
+    assert [ax.get_ylabel() for ax in fig.axes] == ["edge entropy (nats)", "mean top-op probability"]

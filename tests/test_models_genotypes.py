@@ -151,3 +151,18 @@ def test_random_genotype_uniform_over_node_inputs():
     assert set(counts) == {(0, 1), (0, 2), (1, 2)}
     for c in counts.values():
         assert abs(c / n - 1 / 3) < 0.04
+
+
+def test_genotype_string_is_one_line_and_tells_genotypes_apart():
+    from bayesnas.models.genotypes import genotype_string
+
+    text = genotype_string(DARTS_V2)
+    assert text == ("normal n0=sep_conv_3x3(0)+sep_conv_3x3(1) n1=sep_conv_3x3(0)+sep_conv_3x3(1) "
+                    "n2=sep_conv_3x3(1)+skip_connect(0) n3=skip_connect(0)+dil_conv_3x3(2); "
+                    "reduce n0=max_pool_3x3(0)+max_pool_3x3(1) n1=skip_connect(2)+max_pool_3x3(1) "
+                    "n2=max_pool_3x3(0)+skip_connect(2) n3=skip_connect(2)+max_pool_3x3(1)")
+    assert "," not in text and "\n" not in text  # one plain CSV cell
+    draws = [random_genotype(seed) for seed in range(50)]
+    assert len({genotype_string(g) for g in draws}) == len(set(map(str, draws)))
+    partial = DARTS_V2._replace(reduce_concat=[2, 5])
+    assert genotype_string(partial).endswith(" concat=2,5")

@@ -88,3 +88,30 @@ def test_dil_conv_is_dilated():
 def test_relu_conv_bn_preprocess():
     pre = ReLUConvBN(6, 4, 1, 1, 0, affine=False)
     assert pre(torch.randn(2, 6, 5, 5)).shape == (2, 4, 5, 5)
+
+
+def test_conv_7x1_1x7_strides_columns_then_rows():
+    op = make_op("conv_7x1_1x7", 2, 2, affine=False)
+    assert op.conv_1x7.stride == (1, 2) and op.conv_7x1.stride == (2, 1)
+    # 1x7: identity tap (keeps every row, every other column); 7x1: the tap below the centre
+    # (reads row 2h + 1). Only this stride order gives x[2h + 1, 2w]; striding both axes in
+    # the 1x7 convolution would give x[2h + 2, 2w].
+    with torch.no_grad():
+        op.conv_1x7.weight.zero_()
+        op.conv_7x1.weight.zero_()
+        for c in range(2):
+            op.conv_1x7.weight[c, c, 0, 3] = 1.0
+            op.conv_7x1.weight[c, c, 4, 0] = 1.0
+    x = torch.rand(3, 2, 7, 9, dtype=torch.float64)
+    op = op.double()
+    y = op(x)
+    assert y.shape == (3, 2, 4, 5)
+    expected = F.batch_norm(F.pad(x, (0, 0, 0, 1))[:, :, 1::2, ::2], None, None, training=True)
+    assert torch.allclose(y, expected, atol=1e-12)
+
+
+def test_fixed_network_pooling_is_plain():
+    x = torch.randn(4, 3, 6, 6)
+    assert torch.equal(make_op("max_pool_3x3", 3, 1, affine=True)(x), F.max_pool2d(x, 3, 1, 1))
+    assert torch.equal(make_op("avg_pool_3x3", 3, 2, affine=True)(x),
+                       F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))

@@ -272,3 +272,106 @@ def test_tasks_as_a_batch_equal_one_call_per_task_through_second_order(grouping)
         assert torch.allclose(gb, gl, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="substitute"):
         net(x, zn, zr)  # T tasks but the module's own (unbatched) parameters
+
+
+def one_edge(op):
+    """z with weight 1 on ``op`` of edge 0 (c_{k-2} -> n0) and nothing anywhere else."""
+    z = torch.zeros(NUM_EDGES, NUM_OPS, dtype=torch.float64)
+    z[0, OPS.index(op)] = 1.0
+    return z
+
+
+def cell_output(net, index, forward):
+    """The output of ``net.cells[index]`` during ``forward()``."""
+    seen = []
+    handle = net.cells[index].register_forward_hook(lambda module, inputs, output: seen.append(output))
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("op,reduction", [("max_pool_3x3", False), ("avg_pool_3x3", True)])
+def test_pooling_edge_is_batch_normalised_per_task(op, reduction):
+    """A pooling edge's output has zero mean and unit variance per channel over each task's
+    own batch (DARTS's mixed op), in the fused supernet with 2 tasks and in the reference."""
+    from bayesnas.models import ParamLayout
+
+    naive, fused = pair(C=2, layers=3)
+    index = 1 if reduction else 0
+    assert fused.cells[index].reduction == reduction
+    C = fused.cells[index].C
+    other = torch.full((NUM_EDGES, NUM_OPS), 0.1, dtype=torch.float64)
+    zn, zr = (other, one_edge(op)) if reduction else (one_edge(op), other)
+    T, B = 2, 6
+    g = torch.Generator().manual_seed(0)
+    # two tasks with different images and weights: statistics pooled across the tasks would
+    # not centre each task exactly
+    x = torch.stack([torch.randn(B, 2, 8, 8, generator=g, dtype=torch.float64),
+                     torch.rand(B, 2, 8, 8, generator=g, dtype=torch.float64) ** 3])
+    layout = ParamLayout.from_module(fused)
+    theta = layout.flatten(fused).detach() + 0.3 * torch.randn(T, layout.numel, generator=g, dtype=torch.float64)
+    fused_out = cell_output(fused, index, lambda: functional_call(
+        fused, layout.unflatten(theta), (x, zn.expand(T, -1, -1), zr.expand(T, -1, -1))))
+    naive_out = cell_output(naive, index, lambda: naive(x[0], zn, zr))
+    for y in [fused_out[:, t * 4 * C:(t + 1) * 4 * C] for t in range(T)] + [naive_out]:
+        node0, rest = y[:, :C], y[:, C:]
+        assert torch.allclose(node0.mean((0, 2, 3)), torch.zeros(C, dtype=torch.float64), atol=1e-12)
+        assert torch.allclose(node0.var((0, 2, 3), unbiased=False), torch.ones(C, dtype=torch.float64), atol=1e-3)
+        assert not rest.any()  # only edge 0 carries weight
+
+
+def test_conv_7x1_1x7_on_a_reduction_edge_strides_columns_then_rows():
+    """With an identity 1x7 kernel and a 7x1 kernel reading the row below its centre, a
+    strided edge gives r[2h + 1, 2w] only if the 1x7 convolution strides (1, 2) and the
+    7x1 one (2, 1); striding both axes in the 1x7 one would give r[2h + 2, 2w]."""
+    torch.manual_seed(0)
+    net = SearchNetwork(in_channels=2, num_classes=3, C=2, layers=3).double()
+    cell = net.cells[1]
+    assert cell.reduction
+    C = cell.C
+    with torch.no_grad():
+        cell.conv_7x1_1x7_w1x7.zero_()
+        cell.conv_7x1_1x7_w7x1.zero_()
+        for c in range(C):
+            cell.conv_7x1_1x7_w1x7[:, c, c, 0, 3] = 1.0
+            cell.conv_7x1_1x7_w7x1[:, c, c, 4, 0] = 1.0
+    s1 = torch.randn(4, cell.pre1.conv.in_channels, 7, 9, dtype=torch.float64)
+    mix = net.mixing_matrices(one_edge("conv_7x1_1x7")[None], reduction=True)
+    with torch.no_grad():
+        out = cell(s1, s1, mix)
+        r = F.relu(cell.pre0(s1))  # the edge's source after the op's ReLU
+    assert out.shape == (4, 4 * C, 4, 5)
+    expected = F.batch_norm(F.pad(r, (0, 0, 0, 1))[:, :, 1::2, ::2], None, None, training=True)
+    assert_close(out[:, :C], expected, "conv_7x1_1x7 edge", tol=1e-12)
+
+
+def test_reduction_cell_reads_two_copies_of_the_previous_output():
+    """Paper appendix B: a reduction cell's inputs are both the previous cell's output, so
+    what two cells back held cannot matter (NaNs there leave the output unchanged), while
+    a normal cell reads it."""
+    from bayesnas.models import NetworkFromGenotype, named_genotype
+
+    naive, fused = pair(C=2, layers=3)
+    x, zn, zr, _ = inputs(H=8)
+    fixed = NetworkFromGenotype(named_genotype("darts_v2"), in_channels=2, num_classes=3, C=2, layers=3).double()
+    for net, args in ((fused, (x, zn, zr)), (naive, (x, zn, zr)), (fixed, (x,))):
+        seen = {}
+        hooks = [cell.register_forward_pre_hook(lambda module, cell_args, i=i: seen.setdefault(i, cell_args))
+                 for i, cell in enumerate(net.cells)]
+        with torch.no_grad():
+            net(*args)
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for i, cell in enumerate(net.cells):
+                s0, s1, *rest = seen[i]
+                out = cell(torch.full_like(s0, float("nan")), s1, *rest)
+                if cell.reduction:
+                    assert torch.isfinite(out).all()
+                    assert torch.equal(out, cell(s1, s1, *rest)), type(net).__name__
+                else:
+                    assert torch.isnan(out).all()
+    assert [c.reduction for c in fused.cells] == [False, True, True]

@@ -29,6 +29,8 @@ def _node_lines(pairs):
 @click.option("--top", type=click.IntRange(1, 10), default=3, help="Ops listed per edge (10 = the whole table).")
 @click.option("--sort", "sort_by", type=click.Choice(["edge", "entropy"]), default="edge",
               help="Edge order: by index, or surest (lowest entropy) first.")
+@click.option("--history-rows", type=click.IntRange(min=0), default=20,
+              help="Rows of the search-diagnostics table, evenly spaced over training (0 = every logged step).")
 @click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", help="Plot file format.")
 @click.option("--no-plots", is_flag=True, help="Print only; write no files (not even the refreshed run card).")
 @click.option("--calibration", "calibration_tasks", type=click.IntRange(min=0), default=0,
@@ -38,12 +40,16 @@ def _node_lines(pairs):
               help="Posterior samples averaged (with --calibration).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the calibration tasks and samples.")
 @user_errors
-def inspect_command(run_dir, out, which, top, sort_by, fmt, no_plots, calibration_tasks, samples, seed):
+def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plots, calibration_tasks, samples, seed):
     """Print the run card of a fit or retrain run (RUN/README.md, refreshed); for a fit run also its edge
-    posterior (top ops and entropy per edge, derived cells) and plots."""
+    posterior (top ops and entropy per edge, derived cells, how decided it got over training) and plots."""
     from ..inference.card import build_run_card, write_run_card
+    from ..inference.posterior import format_diagnostics_table
     from ..run import load_run
 
+    if history_rows == 1:
+        raise click.BadParameter("expected 0 (every logged step) or at least 2 (the first and the last)",
+                                 param_hint="--history-rows")
     card = build_run_card(run_dir) if no_plots else write_run_card(run_dir)
     click.echo(card.markdown)
     if card.kind != "fit":
@@ -74,6 +80,10 @@ def inspect_command(run_dir, out, which, top, sort_by, fmt, no_plots, calibratio
         for line in _node_lines(getattr(genotype, cell)):
             click.echo(f"    {line}")
 
+    click.echo(f"\nsearch diagnostics over training (meta-level posterior, all 28 edges; uniform: entropy "
+               f"{math.log(10):.3f}, top-op prob 0.100):")
+    click.echo(format_diagnostics_table(history, max_rows=history_rows or None))
+
     if calibration_tasks:
         cal = run.calibration(tasks=calibration_tasks, samples=samples, seed=seed, which=which, progress=True)
         click.echo(f"\ncalibration on {cal.tasks} held-out tasks ({cal.points} query points), 15-bin ECE:")
@@ -85,9 +95,11 @@ def inspect_command(run_dir, out, which, top, sort_by, fmt, no_plots, calibratio
 
     if not no_plots:
         folder = out if out is not None else os.path.join(run.path, "inspect")
-        paths = [os.path.join(folder, f"edge_posterior.{fmt}"), os.path.join(folder, f"posterior_history.{fmt}")]
+        paths = [os.path.join(folder, f"{name}.{fmt}")
+                 for name in ("edge_posterior", "posterior_history", "search_diagnostics")]
         post.plot(path=paths[0])
         history.plot(path=paths[1])
+        history.plot_diagnostics(path=paths[2])
         click.echo("\nplots:")
         for path in paths:
             click.echo(f"  {path}")

@@ -380,7 +380,8 @@ def _metrics_section(rows):
     named = [("final", final)] + ([("best val_acc", best)] if best is not None else [])
     fields = []
     for _, row in named:
-        fields.extend(k for k, v in row.items() if v is not None and k not in fields and k != "seconds")
+        # numbers only: the genotype column is text, and the card shows the cell in its own section
+        fields.extend(k for k, v in row.items() if isinstance(v, (int, float)) and k not in fields and k != "seconds")
     lines = ["## Metrics", "", "| | " + " | ".join(fields) + " |", "|---" * (len(fields) + 1) + "|"]
     for name, row in named:
         cells = ["" if row.get(k) is None else (str(int(row[k])) if k == "iteration" else f"{row[k]:.4g}")

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..models.genotypes import EDGES, NUM_EDGES
+from ..models.genotypes import EDGES, NUM_EDGES, genotype_string
 from ..models.operations import NUM_OPS, OPS
 
 CELL_TYPES = ("normal", "reduce")
@@ -82,6 +82,30 @@ class EdgeRow(NamedTuple):
     target: int
     op: str
     prob: float
+
+
+class SearchDiagnostics(NamedTuple):
+    """How decided a meta-level edge posterior is, over all 28 edges of both cell types.
+
+    edge_entropy_mean, edge_entropy_max: the mean and largest per-edge entropy in nats
+    (``log(10) = 2.303`` is uniform); top_prob_mean: the mean over edges of the most
+    probable op's probability (0.1 is uniform, 1 is decided); genotype: the derived
+    genotype as :func:`~bayesnas.models.genotypes.genotype_string`; genotype_changed: 1
+    if it differs from the previous logged one, else 0 (0 when there is none).
+    ``fit`` writes these at every logged step to ``metrics.csv`` and the posterior history.
+
+    Usage::
+
+        d = EdgePosterior.from_meta(meta).diagnostics()
+        d.top_prob_mean, d.genotype
+        d._asdict()                           # a dict, as in a metrics row
+    """
+
+    edge_entropy_mean: float
+    edge_entropy_max: float
+    top_prob_mean: float
+    genotype: str
+    genotype_changed: int
 
 
 def _logits(value, name):
@@ -227,6 +251,21 @@ class EdgePosterior:
         from .derive import derive_genotype
 
         return derive_genotype(*self.probs)
+
+    def diagnostics(self, previous=None):
+        """:class:`SearchDiagnostics` of this posterior; ``previous``: the last logged genotype string.
+
+        Usage::
+
+            d = post.diagnostics()
+            d.edge_entropy_mean               # nats, averaged over all 28 edges
+            later.diagnostics(previous=d.genotype).genotype_changed   # 0 or 1
+        """
+        entropy = torch.cat(self.entropy())
+        top = torch.cat([p.max(-1).values for p in self.probs])
+        genotype = genotype_string(self.derive())
+        return SearchDiagnostics(float(entropy.mean()), float(entropy.max()), float(top.mean()), genotype,
+                                 int(previous is not None and genotype != previous))
 
     def sample(self, n, tau=None, generator=None):
         """``n`` genotypes drawn from the posterior.
@@ -534,6 +573,35 @@ class PosteriorHistory:
         return EdgePosterior(self.logits.normal[index], self.logits.reduce[index], tau=tau,
                              label=f"meta-level posterior at iteration {it}")
 
+    def diagnostics(self):
+        """:class:`SearchDiagnostics` of every logged entry, in order (computed from alpha).
+
+        Usage::
+
+            rows = hist.diagnostics()
+            [d.top_prob_mean for d in rows]   # how decided the posterior got
+            sum(d.genotype_changed for d in rows)
+        """
+        rows, previous = [], None
+        for index in range(len(self)):
+            rows.append(self.at(index).diagnostics(previous))
+            previous = rows[-1].genotype
+        return rows
+
+    def plot_diagnostics(self, path=None, title=None):
+        """Mean (and max) edge entropy and mean top-op probability against iteration.
+
+        Returns a ``matplotlib.figure.Figure``; ``path`` also saves it (atomically).
+
+        Usage::
+
+            fig = hist.plot_diagnostics()
+            hist.plot_diagnostics(path="runs/a/diagnostics.png")
+        """
+        from ..viz.posterior import plot_search_diagnostics
+
+        return plot_search_diagnostics(self, path=path, title=title)
+
     def plot(self, path=None, title=None):
         """Each edge's op probabilities over training: per cell type a grid of target x source.
 
@@ -551,6 +619,46 @@ class PosteriorHistory:
     def __repr__(self):
         span = f"iterations {int(self.iteration[0])}..{int(self.iteration[-1])}" if len(self) else "empty"
         return f"<PosteriorHistory: {len(self)} entries, {span}>"
+
+
+def format_diagnostics_table(history, max_rows=None):
+    """The search diagnostics of a :class:`PosteriorHistory` as a plain-text table.
+
+    One row per logged iteration: mean and max edge entropy (nats), mean top-op
+    probability, and whether the derived genotype changed. With more entries than
+    ``max_rows``, evenly spaced ones are shown (always the first and the last), and
+    ``changed`` counts the changes since the previous row shown. A last line says how
+    often and when the genotype last changed.
+
+    Usage::
+
+        print(format_diagnostics_table(run.posterior_history()))
+        print(format_diagnostics_table(hist, max_rows=20))
+        #  iteration  entropy mean  entropy max  top-op prob  changed
+    """
+    rows = history.diagnostics()
+    n = len(rows)
+    if max_rows is not None and int(max_rows) < 2:
+        raise ValueError(f"max_rows={max_rows}: expected at least 2 (the first and last entries), or None for all")
+    if max_rows is None or n <= int(max_rows):
+        shown = list(range(n))
+    else:
+        shown = sorted({round(i * (n - 1) / (int(max_rows) - 1)) for i in range(int(max_rows))})
+    lines = [f"{'iteration':>10}  {'entropy mean':>12}  {'entropy max':>11}  {'top-op prob':>11}  {'changed':>7}"]
+    previous = -1
+    for index in shown:
+        d = rows[index]
+        changed = sum(r.genotype_changed for r in rows[previous + 1:index + 1])
+        lines.append(f"{int(history.iteration[index]):>10}  {d.edge_entropy_mean:>12.3f}  {d.edge_entropy_max:>11.3f}  "
+                     f"{d.top_prob_mean:>11.3f}  {changed:>7}")
+        previous = index
+    changes = [int(history.iteration[i]) for i, r in enumerate(rows) if r.genotype_changed]
+    if changes:
+        lines.append(f"the derived genotype changed {len(changes)} time{'s' * (len(changes) != 1)} in {n} logged "
+                     f"steps, last at iteration {changes[-1]}")
+    else:
+        lines.append(f"the derived genotype did not change in {n} logged steps")
+    return "\n".join(lines)
 
 
 def expected_calibration_error(probs, labels, bins=15):

@@ -48,6 +48,13 @@ def default_run_path(kind, root="runs"):
     return path
 
 
+# metrics.csv columns that hold text; every other column reads back as floats
+TEXT_COLUMNS = ("genotype",)
+# The search diagnostics in posterior_history.h5 (version 2 on), with their stored types.
+HISTORY_DIAGNOSTICS = {"edge_entropy_mean": np.float64, "edge_entropy_max": np.float64,
+                       "top_prob_mean": np.float64, "genotype": h5py.string_dtype(), "genotype_changed": np.int8}
+
+
 class RunDirectory:
     """Reads and writes the files of one run folder (see the module docstring)."""
 
@@ -128,35 +135,51 @@ class RunDirectory:
                 writer.writerows(rows)
 
     def read_metrics(self):
-        """``metrics.csv`` as a list of dicts with float values (empty cells -> None)."""
+        """``metrics.csv`` as a list of dicts: float values, strings in :data:`TEXT_COLUMNS` (empty cells -> None)."""
         path = self.file("metrics.csv")
         if not os.path.exists(path):
             raise RunError(f"{path}: missing; the run has not logged any metrics")
         with open(path, newline="", encoding="utf-8") as f:
-            return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+            return [{k: (None if v in ("", None) else v if k in TEXT_COLUMNS else float(v)) for k, v in row.items()}
+                    for row in csv.DictReader(f)]
 
     def write_history(self, history):
         """Rewrite ``posterior_history.h5`` atomically.
 
         ``history``: dict with "iteration" (list of int), "alpha_normal" and
-        "alpha_reduce" (lists of ``[14, 10]`` arrays).
+        "alpha_reduce" (lists of ``[14, 10]`` arrays), and the search diagnostics of
+        each entry (lists; see :class:`~bayesnas.inference.posterior.SearchDiagnostics`),
+        each written when present.
         """
         with atomic_path(self.file("posterior_history.h5")) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["format"] = "bayesnas-posterior-history"
-                f.attrs["version"] = 1
+                f.attrs["version"] = 2
                 f.create_dataset("iteration", data=np.asarray(history["iteration"], dtype=np.int64))
                 for key in ("alpha_normal", "alpha_reduce"):
                     f.create_dataset(key, data=np.asarray(history[key], dtype=np.float32).reshape(-1, 14, 10))
+                for key, dtype in HISTORY_DIAGNOSTICS.items():
+                    if key in history:
+                        f.create_dataset(key, data=np.asarray(history[key], dtype=dtype), dtype=dtype)
 
     def read_history(self):
-        """``posterior_history.h5`` as a dict of numpy arrays (iteration ``[n]``, alpha_* ``[n, 14, 10]``)."""
+        """``posterior_history.h5`` as a dict: iteration ``[n]``, alpha_* ``[n, 14, 10]`` arrays,
+        and the search diagnostics: arrays ``[n]``, "genotype" a list of ``n`` strings; each
+        None in a file written before fit recorded them (version 1)."""
         path = self.file("posterior_history.h5")
         try:
             with h5py.File(path, "r") as f:
                 if f.attrs.get("format") != "bayesnas-posterior-history":
                     raise RunError(f"{path}: not a bayesnas posterior history (attribute 'format' missing)")
-                return {k: f[k][()] for k in ("iteration", "alpha_normal", "alpha_reduce")}
+                history = {k: f[k][()] for k in ("iteration", "alpha_normal", "alpha_reduce")}
+                for key in HISTORY_DIAGNOSTICS:
+                    if key not in f:
+                        history[key] = None
+                    elif key == "genotype":
+                        history[key] = f[key].asstr()[()].tolist()
+                    else:
+                        history[key] = f[key][()]
+                return history
         except FileNotFoundError:
             raise RunError(f"{path}: missing; expected the edge posterior history of a fit run") from None
         except (OSError, KeyError) as exc:

@@ -30,6 +30,7 @@ from .guide import adapt
 from .loop import TrainingLoop, create_run_on_main, process_device, read_run_config, resume_run
 from .meta import MetaNetwork
 from .model import TaskNormal, current_task_share, edge_prior, task_share
+from .posterior import EdgePosterior, PosteriorHistory, SearchDiagnostics
 from .rundir import RunDirectory
 from .tensorboard_logger import meta_posterior_logger, summary_writer_class
 
@@ -270,6 +271,17 @@ def _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint):
     return parts, loss
 
 
+def _with_diagnostics(history):
+    """A history restored from a checkpoint, with the diagnostics of its entries computed
+    from their alpha if it was written before fit recorded them."""
+    if "genotype" not in history:
+        past = PosteriorHistory(history["iteration"], np.asarray(history["alpha_normal"]),
+                                np.asarray(history["alpha_reduce"])).diagnostics()
+        for key in SearchDiagnostics._fields:
+            history[key] = [getattr(d, key) for d in past]
+    return history
+
+
 @dataclass
 class FitResult:
     """What :func:`fit` returns: the trained meta-network, its config, metrics and run folder
@@ -342,12 +354,18 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
     else:
         run = create_run_on_main(ctx, out, "fit", cfg.to_dict())
 
-    history = {"iteration": [], "alpha_normal": [], "alpha_reduce": []}
+    history = {"iteration": [], "alpha_normal": [], "alpha_reduce": [], **{k: [] for k in SearchDiagnostics._fields}}
 
     def record_alpha(iteration):
+        """Log alpha and its :class:`SearchDiagnostics` in the history; returns the diagnostics as a dict."""
         history["iteration"].append(iteration)
         history["alpha_normal"].append(meta.alpha_normal.detach().cpu().clone())
         history["alpha_reduce"].append(meta.alpha_reduce.detach().cpu().clone())
+        previous = history["genotype"][-1] if history["genotype"] else None
+        diagnostics = EdgePosterior(meta.alpha_normal, meta.alpha_reduce).diagnostics(previous)._asdict()
+        for key, value in diagnostics.items():
+            history[key].append(value)
+        return diagnostics
 
     logger = None
     if tensorboard and run is not None:
@@ -358,7 +376,8 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
                         progress=progress and ctx.is_main, desc="fit", callbacks=callbacks, logger=logger)
     if state is not None:
         loop.resume(state)
-        history = loop.extra["history"]
+        history = _with_diagnostics(loop.extra["history"])
+        loop.extra["history"] = history
     elif not history["iteration"]:
         record_alpha(0)
 
@@ -367,9 +386,11 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
         with share:
             row = svi_step(meta, optimiser, train_sampler.batch(indices), cfg, iteration,
                            reduce_gradients=ctx.average_gradients)
+        # alpha is the same on every process: its diagnostics (a string among them) need no averaging
+        row = ctx.mean_of(row)
         if iteration % cfg.log_every == 0:
-            record_alpha(iteration)
-        return ctx.mean_of(row)
+            row.update(record_alpha(iteration))
+        return row
 
     def validate(iteration):
         acc, elbo = evaluate_tasks(meta, cfg, val_sampler, cfg.val_tasks, temperature(cfg, iteration),

@@ -286,3 +286,26 @@ def named_genotype(name):
         raise GenotypeError(f"unknown genotype name {name!r}: expected one of "
                             f"{', '.join(sorted(NAMED_GENOTYPES))}")
     return NAMED_GENOTYPES[key]
+
+
+def genotype_string(g):
+    """A genotype on one line, e.g. for a column of ``metrics.csv``.
+
+    Each cell lists its nodes as ``nK=op(source)+op(source)`` (sources are states: 0, 1
+    the cell inputs, ``j >= 2`` node ``j - 2``). A cell's concat list is appended
+    (``concat=2,3``) only when it is not every intermediate node, which a derived
+    genotype always is. Equal genotypes give equal strings and unequal ones unequal.
+
+    Usage::
+
+        genotype_string(DARTS_V2)   # 'normal n0=sep_conv_3x3(0)+sep_conv_3x3(1) n1=...; reduce n0=...'
+        changed = genotype_string(a) != genotype_string(b)
+    """
+    cells = []
+    for which, pairs, concat in (("normal", g.normal, g.normal_concat), ("reduce", g.reduce, g.reduce_concat)):
+        nodes = [f"n{i // 2}=" + "+".join(f"{op}({int(source)})" for op, source in pairs[i:i + 2])
+                 for i in range(0, len(pairs), 2)]
+        if list(concat) != list(range(2, len(pairs) // 2 + 2)):
+            nodes.append("concat=" + ",".join(str(int(s)) for s in concat))
+        cells.append(" ".join([which] + nodes))
+    return "; ".join(cells)

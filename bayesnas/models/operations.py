@@ -4,7 +4,9 @@ Every operation maps ``[B, C, H, W]`` to ``[B, C, ceil(H/s), ceil(W/s)]`` for st
 ``s`` in {1, 2}. The order is ReLU-Conv-BN; convolutions carry no bias; BatchNorm keeps
 no running statistics, so it always normalises with the statistics of the batch it
 sees (MAML style: a task's support and query batches are never mixed). Only the first
-convolution of an operation strides.
+convolution of an operation strides, except in ``conv_7x1_1x7``, whose two convolutions
+each stride along one axis. Pooling is plain here (the fixed networks' op); the search
+supernet follows it with a BatchNorm (:data:`POOL_OPS`).
 
 Usage::
 
@@ -31,6 +33,10 @@ OPS = (
     "conv_7x1_1x7",
 )
 NUM_OPS = len(OPS)
+# In the search supernet these are followed by a BatchNorm without affine parameters, as in
+# DARTS's mixed op: unnormalised, the parameter-free ops would win the mixture by the scale
+# of their output, not by merit. Fixed networks keep plain pooling.
+POOL_OPS = ("max_pool_3x3", "avg_pool_3x3")
 
 # Kernel size of the depthwise convolutions of the separable and dilated operations.
 SEP_KERNELS = {"sep_conv_3x3": 3, "sep_conv_5x5": 5, "sep_conv_7x7": 7}
@@ -184,20 +190,21 @@ class DilConv(nn.Module):
 class Conv7x1_1x7(nn.Module):
     """The ``conv_7x1_1x7`` operation: ReLU, a full 1x7 convolution, a full 7x1 one, BN.
 
-    The 1x7 convolution strides (in both directions); the 7x1 one does not.
+    Each convolution strides along the axis its kernel spans, as in DARTS: the 1x7 one by
+    ``(1, s)`` (across columns), the 7x1 one by ``(s, 1)`` (across rows).
     Shapes: ``[B, C, H, W] -> [B, C, ceil(H/s), ceil(W/s)]``.
 
     Usage::
 
-        op = Conv7x1_1x7(8, stride=1, affine=False)
-        y = op(torch.randn(2, 8, 12, 12))           # [2, 8, 12, 12]
-        assert y.shape == (2, 8, 12, 12)
+        op = Conv7x1_1x7(8, stride=2, affine=False)
+        y = op(torch.randn(2, 8, 12, 12))           # [2, 8, 6, 6]
+        assert op.conv_1x7.stride == (1, 2) and op.conv_7x1.stride == (2, 1)
     """
 
     def __init__(self, C, stride, affine):
         super().__init__()
-        self.conv_1x7 = nn.Conv2d(C, C, (1, 7), stride=stride, padding=(0, 3), bias=False)
-        self.conv_7x1 = nn.Conv2d(C, C, (7, 1), padding=(3, 0), bias=False)
+        self.conv_1x7 = nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False)
+        self.conv_7x1 = nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False)
         self.bn = batch_norm(C, affine)
 
     def forward(self, x):

@@ -8,7 +8,8 @@ This one computes the same function with a few dozen calls per cell:
   cell inputs form one batch, then the 3, 2, 1 edges leaving intermediate nodes 0, 1, 2
   (4 batches per cell, the fewest the node dependencies allow). Everything that has no
   per-edge parameters is then computed once per source and shared by its edges: the
-  ReLU, max/avg pooling and the identity.
+  ReLU, max/avg pooling (each followed by a BatchNorm without affine parameters, as in
+  DARTS's mixed op) and the identity.
 * The first depthwise convolution of every separable/dilated op of every edge of a batch
   is one grouped convolution per kernel group with a channel multiplier (input channel
   ``c`` of source ``s`` produces one channel per (op, edge)), so the source is never
@@ -16,8 +17,9 @@ This one computes the same function with a few dozen calls per cell:
   forward (zero padding; a dilation-2 kernel is interleaved with zeros when it joins a
   dense group), so parameters keep their true per-edge shapes.
 * Pointwise convolutions are batched matrix products, BatchNorm is one call over all
-  channels of a batch (it is per channel, so fusing is exact), conv_7x1_1x7 and the
-  factorized reduce are grouped convolutions. Grouped convolutions go through
+  channels of a batch (it is per channel, so fusing is exact), conv_7x1_1x7 (1x7 striding
+  ``(1, s)``, then 7x1 striding ``(s, 1)``) and the factorized reduce are grouped
+  convolutions. Grouped convolutions go through
   :func:`bayesnas.models._conv.conv2d`, whose double backward is whole grouped calls
   (PyTorch's loops over the groups: 90% of a second-order step before).
 * The architecture-weighted sum ``sum_e sum_o z[e, o] * op_o(x_e)`` of a batch is one
@@ -189,8 +191,9 @@ class SearchCell(nn.Module):
 
     Shapes: ``s0 [B, C_pp, H0, W0]``, ``s1 [B, C_p, H, W]`` -> ``[B, multiplier * C, H', W']``
     with ``H' = ceil(H / 2)`` in a reduction cell, else ``H``. A reduction cell ignores
-    ``s0`` and preprocesses two copies of ``s1``. ``mix`` is the list of mixing matrices
-    from :meth:`SearchNetwork.mixing_matrices`.
+    ``s0`` and preprocesses two copies of ``s1``: the paper's appendix B (DARTS feeds it
+    the two previous cells' outputs, like a normal cell). ``mix`` is the list of mixing
+    matrices from :meth:`SearchNetwork.mixing_matrices`.
 
     Usage::
 
@@ -317,11 +320,12 @@ class SearchCell(nn.Module):
         y = torch.matmul(pw2, y.reshape(B, T, len(SEP_OPS) * n, C, HW))
         sep = F.batch_norm(y.view(B, T * ns, HW), None, None, training=True)
 
-        # conv_7x1_1x7: 1x7 (strided) per source with all its edges' outputs, then 7x1 per edge.
+        # conv_7x1_1x7: 1x7 per source with all its edges' outputs, then 7x1 per edge; each
+        # strides along the axis its kernel spans.
         w = edges("conv_7x1_1x7_w1x7", b).reshape(T * n * C, C, 1, 7)
-        y = conv2d(r, w, stride=stride, padding=(0, 3), groups=T * S)
+        y = conv2d(r, w, stride=(1, stride), padding=(0, 3), groups=T * S)
         w = edges("conv_7x1_1x7_w7x1", b).reshape(T * n * C, C, 7, 1)
-        y = conv2d(y, w, padding=(3, 0), groups=T * n)
+        y = conv2d(y, w, stride=(stride, 1), padding=(3, 0), groups=T * n)
         conv7 = F.batch_norm(y.reshape(B, T * n * C, HW), None, None, training=True)
 
         outputs = []
@@ -334,8 +338,10 @@ class SearchCell(nn.Module):
             outputs.append(F.batch_norm(fr, None, None, training=True).reshape(B, T, n, C * HW))
         else:
             outputs.append(x.reshape(B, T, S, C * HW))
-        outputs.append(F.max_pool2d(x, 3, stride, 1).reshape(B, T, S, C * HW))
-        outputs.append(F.avg_pool2d(x, 3, stride, 1, count_include_pad=False).reshape(B, T, S, C * HW))
+        # Pooling's BatchNorm is per channel and channels are task-major, so each task is
+        # normalised over its own batch.
+        for pooled in (F.max_pool2d(x, 3, stride, 1), F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)):
+            outputs.append(F.batch_norm(pooled, None, None, training=True).reshape(B, T, S, C * HW))
         outputs.append(sep.reshape(B, T, -1, C * HW))
         outputs.append(dil.reshape(B, T, len(DIL_OPS) * n, C * HW))
         outputs.append(conv7.reshape(B, T, n, C * HW))
@@ -409,9 +415,10 @@ class SearchNetwork(nn.Module):
     (one row of op weights per edge, :data:`~bayesnas.models.genotypes.EDGES` order, ops
     in :data:`~bayesnas.models.operations.OPS` order; rows need not sum to 1) ->
     logits ``[B, num_classes]``. ``z_normal`` is shared by all normal cells, ``z_reduce``
-    by all reduction cells. ``dw_grouping`` picks the kernel groups of the fused first
-    depthwise stage (``"per_op"``, ``"by_dilation"``, ``"single"``); all give the same
-    function.
+    by all reduction cells. A reduction cell reads two copies of the previous cell's
+    output, as in the paper's appendix B (DARTS: the previous two). ``dw_grouping``
+    picks the kernel groups of the fused first depthwise stage (``"per_op"``,
+    ``"by_dilation"``, ``"single"``); all give the same function.
 
     Usage::
 

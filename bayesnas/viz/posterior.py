@@ -177,3 +177,51 @@ def plot_posterior_history(history, path=None, title=None):
     if path is not None:
         save_figure(fig, path, dpi=100)
     return fig
+
+
+def plot_search_diagnostics(history, path=None, title=None):
+    """How decided the meta-level posterior got over training, against iteration.
+
+    Top panel: mean and max edge entropy over the 28 edges (nats; dashed: uniform,
+    ``log(10)``). Bottom panel: mean top-op probability (dashed: uniform, 0.1), with a
+    tick at every logged iteration where the derived genotype changed.
+
+    Args:
+        history: a :class:`~bayesnas.inference.posterior.PosteriorHistory`; path: also save there.
+
+    Returns:
+        ``matplotlib.figure.Figure`` with two axes.
+
+    Usage::
+
+        fig = plot_search_diagnostics(run.posterior_history(), path="diagnostics.png")
+        fig.axes[1].get_ylabel()              # 'mean top-op probability'
+    """
+    from matplotlib.figure import Figure
+
+    rows = history.diagnostics()
+    iterations = history.iteration.numpy()
+    marker = "." if len(iterations) < 3 else None
+    fig = Figure(figsize=(8, 6))
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.9, hspace=0.12)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(iterations, [d.edge_entropy_mean for d in rows], color="C0", marker=marker, label="mean over edges")
+    top.plot(iterations, [d.edge_entropy_max for d in rows], color="C0", linestyle=":", marker=marker,
+             label="max over edges")
+    top.axhline(np.log(len(OPS)), color="grey", linestyle="--", linewidth=1, label="uniform")
+    top.set_ylim(0, 1.05 * np.log(len(OPS)))
+    top.set_ylabel("edge entropy (nats)")
+    top.legend(fontsize=8, frameon=False)
+    bottom.plot(iterations, [d.top_prob_mean for d in rows], color="C1", marker=marker)
+    bottom.axhline(1 / len(OPS), color="grey", linestyle="--", linewidth=1)
+    changed = [it for it, d in zip(iterations, rows) if d.genotype_changed]
+    bottom.plot(changed, [0.0] * len(changed), linestyle="none", marker="|", markersize=10, color="C3",
+                label="derived genotype changed")
+    bottom.set_ylim(0, 1)
+    bottom.set_ylabel("mean top-op probability")
+    bottom.set_xlabel("iteration")
+    bottom.legend(fontsize=8, frameon=False, loc="upper left")
+    fig.suptitle(title or f"{history.label}: how decided the edge posterior is")
+    if path is not None:
+        save_figure(fig, path)
+    return fig
