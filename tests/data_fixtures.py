@@ -170,3 +170,13 @@ def mini_imagenet_file(folder, classes=None, images_per_class=4, side=10):
     out = folder / "mini.h5"
     import_miniimagenet(folder / "mini", out, size=side)
     return str(out)
+
+
+def all_classes(data):
+    """``{name: (split, uint8 [n, C, H, W])}`` over every split of an opened file."""
+    found = {}
+    for split_name in data.splits:
+        split = data.split(split_name)
+        for i, name in enumerate(split.class_names):
+            found[name] = (split_name, split.class_images(i))
+    return found

@@ -10,23 +10,13 @@ from bayesnas.cli.main import main
 from bayesnas.data import import_folder
 from bayesnas.errors import ConfigError, DataError
 
-from .data_fixtures import write_image_folder
+from .data_fixtures import all_classes, write_image_folder
 
 SIX = {f"class{i}": 3 for i in range(6)}
 
 
 def load(root, out, **kwargs):
     return import_folder(root, out, progress=False, **kwargs)
-
-
-def by_name(data):
-    """``{class name: (split, uint8 [n, C, H, W])}`` over every split."""
-    found = {}
-    for split_name in data.splits:
-        split = data.split(split_name)
-        for i, name in enumerate(split.class_names):
-            found[name] = (split_name, split.class_images(i))
-    return found
 
 
 def chw(images):
@@ -46,7 +36,7 @@ def test_class_layout_round_trip_follows_the_omniglot_split_rule(tmp_path):
     (tmp_path / "imgs" / "class0" / ".hidden.png").write_bytes(b"ignored too")
     data = load(tmp_path / "imgs", tmp_path / "o.h5", size=10, seed=3)
     assert data.channels == 1 and data.image_size == (10, 10)
-    found = by_name(data)
+    found = all_classes(data)
     assert sorted(found) == sorted(SIX)
     for name, images in written.items():
         assert torch.equal(found[name][1], chw(images)), name
@@ -89,7 +79,7 @@ def test_split_layout_keeps_the_folders_splits(tmp_path):
     assert data.split("val").class_names == ["cat"]
     assert data.split("test").class_names == ["dog", "eel"]
     assert data.split("test").images.shape == (4, 3, 8, 8)
-    found = by_name(data)
+    found = all_classes(data)
     for name, images in {**train, **val}.items():
         assert torch.equal(found[name][1], chw(images)), name
     assert data.source == "folder (imgs); split folders train/val/test; 8x8 LANCZOS, RGB"
@@ -114,18 +104,18 @@ def test_default_size_is_84_for_rgb_and_28_for_grey(tmp_path):
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_invert_stores_255_minus_the_pixels(tmp_path, mode):
     written = write_image_folder(tmp_path / "imgs", SIX, mode=mode, side=6)
-    found = by_name(load(tmp_path / "imgs", tmp_path / "o.h5", size=6, invert=True))
+    found = all_classes(load(tmp_path / "imgs", tmp_path / "o.h5", size=6, invert=True))
     for name, images in written.items():
         assert torch.equal(found[name][1], chw(255 - images)), name
 
 
 def test_channels_flag_converts_every_image(tmp_path):
     grey = write_image_folder(tmp_path / "grey", SIX, mode="L", side=6)
-    found = by_name(load(tmp_path / "grey", tmp_path / "g.h5", size=6, channels=3))
+    found = all_classes(load(tmp_path / "grey", tmp_path / "g.h5", size=6, channels=3))
     for name, images in grey.items():
         assert torch.equal(found[name][1], chw(np.repeat(images, 3, axis=3))), name
     rgb = write_image_folder(tmp_path / "rgb", SIX, mode="RGB", side=6)
-    found = by_name(load(tmp_path / "rgb", tmp_path / "c.h5", size=6, channels=1))
+    found = all_classes(load(tmp_path / "rgb", tmp_path / "c.h5", size=6, channels=1))
     expected = np.array(Image.fromarray(rgb["class2"][0]).convert("L"))
     assert torch.equal(found["class2"][1][0, 0], torch.from_numpy(expected))
 
@@ -137,7 +127,7 @@ def test_sixteen_bit_and_grey_palette_pngs_count_as_grey(tmp_path):
     Image.fromarray(np.array([[0, 0x80FF, 0xFFFF]] * 3, dtype=np.uint16)).save(root / "deep" / "a.png")
     (root / "palette").mkdir()
     Image.fromarray(np.full((3, 3), 77, np.uint8)).convert("P").save(root / "palette" / "a.png")
-    found = by_name(load(root, tmp_path / "o.h5", size=3, split_fractions=(1, 0, 0)))
+    found = all_classes(load(root, tmp_path / "o.h5", size=3, split_fractions=(1, 0, 0)))
     assert found["deep"][1][0, 0, 0].tolist() == [0, 0x80, 0xFF]      # top 8 bits, not clipped
     assert torch.equal(found["palette"][1], torch.full((1, 1, 3, 3), 77, dtype=torch.uint8))
 
@@ -146,7 +136,7 @@ def test_symlinks_inside_root_are_followed(tmp_path):
     written = write_image_folder(tmp_path / "imgs", SIX, side=4)
     os.symlink("../class1/img_00.png", tmp_path / "imgs" / "class0" / "z_link.png")
     os.symlink("class5", tmp_path / "imgs" / "class6")
-    found = by_name(load(tmp_path / "imgs", tmp_path / "o.h5", size=4))
+    found = all_classes(load(tmp_path / "imgs", tmp_path / "o.h5", size=4))
     assert len(found["class0"][1]) == 4
     assert torch.equal(found["class0"][1][3], chw(written["class1"])[0])
     assert torch.equal(found["class6"][1], chw(written["class5"]))

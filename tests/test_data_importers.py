@@ -10,18 +10,8 @@ from PIL import Image
 from bayesnas.data import import_miniimagenet, import_omniglot, load_default, open_dataset
 from bayesnas.errors import ConfigError, DataError
 
-from .data_fixtures import (REAL_ZIPS, mini_classes, write_mini_csv, write_mini_learn2learn,
+from .data_fixtures import (REAL_ZIPS, all_classes, mini_classes, write_mini_csv, write_mini_learn2learn,
                             write_mini_torchmeta, write_omniglot_tree, zip_tree)
-
-
-def all_classes(data):
-    """``{name: (split, uint8 [n, C, H, W])}`` over every split of an opened file."""
-    found = {}
-    for split_name in data.splits:
-        split = data.split(split_name)
-        for i, name in enumerate(split.class_names):
-            found[name] = (split_name, split.class_images(i))
-    return found
 
 
 def stored_from_drawing(drawing):
