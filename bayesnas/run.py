@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import FitConfig, from_dict
+from .config import FitConfig
 from .device import resolve_device
 from .errors import ConfigError, RunError
+from .inference.loop import read_run_config
 from .inference.posterior import AdaptedPosterior, EdgePosterior, PosteriorHistory, expected_calibration_error
 from .inference.rundir import RunDirectory
 from .models.genotypes import NUM_EDGES
@@ -119,14 +120,7 @@ class Run:
     def __init__(self, path, device="cpu"):
         self.directory = RunDirectory(path)
         self.path = self.directory.path
-        config_file = self.directory.file("config.json")
-        raw = self.directory.config()
-        if not isinstance(raw, dict):
-            raise RunError(f"{config_file}: expected a JSON object of fit settings, got {type(raw).__name__}")
-        try:
-            self.config = from_dict(FitConfig, raw, source=config_file)
-        except (ConfigError, TypeError) as exc:
-            raise RunError(f"{exc}; expected the config of a `bayesnas fit` run") from None
+        self.config = read_run_config(self.directory, FitConfig)
         self.device = resolve_device(device)
         self._states = {}
         self._metas = {}
