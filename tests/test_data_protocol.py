@@ -14,6 +14,15 @@ def test_rotations_are_on_by_default_for_omniglot_sources_only(tmp_path):
     assert default_rotations(custom) is False
     assert resolve_rotations(None, mini) is False and resolve_rotations(True, mini) is True
     assert resolve_rotations(False, load_default()) is False
+    # a folder of the user's own images named after Omniglot is still a folder import
+    from bayesnas.data import import_folder
+    from tests.data_fixtures import write_image_folder
+
+    write_image_folder(tmp_path / "omniglot sketches", {f"c{i}": 2 for i in range(4)})
+    import_folder(tmp_path / "omniglot sketches", tmp_path / "sk.h5", split_fractions=(0.5, 0.25, 0.25),
+                  progress=False)
+    folder = open_dataset(tmp_path / "sk.h5")
+    assert "omniglot sketches" in folder.source and default_rotations(folder) is False
 
 
 def test_the_selection_split_is_val_and_test_only_when_asked(tmp_path):

@@ -3,8 +3,9 @@
 * 90-degree rotations as new training classes are Omniglot practice (Santoro et al., the
   MAML paper); on natural images (Mini-ImageNet) a rotated photograph is not a new class.
   ``rotations=None`` in a config means "decide from the file": on for a file whose
-  ``source`` attribute names Omniglot (the Omniglot importer's and the embedded file's
-  do), off for any other.
+  ``source`` attribute starts by naming Omniglot as its origin (the Omniglot importer's
+  and the embedded file's do), off for any other: an image folder's source starts with
+  "folder", so a folder merely named after Omniglot does not count.
 * Model selection (validation during training, ``checkpoint_best.pt``) uses the ``val``
   split. A file without one is an error unless the user selects on the test classes
   explicitly (``select_on="test"``); the run's config then records it and ``evaluate``
@@ -27,7 +28,7 @@ SELECT_ON = ("val", "test")
 TEST_SELECTION_WARNING = ("this run validated on the test classes (select_on='test'): checkpoint_best.pt was "
                           "chosen by their accuracy, so test accuracy is optimistically biased")
 
-_OMNIGLOT = re.compile(r"\bomniglot\b", re.IGNORECASE)
+_OMNIGLOT = re.compile(r"(embedded )?omniglot\b", re.IGNORECASE)  # matched at the start of the source
 
 
 def default_rotations(data):
@@ -41,7 +42,7 @@ def default_rotations(data):
         default_rotations(load_default())        # True: the embedded file is Omniglot
         default_rotations(open_dataset("mini.h5"))   # False
     """
-    return bool(_OMNIGLOT.search(data.source or ""))
+    return bool(_OMNIGLOT.match(data.source or ""))
 
 
 def resolve_rotations(rotations, data):
