@@ -207,7 +207,9 @@ def architectures(genotypes=(), random_cells=0, baselines=("darts_v2", "conv4"),
             files, fit run folders, Genotypes), or a dict label -> spec.
         random_cells: R, how many cells to draw uniformly from the space
             (:func:`~bayesnas.models.genotypes.random_genotype`, one stream seeded by
-            ``random_seed``: the same R cells every time).
+            ``random_seed``: the same R cells every time). They obey the rule
+            derive-cell's cells do: two distinct input states per node, listed in
+            increasing order, a non-``none`` op on each, every node concatenated.
         baselines: names among "darts_v2", "conv4".
 
     Returns:
