@@ -4,14 +4,7 @@ How users judge whether a search found something (the paper's Table 1): the deri
 cell(s), DARTS_V2, Conv-4 and R cells drawn uniformly from the same search space are each
 retrained with the same :class:`~bayesnas.inference.maml.RetrainConfig` (same iterations,
 inner loop, tasks and depth) for every seed of the same seed set, then evaluated on the
-same seeded test tasks.
-
-At equal width the cells differ up to 10x in parameters, so by default each architecture
-gets its own width (``channels``: Conv-4 filters, or the first cell's C) chosen so that its
-trainable parameter count is within ±10% of one target (:func:`matched_channels`); the
-target defaults to the largest row's count at the configured channels (:func:`row_widths`
-says why), so no row is narrower than that. ``match_params=False`` gives every row the
-configured channels. The S seeds of an architecture are scored on the same n test
+same seeded test tasks. The S seeds of an architecture are scored on the same n test
 tasks, so their S x n accuracies are not S x n independent samples: each task's accuracy
 is first averaged over the seeds, and the mean and 95% CI are taken over the n tasks
 (pooling would shrink the interval by up to sqrt(S) with no new information). Each
@@ -19,6 +12,13 @@ architecture's difference from the first (the reference) is paired the same way:
 per-task difference of seed-averaged accuracies, its mean and 95% CI over the tasks.
 Training time is the summed step time of an architecture's runs divided by the number of
 seeds (validation excluded).
+
+At equal width the cells differ up to 10x in parameters, so by default each architecture
+gets its own width (``channels``: Conv-4 filters, or the first cell's C) chosen so that its
+trainable parameter count is within ±10% of one target (:func:`matched_channels`); the
+target defaults to the largest row's count at the configured channels (:func:`row_widths`
+says why), so no row is narrower than that. ``match_params=False`` gives every row the
+configured channels.
 
 Every run keeps its own folder ``OUT/<label>-seed<S>``; running ``compare`` again with the
 same ``out`` continues unfinished runs and reuses finished ones.
@@ -326,7 +326,8 @@ def row_widths(archs, config, in_channels=1, image_size=28, match_params=True, p
 
     Args:
         archs: ``(label, arch)`` pairs from :func:`architectures`; config: the shared
-            :class:`RetrainConfig` (its ``channels`` is the reference width).
+            :class:`RetrainConfig` (its ``channels``: the width the default target is
+            counted at, and every row's without matching).
         in_channels, image_size: of the data.
         match_params: choose each width by :func:`matched_channels`; False: every row at
             ``config.channels``.
