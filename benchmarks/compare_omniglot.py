@@ -1,18 +1,29 @@
-"""The ``compare`` table (paper's Table 1 layout) on the embedded Omniglot data, 1-shot and 5-shot.
+"""The ``compare`` table (paper's Table 1 layout) on the embedded Omniglot data, per few-shot setting.
 
     python benchmarks/compare_omniglot.py [--genotype runs/fit-a] [--iterations 100] [--json out.json]
+    python benchmarks/compare_omniglot.py --protocol --genotype runs/fit-s0 --genotype runs/fit-s1 --iterations N
 
-For 5-way 1-shot and 5-way 5-shot, every architecture (the given searched cells, DARTS_V2,
-Conv-4 and ``--random-cells`` cells drawn uniformly from the search space) is retrained with
-second-order MAML under one identical budget (iterations, tasks, inner steps, channels,
-layers, seeds) and evaluated on the same seeded test tasks of held-out characters. With
-several ``--seeds``, accuracies are averaged over the seeds per test task before the mean
-and 95% CI over tasks are taken, and the "vs" column is each architecture's paired per-task
-difference from the first (README, "Protocol rules"). Prints one table per setting and
-writes everything, with the budget and wall times, as JSON.
-The default budget is sized to finish in about 20 minutes on a 2-core CPU with one torch
-thread; it trains far less than the paper (30,000 iterations), so the numbers compare
-architectures at a small budget, not at convergence.
+For each setting (``--settings``: 5w1s, 5w5s, 20w1s), every architecture (the given searched
+cells, DARTS_V2, Conv-4 and ``--random-cells`` cells drawn uniformly from the search space
+through the rule derive-cell keeps: two distinct inputs per node, a non-``none`` op on each)
+is retrained with second-order MAML under one identical budget (iterations, tasks, inner
+steps, layers, seeds) and evaluated on the same seeded test tasks of held-out characters.
+Each architecture's width is chosen so its trainable parameter count is within ±10% of one
+target (``--param-target``; default the largest row's count at ``--channels``;
+``--no-match-params`` trains every row at ``--channels``). With several ``--seeds``,
+accuracies are averaged over the seeds per test task before the mean and 95% CI over tasks
+are taken, and the "vs" column is each architecture's paired per-task difference from the
+first (README, "Protocol rules"). Prints one table per setting and writes everything, with
+the budget, the learning curves and wall times, as JSON.
+
+``--protocol`` runs issue 12's comparison: the three settings, 600 test tasks, at least 5
+random cells, matched parameters, at least 2 searched cells (from independent search seeds),
+written to ``benchmarks/results/compare_omniglot.json``. It does not choose the iterations:
+retrain until validation accuracy has plateaued, which the JSON's ``val_curves`` show.
+
+Without ``--protocol`` the default budget is sized to finish in well under an hour on a
+2-core CPU with one torch thread; it trains far less than the paper (30,000 iterations), so
+the numbers compare architectures at a small budget, not at convergence.
 """
 import argparse
 import os
@@ -25,56 +36,109 @@ from bayesnas.fileio import write_json
 from bayesnas.inference.compare import compare, format_compare_table
 from bayesnas.inference.maml import RetrainConfig
 
-SETTINGS = [{"name": "5-way 1-shot", "ways": 5, "shots": 1}, {"name": "5-way 5-shot", "ways": 5, "shots": 5}]
+SETTINGS = {"5w1s": {"name": "5-way 1-shot", "ways": 5, "shots": 1},
+            "5w5s": {"name": "5-way 5-shot", "ways": 5, "shots": 5},
+            "20w1s": {"name": "20-way 1-shot", "ways": 20, "shots": 1}}
+#: what --protocol fixes (issue 12, part 5)
+PROTOCOL = {"settings": ["5w1s", "5w5s", "20w1s"], "eval_tasks": 600, "random_cells": 5, "genotypes": 2,
+            "json": os.path.join("benchmarks", "results", "compare_omniglot.json")}
+#: the defaults without --protocol
+QUICK = {"settings": ["5w1s", "5w5s"], "eval_tasks": 100, "random_cells": 2}
 
 
 def main(args):
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     report = {"torch": torch.__version__, "torch_threads": args.threads, "device": args.device,
-              "machine": platform.processor() or platform.machine(), "genotypes": args.genotype, "settings": []}
-    for setting in SETTINGS:
+              "machine": platform.processor() or platform.machine(), "genotypes": args.genotype,
+              "protocol": args.protocol, "match_params": args.match_params, "settings": []}
+    path = args.json or (PROTOCOL["json"] if args.protocol else os.path.join(args.out, "compare_omniglot.json"))
+    for key in args.settings:
+        setting = SETTINGS[key]
         cfg = RetrainConfig(ways=setting["ways"], shots=setting["shots"], queries=args.queries, tasks=args.tasks,
                             inner_steps=args.inner_steps, eval_inner_steps=args.eval_inner_steps,
                             iterations=args.iterations, channels=args.channels, layers=args.layers,
-                            val_every=args.iterations, val_tasks=args.val_tasks, checkpoint_every=args.iterations,
-                            device=args.device, threads=args.threads)
+                            val_every=args.val_every or args.iterations, val_tasks=args.val_tasks,
+                            checkpoint_every=args.val_every or args.iterations, device=args.device,
+                            threads=args.threads)
         out = os.path.join(args.out, f"{setting['ways']}way{setting['shots']}shot")
         start = time.perf_counter()
         result = compare(args.genotype, random_cells=args.random_cells, config=cfg, seeds=args.seeds,
-                         eval_tasks=args.eval_tasks, out=out, progress=args.progress, log=print)
+                         eval_tasks=args.eval_tasks, out=out, progress=args.progress, log=print,
+                         match_params=args.match_params, param_target=args.param_target)
         wall = time.perf_counter() - start
         print(f"\n== {setting['name']} (wall {wall:.0f} s) ==")
         print(format_compare_table(result))
         print()
         report["settings"].append({**setting, "wall_seconds": round(wall, 1), "result": result.to_dict()})
+        write_json(path, report)  # a long run keeps each finished setting
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(f"total wall time {report['wall_seconds']:.0f} s, {args.threads} torch thread(s), {args.device}")
-    write_json(args.json or os.path.join(args.out, "compare_omniglot.json"), report)
+    write_json(path, report)
+    print(f"json: {path}")
     return report
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", action="store_true",
+                        help=f"issue 12's comparison: settings {','.join(PROTOCOL['settings'])}, "
+                             f"{PROTOCOL['eval_tasks']} test tasks, >= {PROTOCOL['random_cells']} random cells, "
+                             f"matched parameters, >= {PROTOCOL['genotypes']} --genotype, JSON {PROTOCOL['json']}")
     parser.add_argument("--genotype", action="append", default=[],
-                        help="a searched cell: genotype JSON or fit run folder (repeatable)")
-    parser.add_argument("--random-cells", type=int, default=2)
+                        help="a searched cell: genotype JSON or fit run folder (repeatable; the first is the "
+                             "reference of the paired differences)")
+    parser.add_argument("--settings", type=lambda s: [v.strip() for v in s.split(",") if v.strip()], default=None,
+                        help=f"comma-separated, among {', '.join(SETTINGS)} [default: {','.join(QUICK['settings'])}; "
+                             f"--protocol: all]")
+    parser.add_argument("--random-cells", type=int, default=None,
+                        help=f"[default: {QUICK['random_cells']}; --protocol: {PROTOCOL['random_cells']}]")
     parser.add_argument("--iterations", type=int, default=100, help="meta-iterations of every run")
+    parser.add_argument("--val-every", type=int, default=None,
+                        help="validate (one point of the learning curve) every N iterations [default: once, at the end]")
     parser.add_argument("--tasks", type=int, default=2, help="tasks per meta-batch")
     parser.add_argument("--inner-steps", type=int, default=1, help="second-order inner steps in training")
     parser.add_argument("--eval-inner-steps", type=int, default=3, help="inner steps at validation/test time")
     parser.add_argument("--queries", type=int, default=5)
-    parser.add_argument("--channels", type=int, default=8, help="Conv-4 filters / first cell's channels")
+    parser.add_argument("--channels", type=int, default=8,
+                        help="Conv-4 filters / first cell's channels (with matching: of the largest row)")
     parser.add_argument("--layers", type=int, default=2, help="cells of a genotype network")
+    parser.add_argument("--param-target", type=int, default=None,
+                        help="trainable parameters every row is matched to (±10%%) [default: the largest row's "
+                             "count at --channels]")
+    parser.add_argument("--no-match-params", dest="match_params", action="store_false",
+                        help="every row at --channels (unequal parameter counts)")
     parser.add_argument("--val-tasks", type=int, default=20)
-    parser.add_argument("--eval-tasks", type=int, default=100)
+    parser.add_argument("--eval-tasks", type=int, default=None,
+                        help=f"[default: {QUICK['eval_tasks']}; --protocol: {PROTOCOL['eval_tasks']}]")
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0])
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/compare-omniglot", help="folder of the runs (reused when rerun)")
-    parser.add_argument("--json", help="the report [default: OUT/compare_omniglot.json]")
+    parser.add_argument("--json", help=f"the report [default: OUT/compare_omniglot.json; --protocol: "
+                                       f"{PROTOCOL['json']}]")
     parser.add_argument("--progress", action="store_true", help="progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    defaults = PROTOCOL if args.protocol else QUICK
+    for name in ("settings", "random_cells", "eval_tasks"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
+    unknown = [s for s in args.settings if s not in SETTINGS]
+    if unknown or not args.settings:
+        parser.error(f"--settings {','.join(args.settings)}: expected some of {', '.join(SETTINGS)}")
+    if args.param_target is not None and not args.match_params:
+        parser.error("--param-target needs parameter matching: drop --no-match-params")
+    if args.protocol:
+        if len(args.genotype) < PROTOCOL["genotypes"]:
+            parser.error(f"--protocol compares BASE cells of at least {PROTOCOL['genotypes']} independent searches: "
+                         f"give --genotype {PROTOCOL['genotypes']} times or more")
+        if args.random_cells < PROTOCOL["random_cells"]:
+            parser.error(f"--protocol draws at least {PROTOCOL['random_cells']} random cells")
+        if args.eval_tasks < PROTOCOL["eval_tasks"]:
+            parser.error(f"--protocol scores at least {PROTOCOL['eval_tasks']} test tasks")
+        if not args.match_params:
+            parser.error("--protocol matches parameter counts: drop --no-match-params")
+    return args
 
 
 if __name__ == "__main__":

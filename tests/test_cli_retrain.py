@@ -1,10 +1,15 @@
 """``derive-cell``, ``retrain``, ``evaluate``, ``compare`` through the command line: thin, clear errors."""
+import csv
 import json
 
 import pytest
 from click.testing import CliRunner
 
 from bayesnas.cli.main import main
+from bayesnas.inference.loop import read_run_config
+from bayesnas.inference.maml import RetrainConfig, build_retrain_network
+from bayesnas.inference.rundir import RunDirectory
+from bayesnas.models import count_parameters
 from bayesnas.models.genotypes import load_genotype
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
@@ -117,19 +122,42 @@ def test_evaluate_bad_input(fit_run, tmp_path):
     assert_one_line_error(invoke("evaluate", fit_run), "config.json", "unknown setting(s)", "not usable as the config of a retrain run")
 
 
+def val_acc_column(path):
+    """``(iteration, val_acc)`` of the rows of a metrics.csv that validated, read with the csv module."""
+    with open(path, newline="") as f:
+        return [[int(float(r["iteration"])), float(r["val_acc"])] for r in csv.DictReader(f) if r["val_acc"]]
+
+
 def test_compare_tiny_budget(fit_run, tmp_path):
     invoke("derive-cell", fit_run, "--no-plot")
     out = tmp_path / "cmp"
-    args = ["compare", fit_run, "--random-cells", "1", "--eval-tasks", "4", "--out", out, *TINY]
+    # 10 channels: below about 10 neighbouring widths differ by over 20% and some row could not be matched
+    args = ["compare", fit_run, "--random-cells", "1", "--eval-tasks", "4", "--out", out, *TINY, "--channels", "10"]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     table = json.load(open(out / "compare.json"))
     labels = [r["label"] for r in table["rows"]]
     assert labels == ["fit", "darts_v2", "conv4", "random-1"]
     configs = [json.load(open(out / f"{label}-seed0" / "config.json")) for label in labels]
-    for c in configs:  # one identical budget: everything but the architecture is the same
-        assert {k: v for k, v in c.items() if k != "arch"} == {k: v for k, v in configs[0].items() if k != "arch"}
+    for c in configs:  # one identical budget: everything but the architecture and its width is the same
+        assert {k: v for k, v in c.items() if k not in ("arch", "channels")} == \
+            {k: v for k, v in configs[0].items() if k not in ("arch", "channels")}
     assert len({json.dumps(c["arch"], sort_keys=True) for c in configs}) == 4
+    # matched parameters: each row's width is in its run config and the JSON, its count within 10% of the target
+    target = table["param_target"]
+    assert isinstance(target, int) and table["eval_tasks"] == 4 and table["param_tolerance"] == 0.1
+    assert len({c["channels"] for c in configs}) > 1 and min(c["channels"] for c in configs) == 10
+    for row, c in zip(table["rows"], configs):
+        net = build_retrain_network(read_run_config(RunDirectory(row["run_dirs"][0]), RetrainConfig), 1)
+        assert row["parameters"] == count_parameters(net, trainable_only=True)
+        assert abs(row["parameters"] - target) <= 0.1 * target and row["channels"] == c["channels"]
+        assert row["name"] == row["label"] and isinstance(row["accuracy"], float) and isinstance(row["ci95"], float)
+        assert row["paired_difference"] == {"mean": row["difference"], "ci95": row["difference_ci95"],
+                                            "against": "fit"}
+        assert isinstance(row["paired_difference"]["mean"], float)
+        curve = val_acc_column(out / f"{row['label']}-seed0" / "metrics.csv")
+        assert list(row["val_curves"]) == ["0"] and row["val_curves"]["0"] == curve and curve[-1][0] == 2
+    assert "parameters matched to" in result.output
     for label in labels:
         assert any(line.startswith(label) and "±" in line for line in result.output.splitlines())
     # running it again reuses the finished runs and gives the same table
@@ -141,6 +169,36 @@ def test_compare_tiny_budget(fit_run, tmp_path):
     assert_one_line_error(changed, "inner_lr", "another --out")
     assert configs[0]["rotations"] is True and table["config"]["rotations"] is True  # resolved: embedded Omniglot
     assert "vs fit (paired)" in result.output and table["reference"] == "fit"
+
+
+def test_compare_target_no_width_meets_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "cmp"
+    assert_one_line_error(invoke("compare", "--baselines", "conv4", "--random-cells", "0", "--param-target", "10",
+                                 "--out", out, *TINY), "conv4: no width gives 10 trainable parameters ±10%")
+    assert not out.exists()
+    # an earlier compare's finished row stays as it was when a later row cannot be matched
+    assert invoke("compare", "--baselines", "darts_v2", "--random-cells", "0", "--eval-tasks", "2", "--out", out,
+                  *TINY, "--layers", "3").exit_code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    darts = json.load(open(out / "compare.json"))["param_target"]
+    assert_one_line_error(invoke("compare", "--baselines", "darts_v2", "--random-cells", "1", "--eval-tasks", "2",
+                                 "--out", out, "--param-target", darts, *TINY, "--layers", "3"),
+                          f"random-1: no width gives {darts:,} trainable parameters")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    result = invoke("compare", "--no-match-params", "--param-target", "100", *TINY)
+    assert result.exit_code == 2 and "drop --no-match-params" in result.output
+
+
+def test_compare_no_match_params_keeps_equal_channels(tmp_path):
+    out = tmp_path / "cmp"
+    result = invoke("compare", "--baselines", "darts_v2,conv4", "--random-cells", "0", "--eval-tasks", "2",
+                    "--out", out, "--no-match-params", *TINY)
+    assert result.exit_code == 0, result.output
+    table = json.load(open(out / "compare.json"))
+    assert table["param_target"] is None and [r["channels"] for r in table["rows"]] == [2, 2]
+    assert [json.load(open(out / f"{n}-seed0" / "config.json"))["channels"] for n in ("darts_v2", "conv4")] == [2, 2]
+    assert [r["parameters"] for r in table["rows"]] == [429, 157]  # DARTS_V2 with one cell, Conv-4, at 2 channels
+    assert "equal channels 2" in result.output
 
 
 def retrain_config_of(tmp_path, name, *flags):

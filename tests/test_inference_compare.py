@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from bayesnas.errors import ConfigError
-from bayesnas.inference.compare import compare, format_compare_table, over_tasks, paired_difference
-from bayesnas.inference.maml import RetrainConfig
+from bayesnas.inference.compare import (architectures, compare, format_compare_table, matched_channels, over_tasks,
+                                        paired_difference, row_widths)
+from bayesnas.inference.maml import RetrainConfig, arch_config, build_retrain_network
+from bayesnas.inference.rundir import RunDirectory
+from bayesnas.models import count_parameters, random_genotype
 
 compare_module = importlib.import_module("bayesnas.inference.compare")  # the package exports compare(), the function
 
@@ -48,14 +51,18 @@ def test_paired_difference_is_per_task_on_seed_means():
         paired_difference(SEEDS_A, [[0.5, 0.5]])
 
 
-def test_compare_with_two_seeds_reports_intervals_over_tasks(tmp_path, monkeypatch):
-    """The whole command with its training and evaluation replaced by known per-task accuracies."""
-    accuracies = {"darts_v2": SEEDS_A, "conv4": SEEDS_B}
+def fake_runs(monkeypatch, accuracies):
+    """Replace compare's training and evaluation: each run writes a metrics.csv whose validation
+    accuracy depends on its seed, and scores ``accuracies[label][seed]``. Returns the trained configs."""
     trained_configs = []
 
     def fake_train(arch, cfg, path, progress, tensorboard, command):
         trained_configs.append(cfg)
-        return SimpleNamespace(rows=[{"val_acc": 0.5}], train_seconds=1.0, net=torch.nn.Linear(2, 2))
+        rows = [{"iteration": 1, "loss": 1.5}, {"iteration": 2, "loss": 1.25, "val_acc": 0.25 + cfg.seed / 8},
+                {"iteration": 3, "loss": 1.0}, {"iteration": 4, "loss": 0.75, "val_acc": 0.5 + cfg.seed / 8}]
+        RunDirectory.create(path, cfg.to_dict()).write_metrics(rows)
+        net = build_retrain_network(cfg, 1)
+        return SimpleNamespace(rows=rows, train_seconds=1.0, net=net)
 
     def fake_evaluate(path, tasks, inner_steps, seed, json_out, progress):
         label, seed = os.path.basename(path).rsplit("-seed", 1)
@@ -65,6 +72,12 @@ def test_compare_with_two_seeds_reports_intervals_over_tasks(tmp_path, monkeypat
     monkeypatch.setattr(compare_module, "_train", fake_train)
     monkeypatch.setattr(compare_module, "evaluate", fake_evaluate)
     monkeypatch.setattr(compare_module, "write_run_card", lambda path: None)  # no real run folder
+    return trained_configs
+
+
+def test_compare_with_two_seeds_reports_intervals_over_tasks(tmp_path, monkeypatch):
+    """The whole command with its training and evaluation replaced by known per-task accuracies."""
+    trained_configs = fake_runs(monkeypatch, {"darts_v2": SEEDS_A, "conv4": SEEDS_B})
     result = compare(random_cells=0, baselines=("darts_v2", "conv4"), config=RetrainConfig(), seeds=[0, 1],
                      eval_tasks=4, out=tmp_path / "cmp", progress=False)
     darts, conv4 = result.rows
@@ -79,3 +92,79 @@ def test_compare_with_two_seeds_reports_intervals_over_tasks(tmp_path, monkeypat
     assert saved["rows"][0]["ci95"] == pytest.approx(0.2263213, abs=1e-7) and saved["warnings"] == []
     table = format_compare_table(result)
     assert "vs darts_v2 (paired)" in table and "-10.00% ±" in table and "averaged over the 2 seeds" in table
+    # the issue's names: name, paired_difference against the first row, the curves of each seed's metrics.csv
+    assert saved["eval_tasks"] == 4 and [r["name"] for r in saved["rows"]] == ["darts_v2", "conv4"]
+    assert saved["rows"][1]["paired_difference"]["mean"] == pytest.approx(-0.1)
+    assert saved["rows"][1]["paired_difference"]["ci95"] == pytest.approx(conv4.difference_ci95)
+    assert saved["rows"][1]["paired_difference"]["against"] == "darts_v2"
+    assert saved["rows"][0]["paired_difference"] == {"mean": 0.0, "ci95": 0.0, "against": "darts_v2"}
+    assert saved["rows"][1]["val_curves"] == {"0": [[2, 0.25], [4, 0.5]], "1": [[2, 0.375], [4, 0.625]]}
+
+
+DARTS_AT_16 = 29029  # DARTS_V2, 16 channels, 3 cells, 1 x 28 x 28 input, 5 ways (RetrainConfig's docstring)
+
+
+@pytest.mark.parametrize("arch", ["conv4", "darts_v2", "random"])
+@pytest.mark.parametrize("target", [DARTS_AT_16, 60000])
+def test_matched_width_gives_a_count_within_ten_percent_of_the_target(arch, target):
+    arch = arch_config(random_genotype(3)) if arch == "random" else arch
+    cfg = RetrainConfig(layers=3)
+
+    def counted(channels):  # a real network on the CPU, counted independently of the search
+        return count_parameters(build_retrain_network(RetrainConfig(arch=arch, layers=3, channels=channels), 1),
+                                trainable_only=True)
+
+    channels, parameters = matched_channels(arch, target, cfg)
+    assert parameters == counted(channels)
+    assert abs(parameters - target) <= 0.1 * target
+    # the nearest width: one filter more or less is farther from the target
+    assert abs(counted(channels + 1) - target) >= abs(parameters - target)
+    assert channels == 1 or abs(counted(channels - 1) - target) >= abs(parameters - target)
+
+
+def test_the_default_target_is_the_largest_row_and_widens_the_others():
+    archs = architectures(random_cells=2, random_seed=1)
+    cfg = RetrainConfig(layers=2, channels=10)
+    at_10 = [count_parameters(build_retrain_network(RetrainConfig(arch=a, layers=2, channels=10), 1), True)
+             for _, a in archs]
+    target, widths = row_widths(archs, cfg)
+    assert target == max(at_10)
+    for (channels, parameters), own in zip(widths, at_10):
+        assert channels >= 10 and abs(parameters - target) <= 0.1 * target
+        assert channels > 10 or own == target or abs(own - target) <= 0.1 * target
+    assert max(c for c, _ in widths) > 10  # the lighter rows were widened
+    # matching off: every row at the configured width, with its own count
+    assert row_widths(archs, cfg, match_params=False) == (None, [(10, n) for n in at_10])
+    with pytest.raises(ConfigError, match="needs matching on"):
+        row_widths(archs, cfg, match_params=False, param_target=5000)
+
+
+def test_a_target_no_width_meets_is_one_error_naming_the_architecture():
+    with pytest.raises(ConfigError, match=r"^conv4: no width gives 10 trainable parameters ±10%; nearest channels "
+                                          r"1: 54 \(the narrowest\)"):
+        matched_channels("conv4", 10, RetrainConfig())
+    # a heavy random cell at 3 cells jumps from 25,350 (5 channels) to 33,821 (6): DARTS_V2's 29,029 falls between
+    archs = architectures(random_cells=1, baselines=("darts_v2",))
+    with pytest.raises(ConfigError) as caught:
+        row_widths(archs, RetrainConfig(layers=3), param_target=DARTS_AT_16)
+    message = str(caught.value)
+    assert message.startswith("random-1: no width gives 29,029 trainable parameters ±10%")
+    assert "channels 5: 25,350, channels 6: 33,821" in message and "--param-target" in message
+    with pytest.raises(ConfigError, match="widest tried"):
+        matched_channels("conv4", 10 ** 12, RetrainConfig())
+
+
+def test_no_match_params_trains_every_row_at_the_configured_channels(tmp_path, monkeypatch):
+    trained = fake_runs(monkeypatch, {"darts_v2": SEEDS_A[:1], "conv4": SEEDS_B[:1]})
+    off = compare(random_cells=0, config=RetrainConfig(), eval_tasks=4, out=tmp_path / "off", progress=False,
+                  match_params=False)
+    assert [c.channels for c in trained] == [16, 16] and [r.channels for r in off.rows] == [16, 16]
+    assert [r.parameters for r in off.rows] == [DARTS_AT_16, 7269] and off.param_target is None
+    assert "equal channels 16" in format_compare_table(off)
+    trained.clear()
+    on = compare(random_cells=0, config=RetrainConfig(), eval_tasks=4, out=tmp_path / "on", progress=False)
+    assert on.param_target == DARTS_AT_16 and [r.channels for r in on.rows] == [c.channels for c in trained]
+    assert on.rows[0].channels == 16 and on.rows[1].channels > 16
+    assert abs(on.rows[1].parameters - DARTS_AT_16) <= 0.1 * DARTS_AT_16
+    assert json.load(open(tmp_path / "on" / "conv4-seed0" / "config.json"))["channels"] == on.rows[1].channels
+    assert "parameters matched to 29,029 ±10%" in format_compare_table(on)

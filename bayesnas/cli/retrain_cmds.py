@@ -155,7 +155,9 @@ def _seeds(ctx, param, value):
 
 @click.command("compare")
 @click.argument("genotypes", nargs=-1, metavar="[GENOTYPE]...")
-@click.option("--random-cells", type=click.IntRange(min=0), default=2, help="Random cells from the search space.")
+@click.option("--random-cells", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Random cells from the search space (each node: two distinct inputs, a non-'none' op on "
+                   "each, as derive-cell keeps).")
 @click.option("--baselines", default="darts_v2,conv4", help="Comma-separated named architectures ('' for none).")
 @click.option("--seeds", default="0", callback=_seeds, help="Comma-separated training seeds.")
 @click.option("--eval-tasks", type=click.IntRange(min=1), default=600, help="Test tasks per run.")
@@ -166,19 +168,31 @@ def _seeds(ctx, param, value):
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the table as JSON.")
 @click.option("--tensorboard", is_flag=True,
               help="Every retrain run writes TensorBoard event files to its own RUN/tensorboard/.")
+@click.option("--match-params/--no-match-params", default=True,
+              help="Choose each architecture's width so its trainable parameters are within ±10% of "
+                   "--param-target; off: every row at --channels [default: on].")
+@click.option("--param-target", type=click.IntRange(min=1), default=None,
+              help="Trainable parameters every row is matched to [default: the largest row's count at --channels].")
 @_retrain_options
 @user_errors
 def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_seed, random_seed, out, json_out,
-                    tensorboard, config_file, quiet, eval_inner_steps, **flags):
-    """Retrain and evaluate GENOTYPEs, DARTS_V2, Conv-4 and random cells under one budget (Table 1)."""
+                    tensorboard, match_params, param_target, config_file, quiet, eval_inner_steps, **flags):
+    """Retrain and evaluate GENOTYPEs, DARTS_V2, Conv-4 and random cells under one budget (Table 1).
+
+    Each architecture's width is chosen so its trainable parameter count is within ±10% of one
+    target; the first row is the reference of the paired differences.
+    """
     from ..config import resolve_config
     from ..inference.compare import compare, format_compare_table
 
+    if param_target is not None and not match_params:
+        raise click.UsageError("--param-target needs parameter matching; drop --no-match-params")
     config = resolve_config(RetrainConfig, config_file=config_file,
                             overrides=dict(flags, eval_inner_steps=eval_inner_steps))
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     result = compare(list(genotypes), random_cells=random_cells, config=config, seeds=seeds, eval_tasks=eval_tasks,
                      eval_seed=eval_seed, out=out, baselines=names, random_seed=random_seed, json_out=json_out,
-                     progress=not quiet, log=click.echo, tensorboard=tensorboard, command=cli_command())
+                     progress=not quiet, log=click.echo, tensorboard=tensorboard, command=cli_command(),
+                     match_params=match_params, param_target=param_target)
     click.echo(format_compare_table(result))
     click.echo(f"json: {json_out or result.out + '/compare.json'}")

@@ -3,8 +3,8 @@
 How users judge whether a search found something (the paper's Table 1): the derived
 cell(s), DARTS_V2, Conv-4 and R cells drawn uniformly from the same search space are each
 retrained with the same :class:`~bayesnas.inference.maml.RetrainConfig` (same iterations,
-inner loop, tasks, width and depth) for every seed of the same seed set, then evaluated on
-the same seeded test tasks. The S seeds of an architecture are scored on the same n test
+inner loop, tasks and depth) for every seed of the same seed set, then evaluated on the
+same seeded test tasks. The S seeds of an architecture are scored on the same n test
 tasks, so their S x n accuracies are not S x n independent samples: each task's accuracy
 is first averaged over the seeds, and the mean and 95% CI are taken over the n tasks
 (pooling would shrink the interval by up to sqrt(S) with no new information). Each
@@ -13,23 +13,31 @@ per-task difference of seed-averaged accuracies, its mean and 95% CI over the ta
 Training time is the summed step time of an architecture's runs divided by the number of
 seeds (validation excluded).
 
+At equal width the cells differ up to 10x in parameters, so by default each architecture
+gets its own width (``channels``: Conv-4 filters, or the first cell's C) chosen so that its
+trainable parameter count is within ±10% of one target (:func:`matched_channels`); the
+target defaults to the largest row's count at the configured channels (:func:`row_widths`
+says why), so no row is narrower than that. ``match_params=False`` gives every row the
+configured channels.
+
 Every run keeps its own folder ``OUT/<label>-seed<S>``; running ``compare`` again with the
 same ``out`` continues unfinished runs and reuses finished ones.
 
 Usage::
 
-    result = compare(["runs/fit-a"], random_cells=2, config=RetrainConfig(iterations=300), out="runs/cmp")
+    result = compare(["runs/fit-a"], random_cells=5, config=RetrainConfig(iterations=300), out="runs/cmp")
     print(format_compare_table(result))
-    result.rows[0].accuracy, result.rows[0].ci95
+    result.rows[0].accuracy, result.rows[0].ci95, result.rows[0].channels
 """
 import dataclasses
 import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import List
+from typing import Dict, List
 
 import numpy as np
+import torch
 
 from ..data import resolve_rotations
 from ..data.protocol import TEST_SELECTION_WARNING
@@ -38,7 +46,12 @@ from ..fileio import write_json
 from ..models import count_parameters, random_genotype
 from .card import EVALUATION, write_run_card
 from .evaluate import Z_95, evaluate, mean_confidence_interval
-from .maml import BASELINES, RetrainConfig, arch_config, retrain
+from .maml import BASELINES, RetrainConfig, arch_config, build_retrain_network, retrain
+
+#: how far from the target a row's parameter count may be when parameters are matched
+PARAM_TOLERANCE = 0.10
+#: the widest network the width search tries
+MAX_CHANNELS = 1024
 from .rundir import RunDirectory, default_run_path
 from .tensorboard_logger import summary_writer_class
 
@@ -47,13 +60,16 @@ from .tensorboard_logger import summary_writer_class
 class CompareRow:
     """One architecture of a comparison.
 
-    label: its name in the table; arch: the config value ("conv4", "darts_v2" or a genotype
-    dict); accuracy, ci95: mean and 95% CI over the test tasks of each task's accuracy
-    averaged over the seeds, in [0, 1] (:func:`over_tasks`); difference, difference_ci95:
-    the paired difference from the reference row (:func:`paired_difference`; 0 for the
-    reference itself); val_acc: mean over seeds of the best validation accuracy;
-    parameters: trainable scalars; train_seconds: mean training time per seed; run_dirs:
-    one retrain folder per seed; accuracies: the per-task seed means ``[n]``, in task order.
+    label: its name in the table (``name`` in the JSON); arch: the config value ("conv4",
+    "darts_v2" or a genotype dict); accuracy, ci95: mean and 95% CI over the test tasks of
+    each task's accuracy averaged over the seeds, in [0, 1] (:func:`over_tasks`); difference,
+    difference_ci95: the paired difference from the reference row (:func:`paired_difference`;
+    0 for the reference itself; ``paired_difference`` in the JSON); val_acc: mean over seeds
+    of the best validation accuracy; parameters: trainable scalars; channels: the width it
+    was trained at; train_seconds: mean training time per seed; run_dirs: one retrain folder
+    per seed; accuracies: the per-task seed means ``[n]``, in task order; val_curves: each
+    seed's validation accuracy by iteration from its ``metrics.csv``,
+    ``{"<seed>": [[iteration, val_acc], ...]}``.
     """
 
     label: str
@@ -64,18 +80,22 @@ class CompareRow:
     difference_ci95: float
     val_acc: float
     parameters: int
+    channels: int
     train_seconds: float
     eval_seconds: float
     run_dirs: List[str] = field(default_factory=list)
     accuracies: List[float] = field(default_factory=list, repr=False)
+    val_curves: Dict[str, List[List[float]]] = field(default_factory=dict, repr=False)
 
 
 @dataclass
 class CompareResult:
     """What :func:`compare` returns: one :class:`CompareRow` per architecture, and the shared budget.
 
-    reference: the label differences are taken against (the first row); warnings:
-    protocol warnings (checkpoints selected on the test classes).
+    reference: the label differences are taken against (the first row); param_target: the
+    trainable parameter count every row's width was matched to within ``param_tolerance``
+    (None: matching off, every row at ``config["channels"]``); warnings: protocol warnings
+    (checkpoints selected on the test classes).
     """
 
     rows: List[CompareRow]
@@ -87,10 +107,19 @@ class CompareResult:
     out: str
     seconds: float
     reference: str = None
+    param_target: int = None
+    param_tolerance: float = PARAM_TOLERANCE
     warnings: List[str] = field(default_factory=list)
 
     def to_dict(self):
-        return asdict(self)
+        """JSON-ready: every field, and each row also as ``name`` and ``paired_difference``
+        (``{"mean", "ci95", "against"}``), the names the comparison's readers look for."""
+        d = asdict(self)
+        for row in d["rows"]:
+            row["name"] = row["label"]
+            row["paired_difference"] = {"mean": row["difference"], "ci95": row["difference_ci95"],
+                                        "against": self.reference}
+        return d
 
 
 def _per_seed(accuracies, what="accuracies"):
@@ -178,7 +207,9 @@ def architectures(genotypes=(), random_cells=0, baselines=("darts_v2", "conv4"),
             files, fit run folders, Genotypes), or a dict label -> spec.
         random_cells: R, how many cells to draw uniformly from the space
             (:func:`~bayesnas.models.genotypes.random_genotype`, one stream seeded by
-            ``random_seed``: the same R cells every time).
+            ``random_seed``: the same R cells every time). They obey the rule
+            derive-cell's cells do: two distinct input states per node, listed in
+            increasing order, a non-``none`` op on each, every node concatenated.
         baselines: names among "darts_v2", "conv4".
 
     Returns:
@@ -214,6 +245,133 @@ def architectures(genotypes=(), random_cells=0, baselines=("darts_v2", "conv4"),
     return out
 
 
+def count_retrain_parameters(config, in_channels=1, image_size=28):
+    """Trainable parameters of the network a :class:`RetrainConfig` builds.
+
+    The network is built on the meta device: no memory is allocated and nothing computed,
+    so counting a wide network is cheap.
+
+    Example::
+
+        count_retrain_parameters(RetrainConfig(arch="conv4", channels=16))     # 7269
+        count_retrain_parameters(RetrainConfig(arch="darts_v2", channels=8, layers=2))
+    """
+    with torch.device("meta"):
+        net = build_retrain_network(config, in_channels, image_size)
+    return count_parameters(net, trainable_only=True)
+
+
+def matched_channels(arch, target, config, in_channels=1, image_size=28, tolerance=PARAM_TOLERANCE, label=None):
+    """The width at which ``arch`` has the trainable parameter count nearest ``target``.
+
+    The count grows with the width (Conv-4 filters, or the first cell's C), so the search
+    doubles the width until the count reaches ``target``, bisects to the first width at or
+    above it, and keeps that width or the one below, whichever count is nearer.
+
+    Args:
+        arch: the architecture in config form ("conv4", "darts_v2", a genotype dict).
+        target: the parameter count to match; config: the :class:`RetrainConfig` whose
+            other settings (layers, ways) shape the network.
+        in_channels, image_size: of the data (Conv-4's head depends on the image size).
+        tolerance: the largest accepted relative distance from ``target`` (0.1: ±10%).
+        label: the architecture's name in the error (default: its config value).
+
+    Returns:
+        ``(channels, parameters)``.
+
+    Raises:
+        ConfigError: no width from 1 to :data:`MAX_CHANNELS` lands within the tolerance;
+        the message names the architecture, the target and the nearest counts.
+
+    Example::
+
+        channels, n = matched_channels("conv4", 29029, RetrainConfig(layers=3))
+        abs(n - 29029) <= 0.1 * 29029        # True
+        matched_channels("conv4", 10, RetrainConfig())   # ConfigError: conv4: no width ...
+    """
+    counts = {}
+
+    def count(channels):
+        if channels not in counts:
+            counts[channels] = count_retrain_parameters(dataclasses.replace(config, arch=arch, channels=channels),
+                                                        in_channels, image_size)
+        return counts[channels]
+
+    high = 1
+    while count(high) < target and high < MAX_CHANNELS:
+        high = min(2 * high, MAX_CHANNELS)
+    if count(high) >= target:
+        low = high // 2  # count(low) < target, or low == 0 (no width below 1)
+        while high - low > 1:
+            middle = (low + high) // 2
+            if count(middle) >= target:
+                high = middle
+            else:
+                low = middle
+    candidates = [c for c in (high - 1, high) if c >= 1]
+    best = min(candidates, key=lambda c: abs(count(c) - target))
+    if abs(count(best) - target) > tolerance * target:
+        name = label or (arch if isinstance(arch, str) else "genotype")
+        nearest = ", ".join(f"channels {c}: {count(c):,}" for c in candidates)
+        edge = " (the narrowest)" if high == 1 else " (the widest tried)" if count(high) < target else ""
+        raise ConfigError(f"{name}: no width gives {target:,} trainable parameters ±{100 * tolerance:.0f}%; "
+                          f"nearest {nearest}{edge}; a larger --param-target or --channels leaves finer steps, "
+                          f"--no-match-params turns matching off")
+    return best, count(best)
+
+
+def row_widths(archs, config, in_channels=1, image_size=28, match_params=True, param_target=None,
+               tolerance=PARAM_TOLERANCE):
+    """Every row's width, chosen before anything is trained (an unreachable target then writes nothing).
+
+    Args:
+        archs: ``(label, arch)`` pairs from :func:`architectures`; config: the shared
+            :class:`RetrainConfig` (its ``channels``: the width the default target is
+            counted at, and every row's without matching).
+        in_channels, image_size: of the data.
+        match_params: choose each width by :func:`matched_channels`; False: every row at
+            ``config.channels``.
+        param_target: the count to match; None: the largest row's count at ``config.channels``.
+
+    Why the largest by default: the count grows about as the square of the width, so
+    neighbouring narrow widths are far apart (Conv-4: 157 parameters at 2 filters, 314 at
+    3) and a cell much heavier than the target could have no width within ±10%. Matched to
+    the largest, every row is at least ``config.channels`` wide, and from about 10 channels
+    up neighbouring widths differ by under 20%, so every row lands within ±10%. The target
+    then depends on the rows: give ``param_target`` to keep the widths (and the runs a
+    rerun reuses) when rows are added.
+
+    Returns:
+        ``(target, [(channels, parameters), ...])``, one pair per row; ``target`` is None
+        without matching.
+
+    Example::
+
+        target, widths = row_widths(architectures(random_cells=2), RetrainConfig(layers=3))
+        [channels for channels, _ in widths]
+    """
+    if not match_params:
+        if param_target is not None:
+            raise ConfigError(f"param_target={param_target}: a parameter target needs matching on "
+                              f"(drop --no-match-params)")
+        return None, [(config.channels, count_retrain_parameters(dataclasses.replace(config, arch=arch), in_channels,
+                                                                 image_size)) for _, arch in archs]
+    if param_target is None:
+        # the largest row: no row is narrowed below config.channels, where widths are coarse
+        param_target = max(count_retrain_parameters(dataclasses.replace(config, arch=arch), in_channels, image_size)
+                           for _, arch in archs)
+    elif isinstance(param_target, bool) or not isinstance(param_target, int) or param_target < 1:
+        raise ConfigError(f"param_target={param_target!r}: expected a parameter count, an integer >= 1")
+    return param_target, [matched_channels(arch, param_target, config, in_channels, image_size, tolerance, label)
+                          for label, arch in archs]
+
+
+def val_curve(path):
+    """A run's validation accuracy by iteration, from its ``metrics.csv``: ``[[iteration, val_acc], ...]``."""
+    return [[int(r["iteration"]), r["val_acc"]] for r in RunDirectory(path).read_metrics()
+            if r.get("val_acc") is not None]
+
+
 def _train(arch, cfg, path, progress, tensorboard, command):
     """Retrain into ``path``, continuing it when an earlier compare left it there."""
     run = RunDirectory(path)
@@ -228,9 +386,9 @@ def _train(arch, cfg, path, progress, tensorboard, command):
     return retrain(arch, cfg, out=path, progress=progress, tensorboard=tensorboard, command=command)
 
 
-def compare(genotypes=(), random_cells=2, config=None, seeds=(0,), eval_tasks=600, eval_inner_steps=None,
+def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=600, eval_inner_steps=None,
             eval_seed=0, out=None, baselines=("darts_v2", "conv4"), random_seed=0, json_out=None, progress=True,
-            log=None, tensorboard=False, command=None):
+            log=None, tensorboard=False, command=None, match_params=True, param_target=None):
     """Retrain and evaluate every architecture under one budget and seed set; a Table-1-like result.
 
     Args:
@@ -246,7 +404,13 @@ def compare(genotypes=(), random_cells=2, config=None, seeds=(0,), eval_tasks=60
         tensorboard: every retrain run writes TensorBoard event files to its own
             ``OUT/<label>-seed<S>/tensorboard/``.
         command: the command line recorded in each run's card (default: the retrain call).
+        match_params: give each architecture the width at which its trainable parameter
+            count is within ±10% of ``param_target`` (:func:`row_widths`); False: every
+            row at ``config.channels``.
+        param_target: the count to match (default: the largest row's at ``config.channels``).
 
+    Every width is chosen before the first run starts: a target no width of some
+    architecture meets raises :class:`ConfigError` naming it, and nothing is written.
     Each run folder also keeps its evaluation (``evaluation.json``), shown in its run card.
 
     Returns:
@@ -269,20 +433,23 @@ def compare(genotypes=(), random_cells=2, config=None, seeds=(0,), eval_tasks=60
     cfg.validate()
     from .svi import open_data
 
+    data = open_data(cfg.data)
     # resolved once, so every run (and a rerun's check of the saved configs) states the same value
-    cfg.rotations = resolve_rotations(cfg.rotations, open_data(cfg.data))
+    cfg.rotations = resolve_rotations(cfg.rotations, data)
     seeds = [int(s) for s in seeds]
     if not seeds or any(s < 0 for s in seeds):
         raise ConfigError(f"seeds={seeds}: expected at least one non-negative integer")
     archs = architectures(genotypes, random_cells, baselines, random_seed)
+    target, widths = row_widths(archs, cfg, data.channels, data.image_size[0], match_params, param_target)
     out = os.fspath(out) if out is not None else default_run_path("compare")
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     rows, reference_accs = [], None
-    for label, arch in archs:
-        accs, val_accs, train_s, eval_s, dirs, params = [], [], 0.0, 0.0, [], 0
+    for (label, arch), (channels, _) in zip(archs, widths):
+        accs, val_accs, train_s, eval_s, dirs, params, curves = [], [], 0.0, 0.0, [], 0, {}
         for seed in seeds:
-            run_cfg = dataclasses.replace(cfg, arch=arch, seed=seed)
+            # the width is part of the run's config, so a rerun finds and reuses the finished run
+            run_cfg = dataclasses.replace(cfg, arch=arch, seed=seed, channels=channels)
             path = os.path.join(out, f"{label}-seed{seed}")
             trained = _train(arch, run_cfg, path, progress, tensorboard, command)
             result = evaluate(path, tasks=eval_tasks, inner_steps=eval_inner_steps, seed=eval_seed,
@@ -293,6 +460,7 @@ def compare(genotypes=(), random_cells=2, config=None, seeds=(0,), eval_tasks=60
             train_s += trained.train_seconds
             eval_s += result.seconds
             params = count_parameters(trained.net, trainable_only=True)
+            curves[str(seed)] = val_curve(path)
             dirs.append(path)
             if log is not None:
                 log(f"{label} seed {seed}: {100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}% "
@@ -302,13 +470,13 @@ def compare(genotypes=(), random_cells=2, config=None, seeds=(0,), eval_tasks=60
             reference_accs, diff, diff_ci = accs, 0.0, 0.0
         else:
             diff, diff_ci = paired_difference(accs, reference_accs)
-        rows.append(CompareRow(label, arch, mean, ci, diff, diff_ci, sum(val_accs) / len(val_accs), params,
-                               train_s / len(seeds), eval_s / len(seeds), dirs, per_task.tolist()))
+        rows.append(CompareRow(label, arch, mean, ci, diff, diff_ci, sum(val_accs) / len(val_accs), params, channels,
+                               train_s / len(seeds), eval_s / len(seeds), dirs, per_task.tolist(), curves))
     result = CompareResult(rows=rows, config={k: v for k, v in cfg.to_dict().items() if k not in ("arch", "seed")},
                            seeds=seeds, eval_tasks=eval_tasks,
                            eval_inner_steps=cfg.test_inner_steps if eval_inner_steps is None else eval_inner_steps,
                            eval_seed=eval_seed, out=out, seconds=time.perf_counter() - t0, reference=rows[0].label,
-                           warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [])
+                           param_target=target, warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [])
     write_json(os.path.join(out, "compare.json"), result.to_dict())
     if json_out is not None:
         write_json(json_out, result.to_dict())
@@ -321,23 +489,27 @@ def format_compare_table(result):
     Example::
 
         print(format_compare_table(compare(random_cells=1, config=cfg)))
-        # architecture     accuracy (95% CI)   vs darts_v2 (paired)  val acc  parameters  train s
-        # darts_v2         91.20% ± 1.10%      reference               0.905      31,117      410
-        # random-1         88.40% ± 1.30%      -2.80% ± 1.02%          0.880      24,650      380
+        # architecture     accuracy (95% CI)   vs darts_v2 (paired)  val acc  parameters channels  train s
+        # darts_v2         91.20% ± 1.10%      reference               0.905      31,117       16      410
+        # random-1         88.40% ± 1.30%      -2.80% ± 1.02%          0.880      30,650       13      380
     """
     c = result.config
+    if result.param_target is None:
+        width = f"equal channels {c['channels']}"
+    else:
+        width = f"parameters matched to {result.param_target:,} ±{100 * result.param_tolerance:.0f}%"
     lines = [
         f"{c['ways']}-way {c['shots']}-shot, {c['iterations']} iterations x {c['tasks']} tasks, "
         f"{c['inner_steps']} inner steps ({'first' if c['first_order'] else 'second'} order), "
-        f"channels {c['channels']}, layers {c['layers']}; seeds {', '.join(map(str, result.seeds))}; "
+        f"{width}, layers {c['layers']}; seeds {', '.join(map(str, result.seeds))}; "
         f"{result.eval_tasks} test tasks (seed {result.eval_seed}, {result.eval_inner_steps} steps)",
         f"{'architecture':<16} {'accuracy (95% CI)':<19} {'vs ' + str(result.reference) + ' (paired)':<21} "
-        f"{'val acc':>7} {'parameters':>11} {'train s':>8}",
+        f"{'val acc':>7} {'parameters':>11} {'channels':>8} {'train s':>8}",
     ]
     for i, r in enumerate(result.rows):
         acc = f"{100 * r.accuracy:.2f}% ± {100 * r.ci95:.2f}%"
         diff = "reference" if i == 0 else f"{100 * r.difference:+.2f}% ± {100 * r.difference_ci95:.2f}%"
-        lines.append(f"{r.label:<16} {acc:<19} {diff:<21} {r.val_acc:>7.3f} {r.parameters:>11,} "
+        lines.append(f"{r.label:<16} {acc:<19} {diff:<21} {r.val_acc:>7.3f} {r.parameters:>11,} {r.channels:>8} "
                      f"{r.train_seconds:>8.0f}")
     if len(result.seeds) > 1:
         lines.append(f"CIs over the {result.eval_tasks} test tasks, each task's accuracy averaged over the "
