@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from bayesnas.errors import ConfigError
 from bayesnas.inference.compare import (architectures, compare, format_compare_table, matched_channels, over_tasks,
