@@ -126,6 +126,12 @@ class FitConfig:
     kl_anneal: int = 0  #: iterations of linear warm-up of the KL weight from 0 (0 = none)
     meta_lr: float = 1e-3  #: Adam step size of mu, sigma (and h_V, inner step sizes)
     arch_lr: float = 1e-2  #: Adam step size of alpha (short CPU runs; DARTS used 3e-4 over far longer runs)
+    #: iterations at the start in which alpha is not stepped (the weights learn first, as in
+    #: DARTS-style warm-ups); the KL and likelihood still see alpha's current value
+    arch_warmup: int = 0
+    #: alpha's step size after the warm-up: "constant" (arch_lr) or "cosine" (arch_lr decayed
+    #: to 0 by a half cosine over the rest of schedule_iterations, or of iterations)
+    arch_schedule: str = "constant"
     grad_clip: float = 10.0  #: max global norm of the meta-gradient (0 = no clipping)
     val_every: int = 40
     val_tasks: int = 10
@@ -140,6 +146,9 @@ class FitConfig:
 
     def validate(self):
         check(self.variant in ("gumbel", "softmax"), f"variant {self.variant!r}: expected 'gumbel' or 'softmax'")
+        check(self.arch_schedule in ("constant", "cosine"),
+              f"arch_schedule={self.arch_schedule!r}: expected 'constant' or 'cosine'")
+        check(self.arch_warmup >= 0, f"arch_warmup={self.arch_warmup}: expected an integer >= 0")
         check(self.select_on in ("val", "test"), f"select_on={self.select_on!r}: expected 'val' or 'test'")
         for name in ("ways", "shots", "queries", "tasks", "iterations", "channels", "cells", "val_tasks",
                      "val_samples", "log_every", "checkpoint_every", "val_every"):

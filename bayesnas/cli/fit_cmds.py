@@ -33,6 +33,10 @@ _D = FitConfig()
               help="Memory-bounded step: one task at a time, inner steps recomputed in backward (same results, slower).")
 @click.option("--meta-lr", type=click.FloatRange(min=0, min_open=True), default=None, help=f"Adam step size of mu, sigma [default: {_D.meta_lr}].")
 @click.option("--arch-lr", type=click.FloatRange(min=0, min_open=True), default=None, help=f"Adam step size of alpha [default: {_D.arch_lr}].")
+@click.option("--arch-warmup", type=click.IntRange(min=0), default=None,
+              help=f"Iterations before alpha is first stepped [default: {_D.arch_warmup}].")
+@click.option("--arch-schedule", type=click.Choice(["constant", "cosine"]), default=None,
+              help=f"alpha's step size after the warm-up: constant, or cosine-decayed to 0 [default: {_D.arch_schedule}].")
 @click.option("--set-encoder", is_flag=True, default=None, help="Start edge logits at alpha + h_V(support set).")
 @click.option("--learn-inner-lr", is_flag=True, default=None, help="Meta-learn the inner step sizes.")
 @click.option("--kl-weight", type=click.FloatRange(min=0), default=None, help=f"Weight of the KL terms [default: {_D.kl_weight}, the full ELBO].")

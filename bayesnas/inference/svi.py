@@ -10,6 +10,7 @@ Usage::
     result = fit(FitConfig(iterations=20), out="runs/demo")
     result.meta.alpha_normal.softmax(-1)     # meta-level edge probabilities [14, 10]
 """
+import math
 import random
 import dataclasses
 from dataclasses import dataclass
@@ -55,6 +56,22 @@ def kl_weight(cfg, iteration):
     if cfg.kl_anneal <= 0:
         return cfg.kl_weight
     return cfg.kl_weight * min(1.0, iteration / cfg.kl_anneal)
+
+
+def arch_lr_factor(cfg, iteration):
+    """alpha's step size at ``iteration`` (1-based) as a fraction of ``cfg.arch_lr``.
+
+    0 during the first ``arch_warmup`` iterations; then 1 ("constant"), or a half cosine from
+    1 down to 0 at the end of ``schedule_iterations`` (default: the run's iterations) and 0
+    after it ("cosine"), so an extended run keeps its architecture.
+    """
+    if iteration <= cfg.arch_warmup:
+        return 0.0
+    if cfg.arch_schedule == "constant":
+        return 1.0
+    span = (cfg.schedule_iterations or cfg.iterations) - cfg.arch_warmup
+    frac = min(iteration - cfg.arch_warmup - 1, span) / max(span, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def build_meta_network(cfg, in_channels, net=None):
@@ -208,6 +225,10 @@ def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
         loss.backward()
     if reduce_gradients is not None:
         reduce_gradients(meta.meta_parameters())
+    arch_factor = arch_lr_factor(cfg, iteration)
+    if arch_factor == 0.0:  # alpha is left alone (Adam skips a parameter without a gradient)
+        meta.alpha_normal.grad = meta.alpha_reduce.grad = None
+    optimiser.param_groups[-1]["lr"] = cfg.arch_lr * arch_factor
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(meta.meta_parameters(), cfg.grad_clip)
     optimiser.step()
@@ -219,6 +240,7 @@ def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
         "acc": (terms.logits.argmax(-1) == batch.query_y).float().mean().item(),
         "tau": tau,
         "kl_weight": beta,
+        "arch_lr": cfg.arch_lr * arch_factor,
         "sigma_mean": meta.sigma.mean().item(),
     }
 
