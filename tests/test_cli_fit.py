@@ -92,7 +92,8 @@ def test_shipped_cpu_config_is_valid():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "omniglot_cpu.json")
     cfg = resolve_config(FitConfig, config_file=path)
     cfg.validate()
-    assert cfg.image_size == 14 and cfg.kl_weight == 0.001 and cfg.iterations == 250
+    assert cfg.image_size == 14 and cfg.kl_weight == 0.001 and cfg.iterations == 700
+    assert cfg.arch_schedule == "cosine" and 0 < cfg.arch_warmup < cfg.iterations
 
 
 @pytest.mark.parametrize("settings, message", [
