@@ -1,5 +1,10 @@
 """Configuration dataclasses and their precedence: CLI > config file > defaults.
 
+Every field carries its help text and, where it has them, its allowed values and range in
+``dataclasses.field(metadata=...)``; the ``fit`` and ``retrain`` commands build one flag
+per field from them (:mod:`bayesnas.cli.options`), so the flags cannot drift from the
+settings. This module imports neither torch nor Pyro.
+
 Usage::
 
     cfg = resolve_config(FitConfig, config_file="my.json", overrides={"iterations": 50})
@@ -66,10 +71,50 @@ def _check_type(field, value, source):
         raise ConfigError(f"{source}: {field.name}={value!r}: expected {_TYPE_NAMES[kind]}")
 
 
+def setting(default, help, choices=None, min=None, min_open=False):
+    """A config field: its default, its help text, and (for the CLI and validate) choices and a lower bound."""
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if min is not None:
+        metadata["min"], metadata["min_open"] = min, min_open
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def resume_overrides(overrides, config_file=None):
+    """The settings a resumed run takes from the command line: only ``iterations`` (raise its budget).
+
+    Args:
+        overrides: dict of the settings given (None values: not given); config_file: a
+            config file given alongside (refused: a resumed run keeps its own config).
+
+    Returns:
+        ``{"iterations": N}`` or ``{}``.
+
+    Raises:
+        ConfigError naming the rule when anything else is given.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if sorted(set(given) - {"iterations"}) or config_file:
+        raise ConfigError("--resume continues a run with its own config; only --iterations may be given")
+    return given
+
+
 def check(condition, message):
     """Raise ConfigError(message) unless ``condition``."""
     if not condition:
         raise ConfigError(message)
+
+
+#: the values of FitConfig.variant, arch_schedule and of both configs' select_on
+VARIANTS = ("gumbel", "softmax")
+ARCH_SCHEDULES = ("constant", "cosine")
+SUPERNETS = ("fused", "reference")
+from .data.protocol import SELECT_ON  # noqa: E402  (the one list of selection splits)
+DATA_HELP = "HDF5 data file; None = the embedded Omniglot set"
+ROTATIONS_HELP = ("90-degree rotations as new training classes; None: on for an Omniglot file only (from its "
+                  "source), off otherwise. The run's config.json records the value used")
+DEVICE_HELP = "auto, cpu, cuda or cuda:N (auto: CUDA when present)"
 
 
 @dataclasses.dataclass
@@ -79,77 +124,79 @@ class FitConfig:
     The paper's search: 10,000 iterations, 2 tasks per iteration, 4 inner steps, 5-way.
     """
 
-    data: str = None  #: HDF5 data file; None = the embedded Omniglot set
-    ways: int = 5
-    shots: int = 1
-    queries: int = 5
-    #: 90-degree rotations as new training classes; None: on for an Omniglot file only
-    #: (from its ``source``), off otherwise. The run's config.json records the value used
-    rotations: bool = None
-    #: the split that validates and picks checkpoint_best.pt: "val"; "test" only on
-    #: explicit request (a file without validation classes), and the run is marked
-    select_on: str = "val"
-    #: search on images resized to this size (None: the data's own); a smaller proxy
-    #: costs about the pixel ratio less, and the derived cell is retrained at full size
-    image_size: int = None
-    tasks: int = 2  #: T, tasks per meta-iteration
-    inner_steps: int = 4  #: N, unrolled steps of the guide
-    iterations: int = 80
-    channels: int = 2  #: C of the search supernet
-    cells: int = 3
-    variant: str = "gumbel"  #: "gumbel" (relaxed categorical z) or "softmax" (z = softmax(phi))
-    tau_start: float = 1.0
-    tau_end: float = 0.5  #: exponential decay from tau_start over schedule_iterations
-    #: iterations the temperature decays over (None: iterations). Extending a finished
-    #: run (``--resume --iterations N``) sets it to the old budget, so tau stays at
-    #: tau_end from there on instead of jumping back up (see :meth:`extended`)
-    schedule_iterations: int = None
-    #: initial prior scale of every weight; with the guide's proximal mean step (guide.py)
-    #: the mean moves at most ~n_s * sigma^2 per unit gradient, so sigma also sets how far
-    #: a task can adapt
-    sigma_init: float = 0.1
-    inner_lr_mu: float = 0.4  #: the MAML paper's Omniglot step size
-    inner_lr_rho: float = 0.1
-    inner_lr_alpha: float = 1.0
-    learn_inner_lr: bool = False
-    first_order: bool = False
-    #: run a meta-batch's tasks as one batched supernet call (task-major channels, the
-    #: same function in float64). False: one call and one backward per task, whose
-    #: results are bitwise equal across process counts (float32 rounds differently)
-    batch_tasks: bool = True
-    #: memory-bounded SVI step: one task at a time (backward per task) and inner steps
-    #: recomputed in the outer backward; same values and gradients, peak memory of one
-    #: task's query pass plus one inner step instead of T tasks times N steps
-    low_memory: bool = False
-    set_encoder: bool = False  #: start phi at alpha + h_V(D_t)
-    kl_weight: float = 1.0  #: 1 = the full ELBO
-    kl_anneal: int = 0  #: iterations of linear warm-up of the KL weight from 0 (0 = none)
-    meta_lr: float = 1e-3  #: Adam step size of mu, sigma (and h_V, inner step sizes)
-    arch_lr: float = 1e-2  #: Adam step size of alpha (short CPU runs; DARTS used 3e-4 over far longer runs)
-    #: iterations at the start in which alpha is not stepped (the weights learn first, as in
-    #: DARTS-style warm-ups); the KL and likelihood still see alpha's current value
-    arch_warmup: int = 0
-    #: alpha's step size after the warm-up: "constant" (arch_lr) or "cosine" (arch_lr decayed
-    #: to 0 by a half cosine over the rest of schedule_iterations, or of iterations)
-    arch_schedule: str = "constant"
-    grad_clip: float = 10.0  #: max global norm of the meta-gradient (0 = no clipping)
-    val_every: int = 40
-    val_tasks: int = 10
-    val_samples: int = 4  #: posterior samples averaged per validation prediction
-    log_every: int = 10  #: iterations between entries of the edge-posterior history
-    checkpoint_every: int = 20
-    seed: int = 0
-    device: str = "auto"
-    #: torch CPU threads (0 = torch's default). 1 by default: two threads measured 1.0-1.2x
-    #: faster on an idle 2-core machine but contend badly when anything else runs (DESIGN §4)
-    threads: int = 1
+    data: str = setting(None, DATA_HELP)
+    ways: int = setting(5, "classes per task", min=2)
+    shots: int = setting(1, "support images per class", min=1)
+    queries: int = setting(5, "query images per class", min=1)
+    rotations: bool = setting(None, ROTATIONS_HELP)
+    select_on: str = setting("val", "the split that validates and picks checkpoint_best.pt: 'val'; 'test' only on "
+                                    "explicit request (a file without validation classes), and the run is marked",
+                             choices=SELECT_ON)
+    image_size: int = setting(None, "search on images resized to this size (None: the data's own); a smaller proxy "
+                                    "costs about the pixel ratio less, and the derived cell is retrained at full size",
+                              min=1)
+    tasks: int = setting(2, "T, tasks per meta-iteration", min=1)
+    inner_steps: int = setting(4, "N, unrolled steps of the guide", min=0)
+    iterations: int = setting(80, "meta-iterations", min=1)
+    channels: int = setting(2, "C of the search supernet", min=1)
+    cells: int = setting(3, "cells of the search supernet", min=1)
+    supernet: str = setting("fused", "the supernet's implementation: 'fused' (a few large calls per cell) or "
+                                     "'reference' (one module per op per edge, as DARTS writes it: the same "
+                                     "function, many times slower)", choices=SUPERNETS)
+    variant: str = setting("gumbel", "edge variables: 'gumbel' (relaxed categorical z) or 'softmax' "
+                                     "(z = softmax(phi))", choices=VARIANTS)
+    tau_start: float = setting(1.0, "temperature at the first iteration", min=0, min_open=True)
+    tau_end: float = setting(0.5, "temperature after the exponential decay from tau_start over "
+                                  "schedule_iterations", min=0, min_open=True)
+    schedule_iterations: int = setting(None, "iterations the temperature decays over (None: iterations). Extending "
+                                             "a finished run (--resume --iterations N) sets it to the old budget, so "
+                                             "tau stays at tau_end from there on instead of jumping back up", min=1)
+    sigma_init: float = setting(0.1, "initial prior scale of every weight; with the guide's proximal mean step the "
+                                     "mean moves at most ~n_s * sigma^2 per unit gradient, so sigma also sets how "
+                                     "far a task can adapt", min=0, min_open=True)
+    inner_lr_mu: float = setting(0.4, "inner step size of the weight means (the MAML paper's Omniglot step size)",
+                                 min=0, min_open=True)
+    inner_lr_rho: float = setting(0.1, "inner step size of the weight scales", min=0, min_open=True)
+    inner_lr_alpha: float = setting(1.0, "inner step size of the edge logits", min=0, min_open=True)
+    learn_inner_lr: bool = setting(False, "meta-learn the three inner step sizes")
+    first_order: bool = setting(False, "detach the guide's inner gradients (cheaper, not the BASE default)")
+    batch_tasks: bool = setting(True, "run a meta-batch's tasks as one batched supernet call (task-major channels, "
+                                      "the same function in float64). Off: one call and one backward per task, "
+                                      "whose results are bitwise equal across process counts")
+    low_memory: bool = setting(False, "memory-bounded SVI step: one task at a time (backward per task) and inner "
+                                      "steps recomputed in the outer backward; same values and gradients, peak "
+                                      "memory of one task's query pass plus one inner step instead of T tasks "
+                                      "times N steps")
+    set_encoder: bool = setting(False, "start the edge logits phi at alpha + h_V(support set)")
+    kl_weight: float = setting(1.0, "weight of the KL terms (1 = the full ELBO)", min=0)
+    kl_anneal: int = setting(0, "iterations of linear warm-up of the KL weight from 0 (0 = none)", min=0)
+    meta_lr: float = setting(1e-3, "Adam step size of mu, sigma (and h_V, inner step sizes)", min=0, min_open=True)
+    arch_lr: float = setting(1e-2, "Adam step size of alpha (short CPU runs; DARTS used 3e-4 over far longer runs)",
+                             min=0, min_open=True)
+    arch_warmup: int = setting(0, "iterations at the start in which alpha is not stepped (the weights learn first, "
+                                  "as in DARTS-style warm-ups); the KL and likelihood still see alpha's value", min=0)
+    arch_schedule: str = setting("constant", "alpha's step size after the warm-up: 'constant' (arch_lr) or 'cosine' "
+                                             "(arch_lr decayed to 0 by a half cosine over the rest of "
+                                             "schedule_iterations, or of iterations)", choices=ARCH_SCHEDULES)
+    grad_clip: float = setting(10.0, "max global norm of the meta-gradient (0 = no clipping)", min=0)
+    val_every: int = setting(40, "iterations between validations", min=1)
+    val_tasks: int = setting(10, "validation tasks", min=1)
+    val_samples: int = setting(4, "posterior samples averaged per validation prediction", min=1)
+    log_every: int = setting(10, "iterations between entries of the edge-posterior history", min=1)
+    checkpoint_every: int = setting(20, "iterations between checkpoints", min=1)
+    seed: int = setting(0, "seed of the task streams and of the initial parameters")
+    device: str = setting("auto", DEVICE_HELP)
+    threads: int = setting(1, "torch CPU threads (0 = torch's default). 1 by default: two threads measured "
+                              "1.0-1.2x faster on an idle 2-core machine but contend badly when anything else "
+                              "runs (docs/design.md §5)", min=0)
 
     def validate(self):
-        check(self.variant in ("gumbel", "softmax"), f"variant {self.variant!r}: expected 'gumbel' or 'softmax'")
-        check(self.arch_schedule in ("constant", "cosine"),
+        check(self.variant in VARIANTS, f"variant {self.variant!r}: expected 'gumbel' or 'softmax'")
+        check(self.arch_schedule in ARCH_SCHEDULES,
               f"arch_schedule={self.arch_schedule!r}: expected 'constant' or 'cosine'")
         check(self.arch_warmup >= 0, f"arch_warmup={self.arch_warmup}: expected an integer >= 0")
-        check(self.select_on in ("val", "test"), f"select_on={self.select_on!r}: expected 'val' or 'test'")
+        check(self.select_on in SELECT_ON, f"select_on={self.select_on!r}: expected 'val' or 'test'")
+        check(self.supernet in SUPERNETS, f"supernet={self.supernet!r}: expected 'fused' or 'reference'")
         for name in ("ways", "shots", "queries", "tasks", "iterations", "channels", "cells", "val_tasks",
                      "val_samples", "log_every", "checkpoint_every", "val_every"):
             check(int(getattr(self, name)) >= 1, f"{name}={getattr(self, name)}: expected an integer >= 1")
@@ -178,6 +225,78 @@ class FitConfig:
         """
         return dataclasses.replace(self, iterations=iterations,
                                    schedule_iterations=self.schedule_iterations or self.iterations)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class RetrainConfig:
+    """Every setting of ``bayesnas retrain`` (defaults: CPU-sized, the paper's MAML settings).
+
+    The paper retrains with second-order MAML, 5 inner steps and 2 tasks per
+    meta-batch, for 30,000 iterations at full width. The defaults keep its inner loop and
+    shrink the network and the run (docs/benchmarks.md has their measured cost).
+    """
+
+    arch: object = setting("conv4", "'conv4', 'darts_v2', or a genotype as a dict (genotype JSON)")
+    data: str = setting(None, DATA_HELP)
+    ways: int = setting(5, "classes per task", min=2)
+    shots: int = setting(1, "support images per class", min=1)
+    queries: int = setting(15, "query images per class", min=1)
+    rotations: bool = setting(None, ROTATIONS_HELP)
+    select_on: str = setting("val", "the split that validates and picks checkpoint_best.pt: 'val'; 'test' only on "
+                                    "explicit request (a file without validation classes), and evaluate then warns",
+                             choices=SELECT_ON)
+    tasks: int = setting(2, "tasks per meta-batch", min=1)
+    inner_steps: int = setting(5, "MAML inner steps", min=0)
+    inner_lr: float = setting(0.4, "MAML inner step size (the MAML paper's Omniglot step size)", min=0, min_open=True)
+    eval_inner_steps: int = setting(None, "inner steps at validation/test time; None = inner_steps", min=0)
+    first_order: bool = setting(False, "first-order MAML (detached inner gradients)")
+    low_memory: bool = setting(False, "memory-bounded step: backward one task at a time, inner steps recomputed in "
+                                      "the outer backward (same gradients; memory independent of tasks and inner "
+                                      "steps)")
+    iterations: int = setting(500, "meta-iterations", min=1)
+    channels: int = setting(16, "Conv-4 filters, or the first cell's channels C of a genotype network", min=1)
+    layers: int = setting(3, "cells of a genotype network (reductions at 1/3 and 2/3); Conv-4 ignores it", min=1)
+    meta_lr: float = setting(1e-3, "Adam step size of the meta-parameters", min=0, min_open=True)
+    grad_clip: float = setting(10.0, "max global norm of the meta-gradient (0 = no clipping)", min=0)
+    val_every: int = setting(50, "iterations between validations", min=1)
+    val_tasks: int = setting(40, "validation tasks", min=1)
+    checkpoint_every: int = setting(50, "iterations between checkpoints", min=1)
+    seed: int = setting(0, "seed of the task streams and of the initial parameters", min=0)
+    device: str = setting("auto", DEVICE_HELP)
+    threads: int = setting(0, "torch CPU threads (0 = torch's default)", min=0)
+
+    def validate(self):
+        from .models.genotypes import arch_config  # a genotype file or run folder is read here
+
+        self.arch = arch_config(self.arch)
+        for name in ("ways", "shots", "queries", "tasks", "iterations", "channels", "layers", "val_tasks",
+                     "val_every", "checkpoint_every"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                  f"{name}={value!r}: expected an integer >= 1")
+        check(self.ways >= 2, f"ways={self.ways}: a task needs at least 2 classes")
+        check(self.select_on in SELECT_ON, f"select_on={self.select_on!r}: expected 'val' or 'test'")
+        check(isinstance(self.inner_steps, int) and self.inner_steps >= 0,
+              f"inner_steps={self.inner_steps!r}: expected an integer >= 0")
+        check(self.eval_inner_steps is None or (isinstance(self.eval_inner_steps, int) and self.eval_inner_steps >= 0),
+              f"eval_inner_steps={self.eval_inner_steps!r}: expected an integer >= 0 (or null: inner_steps)")
+        check(self.inner_lr > 0, f"inner_lr={self.inner_lr}: expected > 0")
+        check(self.meta_lr > 0, f"meta_lr={self.meta_lr}: expected > 0")
+        check(self.grad_clip >= 0, f"grad_clip={self.grad_clip}: expected >= 0")
+        check(isinstance(self.seed, int) and self.seed >= 0, f"seed={self.seed!r}: expected an integer >= 0")
+        check(self.threads >= 0, f"threads={self.threads}: expected >= 0")
+
+    @property
+    def test_inner_steps(self):
+        """Inner steps used when validating and evaluating."""
+        return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
+
+    def extended(self, iterations):
+        """This config with its budget raised to ``iterations`` (MAML has no schedule to keep)."""
+        return dataclasses.replace(self, iterations=iterations)
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -11,7 +11,7 @@ override), with ``--threads`` torch threads on ``--device``:
 * ``matmul_gflops``: this machine's dense fp32 matmul throughput (1024x1024, median of 10).
 * per implementation of the same SVI step (``--impls``):
   ``ours`` (the fused supernet), ``low_memory`` (ours, --low-memory: one task at a time,
-  inner steps recomputed), ``naive`` (benchmarks/naive_supernet.py: one module per op per
+  inner steps recomputed), ``naive`` (bayesnas/models/reference.py: one module per op per
   edge, loops over edges and tasks, PyTorch's own convolution derivatives; its parameters
   are copied from ours, so the function is identical). The implementations are timed
   alternately, iteration by iteration, so that all see the same load on a shared machine:
@@ -50,10 +50,12 @@ if ROOT not in sys.path:
 
 from bayesnas.config import FitConfig  # noqa: E402
 from bayesnas.device import resolve_device  # noqa: E402
-from bayesnas.distributed import init_distributed  # noqa: E402
+from bayesnas.training.distributed import init_distributed  # noqa: E402
 from bayesnas.fileio import write_json  # noqa: E402
 from bayesnas.inference.model import task_share  # noqa: E402
-from bayesnas.inference.svi import build_meta_network, make_optimiser, open_data, svi_step, task_samplers  # noqa: E402
+from bayesnas.training.search import build_meta_network, make_optimiser, svi_step  # noqa: E402
+from bayesnas.data import open_data
+from bayesnas.training.loop import task_samplers
 from benchmarks.flops import count_flops  # noqa: E402
 
 CONFIGS = {
@@ -105,9 +107,9 @@ def build(cfg, impl, in_channels, device):
     torch.manual_seed(0)
     meta = build_meta_network(cfg, in_channels)
     if impl == "naive":
-        from benchmarks.naive_supernet import NaiveSearchNetwork, copy_parameters
+        from bayesnas.models.reference import ReferenceSearchNetwork, copy_parameters
 
-        net = NaiveSearchNetwork(in_channels=in_channels, num_classes=cfg.ways, C=cfg.channels, layers=cfg.cells)
+        net = ReferenceSearchNetwork(in_channels=in_channels, num_classes=cfg.ways, C=cfg.channels, layers=cfg.cells)
         copy_parameters(meta.net, net)
         naive = build_meta_network(cfg, in_channels, net=net)
         with torch.no_grad():
@@ -232,7 +234,7 @@ def maml_conv4(args, device, repeats=5):
     import torch.nn.functional as F
 
     from bayesnas.data import TaskSampler
-    from bayesnas.inference.maml import maml_loss, meta_parameters
+    from bayesnas.training.retrain import maml_loss, meta_parameters
     from bayesnas.models import Conv4
 
     steps, lr, tasks = 5, 0.4, 4

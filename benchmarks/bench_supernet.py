@@ -1,4 +1,4 @@
-"""Time the naive vs the fused search supernet: forward+backward and a second-order step.
+"""Time the reference (naive) vs the fused search supernet: forward+backward and a second-order step.
 
 A second-order step is one MAML-style inner step through the network:
 ``g = grad(loss_support(theta), theta, create_graph=True)``, then
@@ -14,7 +14,7 @@ Usage::
 
     python benchmarks/bench_supernet.py --json bench.json          # full table
     python benchmarks/bench_supernet.py --quick                    # one small config
-    python benchmarks/bench_supernet.py --grouping by_dilation --repeats 9
+    python benchmarks/bench_supernet.py --impl fused --repeats 9
 """
 import argparse
 import json
@@ -40,21 +40,20 @@ MODES = ("fwd_bwd", "second_order")
 IMPLS = ("naive", "fused")
 
 
-def _step(cfg, impl, mode, grouping):
+def _step(cfg, impl, mode):
     """Build one network and return a function running one ``mode`` step on it."""
     import torch
     import torch.nn.functional as F
     from torch.func import functional_call
 
     from bayesnas.models import NUM_EDGES, NUM_OPS, SearchNetwork
-    from benchmarks.naive_supernet import NaiveSearchNetwork
+    from bayesnas.models.reference import ReferenceSearchNetwork
 
     torch.manual_seed(0)
     if impl == "naive":
-        net = NaiveSearchNetwork(in_channels=1, num_classes=5, C=cfg["C"], layers=cfg["layers"])
+        net = ReferenceSearchNetwork(in_channels=1, num_classes=5, C=cfg["C"], layers=cfg["layers"])
     else:
-        net = SearchNetwork(in_channels=1, num_classes=5, C=cfg["C"], layers=cfg["layers"],
-                            dw_grouping=grouping)
+        net = SearchNetwork(in_channels=1, num_classes=5, C=cfg["C"], layers=cfg["layers"])
     B, H = cfg["batch"], cfg["image"]
     x = torch.randn(B, 1, H, H)
     y = torch.randint(0, 5, (B,))
@@ -84,7 +83,7 @@ def _child_time(spec):
     """Alternate the implementations step by step; seconds per repeat for each."""
     import torch
     torch.set_num_threads(spec["threads"])
-    steps = {impl: _step(spec["cfg"], impl, spec["mode"], spec["grouping"]) for impl in spec["impls"]}
+    steps = {impl: _step(spec["cfg"], impl, spec["mode"]) for impl in spec["impls"]}
     for step in steps.values():
         for _ in range(spec["warmup"]):
             step()
@@ -100,7 +99,7 @@ def _child_time(spec):
 def _child_rss(spec):
     import torch
     torch.set_num_threads(spec["threads"])
-    step = _step(spec["cfg"], spec["impls"][0], spec["mode"], spec["grouping"])
+    step = _step(spec["cfg"], spec["impls"][0], spec["mode"])
     step()
     step()
     return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
@@ -120,7 +119,7 @@ def main(args):
     import torch
     configs = QUICK if args.quick else CONFIGS
     impls = list(IMPLS) if args.impl == "both" else [args.impl]
-    print(f"torch {torch.__version__}, {args.threads} threads, dw_grouping={args.grouping}, "
+    print(f"torch {torch.__version__}, {args.threads} threads, "
           f"warm-up {args.warmup}, {args.repeats} alternating repeats, load average "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     print(f"{'config':16} {'measurement':12} "
@@ -129,7 +128,7 @@ def main(args):
     results = []
     for cfg in configs:
         for mode in MODES:
-            spec = {"cfg": cfg, "mode": mode, "grouping": args.grouping, "threads": args.threads,
+            spec = {"cfg": cfg, "mode": mode, "threads": args.threads,
                     "warmup": args.warmup, "repeats": args.repeats, "impls": impls}
             load_before = os.getloadavg()[0]
             times = _run_child("time", spec)
@@ -149,7 +148,7 @@ def main(args):
                 line += f" {row['ratio_median']:6.2f}/{row['ratio_min']:<7.2f}"
             line += " " + " ".join(f"{row[i].get('peak_rss_mib', float('nan')):16.0f}" for i in impls)
             print(line + f"  (load {load_before:.1f}->{os.getloadavg()[0]:.1f})", flush=True)
-    report = {"torch": torch.__version__, "threads": args.threads, "grouping": args.grouping,
+    report = {"torch": torch.__version__, "threads": args.threads,
               "warmup": args.warmup, "repeats": args.repeats,
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "results": results}
@@ -167,8 +166,6 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per network")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per network, alternating")
     p.add_argument("--impl", choices=["both", "naive", "fused"], default="both")
-    p.add_argument("--grouping", choices=["per_op", "by_dilation", "single"], default="per_op",
-                   help="kernel groups of the fused net's first depthwise stage")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS processes")
     p.add_argument("--quick", action="store_true", help="one tiny configuration (smoke test)")
     p.add_argument("--child", help=argparse.SUPPRESS)

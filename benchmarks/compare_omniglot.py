@@ -33,8 +33,8 @@ import time
 import torch
 
 from bayesnas.fileio import write_json
-from bayesnas.inference.compare import compare, format_compare_table
-from bayesnas.inference.maml import RetrainConfig
+from bayesnas.analysis.compare import compare, format_compare_table
+from bayesnas.config import RetrainConfig
 
 SETTINGS = {"5w1s": {"name": "5-way 1-shot", "ways": 5, "shots": 1},
             "5w5s": {"name": "5-way 5-shot", "ways": 5, "shots": 5},

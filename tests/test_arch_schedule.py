@@ -6,8 +6,9 @@ import torch
 
 from bayesnas.config import FitConfig
 from bayesnas.errors import ConfigError
-from bayesnas.inference import fit
-from bayesnas.inference.svi import arch_lr_factor, load_fit
+from bayesnas.training import fit
+from bayesnas.training.schedules import arch_lr_factor
+from bayesnas.training.search import load_fit
 
 
 def test_factor_is_zero_in_warmup_then_constant_or_a_half_cosine():

@@ -9,8 +9,9 @@ from click.testing import CliRunner
 
 import bayesnas
 from bayesnas.cli.main import main
-from bayesnas.inference import RunDirectory
-from bayesnas.inference.posterior import EdgePosterior, state_name
+from bayesnas.training import RunDirectory
+from bayesnas.analysis.posterior import EdgePosterior
+from bayesnas.models.genotypes import state_name
 from bayesnas.models.genotypes import load_genotype
 from tests.test_run_api import tiny_run
 

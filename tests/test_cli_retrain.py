@@ -6,9 +6,10 @@ import pytest
 from click.testing import CliRunner
 
 from bayesnas.cli.main import main
-from bayesnas.inference.loop import read_run_config
-from bayesnas.inference.maml import RetrainConfig, build_retrain_network
-from bayesnas.inference.rundir import RunDirectory
+from bayesnas.training.loop import read_run_config
+from bayesnas.config import RetrainConfig
+from bayesnas.training.retrain import build_retrain_network
+from bayesnas.training.rundir import RunDirectory
 from bayesnas.models import count_parameters
 from bayesnas.models.genotypes import load_genotype
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
@@ -239,7 +240,7 @@ def test_compare_passes_the_protocol_flags(tmp_path, monkeypatch):
         seen["config"] = config
         raise Stop()
 
-    monkeypatch.setattr(importlib.import_module("bayesnas.inference.compare"), "compare", capture)
+    monkeypatch.setattr(importlib.import_module("bayesnas.analysis.compare"), "compare", capture)
     assert isinstance(invoke("compare", "--no-rotations", "--select-on", "test", *TINY).exception, Stop)
     assert seen["config"].rotations is False and seen["config"].select_on == "test"
     assert isinstance(invoke("compare", "--rotations", *TINY).exception, Stop)

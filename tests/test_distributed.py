@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from bayesnas.inference import RunDirectory
+from bayesnas.training import RunDirectory
 
 ARGS = ["--iterations", "3", "--tasks", "2", "--channels", "2", "--queries", "2", "--inner-steps", "1",
         "--val-every", "3", "--val-tasks", "2", "--threads", "1", "--device", "cpu", "--quiet"]
@@ -57,13 +57,17 @@ def test_split_meta_batch_gives_bitwise_equal_gradients_in_one_process(small_omn
     meta-gradient of 2 tasks equals the average of the two 1-task shares' gradients exactly."""
     from bayesnas.config import FitConfig
     from bayesnas.inference.model import task_share
-    from bayesnas.inference.svi import build_meta_network, open_data, svi_step, task_samplers
+    from bayesnas.training.search import build_meta_network, svi_step
+    from bayesnas.data import open_data
+    from bayesnas.training.loop import task_samplers
 
     cfg = FitConfig(data=small_omniglot, tasks=2, channels=2, queries=2, inner_steps=1,
                     batch_tasks=False, grad_clip=0)
     sampler, _ = task_samplers(cfg, open_data(small_omniglot), torch.device("cpu"))
 
     class Hold:  # keeps the gradients: no optimiser step
+        param_groups = [{"lr": 0.0}]  # svi_step sets alpha's step size in the last group
+
         def zero_grad(self, set_to_none=True):
             pass
 

@@ -13,10 +13,11 @@ from bayesnas.cli.common import cli_command
 from bayesnas.cli.main import main
 from bayesnas.config import FitConfig
 from bayesnas.errors import RunError
-from bayesnas.inference import RunDirectory, evaluate, fit
-from bayesnas.inference.card import build_run_card, python_call, read_sessions
-from bayesnas.inference.derive import chosen_edges_table, format_edges_table
-from bayesnas.inference.posterior import EdgePosterior
+from bayesnas.training import RunDirectory, fit
+from bayesnas.analysis import evaluate
+from bayesnas.training.card import build_run_card, python_call, read_sessions
+from bayesnas.analysis.derive import chosen_edges_table, format_edges_table
+from bayesnas.analysis.posterior import EdgePosterior
 
 TINY = dict(iterations=3, channels=2, cells=2, tasks=1, ways=2, queries=2, inner_steps=1, val_every=2,
             checkpoint_every=2, val_tasks=2, val_samples=1, log_every=1, threads=1)
@@ -45,7 +46,7 @@ def test_card_of_a_finished_fit(tmp_path):
         ("fit", "finished", 3, 3, 3)
     assert "- iterations: 3 of 3 reached; last checkpoint at iteration 3" in text
 
-    assert "bayesnas.inference.fit(config=FitConfig(" in text and "iterations=3" in text
+    assert "bayesnas.training.fit(config=FitConfig(" in text and "iterations=3" in text
     assert f"out={str(run)!r})" in text
     with open(TINY["data"], "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()
@@ -121,8 +122,8 @@ def test_card_of_a_retrain_run_made_by_the_cli_shows_its_evaluation(tmp_path, mo
 
 
 def test_python_calls_and_command_lines_are_recorded_as_typed():
-    assert python_call("bayesnas.inference.fit", config=FitConfig(iterations=6, variant="softmax"), out="runs/a",
-                       resume=None) == "bayesnas.inference.fit(config=FitConfig(iterations=6, variant='softmax'), " \
+    assert python_call("bayesnas.training.fit", config=FitConfig(iterations=6, variant="softmax"), out="runs/a",
+                       resume=None) == "bayesnas.training.fit(config=FitConfig(iterations=6, variant='softmax'), " \
                                        "out='runs/a')"
     assert cli_command(["/x/bin/bayesnas", "fit", "--out", "runs/my run"]) == "bayesnas fit --out 'runs/my run'"
 

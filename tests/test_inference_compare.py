@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from bayesnas.errors import ConfigError
-from bayesnas.inference.compare import (architectures, compare, format_compare_table, matched_channels, over_tasks,
-                                        paired_difference, row_widths)
-from bayesnas.inference.maml import RetrainConfig, arch_config, build_retrain_network
-from bayesnas.inference.rundir import RunDirectory
+from bayesnas.analysis.compare import architectures, compare, format_compare_table, matched_channels, over_tasks, paired_difference, row_widths
+from bayesnas.config import RetrainConfig
+from bayesnas.models.genotypes import arch_config
+from bayesnas.training.retrain import build_retrain_network
+from bayesnas.training.rundir import RunDirectory
 from bayesnas.models import count_parameters, random_genotype
 
-compare_module = importlib.import_module("bayesnas.inference.compare")  # the package exports compare(), the function
+compare_module = importlib.import_module("bayesnas.analysis.compare")  # the package exports compare(), the function
 
 # 2 seeds x 4 tasks. Per task the seeds average to [0.3, 0.3, 0.7, 0.7]: sample std
 # sqrt(4 * 0.2^2 / 3) = 0.2309401, CI 1.96 * 0.2309401 / sqrt(4) = 0.2263213. Pooling the

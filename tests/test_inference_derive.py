@@ -6,8 +6,8 @@ import torch
 
 from bayesnas.config import FitConfig
 from bayesnas.errors import ConfigError, GenotypeError
-from bayesnas.inference import fit
-from bayesnas.inference.derive import chosen_edges_table, derive_cell, derive_genotype, format_edges_table
+from bayesnas.training import fit
+from bayesnas.analysis.derive import chosen_edges_table, derive_cell, derive_genotype, format_edges_table
 from bayesnas.models.genotypes import EDGES, Genotype, edge_index, load_genotype, validate_genotype
 from bayesnas.models.operations import OPS
 
@@ -139,7 +139,7 @@ def fit_run(tmp_path_factory):
 
 
 def test_derive_cell_writes_the_meta_level_genotype_and_a_picture(fit_run):
-    from bayesnas.inference.svi import load_fit
+    from bayesnas.training.search import load_fit
 
     cell = derive_cell(fit_run)
     assert cell.genotype_path == str(fit_run / "genotype.json")
@@ -165,7 +165,7 @@ def test_derive_cell_adapted_to_a_task_is_reproducible_and_moves_the_posterior(f
 
 
 def test_derive_cell_adapts_to_a_validation_task_unless_told_otherwise(fit_run, monkeypatch):
-    import bayesnas.inference.derive as derive
+    import bayesnas.analysis.derive as derive
     from bayesnas.data import load_default
 
     splits = []

@@ -4,7 +4,8 @@ import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from bayesnas.inference import MetaNetwork, adapt, base_guide, base_model, elbo_terms, prior_posterior
+from bayesnas.inference import MetaNetwork, base_guide, base_model, elbo_terms, prior_posterior
+from bayesnas.inference.adapt import adapt
 from bayesnas.inference.model import ExpRelaxedCategorical
 from tests.toy import ChannelSelectNet, channel_tasks
 
@@ -142,7 +143,7 @@ def test_inner_mean_steps_stay_stable_for_a_tight_prior():
 
 
 def test_mean_step_size_is_the_proximal_step_of_the_quadratic_kl():
-    from bayesnas.inference.guide import mean_step_size
+    from bayesnas.inference.adapt import mean_step_size
 
     sigma = torch.tensor([0.01, 0.1, 1.0])
     lr = mean_step_size(0.5, sigma, kl_weight=1.0, n_support=10)

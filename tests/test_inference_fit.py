@@ -8,8 +8,9 @@ import torch
 from bayesnas.config import FitConfig
 from bayesnas.data import open_dataset
 from bayesnas.errors import ConfigError, DataError, NonFiniteLossError, RunError
-from bayesnas.inference import RunDirectory, fit
-from bayesnas.inference.svi import load_fit, task_samplers
+from bayesnas.training import RunDirectory, fit
+from bayesnas.training.search import load_fit
+from bayesnas.training.loop import task_samplers
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
 TINY = dict(iterations=6, channels=2, cells=3, queries=2, inner_steps=1, val_every=3, checkpoint_every=2,
@@ -35,7 +36,7 @@ def gaussian_kl(mu_q, sigma_q, mu_p, sigma_p):
 
 
 def test_fit_writes_a_complete_run_folder(tmp_path, monkeypatch):
-    import bayesnas.inference.svi as svi
+    import bayesnas.training.search as svi
 
     adapted = []  # per training iteration: the prior (mu, sigma) and the adapted psi of the T tasks
     real_adapt = svi.adapt
@@ -81,7 +82,7 @@ def test_fit_logs_search_diagnostics_in_metrics_and_history(tmp_path):
     the derived genotype, and whether it changed since the previous log."""
     import math
 
-    from bayesnas.inference.posterior import EdgePosterior
+    from bayesnas.analysis.posterior import EdgePosterior
     from bayesnas.models.genotypes import genotype_string
 
     fit(FitConfig(**dict(TINY, arch_lr=0.3)), out=tmp_path / "run", progress=False)
@@ -149,7 +150,7 @@ def test_resume_can_extend_the_number_of_iterations(tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    import bayesnas.inference.svi as svi
+    import bayesnas.training.search as svi
 
     built = {}
     original = svi.build_meta_network
@@ -188,17 +189,16 @@ def test_bad_settings_and_folders_are_clear_errors(tmp_path):
 def test_validation_adapts_with_the_training_kl_weight(tmp_path, monkeypatch):
     """The guide's mean step depends on the KL weight: validating with another weight than
     training's would score a different posterior (a bug once: validation used 1.0)."""
-    import bayesnas.inference.svi as svi
+    import bayesnas.training.search as svi
 
     seen = []
-    real_adapt = svi.adapt
+    real_adapt = svi.adapt_held_out  # validation adapts like any held-out task
 
     def spy(*args, **kwargs):
-        if kwargs.get("first_order"):
-            seen.append(kwargs.get("kl_weight"))
+        seen.append(kwargs.get("kl_weight"))
         return real_adapt(*args, **kwargs)
 
-    monkeypatch.setattr(svi, "adapt", spy)
+    monkeypatch.setattr(svi, "adapt_held_out", spy)
     fit(FitConfig(**dict(TINY, iterations=3, kl_weight=0.25)), out=tmp_path / "run", progress=False)
     assert seen and all(w == 0.25 for w in seen)
 

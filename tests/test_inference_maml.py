@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from bayesnas.errors import ConfigError, DataError, GenotypeError, RunError
-from bayesnas.inference.maml import (RetrainConfig, adapt_task, arch_config, build_retrain_network, load_retrain,
-                                     maml_loss, meta_parameters, retrain)
+from bayesnas.config import RetrainConfig
+from bayesnas.training.retrain import adapt_task, build_retrain_network, load_retrain, maml_loss, meta_parameters, retrain
+from bayesnas.models.genotypes import arch_config
 from bayesnas.models.genotypes import DARTS_V2, genotype_to_dict, random_genotype, save_genotype
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
@@ -98,7 +99,7 @@ def test_inner_loop_lowers_the_support_loss():
 
 
 def test_conv4_learns_omniglot_5_way_1_shot_well_above_chance(tmp_path):
-    # one thread: two contend badly on two cores whenever anything else runs (DESIGN §4)
+    # one thread: two contend badly on two cores whenever anything else runs (docs/design.md §5)
     cfg = RetrainConfig(arch="conv4", channels=16, iterations=40, queries=5, val_every=40, val_tasks=60,
                         checkpoint_every=40, threads=1)
     result = retrain(None, cfg, out=tmp_path / "c4", progress=False)
@@ -157,7 +158,7 @@ RETRAIN_TINY = dict(arch="conv4", channels=2, iterations=1, ways=2, queries=2, i
                                                     ("mini", True, True), ("omniglot", False, False)])
 def test_retrain_rotations_default_on_for_omniglot_only_and_config_json_says_so(which, given, expected, tmp_path,
                                                                                 monkeypatch):
-    import bayesnas.inference.maml as maml
+    import bayesnas.training.loop as maml  # where fit and retrain build their samplers
 
     path = mini_imagenet_file(tmp_path, side=16) if which == "mini" else None  # None: the embedded Omniglot
     built = []

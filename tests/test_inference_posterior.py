@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from bayesnas.inference import MetaNetwork
-from bayesnas.inference.derive import derive_genotype
-from bayesnas.inference.posterior import (AdaptedPosterior, EdgePosterior, EdgeRow, PerCell, PosteriorHistory,
-                                          Prediction, _entropy, expected_calibration_error, state_name)
+from bayesnas.analysis.derive import derive_genotype
+from bayesnas.analysis.posterior import AdaptedPosterior, EdgePosterior, EdgeRow, PerCell, PosteriorHistory, Prediction, _entropy, expected_calibration_error
+from bayesnas.models.genotypes import state_name
 from bayesnas.models.genotypes import EDGES, edge_index
 from bayesnas.models.operations import OPS
 from tests.toy import ChannelSelectNet, channel_tasks
@@ -267,7 +267,7 @@ def test_search_diagnostics_of_known_posteriors():
 
 
 def test_history_diagnostics_table_counts_changes_between_shown_rows():
-    from bayesnas.inference.posterior import format_diagnostics_table
+    from bayesnas.analysis.report import format_diagnostics_table
 
     g = torch.Generator().manual_seed(0)
     a, b = 3 * torch.randn(2, 14, 10, generator=g), 3 * torch.randn(2, 14, 10, generator=g)

@@ -6,7 +6,7 @@ import torch
 
 from bayesnas.config import FitConfig
 from bayesnas.inference import MetaNetwork
-from bayesnas.inference.svi import make_optimiser, svi_step
+from bayesnas.training.search import make_optimiser, svi_step
 from tests.toy import ChannelSelectNet, channel_tasks
 
 

@@ -11,8 +11,10 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from bayesnas.config import FitConfig
 from bayesnas.errors import ConfigError
-from bayesnas.inference import RetrainConfig, compare, fit
-from bayesnas.inference.tensorboard_logger import TensorBoardLogger
+from bayesnas.config import RetrainConfig
+from bayesnas.analysis import compare
+from bayesnas.training import fit
+from bayesnas.training.tensorboard_logger import TensorBoardLogger
 
 TINY = dict(iterations=3, channels=2, cells=2, tasks=1, ways=2, queries=2, inner_steps=1, val_every=2,
             checkpoint_every=2, val_tasks=2, val_samples=1, log_every=1, threads=1)

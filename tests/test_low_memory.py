@@ -7,10 +7,12 @@ from types import SimpleNamespace
 
 from bayesnas.config import FitConfig
 from bayesnas.data import load_default
-from bayesnas.inference.guide import adapt
-from bayesnas.inference.maml import RetrainConfig, build_retrain_network, maml_step
+from bayesnas.inference.adapt import adapt
+from bayesnas.config import RetrainConfig
+from bayesnas.training.retrain import build_retrain_network, maml_step
 from bayesnas.inference.model import task_share
-from bayesnas.inference.svi import build_meta_network, make_optimiser, svi_step, task_samplers
+from bayesnas.training.search import build_meta_network, make_optimiser, svi_step
+from bayesnas.training.loop import task_samplers
 from bayesnas.inference.unroll import unrolled_steps
 
 

@@ -1,34 +1,27 @@
-"""The fused search supernet against the straightforward one (benchmarks/naive_supernet.py):
+"""The fused search supernet against the reference one (bayesnas/models/reference.py):
 same outputs, same gradients w.r.t. parameters, input and z, through double backward."""
-import os
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.naive_supernet import NaiveSearchNetwork, copy_parameters  # noqa: E402
-
-from bayesnas.errors import ConfigError  # noqa: E402
-from bayesnas.models import NUM_EDGES, NUM_OPS, OPS, SearchNetwork, edge_batches, source_major  # noqa: E402
-from bayesnas.models._conv import conv2d  # noqa: E402
-from bayesnas.models.macro import reduction_indices  # noqa: E402
-from bayesnas.models.supernet import DW_GROUPINGS  # noqa: E402
+from bayesnas.errors import ConfigError
+from bayesnas.models import NUM_EDGES, NUM_OPS, OPS, SearchNetwork, edge_batches, source_major
+from bayesnas.models._conv import conv2d
+from bayesnas.models.macro import reduction_indices
+from bayesnas.models.reference import ReferenceSearchNetwork, copy_parameters
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def pair(C=4, layers=3, grouping="per_op", seed=0, device="cpu"):
-    """A float64 (naive, fused) pair with identical parameters."""
+def pair(C=4, layers=3, seed=0, device="cpu"):
+    """A float64 (reference, fused) pair with identical parameters."""
     torch.manual_seed(seed)
-    naive = NaiveSearchNetwork(in_channels=2, num_classes=3, C=C, layers=layers).double().to(device)
-    fused = SearchNetwork(in_channels=2, num_classes=3, C=C, layers=layers,
-                          dw_grouping=grouping).double().to(device)
-    copy_parameters(naive, fused)
-    return naive, fused
+    reference = ReferenceSearchNetwork(in_channels=2, num_classes=3, C=C, layers=layers).double().to(device)
+    fused = SearchNetwork(in_channels=2, num_classes=3, C=C, layers=layers).double().to(device)
+    copy_parameters(reference, fused)
+    return reference, fused
 
 
 def inputs(B=4, H=8, seed=1, device="cpu"):
@@ -40,18 +33,18 @@ def inputs(B=4, H=8, seed=1, device="cpu"):
     return [t.to(device) for t in (x, zn, zr, y)]
 
 
-def naive_grads_in_fused_layout(naive, fused):
-    """The naive network's parameter gradients, rearranged as the fused network's."""
-    grads_n = {n: p.grad for n, p in naive.named_parameters()}
-    saved = {n: p.detach().clone() for n, p in naive.named_parameters()}
+def reference_grads_in_fused_layout(reference, fused):
+    """The reference network's parameter gradients, rearranged as the fused network's."""
+    grads_n = {n: p.grad for n, p in reference.named_parameters()}
+    saved = {n: p.detach().clone() for n, p in reference.named_parameters()}
     saved_f = {n: p.detach().clone() for n, p in fused.named_parameters()}
     with torch.no_grad():
-        for n, p in naive.named_parameters():
+        for n, p in reference.named_parameters():
             p.copy_(grads_n[n])
-    copy_parameters(naive, fused)
+    copy_parameters(reference, fused)
     out = {n: p.detach().clone() for n, p in fused.named_parameters()}
     with torch.no_grad():
-        for n, p in naive.named_parameters():
+        for n, p in reference.named_parameters():
             p.copy_(saved[n])
         for n, p in fused.named_parameters():
             p.copy_(saved_f[n])
@@ -109,35 +102,32 @@ def test_bad_z_shape_and_config():
         net(torch.randn(2, 3, 8, 8), torch.zeros(14, 10), torch.zeros(14, 10))
     with pytest.raises(ConfigError):
         SearchNetwork(C=0)
-    with pytest.raises(ConfigError, match="dw_grouping"):
-        SearchNetwork(dw_grouping="fancy")
 
 
-@pytest.mark.parametrize("grouping", list(DW_GROUPINGS))
-def test_fused_equals_naive_outputs_and_gradients(grouping):
-    naive, fused = pair(grouping=grouping)
+def test_fused_equals_reference_outputs_and_gradients():
+    reference, fused = pair()
     x, zn, zr, y = inputs(H=7)  # odd size: reductions 7 -> 4 -> 2
     results = []
-    for net in (naive, fused):
+    for net in (reference, fused):
         xx, n_, r_ = (t.clone().requires_grad_() for t in (x, zn, zr))
         out = net(xx, n_, r_)
         F.cross_entropy(out, y).backward()
         results.append((out.detach(), xx.grad, n_.grad, r_.grad))
     for what, a, b in zip(("logits", "d/dx", "d/dz_normal", "d/dz_reduce"), results[1], results[0]):
         assert_close(a, b, what)
-    expected = naive_grads_in_fused_layout(naive, fused)
+    expected = reference_grads_in_fused_layout(reference, fused)
     for name, p in fused.named_parameters():
         assert_close(p.grad, expected[name], f"d/d{name}")
 
 
 @pytest.mark.parametrize("op", range(NUM_OPS), ids=OPS)
-def test_one_hot_z_equals_naive(op):
-    naive, fused = pair(C=2, layers=3, seed=op)
+def test_one_hot_z_equals_reference(op):
+    reference, fused = pair(C=2, layers=3, seed=op)
     x, _, _, _ = inputs(H=8)
     z = torch.zeros(NUM_EDGES, NUM_OPS, dtype=torch.float64)
     z[:, op] = 1.0
     with torch.no_grad():
-        assert_close(fused(x, z, z), naive(x, z, z), OPS[op])
+        assert_close(fused(x, z, z), reference(x, z, z), OPS[op])
 
 
 def maml_step(net, x, zn, zr, y):
@@ -151,17 +141,17 @@ def maml_step(net, x, zn, zr, y):
     return outer.detach()
 
 
-def test_double_backward_equals_naive():
-    naive, fused = pair(C=2, layers=2)
+def test_double_backward_equals_reference():
+    reference, fused = pair(C=2, layers=2)
     x, zn, zr, y = inputs(B=4, H=6)
     results = []
-    for net in (naive, fused):
+    for net in (reference, fused):
         xx, n_, r_ = (t.clone().requires_grad_() for t in (x, zn, zr))
         loss = maml_step(net, xx, n_, r_, y)
         results.append((loss, xx.grad, n_.grad, r_.grad))
     for what, a, b in zip(("loss", "d/dx", "d/dz_normal", "d/dz_reduce"), results[1], results[0]):
         assert_close(a, b, what)
-    expected = naive_grads_in_fused_layout(naive, fused)
+    expected = reference_grads_in_fused_layout(reference, fused)
     for name, p in fused.named_parameters():
         assert_close(p.grad, expected[name], f"d/d{name} (second order)")
 
@@ -223,11 +213,11 @@ def test_grouped_conv_derivatives(stride, dilation, groups, k, pad):
 
 
 @CUDA
-def test_cuda_fused_equals_naive_and_second_order():
-    naive, fused = pair(C=2, layers=3, device="cuda")
+def test_cuda_fused_equals_reference_and_second_order():
+    reference, fused = pair(C=2, layers=3, device="cuda")
     x, zn, zr, y = inputs(H=8, device="cuda")
     with torch.no_grad():
-        assert_close(fused(x, zn, zr), naive(x, zn, zr), "cuda logits", tol=1e-8)
+        assert_close(fused(x, zn, zr), reference(x, zn, zr), "cuda logits", tol=1e-8)
     xx, n_, r_ = (t.clone().requires_grad_() for t in (x, zn, zr))
     maml_step(fused, xx, n_, r_, y)
     assert torch.isfinite(n_.grad).all() and n_.grad.device.type == "cuda"
@@ -236,8 +226,7 @@ def test_cuda_fused_equals_naive_and_second_order():
     assert out.shape == (5, 5) and out.device.type == "cuda"
 
 
-@pytest.mark.parametrize("grouping", ["per_op", "by_dilation", "single"])
-def test_tasks_as_a_batch_equal_one_call_per_task_through_second_order(grouping):
+def test_tasks_as_a_batch_equal_one_call_per_task_through_second_order():
     """T tasks in one call (task-major channels, T-fold groups) == T separate calls, exactly
     in float64, for the outputs and for the gradients of a gradient (theta and z)."""
     from torch.func import functional_call
@@ -245,7 +234,7 @@ def test_tasks_as_a_batch_equal_one_call_per_task_through_second_order(grouping)
     from bayesnas.models import ParamLayout
 
     torch.manual_seed(0)
-    net = SearchNetwork(1, 5, C=2, layers=3, dw_grouping=grouping).double()
+    net = SearchNetwork(1, 5, C=2, layers=3).double()
     layout = ParamLayout.from_module(net)
     T = 3
     theta = (layout.flatten(net).detach()[None] + 0.05 * torch.randn(T, layout.numel, dtype=torch.float64))
@@ -299,7 +288,7 @@ def test_pooling_edge_is_batch_normalised_per_task(op, reduction):
     own batch (DARTS's mixed op), in the fused supernet with 2 tasks and in the reference."""
     from bayesnas.models import ParamLayout
 
-    naive, fused = pair(C=2, layers=3)
+    reference, fused = pair(C=2, layers=3)
     index = 1 if reduction else 0
     assert fused.cells[index].reduction == reduction
     C = fused.cells[index].C
@@ -315,8 +304,8 @@ def test_pooling_edge_is_batch_normalised_per_task(op, reduction):
     theta = layout.flatten(fused).detach() + 0.3 * torch.randn(T, layout.numel, generator=g, dtype=torch.float64)
     fused_out = cell_output(fused, index, lambda: functional_call(
         fused, layout.unflatten(theta), (x, zn.expand(T, -1, -1), zr.expand(T, -1, -1))))
-    naive_out = cell_output(naive, index, lambda: naive(x[0], zn, zr))
-    for y in [fused_out[:, t * 4 * C:(t + 1) * 4 * C] for t in range(T)] + [naive_out]:
+    reference_out = cell_output(reference, index, lambda: reference(x[0], zn, zr))
+    for y in [fused_out[:, t * 4 * C:(t + 1) * 4 * C] for t in range(T)] + [reference_out]:
         node0, rest = y[:, :C], y[:, C:]
         assert torch.allclose(node0.mean((0, 2, 3)), torch.zeros(C, dtype=torch.float64), atol=1e-12)
         assert torch.allclose(node0.var((0, 2, 3), unbiased=False), torch.ones(C, dtype=torch.float64), atol=1e-3)
@@ -354,10 +343,10 @@ def test_reduction_cell_reads_two_copies_of_the_previous_output():
     a normal cell reads it."""
     from bayesnas.models import NetworkFromGenotype, named_genotype
 
-    naive, fused = pair(C=2, layers=3)
+    reference, fused = pair(C=2, layers=3)
     x, zn, zr, _ = inputs(H=8)
     fixed = NetworkFromGenotype(named_genotype("darts_v2"), in_channels=2, num_classes=3, C=2, layers=3).double()
-    for net, args in ((fused, (x, zn, zr)), (naive, (x, zn, zr)), (fixed, (x,))):
+    for net, args in ((fused, (x, zn, zr)), (reference, (x, zn, zr)), (fixed, (x,))):
         seen = {}
         hooks = [cell.register_forward_pre_hook(lambda module, cell_args, i=i: seen.setdefault(i, cell_args))
                  for i, cell in enumerate(net.cells)]

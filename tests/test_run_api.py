@@ -9,10 +9,10 @@ import torch
 import bayesnas
 from bayesnas.config import FitConfig
 from bayesnas.errors import RunError
-from bayesnas.inference import fit
-from bayesnas.inference.derive import derive_cell
-from bayesnas.inference.posterior import AdaptedPosterior, EdgePosterior, PosteriorHistory
-from bayesnas.inference.svi import load_fit
+from bayesnas.training import fit
+from bayesnas.analysis.derive import derive_cell
+from bayesnas.analysis.posterior import AdaptedPosterior, EdgePosterior, PosteriorHistory
+from bayesnas.training.search import load_fit
 
 ITERATIONS = 4
 # as small as a real run gets (fit is the slow part of these tests): 2-way, 1 task per
@@ -149,11 +149,14 @@ def test_calibration_is_computed_from_the_predictions_it_made(run, monkeypatch):
 def test_calibration_adapts_and_predicts_from_independent_random_streams(run, monkeypatch):
     """Prediction sample 0 must not replay the noise of the guide's first step: the two
     must start from different generator states (a bug once: both were seeded alike)."""
-    import bayesnas.inference.guide as guide
-    import bayesnas.inference.svi as svi
+    import importlib
+
+    import bayesnas.analysis.posterior as posterior
+
+    guide = importlib.import_module("bayesnas.inference.adapt")  # the module, not its function adapt
 
     states = {"adapt": [], "predict": []}
-    real_adapt, real_predictive = guide.adapt, svi.predictive
+    real_adapt, real_predictive = guide.adapt, posterior.predictive
 
     def adapt_spy(*args, **kwargs):
         states["adapt"].append(torch.get_rng_state())
@@ -164,7 +167,7 @@ def test_calibration_adapts_and_predicts_from_independent_random_streams(run, mo
         return real_predictive(*args, **kwargs)
 
     monkeypatch.setattr(guide, "adapt", adapt_spy)
-    monkeypatch.setattr(svi, "predictive", predictive_spy)
+    monkeypatch.setattr(posterior, "predictive", predictive_spy)
     first = run.calibration(tasks=2, samples=2, seed=4)
     assert len(states["adapt"]) == len(states["predict"]) == 2
     for adapting, predicting in zip(states["adapt"], states["predict"]):

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 import bayesnas
 from bayesnas.cli.main import main
 from bayesnas.config import FitConfig
-from bayesnas.inference import RunDirectory, fit
-from bayesnas.inference.svi import temperature
+from bayesnas.training import RunDirectory, fit
+from bayesnas.training.schedules import temperature
 
 TINY = dict(iterations=6, channels=2, cells=2, queries=1, inner_steps=1, val_every=3, checkpoint_every=2,
             val_tasks=2, val_samples=1, log_every=2, threads=1)

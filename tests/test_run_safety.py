@@ -10,10 +10,10 @@ from click.testing import CliRunner
 import bayesnas
 from bayesnas.cli.main import main
 from bayesnas.errors import RunError
-from bayesnas.inference import RunDirectory
-from bayesnas.inference.derive import derive_cell
-from bayesnas.inference.maml import load_retrain, retrain
-from bayesnas.inference.svi import fit, load_fit
+from bayesnas.training import RunDirectory
+from bayesnas.analysis.derive import derive_cell
+from bayesnas.training.retrain import load_retrain, retrain
+from bayesnas.training.search import fit, load_fit
 
 FIT = ["--iterations", "2", "--channels", "2", "--cells", "2", "--queries", "1", "--inner-steps", "1",
        "--val-every", "1", "--val-tasks", "2", "--threads", "1", "--quiet"]

@@ -3,7 +3,7 @@ import math
 
 import click
 
-from ..data import default_data_path, import_folder, import_miniimagenet, import_omniglot, open_dataset
+from ..data import import_folder, import_miniimagenet, import_omniglot, open_data
 from ..data.omniglot import SPLIT_BY
 from .common import user_errors
 
@@ -125,7 +125,7 @@ def import_folder_cmd(root, out, channels, size, seed, split_fractions, invert):
 @user_errors
 def info(file):
     """Describe a bayesnas HDF5 file (default: the embedded Omniglot file)."""
-    _print_summary(open_dataset(file if file is not None else default_data_path()))
+    _print_summary(open_data(file))
 
 
 def _print_summary(dataset):

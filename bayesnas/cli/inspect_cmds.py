@@ -7,19 +7,6 @@ import click
 from .common import user_errors
 
 
-def _edge_name(source, target):
-    from ..inference.posterior import state_name
-
-    return f"{state_name(source)} -> n{target}"
-
-
-def _node_lines(pairs):
-    from ..inference.posterior import state_name
-
-    return [f"n{i // 2} <- " + " + ".join(f"{op}({state_name(src)})" for op, src in pairs[i:i + 2])
-            for i in range(0, len(pairs), 2)]
-
-
 @click.command("inspect")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -43,9 +30,10 @@ def _node_lines(pairs):
 def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plots, calibration_tasks, samples, seed):
     """Print the run card of a fit or retrain run (RUN/README.md, refreshed); for a fit run also its edge
     posterior (top ops and entropy per edge, derived cells, how decided it got over training) and plots."""
-    from ..inference.card import build_run_card, write_run_card
-    from ..inference.posterior import format_diagnostics_table
-    from ..run import load_run
+    from ..analysis import load_run
+    from ..analysis.report import (format_calibration, format_derived_cells, format_diagnostics_table,
+                                   format_posterior_table)
+    from ..training.card import build_run_card, write_run_card
 
     if history_rows == 1:
         raise click.BadParameter("expected 0 (every logged step) or at least 2 (the first and the last)",
@@ -56,43 +44,18 @@ def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plo
         return
     run = load_run(run_dir)
     post = run.edge_posterior(which)
-    genotype = post.derive()
     history = run.posterior_history()
-    entropy = post.entropy()
-    rows = post.top(top)
-
     cfg = run.config
     click.echo(f"run {run.path}: {which} checkpoint at iteration {run.checkpoint_iteration(which)}/{cfg.iterations}, "
                f"{cfg.variant}, tau {post.tau:.3g}")
-    for cell, h in zip(("normal", "reduce"), entropy):
-        click.echo(f"\n{cell} cell: op probabilities per edge (entropy in nats; uniform = {math.log(10):.3f})")
-        click.echo(f"  {'edge':<18}{'entropy':>8}  top {top} op{'s' * (top != 1)}")
-        edges = range(h.numel())
-        if sort_by == "entropy":
-            edges = sorted(edges, key=lambda e: float(h[e]))
-        for e in edges:
-            mine = [r for r in rows if r.cell == cell and r.edge == e]
-            ops = "  ".join(f"{r.op} {r.prob:.3f}" for r in mine)
-            click.echo(f"  {_edge_name(mine[0].source, mine[0].target):<18}{float(h[e]):>8.3f}  {ops}")
-    click.echo("\nderived cells (the rule of derive-cell):")
-    for cell in ("normal", "reduce"):
-        click.echo(f"  {cell} cell:")
-        for line in _node_lines(getattr(genotype, cell)):
-            click.echo(f"    {line}")
-
+    click.echo(format_posterior_table(post, top=top, sort_by=sort_by))
+    click.echo("\n" + format_derived_cells(post.derive()))
     click.echo(f"\nsearch diagnostics over training (meta-level posterior, all 28 edges; uniform: entropy "
                f"{math.log(10):.3f}, top-op prob 0.100):")
     click.echo(format_diagnostics_table(history, max_rows=history_rows or None))
-
     if calibration_tasks:
         cal = run.calibration(tasks=calibration_tasks, samples=samples, seed=seed, which=which, progress=True)
-        click.echo(f"\ncalibration on {cal.tasks} held-out tasks ({cal.points} query points), 15-bin ECE:")
-        for name, ece, acc, nll, conf in (
-                ("1 posterior sample", cal.ece_single, cal.acc_single, cal.nll_single, cal.conf_single),
-                (f"{cal.samples} samples averaged", cal.ece_averaged, cal.acc_averaged, cal.nll_averaged,
-                 cal.conf_averaged)):
-            click.echo(f"  {name:<22}ECE {ece:.4f}  accuracy {acc:.4f}  mean confidence {conf:.4f}  NLL {nll:.4f}")
-
+        click.echo("\n" + format_calibration(cal))
     if not no_plots:
         folder = out if out is not None else os.path.join(run.path, "inspect")
         paths = [os.path.join(folder, f"{name}.{fmt}")

@@ -11,16 +11,12 @@ def main():
 
 
 def _register():
-    from . import data_cmds, fit_cmds
+    from . import data_cmds, derive_cmds, fit_cmds, inspect_cmds, retrain_cmds
 
     main.add_command(data_cmds.data)
     main.add_command(fit_cmds.fit_command)
-    from . import inspect_cmds
-
     main.add_command(inspect_cmds.inspect_command)
-    from . import retrain_cmds
-
-    main.add_command(retrain_cmds.derive_cell_command)
+    main.add_command(derive_cmds.derive_cell_command)
     main.add_command(retrain_cmds.retrain_command)
     main.add_command(retrain_cmds.evaluate_command)
     main.add_command(retrain_cmds.compare_command)

@@ -1,80 +1,9 @@
-"""``bayesnas derive-cell``, ``retrain``, ``evaluate``, ``compare``: parse, call the library, print."""
+"""``bayesnas retrain``, ``evaluate``, ``compare``: parse, call the library, print."""
 import click
 
-from ..inference.maml import RetrainConfig
+from ..config import RetrainConfig, resolve_config, resume_overrides
 from .common import cli_command, user_errors
-
-_D = RetrainConfig()
-
-
-@click.command("derive-cell")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--task-seed", type=click.IntRange(min=0), default=None,
-              help="Adapt the edge posterior to the support set of the task drawn with this seed "
-                   "[default: the meta-level alpha].")
-@click.option("--task-split", type=click.Choice(["val", "test"]), default="val",
-              help="Split of the --task-seed task (test classes must stay unseen until evaluation).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Genotype JSON to write [default: RUN_DIR/genotype.json, or RUN_DIR/genotype-task<N>.json].")
-@click.option("--no-plot", is_flag=True, help="Do not draw the cells (default: a PNG beside the JSON).")
-@click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last", help="Fit checkpoint to read.")
-@user_errors
-def derive_cell_command(run_dir, task_seed, task_split, out, no_plot, checkpoint):
-    """Derive the cell of a fit run: the 2 strongest edges per node, each with its best op."""
-    from ..inference.derive import derive_cell, format_edges_table
-
-    cell = derive_cell(run_dir, task_seed=task_seed, out=out, plot=not no_plot, which=checkpoint,
-                       task_split=task_split)
-    click.echo(format_edges_table(cell.table))
-    click.echo(f"genotype: {cell.genotype_path}")
-    if cell.plot_path:
-        click.echo(f"picture: {cell.plot_path}")
-
-
-def _retrain_options(func):
-    """The RetrainConfig flags shared by ``retrain`` and ``compare``."""
-    options = [
-        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-                     help="JSON file of RetrainConfig settings (flags override it)."),
-        click.option("--data", type=click.Path(dir_okay=False), default=None,
-                     help="HDF5 data file [default: embedded Omniglot]."),
-        click.option("--iterations", type=click.IntRange(min=1), default=None,
-                     help=f"Meta-iterations [default: {_D.iterations}]."),
-        click.option("--tasks", type=click.IntRange(min=1), default=None,
-                     help=f"Tasks per meta-batch [default: {_D.tasks}]."),
-        click.option("--inner-steps", type=click.IntRange(min=0), default=None,
-                     help=f"MAML inner steps [default: {_D.inner_steps}]."),
-        click.option("--inner-lr", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help=f"MAML inner step size [default: {_D.inner_lr}]."),
-        click.option("--eval-inner-steps", type=click.IntRange(min=0), default=None,
-                     help="Inner steps when validating/testing [default: --inner-steps]."),
-        click.option("--ways", type=click.IntRange(min=2), default=None, help=f"[default: {_D.ways}]"),
-        click.option("--shots", type=click.IntRange(min=1), default=None, help=f"[default: {_D.shots}]"),
-        click.option("--queries", type=click.IntRange(min=1), default=None, help=f"[default: {_D.queries}]"),
-        click.option("--rotations/--no-rotations", default=None,
-                     help="Rotated images as new training classes [default: on for an Omniglot file only]."),
-        click.option("--select-on", type=click.Choice(["val", "test"]), default=None,
-                     help="Split that validates and picks checkpoint_best.pt; 'test' only for a file without "
-                          "validation classes (evaluate then warns) [default: val]."),
-        click.option("--channels", type=click.IntRange(min=1), default=None,
-                     help=f"Conv-4 filters / first cell's channels [default: {_D.channels}]."),
-        click.option("--layers", type=click.IntRange(min=1), default=None,
-                     help=f"Cells of a genotype network [default: {_D.layers}]."),
-        click.option("--first-order", is_flag=True, default=None, help="First-order MAML (detached inner gradients)."),
-        click.option("--low-memory", is_flag=True, default=None,
-                     help="Memory-bounded step: one task at a time, inner steps recomputed in backward (same results, slower)."),
-        click.option("--meta-lr", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help=f"Adam step size [default: {_D.meta_lr}]."),
-        click.option("--val-every", type=click.IntRange(min=1), default=None, help=f"[default: {_D.val_every}]"),
-        click.option("--val-tasks", type=click.IntRange(min=1), default=None, help=f"[default: {_D.val_tasks}]"),
-        click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: auto]."),
-        click.option("--threads", type=click.IntRange(min=0), default=None,
-                     help="torch CPU threads [default: torch's]."),
-        click.option("--quiet", is_flag=True, help="No progress bar."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+from .options import config_options, run_options
 
 
 @click.command("retrain")
@@ -83,22 +12,16 @@ def _retrain_options(func):
               help="Run folder to create [default: runs/retrain-<time>].")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue the retrain run in this folder from its last checkpoint.")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help=f"[default: {_D.seed}]")
-@click.option("--tensorboard", is_flag=True,
-              help="Also write TensorBoard event files to RUN/tensorboard/ (pip install 'bayesnas[tensorboard]').")
-@_retrain_options
+@run_options("RetrainConfig")
+@config_options(RetrainConfig, skip=("arch",))
 @user_errors
 def retrain_command(arch, out, resume, config_file, quiet, tensorboard, **flags):
     """Meta-train a network from GENOTYPE (a genotype JSON file or a fit run folder), conv4 or darts_v2 with MAML."""
-    from ..config import resolve_config
-    from ..inference.maml import arch_label, retrain
+    from ..models import arch_label
+    from ..training import retrain
 
     if resume is not None:
-        overrides = {k: v for k, v in flags.items() if v is not None}
-        if sorted(set(overrides) - {"iterations"}) or config_file:
-            raise click.UsageError("--resume continues a run with its own config; only --iterations may be given")
-        config = RetrainConfig(iterations=overrides["iterations"]) if overrides else None
-        result = retrain(arch, config, resume=resume, progress=not quiet, tensorboard=tensorboard,
+        result = retrain(arch, resume_overrides(flags, config_file), resume=resume, progress=not quiet, tensorboard=tensorboard,
                          command=cli_command())
     else:
         if arch is None:
@@ -132,7 +55,7 @@ def retrain_command(arch, out, resume, config_file, quiet, tensorboard, **flags)
 @user_errors
 def evaluate_command(run_dir, tasks, inner_steps, split, seed, checkpoint, json_out, device, threads, quiet):
     """Accuracy of a retrained network on held-out classes: mean and 95% CI over seeded tasks."""
-    from ..inference.evaluate import evaluate, format_evaluation
+    from ..analysis.evaluate import evaluate, format_evaluation
 
     result = evaluate(run_dir, tasks=tasks, inner_steps=inner_steps, split=split, seed=seed, json_out=json_out,
                       which=checkpoint, device=device, threads=threads, progress=not quiet)
@@ -166,14 +89,13 @@ def _seeds(ctx, param, value):
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder of the runs and compare.json [default: runs/compare-<time>]; reused runs continue.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the table as JSON.")
-@click.option("--tensorboard", is_flag=True,
-              help="Every retrain run writes TensorBoard event files to its own RUN/tensorboard/.")
 @click.option("--match-params/--no-match-params", default=True,
               help="Choose each architecture's width so its trainable parameters are within ±10% of "
                    "--param-target; off: every row at --channels [default: on].")
 @click.option("--param-target", type=click.IntRange(min=1), default=None,
               help="Trainable parameters every row is matched to [default: the largest row's count at --channels].")
-@_retrain_options
+@run_options("RetrainConfig")
+@config_options(RetrainConfig, skip=("arch", "seed"))
 @user_errors
 def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_seed, random_seed, out, json_out,
                     tensorboard, match_params, param_target, config_file, quiet, eval_inner_steps, **flags):
@@ -182,8 +104,7 @@ def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_
     Each architecture's width is chosen so its trainable parameter count is within ±10% of one
     target; the first row is the reference of the paired differences.
     """
-    from ..config import resolve_config
-    from ..inference.compare import compare, format_compare_table
+    from ..analysis.compare import compare, format_compare_table
 
     if param_target is not None and not match_params:
         raise click.UsageError("--param-target needs parameter matching; drop --no-match-params")

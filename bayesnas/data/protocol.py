@@ -50,6 +50,16 @@ def resolve_rotations(rotations, data):
     return default_rotations(data) if rotations is None else bool(rotations)
 
 
+def held_out_split(data, split=None):
+    """The held-out classes a task is drawn from to inspect a trained model: ``split``, or by default
+    ``test`` when the file has it, else ``val``. A split the file lacks is a DataError naming it."""
+    if split is None:
+        split = "test" if "test" in data.splits else "val"
+    if split not in data.splits:
+        raise DataError(f"{data.path}: no split '{split}'; the file has {', '.join(data.splits)}")
+    return split
+
+
 def selection_split(data, select_on="val"):
     """The split that validates during training and picks ``checkpoint_best.pt``.
 

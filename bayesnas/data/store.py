@@ -26,7 +26,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
-import torch
 
 from ..errors import DataError
 from ..fileio import atomic_path
@@ -187,8 +186,10 @@ class SplitData:
         first = train.class_images(0)        # uint8 [count_0, C, H, W], a view
     """
 
-    def __init__(self, images: torch.Tensor, counts: Sequence[int], class_names: Sequence[str],
+    def __init__(self, images, counts: Sequence[int], class_names: Sequence[str],
                  groups: Sequence[str], name: str = "train", path: str = "<memory>"):
+        import torch
+
         self.name = name
         self.path = path
         counts = torch.as_tensor(counts, dtype=torch.int64)
@@ -219,7 +220,7 @@ class SplitData:
     def channels(self) -> int:
         return self.images.shape[1]
 
-    def class_images(self, i: int) -> torch.Tensor:
+    def class_images(self, i: int):
         """The uint8 images ``[count_i, C, H, W]`` of class ``i`` (a view, no copy)."""
         return self.images[self.class_offsets[i]:self.class_offsets[i + 1]]
 
@@ -264,6 +265,8 @@ class FewShotData:
         return self._loaded[name]
 
     def _load(self, name):
+        import torch
+
         infos = self._classes[name]
         height, width = self.image_size
         total = sum(c.count for c in infos)
@@ -420,6 +423,11 @@ def _text(value) -> Optional[str]:
 def default_data_path() -> Path:
     """Path of the Omniglot file shipped inside the package (``embedded/omniglot_minimal.h5``)."""
     return Path(__file__).resolve().parent / "embedded" / EMBEDDED_NAME
+
+
+def open_data(path=None) -> FewShotData:
+    """Open the data file ``path``, or the embedded Omniglot file when ``path`` is None."""
+    return open_dataset(path if path is not None else default_data_path())
 
 
 def load_default() -> FewShotData:

@@ -1,21 +1,19 @@
-"""Inference: the Pyro model and guide of BASE, SVI, and everything downstream of it."""
+"""Inference: BASE's equations 1-10 as a Pyro program, and nothing else.
+
+model (eq. 1, 4), guide (eq. 6-10) with its unrolled steps (adapt, unroll), the ELBO, the
+meta-parameters W, and the posterior predictive. Training loops, run folders and
+inspection live in :mod:`bayesnas.training` and :mod:`bayesnas.analysis`.
+"""
+from .adapt import adapt, adapt_held_out, mean_step_size
 from .elbo import ElboTerms, elbo_terms
-from .guide import TaskPosterior, adapt, base_guide, prior_posterior
+from .guide import TaskPosterior, base_guide, prior_posterior
 from .meta import MetaNetwork, SetEncoder
 from .model import ExpRelaxedCategorical, base_model
-from .rundir import RunDirectory
-from .svi import FitResult, fit
+from .predictive import predictive
 from .unroll import unrolled_steps
-from .derive import ChosenEdge, DerivedCell, chosen_edges_table, derive_cell, derive_genotype, format_edges_table
-from .maml import RetrainConfig, RetrainResult, load_retrain, maml_loss, maml_step, retrain
-from .evaluate import Evaluation, evaluate, format_evaluation, mean_confidence_interval
-from .compare import CompareResult, CompareRow, compare, format_compare_table
 
 __all__ = [
-    "ElboTerms", "elbo_terms", "TaskPosterior", "adapt", "base_guide", "prior_posterior", "MetaNetwork",
-    "SetEncoder", "ExpRelaxedCategorical", "base_model", "RunDirectory", "FitResult", "fit", "unrolled_steps",
-    "ChosenEdge", "DerivedCell", "chosen_edges_table", "derive_cell", "derive_genotype", "format_edges_table",
-    "RetrainConfig", "RetrainResult", "load_retrain", "maml_loss", "maml_step", "retrain",
-    "Evaluation", "evaluate", "format_evaluation", "mean_confidence_interval",
-    "CompareResult", "CompareRow", "compare", "format_compare_table",
+    "adapt", "adapt_held_out", "mean_step_size", "ElboTerms", "elbo_terms", "TaskPosterior", "base_guide",
+    "prior_posterior", "MetaNetwork", "SetEncoder", "ExpRelaxedCategorical", "base_model", "predictive",
+    "unrolled_steps",
 ]

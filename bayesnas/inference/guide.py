@@ -5,10 +5,7 @@ categorical with logits phi. The variational parameters of task t are not free: 
 start at the meta-parameters W (phi optionally at alpha + h_V(D_t)) and take N unrolled,
 differentiable gradient-ascent steps on the task's own ELBO estimate on its SUPPORT set.
 
-Usage::
-
-    q = adapt(meta, support_x, support_y, steps=4, tau=1.0)
-    trace = pyro.poutine.trace(base_guide).get_trace(meta, query_x, query_y, 1.0, q)
+The unrolled steps themselves are :func:`~bayesnas.inference.adapt.adapt`.
 """
 from typing import NamedTuple
 
@@ -17,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from .model import THETA, Z_SITES, TaskNormal, edge_prior
-from .unroll import unrolled_steps
 
 
 class TaskPosterior(NamedTuple):
@@ -64,58 +60,3 @@ def base_guide(meta, x, y, tau, q, relaxed=True):
         if relaxed:
             pyro.sample(Z_SITES[0], edge_prior(q.phi_normal, tau, num_tasks))
             pyro.sample(Z_SITES[1], edge_prior(q.phi_reduce, tau, num_tasks))
-
-
-def mean_step_size(lr, sigma, kl_weight, n_support):
-    """Per-weight step size of the guide's mean: ``lr / (1 + lr * kl_weight / (n_s * sigma^2))``.
-
-    The Gaussian KL adds curvature ``kl_weight / (n_s * sigma_i^2)`` to weight i of the
-    per-point support ELBO; with a small prior scale, a plain step of size ``lr`` would
-    overshoot (it diverges once ``lr`` times that curvature exceeds 2). This step size is
-    the proximal step for the quadratic KL term: it treats the KL exactly and the
-    likelihood linearly, is stable for every ``lr`` and ``sigma``, and has the same fixed
-    points as plain gradient ascent. ``sigma`` ``[D]`` -> ``[D]``.
-    """
-    return lr / (1 + lr * kl_weight / (n_support * sigma**2))
-
-
-def adapt(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, first_order=False,
-          checkpoint=False):
-    """Task posteriors by N unrolled gradient-ascent steps on each task's support ELBO.
-
-    The objective of a step is ``(log p(y_s | x_s, theta, z) - kl_weight * KL(q || p)) / n_s``
-    for each task (one reparameterised sample), summed over tasks: tasks do not interact,
-    so the gradient w.r.t. task t's parameters is that of task t's own ELBO. The mean's
-    step size is preconditioned by the prior's curvature (:func:`mean_step_size`).
-
-    Args:
-        meta: the :class:`~bayesnas.inference.meta.MetaNetwork`.
-        support_x: ``[T, n_s, C, H, W]``; support_y: ``[T, n_s]``.
-        steps: N, the number of inner steps (0 gives the prior, KL exactly 0).
-        tau: temperature; relaxed: Gumbel (True) or softmax (False) variant.
-        first_order: detach the inner gradients (cheaper, not the BASE default).
-        checkpoint: recompute each step in the outer backward instead of keeping its
-            graph (memory-bounded mode, see :func:`~bayesnas.inference.unroll.unrolled_steps`).
-
-    Returns:
-        :class:`TaskPosterior` with tensors ``[T, ...]``.
-
-    Example::
-
-        q = adapt(meta, batch.support_x, batch.support_y, steps=4, tau=1.0)
-        q.phi_normal.softmax(-1)      # task-adapted edge probabilities [T, 14, 10]
-    """
-    from .elbo import elbo_terms
-
-    start = prior_posterior(meta, support_x.shape[0], support_x)._asdict()
-    lr = meta.inner_lr()
-    n_support = support_y.shape[1]
-    step_sizes = {"mu": mean_step_size(lr["mu"], meta.sigma, kl_weight, n_support), "rho": lr["rho"],
-                  "phi_normal": lr["alpha"], "phi_reduce": lr["alpha"]}
-
-    def support_elbo(params, step):
-        terms = elbo_terms(meta, support_x, support_y, TaskPosterior(**params), tau, relaxed)
-        return terms.elbo(kl_weight).sum() / n_support
-
-    return TaskPosterior(**unrolled_steps(support_elbo, start, steps, step_sizes,
-                                          first_order=first_order, maximize=True, checkpoint=checkpoint))

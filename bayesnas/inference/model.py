@@ -70,6 +70,12 @@ def _task_noise(draw, shape):
     return draw(torch.Size((total,)) + shape[1:])[start:stop]
 
 
+def gumbel(uniforms):
+    """Standard Gumbel noise from uniforms in [0, 1), clamped away from 0 and 1 so it stays finite."""
+    finfo = torch.finfo(uniforms.dtype)
+    return -(-uniforms.clamp(finfo.tiny, 1 - finfo.eps).log()).log()
+
+
 class TaskNormal(dist.Normal):
     """Normal whose leading batch dimension is tasks; its noise honours :func:`task_share`."""
 
@@ -93,9 +99,7 @@ class ExpRelaxedCategorical(_TorchExpRelaxedCategorical, TorchDistributionMixin)
         shape = self._extended_shape(sample_shape)
         logits = self.logits
         uniforms = _task_noise(lambda s: torch.rand(s, dtype=logits.dtype, device=logits.device), shape)
-        tiny = torch.finfo(logits.dtype).tiny
-        gumbels = -(-uniforms.clamp(tiny, 1 - torch.finfo(logits.dtype).eps).log()).log()
-        scores = (logits + gumbels) / self.temperature
+        scores = (logits + gumbel(uniforms)) / self.temperature
         return scores - scores.logsumexp(dim=-1, keepdim=True)
 
 

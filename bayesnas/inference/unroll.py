@@ -22,6 +22,8 @@ and gradients.
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from ..errors import NonFiniteLossError
+
 
 def unrolled_steps(objective, params, steps, lr, first_order=False, maximize=False, checkpoint=False):
     """Take ``steps`` differentiable gradient steps on ``objective``.
@@ -51,8 +53,6 @@ def unrolled_steps(objective, params, steps, lr, first_order=False, maximize=Fal
         current = dict(zip(names, values))
         value = objective(current, step)
         if not torch.isfinite(value).all():
-            from ..errors import NonFiniteLossError
-
             raise NonFiniteLossError(f"inner step {step}: objective is {value.item()} (not finite)")
         grads = torch.autograd.grad(
             value,

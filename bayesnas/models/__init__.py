@@ -5,15 +5,16 @@ weights are substituted with ``torch.func.functional_call`` through :class:`Para
 
 Usage::
 
-    from bayesnas.models import SearchNetwork, ParamLayout, NUM_EDGES, NUM_OPS
     net = SearchNetwork(in_channels=1, num_classes=5, C=8, layers=3)
     logits = net(x, z_normal, z_reduce)      # x [B, 1, H, W], z_* [NUM_EDGES, NUM_OPS]
 """
 from .conv4 import Conv4
 from .functional import ParamLayout, count_parameters
-from .genotypes import (DARTS_V2, EDGES, NAMED_GENOTYPES, NUM_EDGES, STEPS, Genotype, cell_edges,
-                        edge_index, genotype_from_dict, genotype_to_dict, load_genotype,
-                        named_genotype, random_genotype, save_genotype, validate_genotype)
+from .derivation import ChosenEdge, chosen_edges_table, derive_genotype, format_edges_table
+from .genotypes import (BASELINES, CELL_TITLES, CELL_TYPES, DARTS_V2, EDGES, NAMED_GENOTYPES, NUM_EDGES, STEPS,
+                        Genotype, arch_config, arch_label, cell_edges, edge_index, genotype_from_dict,
+                        genotype_string, genotype_to_dict, load_genotype, named_genotype, num_edges,
+                        random_genotype, save_genotype, state_name, validate_genotype)
 from .macro import reduction_indices
 from .network import FixedCell, NetworkFromGenotype, build_network
 from .operations import (NUM_OPS, OPS, Conv7x1_1x7, DilConv, FactorizedReduce, ReLUConvBN,
@@ -23,9 +24,11 @@ from .supernet import SOURCE_MAJOR, SearchCell, SearchNetwork, edge_batches, sou
 __all__ = [
     "OPS", "NUM_OPS", "make_op", "batch_norm", "Zero", "ReLUConvBN", "FactorizedReduce",
     "SepConv", "DilConv", "Conv7x1_1x7",
-    "Genotype", "DARTS_V2", "NAMED_GENOTYPES", "STEPS", "EDGES", "NUM_EDGES", "cell_edges",
-    "edge_index", "validate_genotype", "genotype_to_dict", "genotype_from_dict",
-    "save_genotype", "load_genotype", "random_genotype", "named_genotype",
+    "Genotype", "DARTS_V2", "NAMED_GENOTYPES", "STEPS", "EDGES", "NUM_EDGES", "cell_edges", "num_edges",
+    "edge_index", "validate_genotype", "genotype_to_dict", "genotype_from_dict", "genotype_string",
+    "save_genotype", "load_genotype", "random_genotype", "named_genotype", "CELL_TYPES", "CELL_TITLES",
+    "state_name", "BASELINES", "arch_config", "arch_label",
+    "ChosenEdge", "chosen_edges_table", "derive_genotype", "format_edges_table",
     "reduction_indices",
     "SearchNetwork", "SearchCell", "SOURCE_MAJOR", "source_major", "edge_batches",
     "NetworkFromGenotype", "FixedCell", "Conv4", "build_network",

@@ -43,11 +43,20 @@ def cell_edges(steps=STEPS):
     return [(j, k) for k in range(steps) for j in range(k + 2)]
 
 
+def num_edges(steps=STEPS):
+    """Edges of a cell with ``steps`` intermediate nodes: ``steps * (steps + 3) // 2`` (14 for 4)."""
+    return steps * (steps + 3) // 2
+
+
 EDGES = cell_edges(STEPS)
-NUM_EDGES = len(EDGES)
+NUM_EDGES = num_edges(STEPS)
+
+#: the two cell types, in the order of every per-cell pair (architecture tensors, genotypes)
+CELL_TYPES = ("normal", "reduce")
+CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
 
 
-def edge_index(source, node):
+def edge_index(source, node, steps=STEPS):
     """Row of the architecture tensor for the edge ``source -> node`` (``offset_node + source``).
 
     Usage::
@@ -56,9 +65,20 @@ def edge_index(source, node):
         edge_index(3, 3)                      # 12
         assert EDGES[edge_index(2, 1)] == (2, 1)
     """
-    if not 0 <= node < STEPS or not 0 <= source <= node + 1:
-        raise ValueError(f"no edge {source} -> node {node} in a {STEPS}-node cell")
+    if not 0 <= node < steps or not 0 <= source <= node + 1:
+        raise ValueError(f"no edge {source} -> node {node} in a {steps}-node cell")
     return node * (node + 3) // 2 + source
+
+
+def state_name(state):
+    """Display name of a cell state: 0 -> ``c_{k-2}``, 1 -> ``c_{k-1}``, ``j >= 2`` -> ``n{j-2}``."""
+    return ("c_{k-2}", "c_{k-1}")[state] if state < 2 else f"n{state - 2}"
+
+
+def node_lines(pairs):
+    """One line per intermediate node of a cell's 8 ``(op, input)`` pairs: ``n0 <- op(c_{k-2}) + op(c_{k-1})``."""
+    return [f"n{i // 2} <- " + " + ".join(f"{op}({state_name(src)})" for op, src in pairs[i:i + 2])
+            for i in range(0, len(pairs), 2)]
 
 
 class Genotype(namedtuple("Genotype", ["normal", "normal_concat", "reduce", "reduce_concat"])):
@@ -309,3 +329,48 @@ def genotype_string(g):
             nodes.append("concat=" + ",".join(str(int(s)) for s in concat))
         cells.append(" ".join([which] + nodes))
     return "; ".join(cells)
+
+
+#: Architecture names that ``retrain`` accepts besides a genotype.
+BASELINES = ("conv4",) + tuple(sorted(NAMED_GENOTYPES))
+
+
+def arch_config(spec):
+    """The JSON-ready form of an architecture: ``"conv4"``, ``"darts_v2"`` or a genotype dict.
+
+    Args:
+        spec: a :class:`~bayesnas.models.genotypes.Genotype`; a genotype dict; a name in
+            :data:`BASELINES` (any case); a path to a genotype JSON file; or a fit run
+            folder holding ``genotype.json`` (``bayesnas derive-cell`` writes it).
+
+    Example::
+
+        arch_config("DARTS_V2")                  # 'darts_v2'
+        arch_config("runs/fit-a")                # the dict of runs/fit-a/genotype.json
+        arch_config(random_genotype(0))["normal"][0]
+    """
+    if isinstance(spec, Genotype):
+        return genotype_to_dict(genotype_from_dict(genotype_to_dict(spec)))
+    if isinstance(spec, dict):
+        return genotype_to_dict(genotype_from_dict(spec, source="arch"))
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        if text.strip().lower() in BASELINES:
+            return text.strip().lower()
+        if os.path.isdir(text):
+            path = os.path.join(text, "genotype.json")
+            if not os.path.exists(path):
+                raise GenotypeError(f"{text}: folder holds no genotype.json; run 'bayesnas derive-cell {text}' "
+                                    f"first, or give a genotype JSON file")
+            return genotype_to_dict(load_genotype(path))
+        if os.path.exists(text):
+            return genotype_to_dict(load_genotype(text))
+        raise GenotypeError(f"{text}: not a genotype JSON file, a run folder holding genotype.json, or a "
+                            f"known architecture ({', '.join(BASELINES)})")
+    raise GenotypeError(f"architecture {spec!r}: expected a Genotype, a genotype dict, a JSON path or one of "
+                        f"{', '.join(BASELINES)}")
+
+
+def arch_label(arch):
+    """A short display name of an architecture config value: the name, or "genotype"."""
+    return arch if isinstance(arch, str) else "genotype"

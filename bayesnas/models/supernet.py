@@ -1,7 +1,7 @@
 """The search supernet, fused: every edge's mixed operation in a few large tensor calls.
 
 A straightforward supernet (one module per op per edge, Python loops) makes thousands
-of tiny convolution calls per forward and is bound by their launch cost (DESIGN §4).
+of tiny convolution calls per forward and is bound by their launch cost (docs/design.md §5).
 This one computes the same function with a few dozen calls per cell:
 
 * Edges are processed by SOURCE state, not by target node: the 8 edges leaving the two
@@ -11,11 +11,10 @@ This one computes the same function with a few dozen calls per cell:
   ReLU, max/avg pooling (each followed by a BatchNorm without affine parameters, as in
   DARTS's mixed op) and the identity.
 * The first depthwise convolution of every separable/dilated op of every edge of a batch
-  is one grouped convolution per kernel group with a channel multiplier (input channel
-  ``c`` of source ``s`` produces one channel per (op, edge)), so the source is never
-  copied per edge. Kernels are embedded into the group's common kernel size inside
-  forward (zero padding; a dilation-2 kernel is interleaved with zeros when it joins a
-  dense group), so parameters keep their true per-edge shapes.
+  is one grouped convolution per op with a channel multiplier (input channel ``c`` of
+  source ``s`` produces one channel per edge), so the source is never copied per edge.
+  Grouping several ops into one call at a common kernel size measured slower
+  (docs/benchmarks.md): the larger kernels cost more than the calls they save.
 * Pointwise convolutions are batched matrix products, BatchNorm is one call over all
   channels of a batch (it is per channel, so fusing is exact), conv_7x1_1x7 (1x7 striding
   ``(1, s)``, then 7x1 striding ``(s, 1)``) and the factorized reduce are grouped
@@ -28,8 +27,9 @@ This one computes the same function with a few dozen calls per cell:
 
 Edge parameters are stacked over the 14 edges in source-major order (:data:`SOURCE_MAJOR`
 maps positions to edge indices), one tensor per (op, conv): ``sep_conv_5x5_dw1`` is
-``[14, C, 1, 5, 5]``. ``benchmarks/naive_supernet.py`` holds the straightforward
-implementation and converts parameters between the two; the tests check they agree.
+``[14, C, 1, 5, 5]``. :mod:`bayesnas.models.reference` holds the straightforward
+implementation (``FitConfig(supernet="reference")`` searches with it) and converts
+parameters between the two; the tests check they agree.
 
 Usage::
 
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ._conv import conv2d, conv_input
-from .genotypes import STEPS
+from .genotypes import STEPS, edge_index, num_edges
 from .macro import CellPlan, cell_plan, check_positive, make_preprocess, make_stem, reduction_indices
 from .operations import DIL_KERNELS, DILATION, NUM_OPS, OPS, SEP_KERNELS, FactorizedReduce, shift_to_odd_pixels
 
@@ -53,34 +53,7 @@ SEP_OPS = tuple(SEP_KERNELS)
 DIL_OPS = tuple(DIL_KERNELS)
 # Ops with a first depthwise stage, in the channel order of the fused tensors.
 DW_OPS = SEP_OPS + DIL_OPS
-# Kernel groups for the first depthwise stage. "per_op" (5 calls, each kernel at its true
-# size and dilation) measured fastest on the 2-core CPU: forward+backward, C=8, 3 cells,
-# batch 25, 28x28, best of 3 alternating runs: per_op 1.54 s, by_dilation 2.09 s, single
-# 1.93 s (1 thread); second order about equal for per_op/by_dilation (6.5 s), single 7.3 s.
-# At these sizes the work is memory- and FLOP-bound, not launch-bound, so the 2-3.5x FLOPs
-# of a common kernel cost more than the 3-4 calls they save.
-DW_GROUPINGS = {
-    "per_op": [[op] for op in DW_OPS],
-    "by_dilation": [list(SEP_OPS), list(DIL_OPS)],
-    "single": [list(DW_OPS)],
-}
 _OP_INDEX = {name: i for i, name in enumerate(OPS)}
-
-
-def num_edges(steps):
-    """Edges of a cell with ``steps`` intermediate nodes: ``steps * (steps + 3) // 2``.
-
-    Usage::
-
-        num_edges(4)                          # 14, the rows of z_normal / z_reduce
-        num_edges(2)                          # 5
-        assert num_edges(STEPS) == len(SOURCE_MAJOR)
-    """
-    return steps * (steps + 3) // 2
-
-
-def _edge_index(source, node):
-    return node * (node + 3) // 2 + source
 
 
 def source_major(steps=STEPS):
@@ -94,7 +67,7 @@ def source_major(steps=STEPS):
         source_major(4)[8:11]                 # [4, 7, 11]:   edges 2 -> nodes 1..3
         assert sorted(source_major(4)) == list(range(14))
     """
-    return [_edge_index(s, k) for s in range(steps + 1) for k in range(max(0, s - 1), steps)]
+    return [edge_index(s, k, steps) for s in range(steps + 1) for k in range(max(0, s - 1), steps)]
 
 
 SOURCE_MAJOR = source_major(STEPS)
@@ -146,36 +119,24 @@ def _mix_index(steps, reduction):
         for col, (op, s, t) in enumerate(columns):
             for row, node in enumerate(targets):
                 if t is None or t == node:
-                    index[row, col] = _edge_index(s, node) * NUM_OPS + _OP_INDEX[op]
+                    index[row, col] = edge_index(s, node, steps) * NUM_OPS + _OP_INDEX[op]
         indices.append(index)
     return indices
 
 
-def _embed_kernel(w, dilation, K, D):
-    """Embed ``w [..., k, k]`` (dilation ``dilation``) into a ``K x K`` kernel of dilation D."""
-    if dilation != D:
-        if (dilation, D) != (2, 1):
-            raise ValueError(f"cannot embed a dilation-{dilation} kernel in a dilation-{D} one")
-        # Interleave zeros (functionally, so vmap and double backward see plain ops).
-        k = 2 * w.shape[-1] - 1
-        w = torch.stack([w, torch.zeros_like(w)], -1).flatten(-2)[..., :k]
-        w = torch.stack([w, torch.zeros_like(w)], -2).flatten(-3, -2)[..., :k, :]
-    p = (K - w.shape[-1]) // 2
-    return F.pad(w, (p, p, p, p)) if p else w
-
-
 def _kernel_of(op):
+    """(kernel size, dilation) of a depthwise op."""
     if op in SEP_KERNELS:
         return SEP_KERNELS[op], 1
     return DIL_KERNELS[op], DILATION
 
 
-def _group_kernel(ops):
-    """Common (kernel size, dilation) of a group of depthwise ops."""
-    kernels = [_kernel_of(op) for op in ops]
-    if all(d == DILATION for _, d in kernels):
-        return max(k for k, _ in kernels), DILATION
-    return max(d * (k - 1) + 1 for k, d in kernels), 1
+def _dw1_name(op):
+    return f"{op}_dw1" if op in SEP_KERNELS else f"{op}_dw"
+
+
+def _pw1_name(op):
+    return f"{op}_pw1" if op in SEP_KERNELS else f"{op}_pw"
 
 
 def _uniform_(t, fan_in):
@@ -202,16 +163,10 @@ class SearchCell(nn.Module):
         y = cell(s0, s1, mix)                 # [B, 32, H, W]
     """
 
-    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev,
-                 dw_grouping="per_op"):
+    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev):
         super().__init__()
-        if dw_grouping not in DW_GROUPINGS:
-            raise ConfigError(f"dw_grouping={dw_grouping!r}: expected one of "
-                              f"{', '.join(DW_GROUPINGS)}")
         self.steps, self.multiplier, self.C = steps, multiplier, C
         self.reduction, self.reduction_prev = reduction, reduction_prev
-        self.dw_groups = [(ops,) + _group_kernel(ops) for ops in DW_GROUPINGS[dw_grouping]]
-        self.dw2_grouped = dw_grouping != "per_op"
         self.pre0, self.pre1 = make_preprocess(CellPlan(reduction, reduction_prev, C_pp, C_p, C), affine=False)
 
         E = num_edges(steps)
@@ -252,22 +207,6 @@ class SearchCell(nn.Module):
             return cache[name][b]
         return chunks
 
-    def _dw1_weight(self, ops, K, D, edges, b, S, m, T):
-        """Weights of one kernel group for the edges of batch ``b`` of T tasks.
-
-        Returns ``[T * S * C * len(ops) * m, 1, K, K]`` in the (task, source, channel, op,
-        edge) order that a channel-multiplier depthwise convolution of the stacked
-        sources produces.
-        """
-        C = self.C
-        ws = []
-        for op in ops:
-            w = edges(f"{op}_dw1" if op in SEP_KERNELS else f"{op}_dw", b)
-            ws.append(_embed_kernel(w, _kernel_of(op)[1], K, D))
-        w = torch.stack(ws, 1)                                      # [T, g, n, C, 1, K, K]
-        w = w.view(T, len(ops), S, m, C, K, K).permute(0, 2, 4, 1, 3, 5, 6)
-        return w.reshape(T * S * C * len(ops) * m, 1, K, K)
-
     def _edge_batch(self, x, S, m, edges, b, stride, W, T):
         """All mixed edges leaving the ``S`` sources of T tasks stacked in ``x [B, T*S*C, H, W]``.
 
@@ -278,76 +217,86 @@ class SearchCell(nn.Module):
         its own, so tasks never mix. Results of convolutions are reshaped, never viewed:
         on CPU they may be channels-last.
         """
-        B, _, H, Wd = x.shape
-        C, n = self.C, S * m
+        B, n = x.shape[0], S * m
         r = conv_input(F.relu(x))  # feeds 6 or 8 convolutions
+        stage1, (Ho, Wo) = self._depthwise_stage(r, edges, b, S, m, T, stride)
+        sep, dil = self._separable_stage(stage1, edges, b, n, T, (Ho, Wo))
+        conv7 = self._conv_7x1_1x7(r, edges, b, S, n, T, stride)
+        CHW = self.C * Ho * Wo
+        outputs = self._parameter_free(x, r, edges, b, S, n, T, stride)
+        outputs += [sep.reshape(B, T, -1, CHW), dil.reshape(B, T, len(DIL_OPS) * n, CHW), conv7.reshape(B, T, n, CHW)]
+        # One batched matrix product per (image, task) with the task's mixing matrix.
+        return torch.matmul(W, torch.cat(outputs, 2)), (Ho, Wo)
 
-        # First depthwise stage of sep 3/5/7 and dil 3/5 for all n edges.
+    def _depthwise_stage(self, r, edges, b, S, m, T, stride):
+        """First stage of sep 3/5/7 and dil 3/5 on the ``n = S * m`` edges: depthwise (one call
+        per op, a channel multiplier of ``m``), pointwise, BatchNorm.
+
+        Returns ``[B, T, len(DW_OPS) * n * C, H' * W']`` in (task, op, source, edge,
+        channel) order, and ``(H', W')``.
+        """
+        B, C = r.shape[0], self.C
         parts = []
-        for ops, K, D in self.dw_groups:
-            w = self._dw1_weight(ops, K, D, edges, b, S, m, T)
-            y = conv2d(r, w, stride=stride, padding=D * (K - 1) // 2, dilation=D, groups=T * S * C)
+        for op in DW_OPS:
+            k, d = _kernel_of(op)
+            w = edges(_dw1_name(op), b).reshape(T, S, m, C, k, k).permute(0, 1, 3, 2, 4, 5)
+            y = conv2d(r, w.reshape(T * S * C * m, 1, k, k), stride=stride, padding=d * (k - 1) // 2, dilation=d,
+                       groups=T * S * C)
             Ho, Wo = y.shape[-2:]
-            # (task, source, channel, op, edge) -> (task, op, source, edge, channel)
-            parts.append(y.reshape(B, T, S, C, len(ops), m, Ho * Wo).permute(0, 1, 4, 2, 5, 3, 6))
-        y = torch.cat(parts, 2) if len(parts) > 1 else parts[0].contiguous()
-        g = len(DW_OPS)
-        pw1 = torch.stack([edges(f"{op}_pw1" if op in SEP_KERNELS else f"{op}_pw", b)
-                           for op in DW_OPS], 1).view(T, g, S, m, C, C)
-        y = torch.matmul(pw1, y).view(B, T * g * n * C, Ho * Wo)
-        stage1 = F.batch_norm(y, None, None, training=True).view(B, T, g * n * C, Ho * Wo)
-        HW = Ho * Wo
+            # (task, source, channel, edge) -> (task, op, source, edge, channel)
+            parts.append(y.reshape(B, T, S, C, 1, m, Ho * Wo).permute(0, 1, 4, 2, 5, 3, 6))
+        pw1 = torch.stack([edges(_pw1_name(op), b) for op in DW_OPS], 1).view(T, len(DW_OPS), S, m, C, C)
+        y = torch.matmul(pw1, torch.cat(parts, 2)).view(B, T * len(DW_OPS) * S * m * C, Ho * Wo)
+        return F.batch_norm(y, None, None, training=True).view(B, T, -1, Ho * Wo), (Ho, Wo)
 
-        # Second stage of the separable ops (stride 1, no channel multiplier). split (not
-        # slicing) so that backward assembles the gradient with one cat, not zero-fills.
-        nC = n * C
-        ns = len(SEP_OPS) * nC
-        if self.dw2_grouped:
-            K = max(SEP_KERNELS.values())
-            sep1, dil = stage1.split([ns, len(DIL_OPS) * nC], 2)
-            w = torch.cat([_embed_kernel(edges(f"{op}_dw2", b), 1, K, 1)
-                           for op in SEP_OPS], 1).reshape(T * ns, 1, K, K)
-            y = conv2d(F.relu(sep1).reshape(B, T * ns, Ho, Wo), w, padding=K // 2, groups=T * ns)
-        else:
-            *sep1, dil = stage1.split([nC] * len(SEP_OPS) + [len(DIL_OPS) * nC], 2)
-            ys = []
-            for t, (op, k) in zip(sep1, SEP_KERNELS.items()):
-                w = edges(f"{op}_dw2", b).reshape(T * nC, 1, k, k)
-                y = conv2d(F.relu(t).reshape(B, T * nC, Ho, Wo), w, padding=k // 2, groups=T * nC)
-                ys.append(y.reshape(B, T, 1, nC, HW))
-            y = torch.cat(ys, 2)
+    def _separable_stage(self, stage1, edges, b, n, T, size):
+        """Second stage of the separable ops (stride 1, no channel multiplier): ``(sep, dil)``.
+
+        ``sep [B, T * 3 * n * C, H' * W']`` the finished separable ops; ``dil`` the dilated
+        ops' outputs, which have no second stage. ``split`` (not slicing), so that backward
+        assembles the gradient with one cat, not zero-fills.
+        """
+        B, C, (Ho, Wo) = stage1.shape[0], self.C, size
+        nC, HW = n * C, Ho * Wo
+        *sep1, dil = stage1.split([nC] * len(SEP_OPS) + [len(DIL_OPS) * nC], 2)
+        ys = []
+        for t, (op, k) in zip(sep1, SEP_KERNELS.items()):
+            w = edges(f"{op}_dw2", b).reshape(T * nC, 1, k, k)
+            y = conv2d(F.relu(t).reshape(B, T * nC, Ho, Wo), w, padding=k // 2, groups=T * nC)
+            ys.append(y.reshape(B, T, 1, nC, HW))
         pw2 = torch.stack([edges(f"{op}_pw2", b) for op in SEP_OPS], 1).view(T, len(SEP_OPS) * n, C, C)
-        y = torch.matmul(pw2, y.reshape(B, T, len(SEP_OPS) * n, C, HW))
-        sep = F.batch_norm(y.view(B, T * ns, HW), None, None, training=True)
+        y = torch.matmul(pw2, torch.cat(ys, 2).reshape(B, T, len(SEP_OPS) * n, C, HW))
+        return F.batch_norm(y.view(B, T * len(SEP_OPS) * nC, HW), None, None, training=True), dil
 
-        # conv_7x1_1x7: 1x7 per source with all its edges' outputs, then 7x1 per edge; each
-        # strides along the axis its kernel spans.
+    def _conv_7x1_1x7(self, r, edges, b, S, n, T, stride):
+        """conv_7x1_1x7 of the ``n`` edges: 1x7 per source with all its edges' outputs, then 7x1 per
+        edge, each striding along the axis its kernel spans; BatchNorm. ``[B, T * n * C, H' * W']``."""
+        B, C = r.shape[0], self.C
         w = edges("conv_7x1_1x7_w1x7", b).reshape(T * n * C, C, 1, 7)
         y = conv2d(r, w, stride=(1, stride), padding=(0, 3), groups=T * S)
         w = edges("conv_7x1_1x7_w7x1", b).reshape(T * n * C, C, 7, 1)
         y = conv2d(y, w, stride=(stride, 1), padding=(3, 0), groups=T * n)
-        conv7 = F.batch_norm(y.reshape(B, T * n * C, HW), None, None, training=True)
+        return F.batch_norm(y.reshape(B, T * n * C, -1), None, None, training=True)
 
+    def _parameter_free(self, x, r, edges, b, S, n, T, stride):
+        """The identity (a factorized reduce per edge when striding), max and avg pooling, each
+        ``[B, T, sources or edges, C * H' * W']``; pooling is computed once per source."""
+        B, C = x.shape[0], self.C
         outputs = []
         if stride == 2:
             wa, wb = edges("skip_connect_fr_a", b), edges("skip_connect_fr_b", b)
-            # (named fr_a, fr_b: b is the batch index here)
             fr_a = conv2d(r, wa.reshape(-1, C, 1, 1), stride=2, groups=T * S)
             fr_b = conv2d(shift_to_odd_pixels(r), wb.reshape(-1, C, 1, 1), stride=2, groups=T * S)
+            HW = fr_a.shape[-2] * fr_a.shape[-1]
             fr = torch.cat([fr_a.reshape(B, T, n, -1, HW), fr_b.reshape(B, T, n, -1, HW)], 3).reshape(B, T * n * C, HW)
             outputs.append(F.batch_norm(fr, None, None, training=True).reshape(B, T, n, C * HW))
         else:
-            outputs.append(x.reshape(B, T, S, C * HW))
+            outputs.append(x.reshape(B, T, S, -1))
         # Pooling's BatchNorm is per channel and channels are task-major, so each task is
         # normalised over its own batch.
         for pooled in (F.max_pool2d(x, 3, stride, 1), F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)):
-            outputs.append(F.batch_norm(pooled, None, None, training=True).reshape(B, T, S, C * HW))
-        outputs.append(sep.reshape(B, T, -1, C * HW))
-        outputs.append(dil.reshape(B, T, len(DIL_OPS) * n, C * HW))
-        outputs.append(conv7.reshape(B, T, n, C * HW))
-        # One batched matrix product per (image, task) with the task's mixing matrix.
-        Y = torch.cat(outputs, 2)
-        return torch.matmul(W, Y), (Ho, Wo)
+            outputs.append(F.batch_norm(pooled, None, None, training=True).reshape(B, T, S, -1))
+        return outputs
 
     def forward(self, s0, s1, mix):
         """``s0``, ``s1``: ``[B, T*C_in, H, W]`` task-major; ``mix``: ``[T, targets, outputs]`` per batch."""
@@ -416,9 +365,7 @@ class SearchNetwork(nn.Module):
     in :data:`~bayesnas.models.operations.OPS` order; rows need not sum to 1) ->
     logits ``[B, num_classes]``. ``z_normal`` is shared by all normal cells, ``z_reduce``
     by all reduction cells. A reduction cell reads two copies of the previous cell's
-    output, as in the paper's appendix B (DARTS: the previous two). ``dw_grouping``
-    picks the kernel groups of the fused first depthwise stage (``"per_op"``,
-    ``"by_dilation"``, ``"single"``); all give the same function.
+    output, as in the paper's appendix B (DARTS: the previous two).
 
     Usage::
 
@@ -431,7 +378,7 @@ class SearchNetwork(nn.Module):
     task_batched = True
 
     def __init__(self, in_channels=1, num_classes=5, C=8, layers=3, steps=STEPS, multiplier=4,
-                 stem_multiplier=3, dw_grouping="per_op"):
+                 stem_multiplier=3):
         super().__init__()
         check_positive(in_channels=in_channels, num_classes=num_classes, C=C, layers=layers,
                        steps=steps, multiplier=multiplier, stem_multiplier=stem_multiplier)
@@ -444,8 +391,8 @@ class SearchNetwork(nn.Module):
         self.reductions = reduction_indices(layers)
         self.stem = make_stem(in_channels, stem_multiplier * C, affine=False)
         plan, C_p = cell_plan(C, layers, stem_multiplier, multiplier)
-        self.cells = nn.ModuleList(SearchCell(steps, multiplier, p.C_pp, p.C_p, p.C, p.reduction, p.reduction_prev,
-                                              dw_grouping) for p in plan)
+        self.cells = nn.ModuleList(SearchCell(steps, multiplier, p.C_pp, p.C_p, p.C, p.reduction, p.reduction_prev)
+                                   for p in plan)
         self.classifier = nn.Linear(C_p, num_classes)
         for red in (False, True):
             for b, index in enumerate(_mix_index(steps, red)):

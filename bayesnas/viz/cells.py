@@ -14,10 +14,9 @@ Usage::
 """
 import numpy as np
 
-from ..inference.posterior import state_name
+from ..models.genotypes import CELL_TITLES, CELL_TYPES, state_name
 from .posterior import save_figure
 
-CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
 # One colour per kind of op: identity, pooling, separable, dilated, factorised.
 OP_COLOURS = {
     "skip_connect": "#555555",
@@ -101,7 +100,7 @@ def plot_genotype(genotype, path=None, table=None, title=None):
     Args:
         genotype: a :class:`~bayesnas.models.genotypes.Genotype`.
         path: file to write (format from the extension: png, pdf, svg; written atomically).
-        table: optional derivation rows (:func:`bayesnas.inference.derive.chosen_edges_table`)
+        table: optional derivation rows (:func:`bayesnas.models.derivation.chosen_edges_table`)
             whose probabilities label the edges.
         title: figure title.
 
@@ -118,7 +117,7 @@ def plot_genotype(genotype, path=None, table=None, title=None):
 
     fig = Figure(figsize=(14, 5.2), layout="constrained")
     axes = fig.subplots(1, 2)
-    for ax, which in zip(axes, ("normal", "reduce")):
+    for ax, which in zip(axes, CELL_TYPES):
         pairs = getattr(genotype, which)
         probs = None
         if table is not None:

@@ -14,11 +14,9 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..fileio import atomic_path
-from ..inference.posterior import state_name
-from ..models.genotypes import EDGES, STEPS, edge_index
+from ..models.derivation import derive_genotype
+from ..models.genotypes import CELL_TITLES, CELL_TYPES, EDGES, STEPS, edge_index, state_name
 from ..models.operations import OPS
-
-CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
 
 
 def _edge_label(edge):
@@ -64,38 +62,32 @@ def figure_to_array(fig, dpi=80):
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def plot_edge_posterior(posterior, path=None, title=None, annotate=True):
-    """Heatmaps (edges x ops) of an edge posterior, one per cell type.
+def plot_edge_posterior(probs, genotype=None, path=None, title=None, annotate=True):
+    """Heatmaps (edges x ops) of edge probabilities, one per cell type.
 
-    The op chosen on each edge kept by the derived genotype (``posterior.derive()``) is
-    outlined in red; lines separate the edges of different target nodes.
+    The op chosen on each edge kept by ``genotype`` (default: the one derived from
+    ``probs``) is outlined in red; lines separate the edges of different target nodes.
 
     Args:
-        posterior: an :class:`~bayesnas.inference.posterior.EdgePosterior` (``.probs``
-            per cell ``[14, 10]``); path: also save there; title: default ``posterior.label``;
+        probs: ``(normal, reduce)`` op probabilities ``[14, 10]`` each (an EdgePosterior's
+            ``.probs``); path: also save there; title: the figure's title;
         annotate: write each probability in its cell.
 
     Returns:
         ``matplotlib.figure.Figure`` with two heatmap axes and a colour bar.
-
-    Usage::
-
-        fig = plot_edge_posterior(run.edge_posterior())
-        fig = plot_edge_posterior(run.adapt(task), path="task.png", title="task 7")
-        fig.axes[1].get_title()               # 'reduction cell'
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    genotype = posterior.derive()
+    genotype = derive_genotype(*probs) if genotype is None else genotype
     # fixed margins rather than constrained layout: the same picture, a second faster to save
     fig = Figure(figsize=(13, 6.5))
     fig.subplots_adjust(left=0.12, right=0.9, bottom=0.2, top=0.88, wspace=0.06)
     axes = fig.subplots(1, 2, sharey=True)
     image = None
-    for ax, cell, probs in zip(axes, ("normal", "reduce"), posterior.probs):
-        probs = probs.numpy()
-        image = ax.imshow(probs, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    for ax, cell, cell_probs in zip(axes, CELL_TYPES, probs):
+        cell_probs = cell_probs.numpy()
+        image = ax.imshow(cell_probs, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
         ax.set_title(CELL_TITLES[cell])
         ax.set_xticks(range(len(OPS)), OPS, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(EDGES)), [_edge_label(e) for e in range(len(EDGES))], fontsize=8)
@@ -103,16 +95,17 @@ def plot_edge_posterior(posterior, path=None, title=None, annotate=True):
         for boundary in np.cumsum([k + 2 for k in range(STEPS)])[:-1]:
             ax.axhline(boundary - 0.5, color="white", linewidth=1.5)
         if annotate:
-            for e in range(probs.shape[0]):
-                for o in range(probs.shape[1]):
-                    ax.text(o, e, f"{probs[e, o]:.2f}", ha="center", va="center", fontsize=6,
-                            color="black" if probs[e, o] > 0.6 else "white")
+            for e in range(cell_probs.shape[0]):
+                for o in range(cell_probs.shape[1]):
+                    ax.text(o, e, f"{cell_probs[e, o]:.2f}", ha="center", va="center", fontsize=6,
+                            color="black" if cell_probs[e, o] > 0.6 else "white")
         for i, (op, source) in enumerate(getattr(genotype, cell)):
             e = edge_index(source, i // 2)
             ax.add_patch(Rectangle((OPS.index(op) - 0.5, e - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     axes[0].set_ylabel("edge (source \u2192 target node)")
     fig.colorbar(image, cax=fig.add_axes((0.92, 0.2, 0.015, 0.68)), label="probability")
-    fig.suptitle(title or f"{posterior.label} (red: the derived cell)")
+    if title:
+        fig.suptitle(title)
     if path is not None:
         save_figure(fig, path)
     return fig
@@ -149,7 +142,7 @@ def plot_posterior_history(history, path=None, title=None):
     grid = fig.add_gridspec(STEPS, 2 * columns + 1, width_ratios=[1] * columns + [0.3] + [1] * columns,
                             left=0.04, right=0.99, bottom=0.12, top=0.88, wspace=0.12, hspace=0.45)
     lines = []
-    for half, (cell, probs) in enumerate(zip(("normal", "reduce"), history.probs)):
+    for half, (cell, probs) in enumerate(zip(CELL_TYPES, history.probs)):
         probs = probs.numpy()
         offset = half * (columns + 1)
         first = None

@@ -19,20 +19,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import FitConfig
-from .device import resolve_device
-from .errors import ConfigError, RunError
-from .inference.loop import read_run_config
-from .inference.posterior import AdaptedPosterior, EdgePosterior, PosteriorHistory, expected_calibration_error
-from .inference.rundir import RunDirectory
-from .models.genotypes import NUM_EDGES
-from .models.operations import NUM_OPS
+from ..config import FitConfig
+from ..data import TaskSampler, open_data
+from ..data.protocol import held_out_split
+from ..device import resolve_device
+from ..errors import ConfigError
+from ..training.loop import read_run_config
+from ..training.rundir import RunDirectory
+from ..training.schedules import temperature
+from ..training.search import load_fit, load_fit_checkpoint
+from .posterior import AdaptedPosterior, EdgePosterior, PosteriorHistory, expected_calibration_error
 
 CHECKPOINTS = ("last", "best")
 
 
 def load_run(path, device="cpu"):
-    """Open the run folder ``path`` written by ``bayesnas fit`` (or :func:`bayesnas.inference.fit`).
+    """Open the run folder ``path`` written by ``bayesnas fit`` (or :func:`bayesnas.training.fit`).
 
     Checks at once that the folder holds a fit config, a readable last checkpoint of the
     current format with a meta-network in it, and metrics; anything missing, another
@@ -105,7 +107,7 @@ class Run:
     """A fit run folder, opened by :func:`load_run`.
 
     Attributes:
-        path: the folder; directory: its :class:`~bayesnas.inference.rundir.RunDirectory`;
+        path: the folder; directory: its :class:`~bayesnas.training.rundir.RunDirectory`;
         config: the run's :class:`~bayesnas.config.FitConfig`; device: torch.device of
         task posteriors; iteration: the iteration of the last checkpoint.
 
@@ -132,17 +134,7 @@ class Run:
         if which not in CHECKPOINTS:
             raise ConfigError(f"which={which!r}: expected one of {', '.join(CHECKPOINTS)}")
         if which not in self._states:
-            state = self.directory.load_checkpoint(which)
-            path = self.directory.file(f"checkpoint_{which}.pt")
-            meta = state.get("stateful", {}).get("meta")
-            shapes = {k: tuple(meta[k].shape) for k in ("alpha_normal", "alpha_reduce")
-                      if isinstance(meta, dict) and k in meta}
-            if len(shapes) != 2 or "iteration" not in state:
-                raise RunError(f"{path}: holds no fit meta-network (no alpha_normal/alpha_reduce); "
-                               f"it was written by another command")
-            if any(s != (NUM_EDGES, NUM_OPS) for s in shapes.values()):
-                raise RunError(f"{path}: edge logits have shapes {shapes}, this bayesnas expects "
-                               f"({NUM_EDGES}, {NUM_OPS})")
+            state = load_fit_checkpoint(self.directory, which)
             self._states[which] = state
         return self._states[which]
 
@@ -207,8 +199,6 @@ class Run:
 
             run.temperature()                 # tau_end once training finished
         """
-        from .inference.svi import temperature
-
         return temperature(self.config, max(self.checkpoint_iteration(which), 1))
 
     def meta_network(self, which="last"):
@@ -221,8 +211,6 @@ class Run:
             meta.alpha_normal.softmax(-1)     # [14, 10]
         """
         if which not in self._metas:
-            from .inference.svi import load_fit
-
             self._state(which)
             _, meta, data = load_fit(self.path, which, self.device)
             self._metas[which] = meta
@@ -239,8 +227,6 @@ class Run:
             run.data.split("test").num_classes
         """
         if self._data is None:
-            from .inference.svi import open_data
-
             self._data = open_data(self.config.data)
         return self._data
 
@@ -248,7 +234,7 @@ class Run:
         """The meta-level edge posterior ``softmax(alpha)`` of checkpoint ``which``.
 
         Returns:
-            :class:`~bayesnas.inference.posterior.EdgePosterior` (``.probs`` per cell
+            :class:`~bayesnas.analysis.posterior.EdgePosterior` (``.probs`` per cell
             ``[14, 10]``, tau = the schedule's temperature at that checkpoint).
 
         Usage::
@@ -273,7 +259,7 @@ class Run:
             which: "last" or "best" checkpoint; seed: seed the steps' samples.
 
         Returns:
-            :class:`~bayesnas.inference.posterior.AdaptedPosterior`: the EdgePosterior API
+            :class:`~bayesnas.analysis.posterior.AdaptedPosterior`: the EdgePosterior API
             for this task plus ``.predict(query_x)``.
 
         Usage::
@@ -282,19 +268,15 @@ class Run:
             post = run.task_posterior(task.support_x, task.support_y, steps=8)
             post.derive(), post.predict(task.query_x).entropy
         """
-        from .inference.svi import kl_weight
-
-        cfg = self.config
-        steps = cfg.inner_steps if steps is None else int(steps)
-        tau = self.temperature(which) if tau is None else float(tau)
-        ways = cfg.ways
         labels = torch.as_tensor(support_y)
+        ways = self.config.ways
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= ways):
             raise ConfigError(f"support_y holds labels {int(labels.min())}..{int(labels.max())}; "
                               f"this run's network has {ways} classes (labels 0..{ways - 1})")
-        return AdaptedPosterior.from_support(
-            self.meta_network(which), support_x, labels, steps=steps, tau=tau, relaxed=cfg.variant == "gumbel",
-            kl_weight=kl_weight(cfg, max(self.checkpoint_iteration(which), 1)), samples=samples, seed=seed,
+        steps = self.config.inner_steps if steps is None else int(steps)
+        return AdaptedPosterior.from_schedule(
+            self.meta_network(which), self.config, self.checkpoint_iteration(which), support_x, labels, steps=steps,
+            tau=tau, samples=samples, seed=seed,
             label=f"task posterior ({which} checkpoint, {steps} step{'s' * (steps != 1)})")
 
     def adapt(self, task, **kwargs):
@@ -319,11 +301,8 @@ class Run:
             task = sampler.task(0)            # support_x [ways*shots, C, H, W]
             run.task_sampler("val", shots=5).batch(range(4))
         """
-        from .data import TaskSampler
-
         data = self.data
-        if split is None:
-            split = "test" if "test" in data.splits else "val"
+        split = held_out_split(data, split)
         cfg = self.config
         return TaskSampler(data.split(split), cfg.ways, cfg.shots if shots is None else shots,
                            cfg.queries if queries is None else queries, seed=seed, device="cpu",
@@ -333,7 +312,7 @@ class Run:
         """The meta-level edge posterior at every logged iteration (``posterior_history.h5``).
 
         Returns:
-            :class:`~bayesnas.inference.posterior.PosteriorHistory` (``iteration [n]``,
+            :class:`~bayesnas.analysis.posterior.PosteriorHistory` (``iteration [n]``,
             ``probs`` per cell ``[n, 14, 10]``, ``.plot()``).
 
         Usage::

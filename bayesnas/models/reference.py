@@ -1,22 +1,24 @@
-"""The straightforward search supernet: one module per op per edge, Python loops.
+"""The reference search supernet: one module per op per edge, Python loops, as DARTS writes it.
 
-Same function and parameter maths as :class:`bayesnas.models.SearchNetwork` (the fused
-one); kept as the reference the tests compare against and the baseline the benchmark
-times. :func:`copy_parameters` copies parameters between the two in either direction.
+Same function and parameter maths as :class:`~bayesnas.models.supernet.SearchNetwork`
+(the fused one, which is many times faster on a CPU); kept as the reference the tests
+compare the fused one against, the baseline the benchmarks time, and the fallback a
+search can run on (``FitConfig(supernet="reference")``, ``bayesnas fit --supernet
+reference``). :func:`copy_parameters` copies parameters between the two in either direction.
 
 Usage::
 
-    naive = NaiveSearchNetwork(C=8, layers=3)
+    reference = ReferenceSearchNetwork(C=8, layers=3)
     fused = SearchNetwork(C=8, layers=3)
-    copy_parameters(naive, fused)             # now fused(x, zn, zr) == naive(x, zn, zr)
+    copy_parameters(reference, fused)         # now fused(x, zn, zr) == reference(x, zn, zr)
 """
 import torch
 import torch.nn as nn
 
-from bayesnas.models.genotypes import STEPS
-from bayesnas.models.macro import CellPlan, cell_plan, make_preprocess, make_stem
-from bayesnas.models.operations import DIL_KERNELS, OPS, POOL_OPS, SEP_KERNELS, batch_norm, make_op
-from bayesnas.models.supernet import SearchNetwork, source_major
+from .genotypes import STEPS, cell_edges
+from .macro import CellPlan, cell_plan, make_preprocess, make_stem
+from .operations import DIL_KERNELS, OPS, POOL_OPS, SEP_KERNELS, batch_norm, make_op
+from .supernet import SearchNetwork, source_major
 
 
 class MixedOp(nn.Module):
@@ -40,15 +42,14 @@ class MixedOp(nn.Module):
         return out
 
 
-class NaiveSearchCell(nn.Module):
+class ReferenceSearchCell(nn.Module):
     """A search cell with one :class:`MixedOp` per edge, edges in EDGES order."""
 
     def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev):
         super().__init__()
         self.steps, self.multiplier, self.reduction = steps, multiplier, reduction
         self.pre0, self.pre1 = make_preprocess(CellPlan(reduction, reduction_prev, C_pp, C_p, C), affine=False)
-        self.edges = nn.ModuleList(
-            MixedOp(C, 2 if reduction and j < 2 else 1) for k in range(steps) for j in range(k + 2))
+        self.edges = nn.ModuleList(MixedOp(C, 2 if reduction and j < 2 else 1) for j, _ in cell_edges(steps))
 
     def forward(self, s0, s1, z):
         if self.reduction:
@@ -64,7 +65,7 @@ class NaiveSearchCell(nn.Module):
         return torch.cat(states[-self.multiplier:], 1)
 
 
-class NaiveSearchNetwork(nn.Module):
+class ReferenceSearchNetwork(nn.Module):
     """Straightforward supernet with the constructor and forward of SearchNetwork.
 
     ``forward(x [B, in, H, W], z_normal [14, 10], z_reduce [14, 10]) -> [B, num_classes]``.
@@ -76,7 +77,7 @@ class NaiveSearchNetwork(nn.Module):
         self.steps = steps
         self.stem = make_stem(in_channels, stem_multiplier * C, affine=False)
         plan, C_p = cell_plan(C, layers, stem_multiplier, multiplier)
-        self.cells = nn.ModuleList(NaiveSearchCell(steps, multiplier, p.C_pp, p.C_p, p.C, p.reduction,
+        self.cells = nn.ModuleList(ReferenceSearchCell(steps, multiplier, p.C_pp, p.C_p, p.C, p.reduction,
                                                    p.reduction_prev) for p in plan)
         self.classifier = nn.Linear(C_p, num_classes)
 
@@ -88,7 +89,7 @@ class NaiveSearchNetwork(nn.Module):
 
 
 def _edge_param_map(cell, steps):
-    """(fused parameter name, source-major position) -> naive parameter name, for one cell."""
+    """(fused parameter name, source-major position) -> reference parameter name, for one cell."""
     mapping = {}
     order = source_major(steps)
     for p, e in enumerate(order):
@@ -113,41 +114,41 @@ def _edge_param_map(cell, steps):
 
 @torch.no_grad()
 def copy_parameters(src, dst):
-    """Copy every parameter of ``src`` into ``dst`` (naive -> fused or fused -> naive).
+    """Copy every parameter of ``src`` into ``dst`` (reference -> fused or fused -> reference).
 
     Both networks must have been built with the same configuration. Every parameter of
     both is accounted for; a mismatch raises ValueError.
     """
-    if isinstance(src, NaiveSearchNetwork) and isinstance(dst, SearchNetwork):
-        naive, fused, to_fused = src, dst, True
-    elif isinstance(src, SearchNetwork) and isinstance(dst, NaiveSearchNetwork):
-        naive, fused, to_fused = dst, src, False
+    if isinstance(src, ReferenceSearchNetwork) and isinstance(dst, SearchNetwork):
+        reference, fused, to_fused = src, dst, True
+    elif isinstance(src, SearchNetwork) and isinstance(dst, ReferenceSearchNetwork):
+        reference, fused, to_fused = dst, src, False
     else:
-        raise TypeError("copy_parameters copies between a NaiveSearchNetwork and a SearchNetwork")
-    n_params = dict(naive.named_parameters())
+        raise TypeError("copy_parameters copies between a ReferenceSearchNetwork and a SearchNetwork")
+    r_params = dict(reference.named_parameters())
     f_params = dict(fused.named_parameters())
-    used_n, used_f = set(), set()
+    used_r, used_f = set(), set()
     for name, p in f_params.items():
-        if name in n_params:   # stem, preprocessing, classifier: same modules, same names
+        if name in r_params:   # stem, preprocessing, classifier: same modules, same names
             if to_fused:
-                p.copy_(n_params[name])
+                p.copy_(r_params[name])
             else:
-                n_params[name].copy_(p)
-            used_n.add(name)
+                r_params[name].copy_(p)
+            used_r.add(name)
             used_f.add(name)
-    if len(naive.cells) != len(fused.cells):
+    if len(reference.cells) != len(fused.cells):
         raise ValueError("the two networks have a different number of cells")
-    for c, (ncell, fcell) in enumerate(zip(naive.cells, fused.cells)):
+    for c, (rcell, fcell) in enumerate(zip(reference.cells, fused.cells)):
         for (fname, pos), nname in _edge_param_map(fcell, fused.steps).items():
             fp = f_params[f"cells.{c}.{fname}"]
-            np_ = n_params[f"cells.{c}.{nname}"]
+            rp = r_params[f"cells.{c}.{nname}"]
             if to_fused:
-                fp[pos].copy_(np_)
+                fp[pos].copy_(rp)
             else:
-                np_.copy_(fp[pos])
-            used_n.add(f"cells.{c}.{nname}")
+                rp.copy_(fp[pos])
+            used_r.add(f"cells.{c}.{nname}")
             used_f.add(f"cells.{c}.{fname}")
-    missing = (set(n_params) - used_n) | (set(f_params) - used_f)
+    missing = (set(r_params) - used_r) | (set(f_params) - used_f)
     if missing:
         raise ValueError(f"parameters not copied: {sorted(missing)}")
     return dst

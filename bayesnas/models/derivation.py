@@ -12,10 +12,9 @@ Ties are broken deterministically, never by floating-point noise of a sort:
 A kept pair of a node is listed in increasing order of source state, so two derivations
 that keep the same edges give equal genotypes.
 
-The probabilities come from the meta-level alpha of a fit run (``softmax(alpha)``,
-default) or from a task's adapted posterior ``softmax(phi)`` (``--task-seed``). That task
-comes from the validation split by default: choosing a cell is model selection, and the
-test classes stay unseen until evaluation.
+The rule reads only probabilities: the search's diagnostics, the run card and
+:func:`bayesnas.analysis.derive.derive_cell` all derive with it (DARTS keeps it beside its
+search model the same way).
 
 Usage::
 
@@ -23,17 +22,13 @@ Usage::
     rows = chosen_edges_table(probs_normal, probs_reduce, g)
     print(format_edges_table(rows))
 """
-import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
-from ..data import SELECT_ON, TaskSampler
-from ..errors import ConfigError, GenotypeError
-from ..models import NUM_EDGES, NUM_OPS, OPS, STEPS, Genotype, edge_index, save_genotype
-from .posterior import state_name
-
-CELL_TYPES = ("normal", "reduce")
+from ..errors import GenotypeError
+from .genotypes import CELL_TYPES, NUM_EDGES, STEPS, Genotype, edge_index, state_name
+from .operations import NUM_OPS, OPS
 
 
 class ChosenEdge(NamedTuple):
@@ -151,106 +146,3 @@ def format_edges_table(rows):
     for r in rows:
         lines.append(f"{r.cell:<7} {'n' + str(r.node):>4}  {state_name(r.source):<8} {r.op:<14} {r.prob:>6.3f}")
     return "\n".join(lines)
-
-
-class DerivedCell(NamedTuple):
-    """What :func:`derive_cell` returns.
-
-    genotype: the derived Genotype; table: its :class:`ChosenEdge` rows; probs_normal,
-    probs_reduce: the ``[14, 10]`` probabilities it came from; genotype_path: the JSON
-    written; plot_path: the picture written (None without a plot); task_seed: the task's
-    seed (None for the meta-level alpha); task_split: the split of that task (None for
-    the meta-level alpha).
-    """
-
-    genotype: Genotype
-    table: list
-    probs_normal: torch.Tensor
-    probs_reduce: torch.Tensor
-    genotype_path: str
-    plot_path: Optional[str]
-    task_seed: Optional[int]
-    task_split: Optional[str] = None
-
-
-def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="val"):
-    """Edge probabilities adapted to one task's support set: ``([14, 10], [14, 10])``.
-
-    The task is task 0 of a sampler over ``which_split`` (the validation classes by
-    default) seeded with ``task_seed`` (the fit run's ways and shots); the guide takes the run's ``inner_steps`` with the
-    temperature and KL weight of the training schedule at ``iteration`` (default: the
-    run's last), exactly as :meth:`bayesnas.Run.task_posterior` does. The guide's own
-    randomness is seeded with ``task_seed`` too, so the same seed always gives the same
-    probabilities.
-
-    Example::
-
-        cfg, meta, data = load_fit("runs/fit-a")
-        pn, pr = task_edge_probs(meta, cfg, data, task_seed=3)
-        derive_genotype(pn, pr)
-    """
-    from .posterior import AdaptedPosterior
-    from .svi import kl_weight, temperature
-
-    iteration = cfg.iterations if iteration is None else max(int(iteration), 1)
-    sampler = TaskSampler(data.split(which_split), cfg.ways, cfg.shots, cfg.queries, seed=int(task_seed),
-                          device=meta.mu.device, image_size=cfg.image_size)
-    task = sampler.task(0)
-    post = AdaptedPosterior.from_support(meta, task.support_x, task.support_y, steps=cfg.inner_steps,
-                                         tau=temperature(cfg, iteration), relaxed=cfg.variant == "gumbel",
-                                         kl_weight=kl_weight(cfg, iteration), seed=int(task_seed))
-    return tuple(p.detach() for p in post.probs)
-
-
-def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task_split="val"):
-    """Derive the cell of a ``bayesnas fit`` run, write it as JSON and draw it.
-
-    Args:
-        run_dir: a folder written by :func:`~bayesnas.inference.svi.fit`.
-        task_seed: None for the meta-level alpha; an int to adapt the posterior to the
-            support set of one task of ``task_split`` sampled with that seed.
-        out: genotype JSON to write (default ``RUN_DIR/genotype.json``, or
-            ``RUN_DIR/genotype-task<SEED>.json`` with a task seed, ``-test`` added for a
-            test task, so that the meta-level cell is never overwritten). Written atomically.
-        plot: True draws both cells to the JSON's path with ``.png``; a path
-            (``.png``/``.pdf``/``.svg``) draws there; False draws nothing.
-        which: the fit checkpoint to read, "last" or "best".
-        task_split: the split of the ``task_seed`` task: "val" (default; deriving a cell
-            is model selection) or "test".
-
-    Returns:
-        :class:`DerivedCell`.
-
-    Example::
-
-        cell = derive_cell("runs/fit-a")
-        print(format_edges_table(cell.table))
-        derive_cell("runs/fit-a", task_seed=7, plot=False).genotype
-    """
-    from .svi import load_fit_state
-
-    if task_split not in SELECT_ON:
-        raise ConfigError(f"task_split={task_split!r}: expected one of {', '.join(SELECT_ON)}")
-    cfg, meta, data, state = load_fit_state(run_dir, which=which)
-    if task_seed is None:
-        with torch.no_grad():
-            pn, pr = meta.alpha_normal.softmax(-1), meta.alpha_reduce.softmax(-1)
-        default_name = "genotype.json"
-        task_split = None
-    else:
-        pn, pr = task_edge_probs(meta, cfg, data, task_seed, iteration=state["iteration"], which_split=task_split)
-        default_name = f"genotype-task{int(task_seed)}{'-test' if task_split == 'test' else ''}.json"
-    genotype = derive_genotype(pn, pr)
-    table = chosen_edges_table(pn, pr, genotype)
-    path = os.fspath(out) if out is not None else os.path.join(os.fspath(run_dir), default_name)
-    save_genotype(genotype, path)
-    plot_path = None
-    if plot:
-        from ..viz.cells import plot_genotype
-
-        plot_path = os.path.splitext(path)[0] + ".png" if plot is True else os.fspath(plot)
-        where = "meta-level alpha" if task_seed is None else f"adapted to {task_split} task seed {task_seed}"
-        plot_genotype(genotype, path=plot_path, table=table,
-                      title=f"{os.path.basename(os.path.normpath(os.fspath(run_dir)))}: {where}")
-    return DerivedCell(genotype, table, pn.detach().cpu(), pr.detach().cpu(), path, plot_path, task_seed,
-                       task_split)

@@ -7,10 +7,10 @@ before the optimiser step. gloo on CPU, nccl on CUDA, picked automatically.
 
 Usage::
 
-    ctx = init_distributed(device)           # reads RANK / WORLD_SIZE set by torchrun
-    loss.backward(); ctx.average_gradients(params); optimiser.step()
-    ctx.close()
+    with distributed("auto") as ctx:         # reads RANK / WORLD_SIZE set by torchrun
+        loss.backward(); ctx.average_gradients(params); optimiser.step()
 """
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import BayesNASError, ConfigError
+from ..device import resolve_device
+from ..errors import BayesNASError, ConfigError
 
 
 @dataclass
@@ -145,3 +146,18 @@ def init_distributed(device, timeout_s=None):
     if owns:
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
     return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, owns_group=owns)
+
+
+def requested_device(config):
+    """The device setting of a config dataclass or dict of its fields (None when it has none)."""
+    return config.get("device") if isinstance(config, dict) else getattr(config, "device", None)
+
+
+@contextlib.contextmanager
+def distributed(device=None):
+    """:func:`init_distributed` on ``resolve_device(device or "auto")`` for the block; the group is closed after."""
+    ctx = init_distributed(resolve_device(device or "auto"))
+    try:
+        yield ctx
+    finally:
+        ctx.close()

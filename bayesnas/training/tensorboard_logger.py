@@ -19,6 +19,10 @@ import json
 import math
 
 from ..errors import ConfigError
+from ..models.derivation import chosen_edges_table, derive_genotype
+from ..viz.cells import plot_genotype
+from ..viz.posterior import figure_to_array, plot_edge_posterior
+from .diagnostics import edge_logits, search_diagnostics
 
 INSTALL = "pip install 'bayesnas[tensorboard]' (or: pip install tensorboard)"
 
@@ -105,7 +109,6 @@ class TensorBoardLogger:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, iteration)
         if validated and self.figures is not None:
-            from ..viz.posterior import figure_to_array
 
             for tag, fig in self.figures(iteration).items():
                 self.writer.add_image(tag, figure_to_array(fig, self.dpi), iteration, dataformats="HWC")
@@ -119,58 +122,34 @@ class TensorBoardLogger:
             self.writer = None
 
 
-def edge_posterior_scalars(posterior):
-    """Summary numbers of an edge posterior: mean edge entropy (nats) and mean top-op probability.
-
-    Both are means over the 28 edges of the two cell types.
-
-    Usage::
-
-        edge_posterior_scalars(EdgePosterior.from_meta(meta))
-        # {'edge_entropy_mean': 2.301, 'top_prob_mean': 0.104}
-    """
-    import torch
-
-    entropy = torch.cat(list(posterior.entropy()))
-    top = torch.cat([p.max(-1).values for p in posterior.probs])
-    return {"edge_entropy_mean": float(entropy.mean()), "top_prob_mean": float(top.mean())}
-
-
-def edge_posterior_figures(posterior):
-    """The edge-posterior heatmap and the derived cell's picture, as figures keyed by image tag.
-
-    Usage::
-
-        figs = edge_posterior_figures(EdgePosterior.from_meta(meta, label="iteration 40"))
-        sorted(figs)                      # ['derived_cell', 'edge_posterior']
-    """
-    from ..viz.cells import plot_genotype
-    from .derive import chosen_edges_table
-
-    genotype = posterior.derive()
+def edge_posterior_figures(probs, label):
+    """The edge-posterior heatmap and the derived cell's picture of ``(normal, reduce)`` edge
+    probabilities ``[14, 10]``, as figures keyed by image tag."""
+    genotype = derive_genotype(*probs)
     return {
-        "edge_posterior": posterior.plot(),
-        "derived_cell": plot_genotype(genotype, table=chosen_edges_table(*posterior.probs, genotype),
-                                      title=posterior.label),
+        "edge_posterior": plot_edge_posterior(probs, genotype, title=f"{label} (red: the derived cell)"),
+        "derived_cell": plot_genotype(genotype, table=chosen_edges_table(*probs, genotype), title=label),
     }
 
 
 def meta_posterior_logger(log_dir, config, meta):
     """The logger of a fit run: its rows, plus the meta-level edge posterior ``softmax(alpha)`` of ``meta``.
 
-    Adds ``edge_entropy_mean`` and ``top_prob_mean`` to every step (unless the row holds
-    them) and the heatmap and derived cell at every validation.
+    Adds ``edge_entropy_mean`` and ``top_prob_mean`` (of :func:`~bayesnas.training.diagnostics.search_diagnostics`)
+    to every step (unless the row holds them) and the heatmap and derived cell at every validation.
 
     Usage::
 
         logger = meta_posterior_logger(run.file("tensorboard"), cfg.to_dict(), meta)
         TrainingLoop(run, {"meta": meta}, 100, logger=logger)
     """
-    from .posterior import EdgePosterior
 
-    def posterior(iteration):
-        return EdgePosterior.from_meta(meta, label=f"meta-level posterior, iteration {iteration}")
+    def scalars(iteration):
+        d = search_diagnostics(meta.alpha_normal, meta.alpha_reduce)
+        return {"edge_entropy_mean": d.edge_entropy_mean, "top_prob_mean": d.top_prob_mean}
 
-    return TensorBoardLogger(log_dir, hparams=config,
-                             scalars=lambda iteration: edge_posterior_scalars(posterior(iteration)),
-                             figures=lambda iteration: edge_posterior_figures(posterior(iteration)))
+    def figures(iteration):
+        probs = [edge_logits(a, "alpha").softmax(-1) for a in (meta.alpha_normal, meta.alpha_reduce)]
+        return edge_posterior_figures(probs, f"meta-level posterior, iteration {iteration}")
+
+    return TensorBoardLogger(log_dir, hparams=config, scalars=scalars, figures=figures)

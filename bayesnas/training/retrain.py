@@ -16,146 +16,26 @@ Usage::
     cfg, net, data = load_retrain("runs/retrain-darts")
 """
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..config import check, resolve_config
-from ..data import SELECT_ON, TaskSampler, resolve_rotations, selection_split
+from ..config import RetrainConfig
+from ..data import open_data
 from ..data.sampler import select_tasks
 from ..device import resolve_device
-from ..distributed import init_distributed
-from ..errors import GenotypeError, NonFiniteLossError, RunError
-from ..models import (NAMED_GENOTYPES, Genotype, build_network, count_parameters, genotype_from_dict,
-                      genotype_to_dict, load_genotype)
+from ..errors import RunError
+from ..inference import unrolled_steps
+from ..models import arch_config, arch_label, build_network, count_parameters, genotype_from_dict
+from ..rng import seed_everything
 from .card import python_call, recorded_session
-from .loop import TrainingLoop, create_run_on_main, process_device, read_run_config, resume_run
+from .distributed import distributed, requested_device
+from .loop import (TrainingLoop, backward_per_task, process_device, read_run_config, session_config, session_run,
+                   task_samplers)
 from .rundir import RunDirectory
 from .tensorboard_logger import TensorBoardLogger, summary_writer_class
-from .unroll import unrolled_steps
-
-#: Architecture names that ``retrain`` accepts besides a genotype.
-BASELINES = ("conv4",) + tuple(sorted(NAMED_GENOTYPES))
-
-
-@dataclass
-class RetrainConfig:
-    """Every setting of ``bayesnas retrain`` (defaults: CPU-sized, the paper's MAML settings).
-
-    The paper retrains with second-order MAML, 5 inner steps and 2 tasks per
-    meta-batch, for 30,000 iterations at full width. The defaults keep its inner loop and
-    shrink the network and the run. Measured on the 2-core CPU with one torch thread, on
-    the embedded Omniglot data: ``bayesnas retrain conv4`` (7,269 parameters) 100 s in all
-    (0.17 s per iteration), then 80.0% ± 0.9% on 600 test tasks, 5-way 1-shot;
-    ``bayesnas retrain darts_v2`` (29,029 parameters) 2.8 s per iteration, about 25 minutes.
-    """
-
-    arch: object = "conv4"  #: "conv4", "darts_v2", or a genotype as a dict (genotype JSON)
-    data: str = None  #: HDF5 data file; None = the embedded Omniglot set
-    ways: int = 5
-    shots: int = 1
-    queries: int = 15
-    #: 90-degree rotations as new training classes; None: on for an Omniglot file only
-    #: (from its ``source``), off otherwise. The run's config.json records the value used
-    rotations: bool = None
-    #: the split that validates and picks checkpoint_best.pt: "val"; "test" only on
-    #: explicit request (a file without validation classes), and evaluate then warns
-    select_on: str = "val"
-    tasks: int = 2  #: tasks per meta-batch
-    inner_steps: int = 5
-    inner_lr: float = 0.4  #: the MAML paper's Omniglot step size
-    eval_inner_steps: int = None  #: inner steps at validation/test time; None = inner_steps
-    first_order: bool = False
-    #: memory-bounded step: backward one task at a time, inner steps recomputed in the
-    #: outer backward (same gradients; memory independent of tasks and inner steps)
-    low_memory: bool = False
-    iterations: int = 500
-    channels: int = 16  #: Conv-4 filters, or the first cell's channels C of a genotype network
-    layers: int = 3  #: cells of a genotype network (reductions at 1/3 and 2/3); Conv-4 ignores it
-    meta_lr: float = 1e-3  #: Adam step size of the meta-parameters
-    grad_clip: float = 10.0  #: max global norm of the meta-gradient (0 = no clipping)
-    val_every: int = 50
-    val_tasks: int = 40
-    checkpoint_every: int = 50
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  #: torch CPU threads (0 = torch's default)
-
-    def validate(self):
-        self.arch = arch_config(self.arch)
-        for name in ("ways", "shots", "queries", "tasks", "iterations", "channels", "layers", "val_tasks",
-                     "val_every", "checkpoint_every"):
-            value = getattr(self, name)
-            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                  f"{name}={value!r}: expected an integer >= 1")
-        check(self.ways >= 2, f"ways={self.ways}: a task needs at least 2 classes")
-        check(self.select_on in SELECT_ON, f"select_on={self.select_on!r}: expected 'val' or 'test'")
-        check(isinstance(self.inner_steps, int) and self.inner_steps >= 0,
-              f"inner_steps={self.inner_steps!r}: expected an integer >= 0")
-        check(self.eval_inner_steps is None or (isinstance(self.eval_inner_steps, int) and self.eval_inner_steps >= 0),
-              f"eval_inner_steps={self.eval_inner_steps!r}: expected an integer >= 0 (or null: inner_steps)")
-        check(self.inner_lr > 0, f"inner_lr={self.inner_lr}: expected > 0")
-        check(self.meta_lr > 0, f"meta_lr={self.meta_lr}: expected > 0")
-        check(self.grad_clip >= 0, f"grad_clip={self.grad_clip}: expected >= 0")
-        check(isinstance(self.seed, int) and self.seed >= 0, f"seed={self.seed!r}: expected an integer >= 0")
-        check(self.threads >= 0, f"threads={self.threads}: expected >= 0")
-
-    @property
-    def test_inner_steps(self):
-        """Inner steps used when validating and evaluating."""
-        return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
-
-    def extended(self, iterations):
-        """This config with its budget raised to ``iterations`` (MAML has no schedule to keep)."""
-        return dataclasses.replace(self, iterations=iterations)
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-
-def arch_config(spec):
-    """The JSON-ready form of an architecture: ``"conv4"``, ``"darts_v2"`` or a genotype dict.
-
-    Args:
-        spec: a :class:`~bayesnas.models.genotypes.Genotype`; a genotype dict; a name in
-            :data:`BASELINES` (any case); a path to a genotype JSON file; or a fit run
-            folder holding ``genotype.json`` (``bayesnas derive-cell`` writes it).
-
-    Example::
-
-        arch_config("DARTS_V2")                  # 'darts_v2'
-        arch_config("runs/fit-a")                # the dict of runs/fit-a/genotype.json
-        arch_config(random_genotype(0))["normal"][0]
-    """
-    if isinstance(spec, Genotype):
-        return genotype_to_dict(genotype_from_dict(genotype_to_dict(spec)))
-    if isinstance(spec, dict):
-        return genotype_to_dict(genotype_from_dict(spec, source="arch"))
-    if isinstance(spec, (str, os.PathLike)):
-        text = os.fspath(spec)
-        if text.strip().lower() in BASELINES:
-            return text.strip().lower()
-        if os.path.isdir(text):
-            path = os.path.join(text, "genotype.json")
-            if not os.path.exists(path):
-                raise GenotypeError(f"{text}: folder holds no genotype.json; run 'bayesnas derive-cell {text}' "
-                                    f"first, or give a genotype JSON file")
-            return genotype_to_dict(load_genotype(path))
-        if os.path.exists(text):
-            return genotype_to_dict(load_genotype(text))
-        raise GenotypeError(f"{text}: not a genotype JSON file, a run folder holding genotype.json, or a "
-                            f"known architecture ({', '.join(BASELINES)})")
-    raise GenotypeError(f"architecture {spec!r}: expected a Genotype, a genotype dict, a JSON path or one of "
-                        f"{', '.join(BASELINES)}")
-
-
-def arch_label(arch):
-    """A short display name of an architecture config value: the name, or "genotype"."""
-    return arch if isinstance(arch, str) else "genotype"
-
 
 def build_retrain_network(cfg, in_channels, image_size=28):
     """The network of a RetrainConfig: ``[B, in_channels, image_size, image_size] -> [B, cfg.ways]`` logits.
@@ -254,20 +134,19 @@ def maml_step(net, optimiser, batch, cfg, reduce_gradients=None):
     """
     params = meta_parameters(net)
     optimiser.zero_grad(set_to_none=True)
-    # low_memory: one task's graph at a time (the mean's gradient is the sum of theirs / T)
     num_tasks = batch.support_x.shape[0]
+    # low_memory: one task's graph at a time (the mean's gradient is the sum of theirs / T)
     groups = [slice(t, t + 1) for t in range(num_tasks)] if cfg.low_memory else [slice(0, num_tasks)]
-    loss = acc = 0.0
-    for tasks in groups:
-        part = select_tasks(batch, tasks)
+
+    def group_loss(g):
+        part = select_tasks(batch, groups[g])
         part_loss, part_acc = maml_loss(net, params, part, cfg.inner_steps, cfg.inner_lr, cfg.first_order,
                                         checkpoint=cfg.low_memory)
-        if not torch.isfinite(part_loss):
-            raise NonFiniteLossError(f"the query loss is {part_loss.item()}")
         share = part.support_y.shape[0] / num_tasks  # the part's weight in the mean over tasks
-        (part_loss * share).backward()
-        loss = loss + part_loss.detach() * share
-        acc = acc + part_acc * share
+        return part_loss * share, part_acc * share
+
+    loss, accs = backward_per_task(len(groups), group_loss, "the query loss")
+    acc = sum(accs)
     if reduce_gradients is not None:
         reduce_gradients(list(params.values()))
     if cfg.grad_clip > 0:
@@ -360,52 +239,30 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
     if tensorboard:
         summary_writer_class()  # a missing package stops the run before anything is written
     if command is None:
-        command = python_call("bayesnas.inference.retrain", arch=arch, config=config, out=out, resume=resume,
+        command = python_call("bayesnas.training.retrain", arch=arch, config=config, out=out, resume=resume,
                               tensorboard=tensorboard or None)
-    requested = config.device if isinstance(config, RetrainConfig) else (config or {}).get("device")
-    ctx = init_distributed(resolve_device(requested or "auto"))
-    try:
+    with distributed(requested_device(config)) as ctx:
         return _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, command)
-    finally:
-        ctx.close()
 
 
 def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, command):
     if resume is not None:
-        run = RunDirectory(resume)
-        requested = config.get("iterations") if isinstance(config, dict) else getattr(config, "iterations", None)
-        saved = ctx.on_main(lambda: read_run_config(run, RetrainConfig))
+        saved = ctx.on_main(lambda: read_run_config(RunDirectory(resume), RetrainConfig))
         if arch is not None and arch_config(arch) != saved.arch:
             raise RunError(f"{resume}: was trained for another architecture ({arch_label(saved.arch)}); "
                            f"--resume continues a run with its own architecture")
-        cfg, state = ctx.on_main(lambda: resume_run(run, RetrainConfig, requested))
-        run = run if ctx.is_main else None
-    else:
-        if isinstance(config, RetrainConfig):
-            cfg = dataclasses.replace(config)
-        else:
-            cfg = resolve_config(RetrainConfig, overrides=config or {})
-        if arch is not None:
-            cfg.arch = arch
-        cfg.validate()
-        run = None
-        state = None
-
-    from .svi import open_data, seed_everything
-
+    elif arch is not None:
+        config = (dataclasses.replace(config, arch=arch) if isinstance(config, RetrainConfig)
+                  else dict(config or {}, arch=arch))
+    cfg, state = session_config(ctx, RetrainConfig, config, resume)
     device = process_device(ctx, cfg)
     data = open_data(cfg.data)
-    cfg.rotations = resolve_rotations(cfg.rotations, data)  # before config.json is written: it records what ran
-    train_sampler = TaskSampler(data.split("train"), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed,
-                                rotations=cfg.rotations, device=device)
-    val_sampler = TaskSampler(data.split(selection_split(data, cfg.select_on)), cfg.ways, cfg.shots, cfg.queries,
-                              seed=cfg.seed + 1, device=device)
+    train_sampler, val_sampler = task_samplers(cfg, data, device)
     seed_everything(cfg.seed)
     net = build_retrain_network(cfg, data.channels, data.image_size[0]).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.meta_lr)
 
-    if resume is None:
-        run = create_run_on_main(ctx, out, "retrain", cfg.to_dict())
+    run = session_run(ctx, cfg, out, resume, "retrain")
 
     logger = None
     if tensorboard and run is not None:
@@ -455,8 +312,6 @@ def load_retrain(run_dir, which="best", device="cpu"):
     run = RunDirectory(run_dir)
     cfg = read_run_config(run, RetrainConfig)
     state = run.load_checkpoint(which)
-    from .svi import open_data
-
     data = open_data(cfg.data)
     net = build_retrain_network(cfg, data.channels, data.image_size[0])
     try:

@@ -10,74 +10,34 @@ Usage::
     result = fit(FitConfig(iterations=20), out="runs/demo")
     result.meta.alpha_normal.softmax(-1)     # meta-level edge probabilities [14, 10]
 """
-import math
-import random
-import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from ..config import FitConfig, resolve_config
-from ..data import TaskSampler, default_data_path, open_dataset, resolve_rotations, selection_split
+from ..config import FitConfig
+from ..data import open_data
 from ..data.sampler import select_tasks
-from ..device import resolve_device
-from ..distributed import DistributedContext, init_distributed
-from ..errors import NonFiniteLossError
-from ..models import SearchNetwork
+from ..errors import RunError
+from ..inference import MetaNetwork, adapt, adapt_held_out, elbo_terms, predictive
+from ..inference.model import current_task_share, task_share
+from ..models import NUM_EDGES, NUM_OPS, SearchNetwork
+from ..models.reference import ReferenceSearchNetwork
+from ..rng import seed_everything, seeded
 from .card import python_call, recorded_session
-from .elbo import elbo_terms
-from .guide import adapt
-from .loop import TrainingLoop, create_run_on_main, process_device, read_run_config, resume_run
-from .meta import MetaNetwork
-from .model import TaskNormal, current_task_share, edge_prior, task_share
-from .posterior import EdgePosterior, PosteriorHistory, SearchDiagnostics
+from .diagnostics import SearchDiagnostics, search_diagnostics
+from .distributed import DistributedContext, distributed, requested_device
+from .loop import TrainingLoop, backward_per_task, check_finite, process_device, read_run_config, session_config, \
+    session_run, task_samplers
 from .rundir import RunDirectory
+from .schedules import arch_lr_factor, kl_weight, temperature
 from .tensorboard_logger import meta_posterior_logger, summary_writer_class
-
-
-def seed_everything(seed):
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def temperature(cfg, iteration):
-    """tau at ``iteration`` (1-based): exponential decay from tau_start to tau_end over
-    ``cfg.schedule_iterations`` (default: the run's iterations), then tau_end."""
-    span = cfg.schedule_iterations or cfg.iterations
-    frac = min(iteration - 1, span - 1) / max(span - 1, 1)
-    return cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
-
-
-def kl_weight(cfg, iteration):
-    """The KL weight at ``iteration``: linear warm-up over kl_anneal iterations, then cfg.kl_weight."""
-    if cfg.kl_anneal <= 0:
-        return cfg.kl_weight
-    return cfg.kl_weight * min(1.0, iteration / cfg.kl_anneal)
-
-
-def arch_lr_factor(cfg, iteration):
-    """alpha's step size at ``iteration`` (1-based) as a fraction of ``cfg.arch_lr``.
-
-    0 during the first ``arch_warmup`` iterations; then 1 ("constant"), or a half cosine from
-    1 down to 0 at the end of ``schedule_iterations`` (default: the run's iterations) and 0
-    after it ("cosine"), so an extended run keeps its architecture.
-    """
-    if iteration <= cfg.arch_warmup:
-        return 0.0
-    if cfg.arch_schedule == "constant":
-        return 1.0
-    span = (cfg.schedule_iterations or cfg.iterations) - cfg.arch_warmup
-    frac = min(iteration - cfg.arch_warmup - 1, span) / max(span, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def build_meta_network(cfg, in_channels, net=None):
     """The MetaNetwork of a FitConfig over ``net`` (default: the fused supernet of ``cfg.ways`` classes)."""
     if net is None:
-        net = SearchNetwork(in_channels=in_channels, num_classes=cfg.ways, C=cfg.channels, layers=cfg.cells)
+        kind = ReferenceSearchNetwork if cfg.supernet == "reference" else SearchNetwork
+        net = kind(in_channels=in_channels, num_classes=cfg.ways, C=cfg.channels, layers=cfg.cells)
     return MetaNetwork(
         net,
         sigma_init=cfg.sigma_init,
@@ -95,59 +55,6 @@ def make_optimiser(meta, cfg):
     arch_ids = {id(p) for p in arch}
     rest = [p for p in meta.meta_parameters() if id(p) not in arch_ids]
     return torch.optim.Adam([{"params": rest, "lr": cfg.meta_lr}, {"params": arch, "lr": cfg.arch_lr}])
-
-
-def open_data(path):
-    """Open the configured data file, or the embedded Omniglot set when ``path`` is None."""
-    return open_dataset(path if path is not None else default_data_path())
-
-
-def task_samplers(cfg, data, device):
-    """Training and validation samplers of a FitConfig, under the protocol rules (bayesnas.data.protocol).
-
-    ``cfg.rotations`` None (auto) is resolved in place from the file (on for Omniglot
-    only), so that the config the run folder records says what ran. Validation uses the
-    ``val`` split; a file without one is a DataError naming it unless
-    ``cfg.select_on == "test"``.
-
-    Example::
-
-        train, val = task_samplers(cfg, open_data(cfg.data), torch.device("cpu"))
-        train.batch([0, 1]).support_x.shape      # [2, ways*shots, C, H, W]
-    """
-    size = cfg.image_size
-    cfg.rotations = resolve_rotations(cfg.rotations, data)
-    val_split = selection_split(data, cfg.select_on)
-    train = TaskSampler(data.split("train"), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed,
-                        rotations=cfg.rotations, device=device, image_size=size)
-    val = TaskSampler(data.split(val_split), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1, device=device,
-                      image_size=size)
-    return train, val
-
-
-def predictive(meta, q, x, samples, tau, relaxed):
-    """Posterior predictive class probabilities, one row per draw of (theta, z) from ``q``.
-
-    Args: q: TaskPosterior of T tasks; x: ``[T, B, C, H, W]``; samples: S; tau and
-    relaxed as in the guide. Returns ``[S, T, B, ways]`` (average over dim 0 for Bayesian
-    model averaging).
-
-    Example::
-
-        probs = predictive(meta, q, batch.query_x, samples=8, tau=0.5, relaxed=True).mean(0)
-    """
-    num_tasks = x.shape[0]
-    probs = []
-    with torch.no_grad():
-        for _ in range(samples):
-            theta = TaskNormal(q.mu, q.sigma).rsample()
-            if relaxed:
-                z_n = edge_prior(q.phi_normal, tau, num_tasks).rsample().exp()
-                z_r = edge_prior(q.phi_reduce, tau, num_tasks).rsample().exp()
-            else:
-                z_n, z_r = q.edge_weights()
-            probs.append(meta.forward_tasks(x, theta, z_n, z_r).softmax(-1))
-    return torch.stack(probs)
 
 
 def meta_batch_indices(cfg, first, ctx):
@@ -168,16 +75,13 @@ def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None, kl_weight
     relaxed = cfg.variant == "gumbel"
     acc_sum = elbo_sum = 0.0
     count = 0
-    devices = [meta.mu.device] if meta.mu.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, meta.mu.device):
         for first in range(0, num_tasks, cfg.tasks):
             indices, share = meta_batch_indices(cfg, first, ctx)
             batch = sampler.batch(indices)
             with share:
-                q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed, kl_weight=kl_weight,
-                          first_order=True)
-                q = type(q)(*(t.detach() for t in q))
+                q = adapt_held_out(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
+                                   kl_weight=kl_weight)
                 with torch.no_grad():
                     terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed)
                 probs = predictive(meta, q, batch.query_x, cfg.val_samples, tau, relaxed).mean(0)
@@ -221,7 +125,7 @@ def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
                   kl_weight=beta, first_order=cfg.first_order)
         terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed)
         loss = -terms.elbo(beta).mean() / n_query
-        _check_finite(loss)
+        check_finite(loss, "the query ELBO")
         loss.backward()
     if reduce_gradients is not None:
         reduce_gradients(meta.meta_parameters())
@@ -245,51 +149,28 @@ def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
     }
 
 
-def _check_finite(loss):
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"the query ELBO is {loss.item()}")
-
-
-def _rng_states(device):
-    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-
-
-def _set_rng_states(states, device):
-    torch.set_rng_state(states[0])
-    if states[1] is not None:
-        torch.cuda.set_rng_state(states[1], device)
-
-
 def _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint):
     """Backward one task at a time; with ``checkpoint`` (the memory-bounded step) the
     inner steps are recomputed in the outer backward.
 
-    Each task's meta-gradient is computed whole and then added to ``.grad`` in task order,
-    so T tasks in one process and T processes with one task each (summed by all-reduce)
-    give bitwise equal gradients: one backward over all tasks would interleave their
-    contributions and round differently. Every task's pass starts from the same random
-    state and, through :func:`task_share`, takes its own slice of noise drawn for the
+    Each task's pass starts from the same random state (:func:`~bayesnas.training.loop.backward_per_task`)
+    and, through :func:`task_share`, takes its own slice of noise drawn for the
     whole meta-batch: exactly the noise the all-tasks pass would give it, so values and
     gradients equal the default path's (up to the order of floating-point sums). Returns
     the per-task detached ElboTerms and the total loss.
     """
     num_tasks, n_query = batch.query_y.shape
     total, start, _ = current_task_share(num_tasks)
-    device = meta.mu.device
-    states = _rng_states(device)
-    parts, loss = [], 0.0
-    for t in range(num_tasks):
-        _set_rng_states(states, device)
+
+    def task_loss(t):
         task = select_tasks(batch, slice(t, t + 1))
-        with task_share(total, start + t, start + t + 1):
-            q = adapt(meta, task.support_x, task.support_y, cfg.inner_steps, tau, relaxed,
-                      kl_weight=beta, first_order=cfg.first_order, checkpoint=checkpoint)
-            terms = elbo_terms(meta, task.query_x, task.query_y, q, tau, relaxed)
-            part = -terms.elbo(beta).sum() / (num_tasks * n_query)
-            _check_finite(part)
-            part.backward()
-        parts.append(type(terms)(*(v.detach() for v in terms)))
-        loss = loss + part.detach()
+        q = adapt(meta, task.support_x, task.support_y, cfg.inner_steps, tau, relaxed,
+                  kl_weight=beta, first_order=cfg.first_order, checkpoint=checkpoint)
+        terms = elbo_terms(meta, task.query_x, task.query_y, q, tau, relaxed)
+        return -terms.elbo(beta).sum() / (num_tasks * n_query), type(terms)(*(v.detach() for v in terms))
+
+    loss, parts = backward_per_task(num_tasks, task_loss, "the query ELBO", rng_device=meta.mu.device,
+                                    context=lambda t: task_share(total, start + t, start + t + 1))
     return parts, loss
 
 
@@ -297,8 +178,10 @@ def _with_diagnostics(history):
     """A history restored from a checkpoint, with the diagnostics of its entries computed
     from their alpha if it was written before fit recorded them."""
     if "genotype" not in history:
-        past = PosteriorHistory(history["iteration"], np.asarray(history["alpha_normal"]),
-                                np.asarray(history["alpha_reduce"])).diagnostics()
+        past, previous = [], None
+        for normal, reduce in zip(history["alpha_normal"], history["alpha_reduce"]):
+            past.append(search_diagnostics(normal, reduce, previous))
+            previous = past[-1].genotype
         for key in SearchDiagnostics._fields:
             history[key] = [getattr(d, key) for d in past]
     return history
@@ -344,26 +227,15 @@ def fit(config=None, out=None, resume=None, progress=True, callbacks=(), tensorb
     if tensorboard:
         summary_writer_class()  # a missing package stops the run before anything is written
     if command is None:
-        command = python_call("bayesnas.inference.fit", config=config, out=out, resume=resume,
+        command = python_call("bayesnas.training.fit", config=config, out=out, resume=resume,
                               tensorboard=tensorboard or None)
     # the process group needs a device type (gloo or nccl) before the config of a resumed run is read
-    requested = config.device if isinstance(config, FitConfig) else (config or {}).get("device")
-    ctx = init_distributed(resolve_device(requested or "auto"))
-    try:
+    with distributed(requested_device(config)) as ctx:
         return _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command)
-    finally:
-        ctx.close()
 
 
 def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
-    if resume is not None:
-        requested = config.get("iterations") if isinstance(config, dict) else getattr(config, "iterations", None)
-
-        cfg, state = ctx.on_main(lambda: resume_run(RunDirectory(resume), FitConfig, requested))
-    else:
-        cfg = dataclasses.replace(config) if isinstance(config, FitConfig) else resolve_config(FitConfig, overrides=config or {})
-        cfg.validate()
-        state = None
+    cfg, state = session_config(ctx, FitConfig, config, resume)
     device = process_device(ctx, cfg)
     data = open_data(cfg.data)
     train_sampler, val_sampler = task_samplers(cfg, data, device)
@@ -371,10 +243,7 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
     meta = build_meta_network(cfg, data.channels).to(device)
     optimiser = make_optimiser(meta, cfg)
 
-    if resume is not None:
-        run = RunDirectory(resume) if ctx.is_main else None
-    else:
-        run = create_run_on_main(ctx, out, "fit", cfg.to_dict())
+    run = session_run(ctx, cfg, out, resume, "fit")
 
     history = {"iteration": [], "alpha_normal": [], "alpha_reduce": [], **{k: [] for k in SearchDiagnostics._fields}}
 
@@ -384,7 +253,7 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
         history["alpha_normal"].append(meta.alpha_normal.detach().cpu().clone())
         history["alpha_reduce"].append(meta.alpha_reduce.detach().cpu().clone())
         previous = history["genotype"][-1] if history["genotype"] else None
-        diagnostics = EdgePosterior(meta.alpha_normal, meta.alpha_reduce).diagnostics(previous)._asdict()
+        diagnostics = search_diagnostics(meta.alpha_normal, meta.alpha_reduce, previous)._asdict()
         for key, value in diagnostics.items():
             history[key].append(value)
         return diagnostics
@@ -444,18 +313,31 @@ def load_fit(run_dir, which="last", device="cpu"):
     return cfg, meta.to(device), data
 
 
+def load_fit_checkpoint(run, which="last"):
+    """Checkpoint ``which`` ("last" or "best") of the fit run folder ``run`` (a RunDirectory), checked to
+    hold a fit meta-network: a :class:`RunError` naming the file otherwise."""
+    state = run.load_checkpoint(which)
+    path = run.file(f"checkpoint_{which}.pt")
+    meta = state.get("stateful", {}).get("meta")
+    shapes = {k: tuple(meta[k].shape) for k in ("alpha_normal", "alpha_reduce") if isinstance(meta, dict) and k in meta}
+    if len(shapes) != 2 or "iteration" not in state:
+        raise RunError(f"{path}: holds no fit meta-network (no alpha_normal/alpha_reduce); "
+                       f"it was written by another command")
+    if any(s != (NUM_EDGES, NUM_OPS) for s in shapes.values()):
+        raise RunError(f"{path}: edge logits have shapes {shapes}, this bayesnas expects ({NUM_EDGES}, {NUM_OPS})")
+    return state
+
+
 def load_fit_state(run_dir, which="last"):
     """:func:`load_fit` on the CPU, plus the checkpoint's state dict (its ``"iteration"``, RNG, ...)."""
     run = RunDirectory(run_dir)
     cfg = read_run_config(run, FitConfig)
-    state = run.load_checkpoint(which)
+    state = load_fit_checkpoint(run, which)
     data = open_data(cfg.data)
     meta = build_meta_network(cfg, data.channels)
     try:
         meta.load_state_dict(state["stateful"]["meta"])
     except (KeyError, RuntimeError) as exc:
-        from ..errors import RunError
-
         raise RunError(f"{run.file('checkpoint_' + which + '.pt')}: does not hold a fit meta-network matching "
                        f"{run.file('config.json')} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     return cfg, meta, data, state

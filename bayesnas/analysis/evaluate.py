@@ -26,13 +26,12 @@ from tqdm.auto import tqdm
 
 from ..data import TaskSampler
 from ..data.protocol import TEST_SELECTION_WARNING
-from ..device import resolve_device
-from ..distributed import init_distributed
 from ..errors import ConfigError
 from ..fileio import write_json
-from ..models import count_parameters
-from .maml import arch_label, load_retrain, task_accuracies
-from .rundir import RunDirectory
+from ..models import arch_label, count_parameters
+from ..training.distributed import distributed
+from ..training.retrain import load_retrain, task_accuracies
+from ..training.rundir import RunDirectory
 
 Z_95 = 1.96
 
@@ -104,7 +103,7 @@ def evaluate(run_dir, tasks=600, inner_steps=None, split="test", seed=0, json_ou
     """Accuracy of a retrained network on ``tasks`` seeded tasks of held-out classes.
 
     Args:
-        run_dir: a folder written by :func:`~bayesnas.inference.maml.retrain`.
+        run_dir: a folder written by :func:`~bayesnas.training.retrain.retrain`.
         tasks: number of test tasks (the papers: 600).
         inner_steps: test-time inner steps (default: the run's ``eval_inner_steps``, else
             its ``inner_steps``; the BASE paper uses 5, the MAML paper 10).
@@ -145,12 +144,9 @@ def evaluate(run_dir, tasks=600, inner_steps=None, split="test", seed=0, json_ou
     if which == "best" and not os.path.exists(RunDirectory(run_dir).file("checkpoint_best.pt")):
         checkpoint = "last"  # a run stopped before its first validation; a missing "last" is reported
     cfg, net, data = load_retrain(run_dir, which=checkpoint, device="cpu")
-    ctx = init_distributed(resolve_device(device if device is not None else cfg.device))
-    try:
+    with distributed(device if device is not None else cfg.device) as ctx:
         return _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, split, seed, json_out,
                          progress)
-    finally:
-        ctx.close()
 
 
 def _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, split, seed, json_out, progress):

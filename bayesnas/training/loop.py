@@ -6,23 +6,29 @@ checkpoints holding every RNG stream, ``--resume`` that continues exactly where 
 checkpoint left off, and a clear stop on a non-finite loss that keeps the last good
 checkpoint. The method-specific work is two callables.
 
+It also holds how a session starts: a new run folder or a resumed one
+(:func:`session_config`, :func:`session_run`, :func:`continuable`).
+
 Usage::
 
     loop = TrainingLoop(run, {"meta": meta, "optimiser": opt}, iterations=100)
     loop.run(step=lambda it: {"loss": ...}, validate=lambda it: {"val_acc": ...})
 """
+import contextlib
+import dataclasses
 import math
-import random
+import os
 import time
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import from_dict
+from ..config import from_dict, resolve_config
+from ..data import TaskSampler, resolve_rotations, selection_split
 from ..device import resolve_device
 from ..errors import ConfigError, NonFiniteLossError, RunError
 from ..fileio import write_json
+from ..rng import capture_rng, restore_rng, rng_states, set_rng_states
 from .rundir import RunDirectory, default_run_path
 
 
@@ -81,26 +87,106 @@ def resume_run(run, cls, iterations=None):
     return cfg, state
 
 
-def capture_rng():
-    """Every RNG stream the training touches, as plain data (tensors, ints, tuples) for a checkpoint."""
-    kind, key, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def session_config(ctx, cls, config, resume):
+    """What a session trains with: ``(config, checkpoint state)``.
+
+    A new run: ``config`` (a ``cls`` or a dict of its fields) resolved and validated, no
+    state. A resumed run (``resume``, its folder): the run's own config and last
+    checkpoint (:func:`resume_run`, read on rank 0); ``config`` may only raise the budget.
+    """
+    if resume is not None:
+        requested = config.get("iterations") if isinstance(config, dict) else getattr(config, "iterations", None)
+        return ctx.on_main(lambda: resume_run(RunDirectory(resume), cls, requested))
+    cfg = dataclasses.replace(config) if isinstance(config, cls) else resolve_config(cls, overrides=config or {})
+    cfg.validate()
+    return cfg, None
 
 
-def restore_rng(state):
-    """Inverse of :func:`capture_rng`."""
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def session_run(ctx, cfg, out, resume, kind):
+    """The run folder a session writes on rank 0 (None on the others): ``resume``'s, or a new one holding ``cfg``.
+
+    Called once ``cfg`` states what will run (values resolved from the data filled in).
+    """
+    if resume is not None:
+        return RunDirectory(resume) if ctx.is_main else None
+    return create_run_on_main(ctx, out, kind, cfg.to_dict())
+
+
+def continuable(path, cfg):
+    """Whether ``path`` holds a run of ``cfg``'s settings to continue (False: no run there).
+
+    A run with other settings (the budget may only grow) is a :class:`RunError`: continuing
+    it would not train what ``cfg`` says. A setting its config.json lacks was written
+    before the setting existed, and ran with the default.
+    """
+    run = RunDirectory(path)
+    if not os.path.exists(run.file("checkpoint_last.pt")):
+        return False
+    saved, wanted, defaults = run.config(), cfg.to_dict(), type(cfg)().to_dict()
+    differ = sorted(k for k in wanted if k != "iterations" and saved.get(k, defaults[k]) != wanted[k])
+    if differ or saved.get("iterations", 0) > cfg.iterations:
+        raise RunError(f"{path}: holds a run with other settings ({', '.join(differ) or 'iterations'}); "
+                       f"the comparison would not share one budget: choose another --out")
+    return True
+
+
+def task_samplers(cfg, data, device):
+    """Training and validation samplers of a FitConfig or RetrainConfig, under the protocol rules.
+
+    Training tasks come from the ``train`` split, validation tasks from the model-selection
+    split (:func:`~bayesnas.data.protocol.selection_split`: ``val``; a file without one is a
+    DataError naming it unless ``cfg.select_on == "test"``). ``cfg.rotations`` None (auto) is
+    resolved in place from the file (on for Omniglot only), so that the config the run
+    folder records says what ran.
+
+    Example::
+
+        train, val = task_samplers(cfg, open_data(cfg.data), torch.device("cpu"))
+        train.batch([0, 1]).support_x.shape      # [2, ways*shots, C, H, W]
+    """
+    size = getattr(cfg, "image_size", None)
+    cfg.rotations = resolve_rotations(cfg.rotations, data)
+    val_split = selection_split(data, cfg.select_on)
+    train = TaskSampler(data.split("train"), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed,
+                        rotations=cfg.rotations, device=device, image_size=size)
+    val = TaskSampler(data.split(val_split), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1, device=device,
+                      image_size=size)
+    return train, val
+
+
+def check_finite(loss, what):
+    """Raise NonFiniteLossError naming ``what`` unless the scalar ``loss`` is finite."""
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"{what} is {loss.item()}")
+
+
+def backward_per_task(num_tasks, task_loss, what, rng_device=None, context=None):
+    """The memory-bounded backward: one task's graph at a time.
+
+    ``task_loss(t) -> (loss_t, output_t)`` builds task t's share of the meta-batch loss;
+    its backward runs before the next task's graph is built. Each task's meta-gradient is
+    computed whole and then added to ``.grad`` in task order, so T tasks in one process and
+    T processes with one task each (summed by all-reduce) give bitwise equal gradients.
+    With ``rng_device``, every task starts from the random state of the call; ``context(t)``,
+    a context manager, is active around task t's loss and backward (the backward may
+    recompute inner steps, which must draw the same noise: see
+    :func:`~bayesnas.inference.model.task_share`).
+
+    Returns:
+        ``(loss, outputs)``: the detached sum of the task losses, and the ``output_t`` in order.
+    """
+    states = rng_states(rng_device) if rng_device is not None else None
+    loss, outputs = 0.0, []
+    for t in range(num_tasks):
+        if states is not None:
+            set_rng_states(states, rng_device)
+        with context(t) if context is not None else contextlib.nullcontext():
+            part, output = task_loss(t)
+            check_finite(part, what)
+            part.backward()
+        loss = loss + part.detach()
+        outputs.append(output)
+    return loss, outputs
 
 
 class TrainingLoop:

@@ -23,22 +23,18 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..models.genotypes import EDGES, NUM_EDGES, genotype_string
+from ..inference import adapt_held_out, predictive
+from ..inference.model import gumbel
+from ..models.derivation import derive_genotype
+from ..models.genotypes import CELL_TYPES, EDGES, NUM_EDGES
 from ..models.operations import NUM_OPS, OPS
+from ..rng import seeded
+from ..training.diagnostics import SearchDiagnostics, edge_logits, entropy, search_diagnostics
+from ..training.schedules import kl_weight, temperature
+from ..viz.posterior import plot_edge_posterior, plot_posterior_history, plot_search_diagnostics
 
-CELL_TYPES = ("normal", "reduce")
-
-
-def state_name(state):
-    """Display name of a cell state: 0 -> ``c_{k-2}``, 1 -> ``c_{k-1}``, ``j >= 2`` -> ``n{j-2}``.
-
-    Usage::
-
-        state_name(0)                         # 'c_{k-2}'
-        state_name(3)                         # 'n1'
-        [f"{state_name(s)}->n{t}" for s, t in EDGES][:2]
-    """
-    return ("c_{k-2}", "c_{k-1}")[state] if state < 2 else f"n{state - 2}"
+__all__ = ["PerCell", "EdgeRow", "EdgePosterior", "Prediction", "AdaptedPosterior", "PosteriorHistory",
+           "SearchDiagnostics", "expected_calibration_error"]
 
 
 class PerCell(NamedTuple):
@@ -84,42 +80,6 @@ class EdgeRow(NamedTuple):
     prob: float
 
 
-class SearchDiagnostics(NamedTuple):
-    """How decided a meta-level edge posterior is, over all 28 edges of both cell types.
-
-    edge_entropy_mean, edge_entropy_max: the mean and largest per-edge entropy in nats
-    (``log(10) = 2.303`` is uniform); top_prob_mean: the mean over edges of the most
-    probable op's probability (0.1 is uniform, 1 is decided); genotype: the derived
-    genotype as :func:`~bayesnas.models.genotypes.genotype_string`; genotype_changed: 1
-    if it differs from the previous logged one, else 0 (0 when there is none).
-    ``fit`` writes these at every logged step to ``metrics.csv`` and the posterior history.
-
-    Usage::
-
-        d = EdgePosterior.from_meta(meta).diagnostics()
-        d.top_prob_mean, d.genotype
-        d._asdict()                           # a dict, as in a metrics row
-    """
-
-    edge_entropy_mean: float
-    edge_entropy_max: float
-    top_prob_mean: float
-    genotype: str
-    genotype_changed: int
-
-
-def _logits(value, name):
-    value = torch.as_tensor(value).detach().to("cpu", torch.float32)
-    if tuple(value.shape) != (NUM_EDGES, NUM_OPS):
-        raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({NUM_EDGES}, {NUM_OPS}) (edges, ops)")
-    return value
-
-
-def _gumbel(shape, generator):
-    u = torch.rand(shape, generator=generator).clamp_(min=1e-10, max=1 - 1e-7)
-    return -torch.log(-torch.log(u))
-
-
 class EdgePosterior:
     """A posterior over the edge operations of both cell types (relaxed categorical per edge).
 
@@ -140,7 +100,7 @@ class EdgePosterior:
     """
 
     def __init__(self, logits_normal, logits_reduce, tau=1.0, label="edge posterior"):
-        self.logits = PerCell(_logits(logits_normal, "logits_normal"), _logits(logits_reduce, "logits_reduce"))
+        self.logits = PerCell(edge_logits(logits_normal, "logits_normal"), edge_logits(logits_reduce, "logits_reduce"))
         if not tau > 0:
             raise ValueError(f"tau={tau}: expected a temperature > 0")
         self.tau = float(tau)
@@ -181,8 +141,7 @@ class EdgePosterior:
             h.normal.argmin()                 # the edge the posterior is surest about
             (h.reduce / math.log(10))         # as a fraction of the uniform entropy
         """
-        log_probs = [logits.log_softmax(-1) for logits in self.logits]
-        return PerCell(*(-(lp.exp() * lp).sum(-1) for lp in log_probs))
+        return PerCell(*(entropy(logits.log_softmax(-1)) for logits in self.logits))
 
     def table(self, sort_by=None, descending=False):
         """Every (cell, edge, op) with its probability: a list of ``2 * 14 * 10`` :class:`EdgeRow`.
@@ -248,8 +207,6 @@ class EdgePosterior:
             g.normal                          # 8 (op, input) pairs, two per node
             save_genotype(g, "genotype.json")
         """
-        from .derive import derive_genotype
-
         return derive_genotype(*self.probs)
 
     def diagnostics(self, previous=None):
@@ -261,11 +218,7 @@ class EdgePosterior:
             d.edge_entropy_mean               # nats, averaged over all 28 edges
             later.diagnostics(previous=d.genotype).genotype_changed   # 0 or 1
         """
-        entropy = torch.cat(self.entropy())
-        top = torch.cat([p.max(-1).values for p in self.probs])
-        genotype = genotype_string(self.derive())
-        return SearchDiagnostics(float(entropy.mean()), float(entropy.max()), float(top.mean()), genotype,
-                                 int(previous is not None and genotype != previous))
+        return search_diagnostics(*self.logits, previous=previous)
 
     def sample(self, n, tau=None, generator=None):
         """``n`` genotypes drawn from the posterior.
@@ -293,8 +246,6 @@ class EdgePosterior:
             collections.Counter(g.normal[0] for g in draws)   # how often each choice for node 0
             post.sample(5, tau=0)             # hard categorical draws
         """
-        from .derive import derive_genotype
-
         tau = self.tau if tau is None else float(tau)
         if tau < 0:
             raise ValueError(f"tau={tau}: expected >= 0 (0 = categorical)")
@@ -302,7 +253,7 @@ class EdgePosterior:
         for _ in range(int(n)):
             z = []
             for logits in self.logits:
-                noisy = logits + _gumbel(logits.shape, generator)
+                noisy = logits + gumbel(torch.rand(logits.shape, generator=generator))
                 if tau == 0:
                     drawn = noisy.argmax(-1, keepdim=True)
                     row = torch.zeros_like(logits).scatter_(-1, drawn, logits.softmax(-1).gather(-1, drawn))
@@ -329,9 +280,8 @@ class EdgePosterior:
             post.plot(path="runs/a/edges.png")
             fig.axes[0].get_title()           # 'normal cell'
         """
-        from ..viz.posterior import plot_edge_posterior
-
-        return plot_edge_posterior(self, path=path, title=title)
+        return plot_edge_posterior(self.probs, self.derive(), path=path,
+                                   title=title or f"{self.label} (red: the derived cell)")
 
     def __repr__(self):
         h = self.entropy()
@@ -389,7 +339,7 @@ class Prediction(NamedTuple):
 
 
 def _entropy(probs):
-    return -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+    return entropy(probs.clamp_min(1e-12).log())
 
 
 class AdaptedPosterior(EdgePosterior):
@@ -445,22 +395,31 @@ class AdaptedPosterior(EdgePosterior):
             task.derive()                     # a cell for this task
             task.predict(qx).probs            # [B, ways]
         """
-        from .guide import adapt
-
         support_x, support_y = torch.as_tensor(support_x), torch.as_tensor(support_y)
         if support_y.dim() != 1 or support_x.shape[0] != support_y.shape[0]:
             raise ValueError(f"support_x {tuple(support_x.shape)} and support_y {tuple(support_y.shape)}: "
                              f"expected one task, [n, ...] and [n]")
         device = meta.mu.device
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            with torch.enable_grad():
-                q = adapt(meta, support_x[None].to(device), support_y[None].to(device), int(steps), tau,
-                          relaxed, kl_weight=kl_weight, first_order=True)
+        with seeded(seed, device):
+            q = adapt_held_out(meta, support_x[None].to(device), support_y[None].to(device), int(steps), tau, relaxed,
+                               kl_weight=kl_weight)
         label = label or f"task posterior after {steps} step{'s' * (steps != 1)}"
         return cls(meta, q, tau, relaxed=relaxed, samples=samples, steps=steps, label=label)
+
+    @classmethod
+    def from_schedule(cls, meta, cfg, iteration, support_x, support_y, steps=None, tau=None, samples=8, seed=None,
+                      label=None):
+        """:meth:`from_support` with the steps of training at ``iteration`` of a fit run's ``cfg``.
+
+        The run's ``inner_steps`` (or ``steps``), variant, and the temperature (or ``tau``)
+        and KL weight of its schedules at ``iteration`` (1 at the least): a held-out task
+        adapts as the run's training tasks did at that point.
+        """
+        iteration = max(int(iteration), 1)
+        steps = cfg.inner_steps if steps is None else int(steps)
+        tau = temperature(cfg, iteration) if tau is None else float(tau)
+        return cls.from_support(meta, support_x, support_y, steps=steps, tau=tau, relaxed=cfg.variant == "gumbel",
+                                kl_weight=kl_weight(cfg, iteration), samples=samples, seed=seed, label=label)
 
     @property
     def weight_mean(self):
@@ -501,16 +460,11 @@ class AdaptedPosterior(EdgePosterior):
             (pred.labels == query_y).float().mean()
             expected_calibration_error(pred.probs, query_y)
         """
-        from .svi import predictive
-
         samples = self.samples if samples is None else int(samples)
         if samples < 1:
             raise ValueError(f"samples={samples}: expected >= 1")
         device = self.meta.mu.device
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed, device):
             per_sample = predictive(self.meta, self.q, torch.as_tensor(query_x)[None].to(device), samples,
                                     self.tau, self.relaxed)[:, 0].cpu()
         probs = per_sample.mean(0)
@@ -559,7 +513,7 @@ class PosteriorHistory:
 
             hist.entropy().normal.mean(-1)    # [n]: how fast the normal cell gets sure
         """
-        return PerCell(*(_entropy(p) for p in self.probs))
+        return PerCell(*(entropy(logits.log_softmax(-1)) for logits in self.logits))
 
     def at(self, index, tau=1.0):
         """The :class:`EdgePosterior` of logged entry ``index`` (negative counts from the end).
@@ -598,8 +552,6 @@ class PosteriorHistory:
             fig = hist.plot_diagnostics()
             hist.plot_diagnostics(path="runs/a/diagnostics.png")
         """
-        from ..viz.posterior import plot_search_diagnostics
-
         return plot_search_diagnostics(self, path=path, title=title)
 
     def plot(self, path=None, title=None):
@@ -612,53 +564,11 @@ class PosteriorHistory:
             fig = hist.plot()
             hist.plot(path="runs/a/history.png")
         """
-        from ..viz.posterior import plot_posterior_history
-
         return plot_posterior_history(self, path=path, title=title)
 
     def __repr__(self):
         span = f"iterations {int(self.iteration[0])}..{int(self.iteration[-1])}" if len(self) else "empty"
         return f"<PosteriorHistory: {len(self)} entries, {span}>"
-
-
-def format_diagnostics_table(history, max_rows=None):
-    """The search diagnostics of a :class:`PosteriorHistory` as a plain-text table.
-
-    One row per logged iteration: mean and max edge entropy (nats), mean top-op
-    probability, and whether the derived genotype changed. With more entries than
-    ``max_rows``, evenly spaced ones are shown (always the first and the last), and
-    ``changed`` counts the changes since the previous row shown. A last line says how
-    often and when the genotype last changed.
-
-    Usage::
-
-        print(format_diagnostics_table(run.posterior_history()))
-        print(format_diagnostics_table(hist, max_rows=20))
-        #  iteration  entropy mean  entropy max  top-op prob  changed
-    """
-    rows = history.diagnostics()
-    n = len(rows)
-    if max_rows is not None and int(max_rows) < 2:
-        raise ValueError(f"max_rows={max_rows}: expected at least 2 (the first and last entries), or None for all")
-    if max_rows is None or n <= int(max_rows):
-        shown = list(range(n))
-    else:
-        shown = sorted({round(i * (n - 1) / (int(max_rows) - 1)) for i in range(int(max_rows))})
-    lines = [f"{'iteration':>10}  {'entropy mean':>12}  {'entropy max':>11}  {'top-op prob':>11}  {'changed':>7}"]
-    previous = -1
-    for index in shown:
-        d = rows[index]
-        changed = sum(r.genotype_changed for r in rows[previous + 1:index + 1])
-        lines.append(f"{int(history.iteration[index]):>10}  {d.edge_entropy_mean:>12.3f}  {d.edge_entropy_max:>11.3f}  "
-                     f"{d.top_prob_mean:>11.3f}  {changed:>7}")
-        previous = index
-    changes = [int(history.iteration[i]) for i, r in enumerate(rows) if r.genotype_changed]
-    if changes:
-        lines.append(f"the derived genotype changed {len(changes)} time{'s' * (len(changes) != 1)} in {n} logged "
-                     f"steps, last at iteration {changes[-1]}")
-    else:
-        lines.append(f"the derived genotype did not change in {n} logged steps")
-    return "\n".join(lines)
 
 
 def expected_calibration_error(probs, labels, bins=15):

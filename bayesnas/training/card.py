@@ -31,8 +31,14 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
+from ..data import default_data_path
 from ..errors import RunError
 from ..fileio import atomic_path, write_json
+from ..models import arch_label, genotype_from_dict
+from ..models.derivation import chosen_edges_table, derive_genotype, format_edges_table
+from ..models.genotypes import node_lines
+from ..viz.cells import plot_genotype
+from ..viz.posterior import save_figure
 from .rundir import RunDirectory
 
 CARD = "README.md"
@@ -86,12 +92,12 @@ def package_versions():
 
         package_versions()["torch"]      # '2.13.0+cpu'
     """
+    import importlib.metadata
+
     import numpy
-    import pyro
 
-    from .. import __version__
-
-    return {"bayesnas": __version__, "torch": torch.__version__, "pyro-ppl": pyro.__version__,
+    return {"bayesnas": importlib.metadata.version("bayesnas"), "torch": torch.__version__,
+            "pyro-ppl": importlib.metadata.version("pyro-ppl"),
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 
@@ -250,13 +256,8 @@ def build_run_card(run_dir):
 
     genotype = evaluation = None
     if kind == "fit" and state is not None:
-        from .posterior import EdgePosterior
-
-        meta = state["stateful"]["meta"]
-        genotype = EdgePosterior(meta["alpha_normal"], meta["alpha_reduce"]).derive()
+        genotype = derive_genotype(*_alpha_probs(state))
     elif kind == "retrain" and isinstance(config["arch"], dict):
-        from ..models import genotype_from_dict
-
         genotype = genotype_from_dict(config["arch"], source=run.file("config.json"))
     if kind == "retrain" and os.path.exists(run.file(EVALUATION)):
         try:
@@ -293,9 +294,6 @@ def write_run_card(run_dir):
     card = build_run_card(run_dir)
     run = RunDirectory(run_dir)
     if card.kind == "fit" and card.genotype is not None:
-        from ..viz.cells import plot_genotype
-        from ..viz.posterior import save_figure
-
         fig = plot_genotype(card.genotype, title=f"{os.path.basename(os.path.normpath(run.path))}: meta-level "
                                                  f"alpha, iteration {card.checkpoint_iteration}")
         save_figure(fig, run.file(CELL_PICTURE), dpi=100)
@@ -308,8 +306,6 @@ def write_run_card(run_dir):
 def _data_path(config):
     if config.get("data") is not None:
         return config["data"]
-    from ..data import default_data_path
-
     return os.fspath(default_data_path())
 
 
@@ -396,11 +392,7 @@ def _metrics_section(rows):
 def _fit_cell(run, state, genotype):
     if genotype is None:
         return "## Derived cell\n\nNo checkpoint yet, so no cell."
-    from .derive import chosen_edges_table, format_edges_table
-
-    meta = state["stateful"]["meta"]
-    probs = [torch.as_tensor(meta[k]).float().softmax(-1) for k in ("alpha_normal", "alpha_reduce")]
-    table = format_edges_table(chosen_edges_table(*probs, genotype))
+    table = format_edges_table(chosen_edges_table(*_alpha_probs(state), genotype))
     return "\n".join([
         "## Derived cell",
         "",
@@ -415,16 +407,13 @@ def _fit_cell(run, state, genotype):
     ])
 
 
-def _node_lines(pairs):
-    from .posterior import state_name
-
-    return [f"n{i // 2} <- " + " + ".join(f"{op}({state_name(src)})" for op, src in pairs[i:i + 2])
-            for i in range(0, len(pairs), 2)]
+def _alpha_probs(state):
+    """The meta-level edge probabilities softmax(alpha) of a fit checkpoint: ``[14, 10]`` per cell type."""
+    meta = state["stateful"]["meta"]
+    return [torch.as_tensor(meta[k]).float().softmax(-1) for k in ("alpha_normal", "alpha_reduce")]
 
 
 def _retrain_section(config, genotype, evaluation):
-    from .maml import arch_label
-
     lines = ["## Architecture", ""]
     if genotype is None:
         lines.append(f"`{arch_label(config['arch'])}`, {config['channels']} channels.")
@@ -433,7 +422,7 @@ def _retrain_section(config, genotype, evaluation):
                   "```"]
         for cell in ("normal", "reduce"):
             lines.append(f"{cell} cell:")
-            lines += [f"  {line}" for line in _node_lines(getattr(genotype, cell))]
+            lines += [f"  {line}" for line in node_lines(getattr(genotype, cell))]
         lines.append("```")
     lines += ["", "## Evaluation", ""]
     if evaluation is None:

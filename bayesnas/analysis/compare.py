@@ -2,7 +2,7 @@
 
 How users judge whether a search found something (the paper's Table 1): the derived
 cell(s), DARTS_V2, Conv-4 and R cells drawn uniformly from the same search space are each
-retrained with the same :class:`~bayesnas.inference.maml.RetrainConfig` (same iterations,
+retrained with the same :class:`~bayesnas.config.RetrainConfig` (same iterations,
 inner loop, tasks and depth) for every seed of the same seed set, then evaluated on the
 same seeded test tasks. The S seeds of an architecture are scored on the same n test
 tasks, so their S x n accuracies are not S x n independent samples: each task's accuracy
@@ -39,21 +39,23 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from ..data import resolve_rotations
+from ..config import RetrainConfig
+from ..data import open_data, resolve_rotations
 from ..data.protocol import TEST_SELECTION_WARNING
-from ..errors import ConfigError, GenotypeError, RunError
+from ..errors import ConfigError, GenotypeError
 from ..fileio import write_json
-from ..models import count_parameters, random_genotype
-from .card import EVALUATION, write_run_card
+from ..models import BASELINES, arch_config, count_parameters, random_genotype
+from ..training.card import EVALUATION, write_run_card
+from ..training.loop import continuable, session_config
+from ..training.retrain import build_retrain_network, retrain
+from ..training.rundir import RunDirectory, default_run_path
+from ..training.tensorboard_logger import summary_writer_class
 from .evaluate import Z_95, evaluate, mean_confidence_interval
-from .maml import BASELINES, RetrainConfig, arch_config, build_retrain_network, retrain
 
 #: how far from the target a row's parameter count may be when parameters are matched
 PARAM_TOLERANCE = 0.10
 #: the widest network the width search tries
 MAX_CHANNELS = 1024
-from .rundir import RunDirectory, default_run_path
-from .tensorboard_logger import summary_writer_class
 
 
 @dataclass
@@ -203,7 +205,7 @@ def architectures(genotypes=(), random_cells=0, baselines=("darts_v2", "conv4"),
     """The labelled architectures of a comparison, in table order.
 
     Args:
-        genotypes: specs accepted by :func:`~bayesnas.inference.maml.arch_config` (JSON
+        genotypes: specs accepted by :func:`~bayesnas.models.genotypes.arch_config` (JSON
             files, fit run folders, Genotypes), or a dict label -> spec.
         random_cells: R, how many cells to draw uniformly from the space
             (:func:`~bayesnas.models.genotypes.random_genotype`, one stream seeded by
@@ -374,16 +376,8 @@ def val_curve(path):
 
 def _train(arch, cfg, path, progress, tensorboard, command):
     """Retrain into ``path``, continuing it when an earlier compare left it there."""
-    run = RunDirectory(path)
-    if os.path.exists(run.file("checkpoint_last.pt")):
-        saved, wanted, defaults = run.config(), cfg.to_dict(), RetrainConfig().to_dict()
-        # a setting the saved config lacks was written before it existed: it ran with the default
-        differ = sorted(k for k in wanted if k != "iterations" and saved.get(k, defaults[k]) != wanted[k])
-        if differ or saved.get("iterations", 0) > cfg.iterations:
-            raise RunError(f"{path}: holds a run with other settings ({', '.join(differ) or 'iterations'}); "
-                           f"the comparison would not share one budget: choose another --out")
-        return retrain(arch, cfg, resume=path, progress=progress, tensorboard=tensorboard, command=command)
-    return retrain(arch, cfg, out=path, progress=progress, tensorboard=tensorboard, command=command)
+    where = {"resume": path} if continuable(path, cfg) else {"out": path}
+    return retrain(arch, cfg, progress=progress, tensorboard=tensorboard, command=command, **where)
 
 
 def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=600, eval_inner_steps=None,
@@ -424,15 +418,7 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
     """
     if tensorboard:
         summary_writer_class()  # a missing package stops the comparison before any run starts
-    if isinstance(config, RetrainConfig):
-        cfg = dataclasses.replace(config)
-    else:
-        from ..config import resolve_config
-
-        cfg = resolve_config(RetrainConfig, overrides=config or {})
-    cfg.validate()
-    from .svi import open_data
-
+    cfg, _ = session_config(None, RetrainConfig, config, None)
     data = open_data(cfg.data)
     # resolved once, so every run (and a rerun's check of the saved configs) states the same value
     cfg.rotations = resolve_rotations(cfg.rotations, data)

@@ -1,0 +1,66 @@
+"""Click options built from the config dataclasses: one flag per field, none hand-copied.
+
+A field ``inner_lr_mu`` becomes ``--inner-lr-mu``; a bool field ``rotations`` becomes
+``--rotations/--no-rotations``. The type, the choices and the lower bound come from the
+field (its ``metadata``, see :func:`bayesnas.config.setting`), the help text too, followed
+by the default. Every option defaults to None, which means "not given": the config file
+and then the dataclass's own default decide (CLI > config file > defaults).
+"""
+import dataclasses
+
+import click
+
+
+def _default_text(value):
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def field_option(field):
+    """The click option of one config field."""
+    meta = field.metadata
+    flag = "--" + field.name.replace("_", "-")
+    help_text = f"{meta.get('help', '')} [default: {_default_text(field.default)}]"
+    if field.type is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", field.name, default=None, help=help_text)
+    bounds = {"min": meta["min"], "min_open": meta["min_open"]} if "min" in meta else {}
+    if "choices" in meta:
+        kind = click.Choice(list(meta["choices"]))
+    elif field.type is int:
+        kind = click.IntRange(**bounds) if bounds else int
+    elif field.type is float:
+        kind = click.FloatRange(**bounds) if bounds else float
+    elif field.name == "data":
+        kind = click.Path(dir_okay=False)
+    else:
+        kind = str
+    return click.option(flag, field.name, type=kind, default=None, help=help_text)
+
+
+def config_options(cls, skip=()):
+    """Decorator: one option per field of the dataclass ``cls`` (except those in ``skip``), in field order."""
+    options = [field_option(f) for f in dataclasses.fields(cls) if f.name not in skip]
+
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def run_options(kind):
+    """The options every training command shares: --config, --quiet and --tensorboard."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                     help=f"JSON file of {kind} settings (flags override it)."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.option("--tensorboard", is_flag=True,
+                     help="Also write TensorBoard event files to RUN/tensorboard/ (pip install 'bayesnas[tensorboard]')."),
+    ]
+
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate

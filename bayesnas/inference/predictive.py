@@ -1,0 +1,35 @@
+"""The posterior predictive: class probabilities averaged over draws of (theta, z) from q.
+
+Usage::
+
+    q = adapt_held_out(meta, support_x, support_y, steps=4, tau=0.5)
+    probs = predictive(meta, q, query_x, samples=8, tau=0.5, relaxed=True).mean(0)   # [T, B, ways]
+"""
+import torch
+
+from .model import TaskNormal, edge_prior
+
+
+def predictive(meta, q, x, samples, tau, relaxed):
+    """Posterior predictive class probabilities, one row per draw of (theta, z) from ``q``.
+
+    Args: q: TaskPosterior of T tasks; x: ``[T, B, C, H, W]``; samples: S; tau and
+    relaxed as in the guide. Returns ``[S, T, B, ways]`` (average over dim 0 for Bayesian
+    model averaging).
+
+    Example::
+
+        probs = predictive(meta, q, batch.query_x, samples=8, tau=0.5, relaxed=True).mean(0)
+    """
+    num_tasks = x.shape[0]
+    probs = []
+    with torch.no_grad():
+        for _ in range(samples):
+            theta = TaskNormal(q.mu, q.sigma).rsample()
+            if relaxed:
+                z_n = edge_prior(q.phi_normal, tau, num_tasks).rsample().exp()
+                z_r = edge_prior(q.phi_reduce, tau, num_tasks).rsample().exp()
+            else:
+                z_n, z_r = q.edge_weights()
+            probs.append(meta.forward_tasks(x, theta, z_n, z_r).softmax(-1))
+    return torch.stack(probs)

@@ -1,0 +1,62 @@
+"""The CLI is generated from the config dataclasses: every field is a flag, and light commands start without torch."""
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from bayesnas.cli.main import main
+from bayesnas.config import FitConfig, RetrainConfig
+
+
+def flags_of(command):
+    return {opt for param in main.commands[command].params for opt in param.opts + param.secondary_opts}
+
+
+@pytest.mark.parametrize("command, cls, skip", [("fit", FitConfig, ()), ("retrain", RetrainConfig, ("arch",)),
+                                                ("compare", RetrainConfig, ("arch", "seed"))])
+def test_every_config_field_is_a_flag_of_its_command(command, cls, skip):
+    flags = flags_of(command)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in flags, f"{cls.__name__}.{field.name} has no flag {flag} in 'bayesnas {command}'"
+        assert field.metadata.get("help"), f"{cls.__name__}.{field.name} has no help text"
+        if field.type is bool:
+            assert "--no-" + flag[2:] in flags
+
+
+def test_historical_flag_names_still_work():
+    fit_flags, retrain_flags = flags_of("fit"), flags_of("retrain")
+    for flag in ("--first-order", "--low-memory", "--set-encoder", "--learn-inner-lr", "--rotations",
+                 "--no-rotations", "--config", "--out", "--resume", "--quiet", "--tensorboard", "--iterations"):
+        assert flag in fit_flags
+    for flag in ("--first-order", "--low-memory", "--rotations", "--no-rotations", "--eval-inner-steps", "--seed"):
+        assert flag in retrain_flags
+
+
+def test_choices_and_ranges_come_from_the_fields():
+    runner = CliRunner()
+    result = runner.invoke(main, ["fit", "--variant", "fancy"])
+    assert result.exit_code == 2 and "gumbel" in result.output and "softmax" in result.output
+    result = runner.invoke(main, ["fit", "--ways", "1"])
+    assert result.exit_code == 2 and "--ways" in result.output
+    result = runner.invoke(main, ["retrain", "conv4", "--inner-lr", "0"])
+    assert result.exit_code == 2 and "--inner-lr" in result.output
+    help_text = runner.invoke(main, ["fit", "--help"]).output
+    assert "--inner-lr-mu" in help_text and "[default: 0.4]" in help_text
+
+
+def torch_after(code):
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["fit", "--help"], ["retrain", "--help"], ["data", "info"]])
+def test_light_commands_do_not_import_torch(args):
+    code = ("import sys\nfrom bayesnas.cli.main import main\n"
+            f"try:\n    main({args!r}, standalone_mode=False)\nexcept SystemExit:\n    pass")
+    assert torch_after(code) == "False", f"bayesnas {' '.join(args)} imported torch"
