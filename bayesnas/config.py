@@ -5,10 +5,13 @@ Every field carries its help text and, where it has them, its allowed values and
 per field from them (:mod:`bayesnas.cli.options`), so the flags cannot drift from the
 settings. This module imports neither torch nor Pyro.
 
-Usage::
+Example:
 
-    cfg = resolve_config(FitConfig, config_file="my.json", overrides={"iterations": 50})
-    cfg.to_dict()      # what is written to RUN_DIR/config.json
+>>> cfg = resolve_config(FitConfig, overrides={"iterations": 50, "variant": None})
+>>> cfg.iterations, cfg.variant            # None: not given, the default stays
+(50, 'gumbel')
+>>> cfg.extended(100).schedule_iterations  # an extended run keeps its temperature schedule
+50
 """
 import dataclasses
 import json
@@ -218,10 +221,6 @@ class FitConfig:
 
         The temperature keeps decaying over the budget it was laid out over, and stays at
         tau_end after it; the KL warm-up counts absolute iterations and needs nothing.
-
-        Example::
-
-            FitConfig(iterations=250).extended(500).schedule_iterations   # 250
         """
         return dataclasses.replace(self, iterations=iterations,
                                    schedule_iterations=self.schedule_iterations or self.iterations)

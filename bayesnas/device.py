@@ -1,8 +1,9 @@
 """The one place that picks the compute device.
 
-Usage::
+Example:
 
-    device = resolve_device("auto")   # cuda when present, else cpu
+>>> resolve_device("cpu")
+device(type='cpu')
 """
 import torch
 

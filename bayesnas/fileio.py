@@ -1,10 +1,4 @@
 """Atomic file writing: nothing already written is ever left half-written.
-
-Usage::
-
-    with atomic_path("run/checkpoint_last.pt") as tmp:
-        torch.save(state, tmp)      # written to a temp file beside the target
-    # renamed over the target only when the block finished without error
 """
 import contextlib
 import json

@@ -1,10 +1,4 @@
 """Random streams: seed them all, save and restore them, or run a block on a seeded fork.
-
-Usage::
-
-    seed_everything(0)
-    with seeded(3, device):        # the global streams are left as they were
-        noise = torch.randn(4)
 """
 import contextlib
 import random

@@ -11,8 +11,7 @@ import bayesnas
 from bayesnas.cli.main import main
 from bayesnas.training import RunDirectory
 from bayesnas.analysis.posterior import EdgePosterior
-from bayesnas.models.genotypes import state_name
-from bayesnas.models.genotypes import load_genotype
+from bayesnas.models.genotypes import state_name, load_genotype
 from tests.test_run_api import tiny_run
 
 

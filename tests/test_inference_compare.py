@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bayesnas.errors import ConfigError
-from bayesnas.analysis.compare import architectures, compare, format_compare_table, matched_channels, over_tasks, paired_difference, row_widths
+from bayesnas.analysis.compare import (architectures, compare, format_compare_table, matched_channels, over_tasks,
+                                       paired_difference, row_widths)
 from bayesnas.config import RetrainConfig
 from bayesnas.models.genotypes import arch_config
 from bayesnas.training.retrain import build_retrain_network

@@ -5,10 +5,9 @@ import pytest
 import torch
 from types import SimpleNamespace
 
-from bayesnas.config import FitConfig
+from bayesnas.config import FitConfig, RetrainConfig
 from bayesnas.data import load_default
 from bayesnas.inference.adapt import adapt
-from bayesnas.config import RetrainConfig
 from bayesnas.training.retrain import build_retrain_network, maml_step
 from bayesnas.inference.model import task_share
 from bayesnas.training.search import build_meta_network, make_optimiser, svi_step

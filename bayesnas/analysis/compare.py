@@ -23,11 +23,11 @@ configured channels.
 Every run keeps its own folder ``OUT/<label>-seed<S>``; running ``compare`` again with the
 same ``out`` continues unfinished runs and reuses finished ones.
 
-Usage::
+Example (two seeds on the same four tasks: seeds are averaged per task first):
 
-    result = compare(["runs/fit-a"], random_cells=5, config=RetrainConfig(iterations=300), out="runs/cmp")
-    print(format_compare_table(result))
-    result.rows[0].accuracy, result.rows[0].ci95, result.rows[0].channels
+>>> mean, ci, per_task = over_tasks([[0.2, 0.4, 0.6, 0.8], [0.4, 0.2, 0.8, 0.6]])
+>>> [round(float(v), 4) for v in per_task], round(mean, 4), round(ci, 4)
+([0.3, 0.3, 0.7, 0.7], 0.5, 0.2263)
 """
 import dataclasses
 import os
@@ -147,11 +147,6 @@ def over_tasks(accuracies, z=Z_95):
 
     Returns:
         ``(mean, half_width, per_task)``: floats, and the seed means ``[n]`` (float64 array).
-
-    Example::
-
-        mean, ci, per_task = over_tasks([[0.2, 0.4, 0.6, 0.8], [0.4, 0.2, 0.8, 0.6]])
-        # per_task [0.3, 0.3, 0.7, 0.7]: mean 0.5, ci 1.96 * 0.2309 / 2 = 0.2263
     """
     per_task = _per_seed(accuracies).mean(0)
     mean, ci = mean_confidence_interval(per_task, z=z)
@@ -168,11 +163,6 @@ def paired_difference(accuracies_a, accuracies_b, z=Z_95):
 
     Returns:
         ``(mean, half_width)`` of the paired difference, as floats.
-
-    Example::
-
-        diff, ci = paired_difference(derived_accs, darts_accs)   # [S, 600] each
-        f"{100 * diff:+.2f}% ± {100 * ci:.2f}%"
     """
     a, b = _per_seed(accuracies_a, "accuracies_a").mean(0), _per_seed(accuracies_b, "accuracies_b").mean(0)
     if a.shape != b.shape:
@@ -216,12 +206,6 @@ def architectures(genotypes=(), random_cells=0, baselines=("darts_v2", "conv4"),
 
     Returns:
         list of ``(label, arch)`` with ``arch`` in config form.
-
-    Example::
-
-        architectures(["runs/fit-a"], random_cells=2)
-        # [('fit-a', {...}), ('darts_v2', 'darts_v2'), ('conv4', 'conv4'), ('random-1', {...}), ('random-2', {...})]
-        [label for label, _ in architectures(random_cells=1)]
     """
     items = list(genotypes.items()) if isinstance(genotypes, dict) else [(None, g) for g in genotypes]
     out, taken = [], set()
@@ -252,11 +236,6 @@ def count_retrain_parameters(config, in_channels=1, image_size=28):
 
     The network is built on the meta device: no memory is allocated and nothing computed,
     so counting a wide network is cheap.
-
-    Example::
-
-        count_retrain_parameters(RetrainConfig(arch="conv4", channels=16))     # 7269
-        count_retrain_parameters(RetrainConfig(arch="darts_v2", channels=8, layers=2))
     """
     with torch.device("meta"):
         net = build_retrain_network(config, in_channels, image_size)
@@ -284,12 +263,6 @@ def matched_channels(arch, target, config, in_channels=1, image_size=28, toleran
     Raises:
         ConfigError: no width from 1 to :data:`MAX_CHANNELS` lands within the tolerance;
         the message names the architecture, the target and the nearest counts.
-
-    Example::
-
-        channels, n = matched_channels("conv4", 29029, RetrainConfig(layers=3))
-        abs(n - 29029) <= 0.1 * 29029        # True
-        matched_channels("conv4", 10, RetrainConfig())   # ConfigError: conv4: no width ...
     """
     counts = {}
 
@@ -346,11 +319,6 @@ def row_widths(archs, config, in_channels=1, image_size=28, match_params=True, p
     Returns:
         ``(target, [(channels, parameters), ...])``, one pair per row; ``target`` is None
         without matching.
-
-    Example::
-
-        target, widths = row_widths(architectures(random_cells=2), RetrainConfig(layers=3))
-        [channels for channels, _ in widths]
     """
     if not match_params:
         if param_target is not None:
@@ -409,12 +377,6 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
 
     Returns:
         :class:`CompareResult` (also written to ``OUT/compare.json``).
-
-    Example::
-
-        cfg = RetrainConfig(iterations=200, channels=8, layers=3)
-        result = compare(["runs/fit-a/genotype.json"], random_cells=2, config=cfg, seeds=[0, 1])
-        print(format_compare_table(result))
     """
     if tensorboard:
         summary_writer_class()  # a missing package stops the comparison before any run starts
@@ -471,13 +433,6 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
 
 def format_compare_table(result):
     """The comparison as a plain-text table (what ``bayesnas compare`` prints).
-
-    Example::
-
-        print(format_compare_table(compare(random_cells=1, config=cfg)))
-        # architecture     accuracy (95% CI)   vs darts_v2 (paired)  val acc  parameters channels  train s
-        # darts_v2         91.20% ± 1.10%      reference               0.905      31,117       16      410
-        # random-1         88.40% ± 1.30%      -2.80% ± 1.02%          0.880      30,650       13      380
     """
     c = result.config
     if result.param_target is None:

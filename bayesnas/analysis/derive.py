@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..data import SELECT_ON, TaskSampler
+from ..data.protocol import held_out_split
 from ..errors import ConfigError
 from ..models import Genotype, save_genotype
 from ..models.derivation import ChosenEdge, chosen_edges_table, derive_genotype, format_edges_table
@@ -57,15 +58,9 @@ def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="val
     run's last), exactly as :meth:`bayesnas.Run.task_posterior` does. The guide's own
     randomness is seeded with ``task_seed`` too, so the same seed always gives the same
     probabilities.
-
-    Example::
-
-        cfg, meta, data = load_fit("runs/fit-a")
-        pn, pr = task_edge_probs(meta, cfg, data, task_seed=3)
-        derive_genotype(pn, pr)
     """
     iteration = cfg.iterations if iteration is None else max(int(iteration), 1)
-    sampler = TaskSampler(data.split(which_split), cfg.ways, cfg.shots, cfg.queries, seed=int(task_seed),
+    sampler = TaskSampler(data.split(held_out_split(data, which_split)), cfg.ways, cfg.shots, cfg.queries, seed=int(task_seed),
                           device=meta.mu.device, image_size=cfg.image_size)
     task = sampler.task(0)
     post = AdaptedPosterior.from_schedule(meta, cfg, iteration, task.support_x, task.support_y, seed=int(task_seed))
@@ -76,7 +71,7 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task
     """Derive the cell of a ``bayesnas fit`` run, write it as JSON and draw it.
 
     Args:
-        run_dir: a folder written by :func:`~bayesnas.inference.svi.fit`.
+        run_dir: a folder written by :func:`~bayesnas.training.search.fit`.
         task_seed: None for the meta-level alpha; an int to adapt the posterior to the
             support set of one task of ``task_split`` sampled with that seed.
         out: genotype JSON to write (default ``RUN_DIR/genotype.json``, or
@@ -90,12 +85,6 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task
 
     Returns:
         :class:`DerivedCell`.
-
-    Example::
-
-        cell = derive_cell("runs/fit-a")
-        print(format_edges_table(cell.table))
-        derive_cell("runs/fit-a", task_seed=7, plot=False).genotype
     """
     if task_split not in SELECT_ON:
         raise ConfigError(f"task_split={task_split!r}: expected one of {', '.join(SELECT_ON)}")

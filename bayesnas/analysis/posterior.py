@@ -39,12 +39,6 @@ __all__ = ["PerCell", "EdgeRow", "EdgePosterior", "Prediction", "AdaptedPosterio
 
 class PerCell(NamedTuple):
     """One value per cell type, by attribute (``.normal``), name (``["reduce"]``) or unpacking.
-
-    Usage::
-
-        probs = post.probs                    # PerCell of [14, 10] tensors
-        probs.normal is probs["normal"]       # True
-        p_normal, p_reduce = probs
     """
 
     normal: Any
@@ -64,12 +58,6 @@ class EdgeRow(NamedTuple):
     cell: "normal" or "reduce"; edge: row 0..13 of the architecture tensor; source: state
     0..5 feeding the edge; target: intermediate node 0..3; op: name in ``OPS``; prob: its
     posterior probability. A list of rows converts directly: ``pandas.DataFrame(rows)``.
-
-    Usage::
-
-        row = post.table(sort_by="prob", descending=True)[0]
-        print(row.cell, row.source, "->", row.target, row.op, f"{row.prob:.3f}")
-        EdgeRow._fields                       # column names
     """
 
     cell: str
@@ -91,12 +79,6 @@ class EdgePosterior:
 
     Attributes:
         logits: :class:`PerCell` of ``[14, 10]`` tensors (CPU, float32, detached).
-
-    Usage::
-
-        post = EdgePosterior(meta.alpha_normal, meta.alpha_reduce, tau=0.5)
-        post.entropy().normal                 # [14] nats per edge
-        post.plot(path="edges.png")
     """
 
     def __init__(self, logits_normal, logits_reduce, tau=1.0, label="edge posterior"):
@@ -109,24 +91,12 @@ class EdgePosterior:
     @classmethod
     def from_meta(cls, meta, tau=1.0, label="meta-level posterior"):
         """The meta-level posterior ``softmax(alpha)`` of a :class:`~bayesnas.inference.meta.MetaNetwork`.
-
-        Usage::
-
-            post = EdgePosterior.from_meta(meta, tau=0.5)
-            post.probs.reduce.sum(-1)         # ones [14]
-            post.derive()
         """
         return cls(meta.alpha_normal, meta.alpha_reduce, tau=tau, label=label)
 
     @property
     def probs(self):
         """:class:`PerCell` of ``[14, 10]`` op probabilities; every row sums to 1.
-
-        Usage::
-
-            p = post.probs.normal             # [14, 10]
-            p[EDGES.index((0, 0))]            # edge c_{k-2} -> node 0, one value per op
-            dict(zip(OPS, p[0].tolist()))
         """
         return PerCell(*(logits.softmax(-1) for logits in self.logits))
 
@@ -134,12 +104,6 @@ class EdgePosterior:
         """Entropy of each edge's op distribution in nats: :class:`PerCell` of ``[14]``.
 
         0 means sure of one op; ``log(10) = 2.303`` means uniform.
-
-        Usage::
-
-            h = post.entropy()
-            h.normal.argmin()                 # the edge the posterior is surest about
-            (h.reduce / math.log(10))         # as a fraction of the uniform entropy
         """
         return PerCell(*(entropy(logits.log_softmax(-1)) for logits in self.logits))
 
@@ -150,12 +114,6 @@ class EdgePosterior:
             sort_by: None (cell, edge, op order), a field name of :class:`EdgeRow`
                 (``"prob"``, ``"op"``, ...), a tuple of field names, or a key callable.
             descending: reverse the sort.
-
-        Usage::
-
-            rows = post.table(sort_by="prob", descending=True)[:10]   # the 10 surest choices
-            [r for r in post.table() if r.cell == "reduce" and r.target == 3]
-            pandas.DataFrame(post.table())    # when pandas is installed
         """
         rows = []
         for cell, probs in zip(CELL_TYPES, self.probs):
@@ -178,12 +136,6 @@ class EdgePosterior:
         """The ``k`` most probable ops of every edge: ``2 * 14 * k`` rows, by cell and edge.
 
         Within an edge, rows go from the most probable op down.
-
-        Usage::
-
-            for row in post.top(1):           # each edge's favourite op
-                print(row.cell, state_name(row.source), "-> n%d" % row.target, row.op, row.prob)
-            post.top(3)[:3]                   # normal cell, edge 0, its three best ops
         """
         if not 1 <= int(k) <= NUM_OPS:
             raise ValueError(f"k={k}: expected 1..{NUM_OPS}")
@@ -200,23 +152,11 @@ class EdgePosterior:
 
         Per intermediate node: the 2 incoming edges from different states whose strongest
         non-``none`` op is most probable, each with that op.
-
-        Usage::
-
-            g = post.derive()
-            g.normal                          # 8 (op, input) pairs, two per node
-            save_genotype(g, "genotype.json")
         """
         return derive_genotype(*self.probs)
 
     def diagnostics(self, previous=None):
         """:class:`SearchDiagnostics` of this posterior; ``previous``: the last logged genotype string.
-
-        Usage::
-
-            d = post.diagnostics()
-            d.edge_entropy_mean               # nats, averaged over all 28 edges
-            later.diagnostics(previous=d.genotype).genotype_changed   # 0 or 1
         """
         return search_diagnostics(*self.logits, previous=previous)
 
@@ -239,12 +179,6 @@ class EdgePosterior:
 
         Returns:
             list of ``n`` :class:`~bayesnas.models.genotypes.Genotype`.
-
-        Usage::
-
-            draws = post.sample(100, generator=torch.Generator().manual_seed(0))
-            collections.Counter(g.normal[0] for g in draws)   # how often each choice for node 0
-            post.sample(5, tau=0)             # hard categorical draws
         """
         tau = self.tau if tau is None else float(tau)
         if tau < 0:
@@ -273,12 +207,6 @@ class EdgePosterior:
 
         Returns:
             a ``matplotlib.figure.Figure``.
-
-        Usage::
-
-            fig = post.plot()                 # shows in a notebook
-            post.plot(path="runs/a/edges.png")
-            fig.axes[0].get_title()           # 'normal cell'
         """
         return plot_edge_posterior(self.probs, self.derive(), path=path,
                                    title=title or f"{self.label} (red: the derived cell)")
@@ -295,12 +223,6 @@ class Prediction(NamedTuple):
     probs: ``[B, ways]`` class probabilities averaged over the S posterior samples
     (Bayesian model averaging); entropy: ``[B]`` entropy of ``probs`` in nats (total
     predictive uncertainty); sample_probs: ``[S, B, ways]`` the per-sample predictions.
-
-    Usage::
-
-        pred = task.predict(query_x, samples=8)
-        accuracy = (pred.labels == query_y).float().mean()
-        pred.mutual_information       # [B], the part of the entropy due to the posterior
     """
 
     probs: torch.Tensor
@@ -310,30 +232,18 @@ class Prediction(NamedTuple):
     @property
     def labels(self):
         """Predicted classes ``[B]`` (argmax of the averaged probabilities).
-
-        Usage::
-
-            (pred.labels == query_y).float().mean()      # accuracy of the model average
         """
         return self.probs.argmax(-1)
 
     @property
     def expected_entropy(self):
         """Mean entropy of the per-sample predictions ``[B]`` (the data's own uncertainty).
-
-        Usage::
-
-            pred.expected_entropy.mean()      # aleatoric part, nats
         """
         return _entropy(self.sample_probs).mean(0)
 
     @property
     def mutual_information(self):
         """``entropy - expected_entropy`` ``[B]``: the disagreement between posterior samples.
-
-        Usage::
-
-            pred.mutual_information.argmax()  # the query point the posterior samples disagree on most
         """
         return self.entropy - self.expected_entropy
 
@@ -356,12 +266,6 @@ class AdaptedPosterior(EdgePosterior):
             :class:`~bayesnas.inference.guide.TaskPosterior` (one task, detached);
         relaxed: Gumbel variant (sample z) or softmax variant (z = softmax(phi));
         samples: default S of :meth:`predict`; steps: unrolled steps taken.
-
-    Usage::
-
-        task = AdaptedPosterior.from_support(meta, support_x, support_y, steps=4, tau=0.5)
-        task.probs.normal[0] - EdgePosterior.from_meta(meta).probs.normal[0]   # how D moved edge 0
-        task.predict(query_x).entropy         # [B]
     """
 
     def __init__(self, meta, q, tau, relaxed=True, samples=8, steps=None, label="task posterior"):
@@ -375,7 +279,7 @@ class AdaptedPosterior(EdgePosterior):
     @classmethod
     def from_support(cls, meta, support_x, support_y, steps=4, tau=1.0, relaxed=True, kl_weight=1.0,
                      samples=8, seed=None, label=None):
-        """Adapt ``meta`` to one task's support set by the guide's steps (:func:`~bayesnas.inference.guide.adapt`).
+        """Adapt ``meta`` to one task's support set by the guide's steps (:func:`~bayesnas.inference.adapt.adapt`).
 
         Args:
             meta: a trained :class:`~bayesnas.inference.meta.MetaNetwork`.
@@ -388,12 +292,6 @@ class AdaptedPosterior(EdgePosterior):
 
         The steps are first-order (no graph is kept for an outer gradient), which gives
         the same posterior as training's second-order steps, only cheaper.
-
-        Usage::
-
-            task = AdaptedPosterior.from_support(meta, sx, sy, steps=4, tau=0.5, seed=0)
-            task.derive()                     # a cell for this task
-            task.predict(qx).probs            # [B, ways]
         """
         support_x, support_y = torch.as_tensor(support_x), torch.as_tensor(support_y)
         if support_y.dim() != 1 or support_x.shape[0] != support_y.shape[0]:
@@ -424,20 +322,12 @@ class AdaptedPosterior(EdgePosterior):
     @property
     def weight_mean(self):
         """Posterior mean of the flattened supernet weights ``[D]``.
-
-        Usage::
-
-            (task.weight_mean - meta.mu).norm()   # how far the support set moved the weights
         """
         return self.q.mu[0]
 
     @property
     def weight_scale(self):
         """Posterior standard deviation of the flattened supernet weights ``[D]``.
-
-        Usage::
-
-            task.weight_scale.mean(), meta.sigma.mean()
         """
         return self.q.sigma[0]
 
@@ -453,12 +343,6 @@ class AdaptedPosterior(EdgePosterior):
 
         Returns:
             :class:`Prediction` (probs ``[B, ways]``, entropy ``[B]``, sample_probs ``[S, B, ways]``).
-
-        Usage::
-
-            pred = task.predict(query_x, samples=16)
-            (pred.labels == query_y).float().mean()
-            expected_calibration_error(pred.probs, query_y)
         """
         samples = self.samples if samples is None else int(samples)
         if samples < 1:
@@ -477,13 +361,6 @@ class PosteriorHistory:
     Attributes:
         iteration: ``[n]`` int64 tensor (0 = before training);
         logits: :class:`PerCell` of ``[n, 14, 10]`` tensors.
-
-    Usage::
-
-        hist = run.posterior_history()
-        hist.probs.normal[:, 0]               # [n, 10]: edge 0's op probabilities over time
-        hist.at(-1).derive()                  # the cell at the last logged iteration
-        hist.plot(path="history.png")
     """
 
     def __init__(self, iteration, logits_normal, logits_reduce, label="posterior history"):
@@ -499,29 +376,16 @@ class PosteriorHistory:
     @property
     def probs(self):
         """:class:`PerCell` of ``[n, 14, 10]`` op probabilities at each logged iteration.
-
-        Usage::
-
-            hist.probs.reduce[-1]             # [14, 10] at the last logged iteration
         """
         return PerCell(*(logits.softmax(-1) for logits in self.logits))
 
     def entropy(self):
         """:class:`PerCell` of ``[n, 14]`` edge entropies (nats) at each logged iteration.
-
-        Usage::
-
-            hist.entropy().normal.mean(-1)    # [n]: how fast the normal cell gets sure
         """
         return PerCell(*(entropy(logits.log_softmax(-1)) for logits in self.logits))
 
     def at(self, index, tau=1.0):
         """The :class:`EdgePosterior` of logged entry ``index`` (negative counts from the end).
-
-        Usage::
-
-            hist.at(0).probs.normal           # uniform-ish: before training
-            hist.at(-1).top(1)
         """
         it = int(self.iteration[index])
         return EdgePosterior(self.logits.normal[index], self.logits.reduce[index], tau=tau,
@@ -529,12 +393,6 @@ class PosteriorHistory:
 
     def diagnostics(self):
         """:class:`SearchDiagnostics` of every logged entry, in order (computed from alpha).
-
-        Usage::
-
-            rows = hist.diagnostics()
-            [d.top_prob_mean for d in rows]   # how decided the posterior got
-            sum(d.genotype_changed for d in rows)
         """
         rows, previous = [], None
         for index in range(len(self)):
@@ -546,11 +404,6 @@ class PosteriorHistory:
         """Mean (and max) edge entropy and mean top-op probability against iteration.
 
         Returns a ``matplotlib.figure.Figure``; ``path`` also saves it (atomically).
-
-        Usage::
-
-            fig = hist.plot_diagnostics()
-            hist.plot_diagnostics(path="runs/a/diagnostics.png")
         """
         return plot_search_diagnostics(self, path=path, title=title)
 
@@ -558,11 +411,6 @@ class PosteriorHistory:
         """Each edge's op probabilities over training: per cell type a grid of target x source.
 
         Returns a ``matplotlib.figure.Figure``; ``path`` also saves it (atomically).
-
-        Usage::
-
-            fig = hist.plot()
-            hist.plot(path="runs/a/history.png")
         """
         return plot_posterior_history(self, path=path, title=title)
 
@@ -584,12 +432,6 @@ def expected_calibration_error(probs, labels, bins=15):
 
     Returns:
         float in [0, 1].
-
-    Usage::
-
-        expected_calibration_error(pred.probs, query_y)           # one task
-        expected_calibration_error(torch.cat(all_probs), torch.cat(all_labels), bins=10)
-        expected_calibration_error([[0.9, 0.1]], [0])             # 0.1
     """
     probs = torch.as_tensor(probs, dtype=torch.float64)
     labels = torch.as_tensor(labels)

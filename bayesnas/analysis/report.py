@@ -1,10 +1,4 @@
 """Plain-text tables of a fit run's edge posterior: what ``bayesnas inspect`` prints.
-
-Usage::
-
-    run = load_run("runs/a")
-    print(format_posterior_table(run.edge_posterior(), top=3))
-    print(format_diagnostics_table(run.posterior_history(), max_rows=20))
 """
 import math
 
@@ -57,12 +51,6 @@ def format_diagnostics_table(history, max_rows=None):
     ``max_rows``, evenly spaced ones are shown (always the first and the last), and
     ``changed`` counts the changes since the previous row shown. A last line says how
     often and when the genotype last changed.
-
-    Usage::
-
-        print(format_diagnostics_table(run.posterior_history()))
-        print(format_diagnostics_table(hist, max_rows=20))
-        #  iteration  entropy mean  entropy max  top-op prob  changed
     """
     rows = history.diagnostics()
     n = len(rows)

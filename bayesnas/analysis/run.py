@@ -46,12 +46,6 @@ def load_run(path, device="cpu"):
 
     Returns:
         :class:`Run`.
-
-    Usage::
-
-        run = load_run("runs/fit-20261127-120000")
-        run.config.iterations, run.iteration  # planned and reached
-        run.metrics[-1]["val_acc"]
     """
     return Run(path, device=device)
 
@@ -65,12 +59,6 @@ class Calibration(NamedTuple):
     class (above the accuracy: overconfident; below: underconfident). ``single`` uses the
     first posterior sample of each task alone, ``averaged`` the mean of all S (Bayesian
     model averaging).
-
-    Usage::
-
-        cal = run.calibration(tasks=100, samples=8)
-        print(f"ECE {cal.ece_single:.3f} -> {cal.ece_averaged:.3f}")
-        cal._asdict()
     """
 
     tasks: int
@@ -92,12 +80,6 @@ def calibration_seeds(seed, task):
     Both come from ``numpy.random.SeedSequence([seed, task, stream])``, stream 0 for the
     guide's steps and 1 for the posterior samples of the prediction; equal seeds would
     make prediction sample 0 replay the noise of inner step 0.
-
-    Usage::
-
-        adapt_seed, predict_seed = calibration_seeds(0, 3)
-        post = run.adapt(task, seed=adapt_seed)
-        post.predict(task.query_x, seed=predict_seed)
     """
     return tuple(int(np.random.SeedSequence([int(seed), int(task), stream]).generate_state(1, np.uint64)[0] >> 1)
                  for stream in (0, 1))
@@ -110,13 +92,6 @@ class Run:
         path: the folder; directory: its :class:`~bayesnas.training.rundir.RunDirectory`;
         config: the run's :class:`~bayesnas.config.FitConfig`; device: torch.device of
         task posteriors; iteration: the iteration of the last checkpoint.
-
-    Usage::
-
-        run = load_run("runs/a")
-        post = run.edge_posterior()           # meta-level, [14, 10] per cell type
-        task = run.task_posterior(support_x, support_y)
-        hist = run.posterior_history()
     """
 
     def __init__(self, path, device="cpu"):
@@ -141,11 +116,6 @@ class Run:
     @property
     def checkpoints(self):
         """``{"last": path, "best": path}`` for the checkpoint files that exist.
-
-        Usage::
-
-            run.checkpoints["last"]           # 'runs/a/checkpoint_last.pt'
-            "best" in run.checkpoints
         """
         files = {w: self.directory.file(f"checkpoint_{w}.pt") for w in CHECKPOINTS}
         return {w: p for w, p in files.items() if os.path.exists(p)}
@@ -155,22 +125,11 @@ class Run:
         """``metrics.csv`` as a list of dicts, one per iteration (floats, the genotype a string; None where not logged).
 
         Read on every access, so a run still training shows its newest rows.
-
-        Usage::
-
-            [r["val_acc"] for r in run.metrics if r.get("val_acc") is not None]
-            run.metrics[-1]["loss"]
         """
         return self.directory.read_metrics()
 
     def metrics_frame(self):
         """``metrics.csv`` as a ``pandas.DataFrame`` indexed by iteration (needs pandas).
-
-        Usage::
-
-            df = run.metrics_frame()
-            df[["loss", "kl_z"]].rolling(10).mean().plot()
-            df["val_acc"].dropna()
         """
         try:
             import pandas
@@ -185,30 +144,16 @@ class Run:
 
     def checkpoint_iteration(self, which="last"):
         """The iteration at which checkpoint ``which`` ("last" or "best") was written.
-
-        Usage::
-
-            run.checkpoint_iteration("best")  # where validation accuracy peaked
         """
         return int(self._state(which)["iteration"])
 
     def temperature(self, which="last"):
         """tau of the training schedule at checkpoint ``which``: what posteriors of it use by default.
-
-        Usage::
-
-            run.temperature()                 # tau_end once training finished
         """
         return temperature(self.config, max(self.checkpoint_iteration(which), 1))
 
     def meta_network(self, which="last"):
         """The :class:`~bayesnas.inference.meta.MetaNetwork` of checkpoint ``which``, on ``self.device``.
-
-        Usage::
-
-            meta = run.meta_network()
-            meta.sigma.mean()                 # learned prior scale of the weights
-            meta.alpha_normal.softmax(-1)     # [14, 10]
         """
         if which not in self._metas:
             self._state(which)
@@ -220,11 +165,6 @@ class Run:
     @property
     def data(self):
         """The :class:`~bayesnas.data.FewShotData` the run trained on (opened on first use).
-
-        Usage::
-
-            run.data.splits                   # ['train', 'val', 'test']
-            run.data.split("test").num_classes
         """
         if self._data is None:
             self._data = open_data(self.config.data)
@@ -236,12 +176,6 @@ class Run:
         Returns:
             :class:`~bayesnas.analysis.posterior.EdgePosterior` (``.probs`` per cell
             ``[14, 10]``, tau = the schedule's temperature at that checkpoint).
-
-        Usage::
-
-            post = run.edge_posterior()
-            post.top(1)                       # each edge's favourite op
-            post.derive()                     # what `bayesnas derive-cell` writes
         """
         meta = self._state(which)["stateful"]["meta"]
         label = f"meta-level posterior ({which} checkpoint, iteration {self.checkpoint_iteration(which)})"
@@ -261,12 +195,6 @@ class Run:
         Returns:
             :class:`~bayesnas.analysis.posterior.AdaptedPosterior`: the EdgePosterior API
             for this task plus ``.predict(query_x)``.
-
-        Usage::
-
-            task = run.task_sampler("test").task(3)
-            post = run.task_posterior(task.support_x, task.support_y, steps=8)
-            post.derive(), post.predict(task.query_x).entropy
         """
         labels = torch.as_tensor(support_y)
         ways = self.config.ways
@@ -281,12 +209,6 @@ class Run:
 
     def adapt(self, task, **kwargs):
         """:meth:`task_posterior` of a task object (anything with ``support_x`` and ``support_y``).
-
-        Usage::
-
-            task = run.task_sampler("test").task(0)
-            post = run.adapt(task, samples=16)
-            post.predict(task.query_x).probs  # [ways * queries, ways]
         """
         return self.task_posterior(task.support_x, task.support_y, **kwargs)
 
@@ -294,12 +216,6 @@ class Run:
         """A :class:`~bayesnas.data.TaskSampler` of the run's data with its ways (and shots, queries).
 
         ``split`` defaults to the held-out one: "test" when the data has it, else "val".
-
-        Usage::
-
-            sampler = run.task_sampler()      # held-out classes
-            task = sampler.task(0)            # support_x [ways*shots, C, H, W]
-            run.task_sampler("val", shots=5).batch(range(4))
         """
         data = self.data
         split = held_out_split(data, split)
@@ -314,12 +230,6 @@ class Run:
         Returns:
             :class:`~bayesnas.analysis.posterior.PosteriorHistory` (``iteration [n]``,
             ``probs`` per cell ``[n, 14, 10]``, ``.plot()``).
-
-        Usage::
-
-            hist = run.posterior_history()
-            hist.probs.normal[:, 0]           # edge 0's op probabilities over time [n, 10]
-            hist.plot(path="history.png")
         """
         h = self.directory.read_history()
         return PosteriorHistory(h["iteration"], h["alpha_normal"], h["alpha_reduce"],
@@ -343,12 +253,6 @@ class Run:
 
         Returns:
             :class:`Calibration`.
-
-        Usage::
-
-            cal = run.calibration(tasks=100, samples=8)
-            cal.ece_single, cal.ece_averaged
-            run.calibration(tasks=20, samples=1)   # single == averaged
         """
         if int(tasks) < 1 or int(samples) < 1:
             raise ConfigError(f"tasks={tasks}, samples={samples}: expected both >= 1")

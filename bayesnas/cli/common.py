@@ -24,11 +24,6 @@ def user_errors(func):
 def cli_command(argv=None):
     """The command line of this process as the user typed it: ``bayesnas`` and its arguments
     (what a run card records as the command that made the run).
-
-    Usage::
-
-        cli_command(["/usr/bin/bayesnas", "fit", "--out", "runs/my run"])
-        # "bayesnas fit --out 'runs/my run'"
     """
     argv = sys.argv if argv is None else argv
     return shlex.join(["bayesnas", *argv[1:]])

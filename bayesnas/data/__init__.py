@@ -2,12 +2,6 @@
 
 The sampler (which needs torch) is imported on first use, so reading a file's summary
 (``bayesnas data info``) starts without torch.
-
-Usage::
-
-    from bayesnas.data import load_default, TaskSampler
-    sampler = TaskSampler(load_default().split("train"), ways=5, shots=1, queries=15)
-    task = sampler.task(0)
 """
 from .folder import import_folder
 from .miniimagenet import import_miniimagenet

@@ -23,11 +23,6 @@ def default_source_folder() -> Path:
 
 def build_embedded(folder=None, out=None):
     """Import the two zips in ``folder`` into ``out`` (default: the packaged file); return it opened.
-
-    Example::
-
-        data = build_embedded()          # rewrites bayesnas/data/embedded/omniglot_minimal.h5
-        print(data.summary()["classes"])  # 242
     """
     folder = Path(folder) if folder is not None else default_source_folder()
     out = out or default_data_path()

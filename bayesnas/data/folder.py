@@ -18,11 +18,6 @@ Pixels: with ``channels`` None every image must be of one kind, grey (stored wit
 channel) or colour (3); 1 or 3 converts every image to that. ``invert`` turns dark
 drawings on a light background into bright on dark (the store's convention), before the
 LANCZOS resize to ``size x size`` (default 84 for colour, 28 for grey).
-
-Usage::
-
-    data = import_folder("flowers/", "flowers.h5", seed=1)
-    print(data.summary()["splits"]["train"]["classes"])
 """
 import os
 from pathlib import Path
@@ -66,11 +61,6 @@ def import_folder(root, out, channels: Optional[int] = None, size: Optional[int]
     Returns:
         the :class:`~bayesnas.data.store.FewShotData` of ``out``; its images are uint8
         ``[n, channels, size, size]`` per split.
-
-    Example::
-
-        data = import_folder("sketches/", "sketches.h5", channels=1, invert=True)
-        train = data.split("train")          # images uint8 [n, 1, 28, 28]
     """
     if channels is not None and (isinstance(channels, bool) or not isinstance(channels, (int, np.integer))
                                  or channels not in (1, 3)):

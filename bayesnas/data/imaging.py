@@ -23,10 +23,6 @@ def decode(data: bytes, mode, where: str) -> Image.Image:
     ``mode`` is "L", "RGB", or None for the file's own kind: "L" when it is grey (PIL
     modes 1, L, LA, I, I;16, F, or a palette of greys), "RGB" otherwise. 16-bit grey
     keeps its top 8 bits.
-
-    Example::
-
-        img = decode(Path("cat/1.png").read_bytes(), None, "cat/1.png")   # img.mode "L" or "RGB"
     """
     try:
         with Image.open(io.BytesIO(data)) as img:

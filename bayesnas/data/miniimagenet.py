@@ -16,11 +16,6 @@ The folder given is searched for, in this order (the first found is used):
 Each split file found becomes that split; at least one must exist. Classes are named by
 their synset (``n01532829``) with group ``""``. Images are stored RGB; those not already
 ``size x size`` are resized with PIL's LANCZOS filter.
-
-Usage::
-
-    data = import_miniimagenet("miniImagenet/", "mini.h5")
-    print(data.summary()["splits"]["train"]["classes"])    # 64
 """
 import csv
 import json
@@ -54,11 +49,6 @@ def import_miniimagenet(path, out, size: int = 84, progress: bool = True):
 
     Returns:
         the :class:`~bayesnas.data.store.FewShotData` of ``out``.
-
-    Example::
-
-        data = import_miniimagenet("/data/miniImagenet", "mini.h5")
-        train = data.split("train")          # images uint8 [38400, 3, 84, 84]
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ConfigError(f"size must be a positive integer, got {size!r}")

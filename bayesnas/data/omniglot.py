@@ -20,12 +20,6 @@ Split rule (deterministic for a given seed): the units, i.e. the class names
 and n units, train takes the first round(n * f_train) shuffled units, val the units up to
 round(n * (f_train + f_val)), test the rest (halves round up). A split whose fraction is 0
 is left out of the file; a positive fraction that would get no unit is an error.
-
-Usage::
-
-    data = import_omniglot(["images_background_small1.zip", "images_background_small2.zip"],
-                           "omniglot.h5", size=28, seed=0)
-    print(data.summary()["classes"])     # 242
 """
 import hashlib
 import math
@@ -63,11 +57,6 @@ def import_omniglot(paths: Sequence, out, size: int = 28, seed: int = 0,
 
     Returns:
         the :class:`~bayesnas.data.store.FewShotData` of ``out``.
-
-    Example::
-
-        data = import_omniglot(["images_background_small1.zip"], "o.h5", split_by="alphabet")
-        train = data.split("train")
     """
     size = _positive_int("size", size)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -237,10 +226,6 @@ def split_units(units: Sequence[str], fractions, seed: int, unit_word: str, labe
         seed: seed of ``numpy.random.default_rng(seed).permutation``.
         unit_word: plural noun for the error message ("classes").
         label: the input named in the error message.
-
-    Example::
-
-        split_units(["a", "b", "c", "d"], (0.5, 0.25, 0.25), 0, "classes", "root/")
     """
     units = sorted(units)
     order = np.random.default_rng(seed).permutation(len(units))

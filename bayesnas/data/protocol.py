@@ -11,11 +11,12 @@
   explicitly (``select_on="test"``); the run's config then records it and ``evaluate``
   warns that its accuracy was measured on the classes that chose the checkpoint.
 
-Usage::
+Example:
 
-    data = open_dataset("mini.h5")
-    default_rotations(data)                  # False: the source names miniImageNet
-    selection_split(data, "val")             # "val", or a DataError naming the file
+>>> from bayesnas.data import load_default
+>>> data = load_default()
+>>> default_rotations(data), selection_split(data, "val"), held_out_split(data)
+(True, 'val', 'test')
 """
 import re
 
@@ -36,11 +37,6 @@ def default_rotations(data):
 
     Args:
         data: a :class:`~bayesnas.data.store.FewShotData` (its ``source`` attribute).
-
-    Example::
-
-        default_rotations(load_default())        # True: the embedded file is Omniglot
-        default_rotations(open_dataset("mini.h5"))   # False
     """
     return bool(_OMNIGLOT.match(data.source or ""))
 
@@ -73,11 +69,6 @@ def selection_split(data, select_on="val"):
     Raises:
         DataError naming the file when it has no such split; ConfigError for another
         ``select_on``.
-
-    Example::
-
-        selection_split(load_default())           # 'val'
-        selection_split(open_dataset("no_val.h5"), "test")   # 'test', and the run is marked
     """
     if select_on not in SELECT_ON:
         raise ConfigError(f"select_on={select_on!r}: expected one of {', '.join(SELECT_ON)}")

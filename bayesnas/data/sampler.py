@@ -14,11 +14,14 @@ With ``rotations=True`` each class c in 0..n-1 also exists rotated by k quarter 
 (``torch.rot90`` over (H, W), k = 1, 2, 3) as the new class ``c + k * n``; ids 0..n-1
 are the unrotated classes with or without rotations.
 
-Usage::
+Example:
 
-    sampler = TaskSampler(load_default().split("train"), ways=5, shots=1, queries=15)
-    task = sampler.task(0)               # support_x float32 [5, 1, 28, 28] in [0, 1]
-    meta_batch = sampler.batch(range(8, 12))   # support_x [4, 5, 1, 28, 28]
+>>> from bayesnas.data import load_default
+>>> sampler = TaskSampler(load_default().split("train"), ways=5, shots=1, queries=15)
+>>> sampler.task(0).support_x.shape        # float32 in [0, 1]
+torch.Size([5, 1, 28, 28])
+>>> sampler.batch(range(8, 12)).support_x.shape
+torch.Size([4, 5, 1, 28, 28])
 """
 import operator
 from typing import Iterable, NamedTuple
@@ -53,10 +56,6 @@ def select_tasks(batch, index):
 
     Works for a :class:`Task` batch and for any object with ``support_x``, ``support_y``,
     ``query_x``, ``query_y`` attributes (others are left out).
-
-    Usage::
-
-        first = select_tasks(sampler.batch(range(4)), slice(0, 1))   # support_x [1, ...]
     """
     if isinstance(batch, Task):
         return Task(*(f[index] for f in batch))
@@ -82,12 +81,6 @@ class TaskSampler:
 
     Impossible settings (too few classes, a class with fewer than shots + queries images)
     raise :class:`DataError` here, before any sampling.
-
-    Example::
-
-        sampler = TaskSampler(train, ways=5, shots=5, queries=15, seed=1, rotations=True)
-        for i in range(rank, 1000, world_size):
-            task = sampler.task(i)
     """
 
     def __init__(self, split: SplitData, ways: int, shots: int, queries: int, seed: int = 0,

@@ -12,12 +12,6 @@ Classes inside a split are sorted by ``name`` and stored under zero-padded indic
 class name may contain '/' (``"Greek/character03"``) and the order never depends on the
 tool that wrote the file. Pixels are uint8 with the foreground bright: Omniglot is
 inverted on import (ink 255 on a 0 background); natural images are stored as RGB.
-
-Usage::
-
-    data = open_dataset("omniglot.h5")       # validates the whole file, reads no pixels
-    train = data.split("train")              # SplitData: uint8 images [n, C, H, W] in memory
-    print(data.summary()["splits"]["train"]["classes"])
 """
 import dataclasses
 import os
@@ -49,11 +43,6 @@ class ClassRecord:
         name: the class's original name; may contain '/' (``"Greek/character03"``).
         group: the alphabet or synset group it belongs to, ``""`` when there is none.
         images: uint8 numpy array ``[n_images, H, W, C]``, foreground bright.
-
-    Example::
-
-        rec = ClassRecord("Greek/character03", "Greek", np.zeros((20, 28, 28, 1), np.uint8))
-        write_dataset("toy.h5", {"train": [rec]}, source="toy", image_size=(28, 28), channels=1)
     """
 
     name: str
@@ -74,11 +63,6 @@ def write_dataset(path, splits: Dict[str, List[ClassRecord]], source: str, image
         source: free text saying where the data came from (stored as the root attribute).
         image_size: ``(H, W)`` of every image.
         channels: ``C`` of every image (1 for Omniglot, 3 for RGB).
-
-    Example::
-
-        write_dataset("toy.h5", {"train": records}, source="toy", image_size=(28, 28), channels=1)
-        assert open_dataset("toy.h5").splits == ["train"]
     """
     label = os.fspath(path)
     height, width = _check_image_size(label, image_size)
@@ -179,11 +163,6 @@ class SplitData:
         class_offsets: int64 tensor ``[num_classes + 1]``, start of each class (cumulative counts).
         class_names, groups: lists of ``num_classes`` strings.
         name: the split's name; ``path``: the file it came from (used in error messages).
-
-    Example::
-
-        train = open_dataset("omniglot.h5").split("train")
-        first = train.class_images(0)        # uint8 [count_0, C, H, W], a view
     """
 
     def __init__(self, images, counts: Sequence[int], class_names: Sequence[str],
@@ -236,12 +215,6 @@ class FewShotData:
         path, source: the file and where its data came from.
         image_size: ``(H, W)``; channels: ``C``.
         splits: the split names present, in the order train, val, test.
-
-    Example::
-
-        data = open_dataset("omniglot.h5")
-        val = data.split("val")
-        print(data.summary())
     """
 
     def __init__(self, path, source, image_size, channels, classes: Dict[str, List[_ClassInfo]]):
@@ -321,11 +294,6 @@ def open_dataset(path) -> FewShotData:
     Raises :class:`DataError` naming the file when it is missing, not HDF5, written by
     another tool, or inconsistent (a class whose images do not match ``image_size`` and
     ``channels``, an unknown group, a split without classes).
-
-    Example::
-
-        data = open_dataset("omniglot.h5")
-        print(data.splits, data.image_size, data.channels)
     """
     label = os.fspath(path)
     if not os.path.exists(label):
@@ -432,10 +400,6 @@ def open_data(path=None) -> FewShotData:
 
 def load_default() -> FewShotData:
     """Open the embedded Omniglot file (8 alphabets, 242 characters, 28x28, ink bright).
-
-    Example::
-
-        train = load_default().split("train")
     """
     path = default_data_path()
     if not path.exists():

@@ -46,11 +46,6 @@ def adapt(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, f
 
     Returns:
         :class:`TaskPosterior` with tensors ``[T, ...]``.
-
-    Example::
-
-        q = adapt(meta, batch.support_x, batch.support_y, steps=4, tau=1.0)
-        q.phi_normal.softmax(-1)      # task-adapted edge probabilities [T, 14, 10]
     """
     start = prior_posterior(meta, support_x.shape[0], support_x)._asdict()
     lr = meta.inner_lr()

@@ -5,12 +5,6 @@ weights of the search supernet; ``alpha_normal`` and ``alpha_reduce`` are the lo
 the relaxed-categorical prior over each edge's operation. The supernet module itself only
 serves as a function: its own parameters are never trained, every call substitutes a
 per-task weight vector with ``torch.func.functional_call``.
-
-Usage::
-
-    meta = MetaNetwork(SearchNetwork(in_channels=1, num_classes=5, C=8, layers=3))
-    logits = meta.forward_task(x, theta=meta.mu, z_normal=z_n, z_reduce=z_r)
-    optimiser = torch.optim.Adam(meta.meta_parameters(), lr=1e-3)
 """
 import math
 

@@ -1,9 +1,4 @@
 """The posterior predictive: class probabilities averaged over draws of (theta, z) from q.
-
-Usage::
-
-    q = adapt_held_out(meta, support_x, support_y, steps=4, tau=0.5)
-    probs = predictive(meta, q, query_x, samples=8, tau=0.5, relaxed=True).mean(0)   # [T, B, ways]
 """
 import torch
 
@@ -16,10 +11,6 @@ def predictive(meta, q, x, samples, tau, relaxed):
     Args: q: TaskPosterior of T tasks; x: ``[T, B, C, H, W]``; samples: S; tau and
     relaxed as in the guide. Returns ``[S, T, B, ways]`` (average over dim 0 for Bayesian
     model averaging).
-
-    Example::
-
-        probs = predictive(meta, q, batch.query_x, samples=8, tau=0.5, relaxed=True).mean(0)
     """
     num_tasks = x.shape[0]
     probs = []

@@ -2,11 +2,6 @@
 
 This package never imports Pyro: parameters live in ordinary nn.Modules, and per-task
 weights are substituted with ``torch.func.functional_call`` through :class:`ParamLayout`.
-
-Usage::
-
-    net = SearchNetwork(in_channels=1, num_classes=5, C=8, layers=3)
-    logits = net(x, z_normal, z_reduce)      # x [B, 1, H, W], z_* [NUM_EDGES, NUM_OPS]
 """
 from .conv4 import Conv4
 from .functional import ParamLayout, count_parameters

@@ -19,12 +19,6 @@ channels-last memory format, where oneDNN's depthwise backward is 2-4x faster th
 NCHW, except for strided dilated kernels, where NCHW is 3x faster (measured on the
 2-core dev CPU, oneDNN 3.12). Inside torch.func transforms (vmap, grad) it falls back to
 ``F.conv2d``: same values, the slower double backward.
-
-Usage::
-
-    y = conv2d(x, w, stride=2, padding=2, groups=x.shape[1])   # same as F.conv2d
-    g, = torch.autograd.grad(y.sum(), w, create_graph=True)
-    g.sum().backward()                                         # no per-group loop
 """
 import torch
 import torch.nn.functional as F
@@ -141,12 +135,6 @@ def conv2d(x, w, stride=1, padding=0, dilation=1, groups=1):
 
     Shapes: ``x [B, C_in, H, W]``, ``w [C_out, C_in / groups, kh, kw]`` ->
     ``[B, C_out, H', W']``; the output may be channels-last on CPU.
-
-    Usage::
-
-        y = conv2d(x, w, padding=1, groups=x.shape[1])
-        assert torch.allclose(y, F.conv2d(x, w, padding=1, groups=x.shape[1]))
-        torch.autograd.grad(y.sum(), [x, w], create_graph=True)
     """
     params = (_pair(stride), _pair(padding), _pair(dilation), groups)
     if torch._C._are_functorch_transforms_active():

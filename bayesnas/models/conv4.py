@@ -1,10 +1,12 @@
 """The Conv-4 few-shot baseline (the standard MAML backbone).
 
-Usage::
+Example:
 
-    net = Conv4(in_channels=3, num_classes=5, hidden=32, image_size=84)
-    logits = net(torch.randn(25, 3, 84, 84))    # [25, 5]
-    net.flat_features                          # 32 * 5 * 5 = 800
+>>> net = Conv4(in_channels=3, num_classes=5, hidden=32, image_size=84)
+>>> net(torch.randn(2, 3, 84, 84)).shape
+torch.Size([2, 5])
+>>> net.flat_features          # 32 * 5 * 5
+800
 """
 import torch.nn as nn
 
@@ -24,12 +26,6 @@ class Conv4(nn.Module):
     Each pool floors the size: 28 -> 14 -> 7 -> 3 -> 1, 84 -> 42 -> 21 -> 10 -> 5, so the
     linear layer takes ``hidden * s * s`` features, ``s`` computed from ``image_size``
     (at least 16). BatchNorms are affine and keep no running statistics (MAML style).
-
-    Usage::
-
-        net = Conv4(in_channels=1, num_classes=5, hidden=64, image_size=28)
-        logits = net(torch.randn(10, 1, 28, 28))   # [10, 5]
-        assert net.flat_features == 64
     """
 
     def __init__(self, in_channels=1, num_classes=5, hidden=64, image_size=28):

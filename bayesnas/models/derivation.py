@@ -15,12 +15,6 @@ that keep the same edges give equal genotypes.
 The rule reads only probabilities: the search's diagnostics, the run card and
 :func:`bayesnas.analysis.derive.derive_cell` all derive with it (DARTS keeps it beside its
 search model the same way).
-
-Usage::
-
-    g = derive_genotype(meta.alpha_normal.softmax(-1), meta.alpha_reduce.softmax(-1))
-    rows = chosen_edges_table(probs_normal, probs_reduce, g)
-    print(format_edges_table(rows))
 """
 from typing import NamedTuple
 
@@ -91,12 +85,6 @@ def derive_genotype(probs_normal, probs_reduce):
     Returns:
         a :class:`~bayesnas.models.genotypes.Genotype` with 8 ``(op, source)`` pairs per
         cell (two per node, sources increasing) and every intermediate node concatenated.
-
-    Example::
-
-        g = derive_genotype(meta.alpha_normal.softmax(-1), meta.alpha_reduce.softmax(-1))
-        g.normal[:2]          # node 0's two inputs, e.g. [('sep_conv_3x3', 0), ('skip_connect', 1)]
-        save_genotype(g, "genotype.json")
     """
     cells = []
     for which, probs in zip(CELL_TYPES, (probs_normal, probs_reduce)):
@@ -115,12 +103,6 @@ def chosen_edges_table(probs_normal, probs_reduce, genotype=None):
 
     Returns:
         list of :class:`ChosenEdge` (cell, node, source, op, prob), node by node.
-
-    Example::
-
-        rows = chosen_edges_table(pn, pr)
-        rows[0]               # ChosenEdge(cell='normal', node=0, source=0, op='sep_conv_3x3', prob=0.41)
-        print(format_edges_table(rows))
     """
     probs = [_as_probs(p, w) for w, p in zip(CELL_TYPES, (probs_normal, probs_reduce))]
     if genotype is None:
@@ -135,12 +117,6 @@ def chosen_edges_table(probs_normal, probs_reduce, genotype=None):
 
 def format_edges_table(rows):
     """A plain-text table of :class:`ChosenEdge` rows (what ``bayesnas derive-cell`` prints).
-
-    Example::
-
-        rows = chosen_edges_table(pn, pr)
-        text = format_edges_table(rows)
-        print(text)           # cell    node  source   op            prob
     """
     lines = [f"{'cell':<7} {'node':>4}  {'source':<8} {'op':<14} {'prob':>6}"]
     for r in rows:

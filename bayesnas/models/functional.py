@@ -4,12 +4,6 @@ The Bayesian weights ``theta ~ Normal(mu, sigma^2)`` are one flat vector per tas
 Pyro site), while the network wants a dict of shaped tensors for
 ``torch.func.functional_call``. :class:`ParamLayout` converts between the two; the
 views it returns are differentiable, and a leading batch dimension (tasks) is kept.
-
-Usage::
-
-    layout = ParamLayout.from_module(net)
-    theta = layout.flatten(net)                            # [D]
-    logits = functional_call(net, layout.unflatten(theta), (x, z_normal, z_reduce))
 """
 import math
 
@@ -23,12 +17,6 @@ class ParamLayout:
     ``flatten(dict_or_module) -> [D]``; ``unflatten(vec [..., D]) -> {name: [..., *shape]}``
     (views of ``vec``, so gradients flow back to it); ``numel`` is ``D``, ``names`` the
     parameter names, ``shapes`` their shapes.
-
-    Usage::
-
-        layout = ParamLayout.from_module(net)
-        params = layout.unflatten(torch.zeros(3, layout.numel))   # each [3, *shape]
-        vec = layout.flatten(net)                                 # [layout.numel]
     """
 
     def __init__(self, names, shapes):
@@ -49,12 +37,6 @@ class ParamLayout:
     @classmethod
     def from_module(cls, module):
         """The layout of ``module.named_parameters()``.
-
-        Usage::
-
-            layout = ParamLayout.from_module(SearchNetwork(C=8, layers=3))
-            layout.numel                      # total number of weights
-            layout.names[0]                   # "stem.0.weight"
         """
         named = list(module.named_parameters())
         return cls([n for n, _ in named], [p.shape for _, p in named])
@@ -70,12 +52,6 @@ class ParamLayout:
 
         A dict may hold ``[T, *shape]`` tensors (all with the same leading ``T``); the
         result is then ``[T, D]``. Missing or mis-shaped entries raise ValueError.
-
-        Usage::
-
-            vec = layout.flatten(net)                 # [D], differentiable w.r.t. net's params
-            vec = layout.flatten(dict(net.named_parameters()))
-            batch = layout.flatten(layout.unflatten(torch.randn(4, layout.numel)))  # [4, D]
         """
         if isinstance(params, torch.nn.Module):
             params = dict(params.named_parameters())
@@ -102,12 +78,6 @@ class ParamLayout:
         """Split ``vec [..., D]`` into ``{name: [..., *shape]}`` views (differentiable).
 
         Works inside ``torch.func.vmap`` (each call sees ``[D]``).
-
-        Usage::
-
-            params = layout.unflatten(theta)                  # theta [D]
-            out = functional_call(net, params, (x, zn, zr))
-            batched = layout.unflatten(thetas)                # thetas [T, D] -> [T, *shape]
         """
         if vec.shape[-1:] != (self.numel,):
             raise ValueError(f"ParamLayout.unflatten: expected [..., {self.numel}], "
@@ -120,12 +90,6 @@ class ParamLayout:
     @torch.no_grad()
     def copy_to_module(self, vec, module):
         """Write ``vec [D]`` into ``module``'s parameters in place (e.g. to save ``mu`` as a net).
-
-        Usage::
-
-            layout.copy_to_module(mu.detach(), net)
-            torch.save(net.state_dict(), "mean_net.pt")
-            assert torch.equal(layout.flatten(net), mu)
         """
         params = dict(module.named_parameters())
         for name, value in self.unflatten(vec).items():
@@ -136,11 +100,5 @@ class ParamLayout:
 
 def count_parameters(module, trainable_only=False):
     """Number of scalar parameters of ``module`` (only those requiring grad if asked).
-
-    Usage::
-
-        count_parameters(Conv4(1, 5, image_size=28))     # 112005
-        count_parameters(net, trainable_only=True)
-        assert count_parameters(net) == ParamLayout.from_module(net).numel
     """
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -10,11 +10,13 @@ A genotype keeps two edges per node: ``normal`` and ``reduce`` are lists of
 ``2 * STEPS = 8`` pairs ``(op_name, input_index)``, node by node; ``*_concat`` lists the
 states (2 .. 5) concatenated into the cell's output.
 
-Usage::
+Example:
 
-    g = named_genotype("darts_v2")
-    save_genotype(g, "run/genotype.json")
-    assert load_genotype("run/genotype.json") == g
+>>> g = named_genotype("darts_v2")
+>>> genotype_from_dict(genotype_to_dict(g)) == g
+True
+>>> edge_index(2, 1), EDGES[edge_index(2, 1)], state_name(3)
+(4, (2, 1), 'n1')
 """
 import json
 import os
@@ -33,12 +35,6 @@ def cell_edges(steps=STEPS):
 
     ``source`` is a state (0, 1: cell inputs; ``j >= 2``: intermediate node ``j - 2``),
     ``target_node`` an intermediate node 0 .. steps-1. Length ``steps * (steps + 3) // 2``.
-
-    Usage::
-
-        edges = cell_edges(4)                 # 14 pairs
-        edges[5]                              # (0, 2): state 0 -> node 2
-        assert len(cell_edges(2)) == 5
     """
     return [(j, k) for k in range(steps) for j in range(k + 2)]
 
@@ -58,12 +54,6 @@ CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
 
 def edge_index(source, node, steps=STEPS):
     """Row of the architecture tensor for the edge ``source -> node`` (``offset_node + source``).
-
-    Usage::
-
-        edge_index(0, 0)                      # 0
-        edge_index(3, 3)                      # 12
-        assert EDGES[edge_index(2, 1)] == (2, 1)
     """
     if not 0 <= node < steps or not 0 <= source <= node + 1:
         raise ValueError(f"no edge {source} -> node {node} in a {steps}-node cell")
@@ -87,12 +77,6 @@ class Genotype(namedtuple("Genotype", ["normal", "normal_concat", "reduce", "red
     Pairs ``2k`` and ``2k + 1`` are the two inputs of intermediate node ``k``; an input
     index is a state (0, 1: cell inputs, ``j >= 2``: node ``j - 2``). ``*_concat`` lists
     the states whose outputs are concatenated into the cell output.
-
-    Usage::
-
-        g = Genotype(normal=[("sep_conv_3x3", 0), ...], normal_concat=[2, 3, 4, 5], ...)
-        validate_genotype(g)
-        g.normal[0]                           # ("sep_conv_3x3", 0)
     """
 
     __slots__ = ()
@@ -163,12 +147,6 @@ def validate_genotype(g, source="<genotype>", steps=STEPS):
     Checks: 8 pairs per cell; every op known and not ``none``; each input index in
     ``0 .. k+1`` for its node ``k``; a node's two inputs from different states; concat a
     non-empty list of distinct states in 2..5.
-
-    Usage::
-
-        validate_genotype(DARTS_V2)
-        validate_genotype(g, source="run/genotype.json")
-        # GenotypeError: run/genotype.json: normal[3]: input 4 out of range for node 1 ...
     """
     if not isinstance(g, Genotype):
         raise GenotypeError(f"{source}: expected a Genotype, got {type(g).__name__}")
@@ -179,12 +157,6 @@ def validate_genotype(g, source="<genotype>", steps=STEPS):
 
 def genotype_to_dict(g):
     """A JSON-ready dict: ``{"normal": [[op, input], ...], "normal_concat": [...], ...}``.
-
-    Usage::
-
-        d = genotype_to_dict(DARTS_V2)
-        d["normal"][7]                        # ["dil_conv_3x3", 2]
-        assert genotype_from_dict(d) == DARTS_V2
     """
     return {
         "normal": [[op, int(i)] for op, i in g.normal],
@@ -199,12 +171,6 @@ def genotype_from_dict(d, source="<genotype>"):
 
     Pairs become tuples and lists stay lists, so the result compares equal to the
     genotype that was saved.
-
-    Usage::
-
-        g = genotype_from_dict(json.load(f), source="genotype.json")
-        g.reduce_concat                       # [2, 3, 4, 5]
-        assert isinstance(g.normal[0], tuple)
     """
     if not isinstance(d, dict):
         raise GenotypeError(f"{source}: expected a JSON object with keys normal, normal_concat, "
@@ -227,12 +193,6 @@ def genotype_from_dict(d, source="<genotype>"):
 
 def save_genotype(g, path):
     """Validate ``g`` and write it to ``path`` as JSON, atomically (temp file, then rename).
-
-    Usage::
-
-        save_genotype(DARTS_V2, "run/genotype.json")
-        g = load_genotype("run/genotype.json")
-        assert g == DARTS_V2
     """
     validate_genotype(g, source=os.fspath(path))
     write_json(path, genotype_to_dict(g))
@@ -243,12 +203,6 @@ def load_genotype(path):
 
     A missing file, invalid JSON, missing keys or an invalid cell raise
     :class:`GenotypeError` naming the file.
-
-    Usage::
-
-        g = load_genotype("run/genotype.json")
-        net = NetworkFromGenotype(g)
-        print(g.normal)
     """
     path = os.fspath(path)
     try:
@@ -270,12 +224,6 @@ def random_genotype(rng=None, steps=STEPS):
     increasing order) and a uniform non-``none`` operation on each kept edge; both cells
     concatenate all intermediate nodes. ``rng`` is a :class:`random.Random`, an int seed
     or None (fresh randomness).
-
-    Usage::
-
-        g = random_genotype(0)
-        validate_genotype(g)
-        assert random_genotype(random.Random(0)) == g
     """
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
@@ -294,12 +242,6 @@ def random_genotype(rng=None, steps=STEPS):
 
 def named_genotype(name):
     """The published genotype called ``name`` (case-insensitive): ``"darts_v2"``.
-
-    Usage::
-
-        g = named_genotype("darts_v2")
-        g = named_genotype("DARTS_V2")        # same
-        assert g is DARTS_V2
     """
     key = str(name).strip().lower()
     if key not in NAMED_GENOTYPES:
@@ -315,11 +257,6 @@ def genotype_string(g):
     the cell inputs, ``j >= 2`` node ``j - 2``). A cell's concat list is appended
     (``concat=2,3``) only when it is not every intermediate node, which a derived
     genotype always is. Equal genotypes give equal strings and unequal ones unequal.
-
-    Usage::
-
-        genotype_string(DARTS_V2)   # 'normal n0=sep_conv_3x3(0)+sep_conv_3x3(1) n1=...; reduce n0=...'
-        changed = genotype_string(a) != genotype_string(b)
     """
     cells = []
     for which, pairs, concat in (("normal", g.normal, g.normal_concat), ("reduce", g.reduce, g.reduce_concat)):
@@ -342,12 +279,6 @@ def arch_config(spec):
         spec: a :class:`~bayesnas.models.genotypes.Genotype`; a genotype dict; a name in
             :data:`BASELINES` (any case); a path to a genotype JSON file; or a fit run
             folder holding ``genotype.json`` (``bayesnas derive-cell`` writes it).
-
-    Example::
-
-        arch_config("DARTS_V2")                  # 'darts_v2'
-        arch_config("runs/fit-a")                # the dict of runs/fit-a/genotype.json
-        arch_config(random_genotype(0))["normal"][0]
     """
     if isinstance(spec, Genotype):
         return genotype_to_dict(genotype_from_dict(genotype_to_dict(spec)))

@@ -3,11 +3,12 @@
 stem (3x3 conv, BN) -> ``layers`` cells -> global average pooling -> linear. Cells at
 :func:`reduction_indices` halve the resolution and double the channels.
 
-Usage::
+Example:
 
-    reduction_indices(3)                      # [1, 2]   cells: normal, reduce, reduce
-    reduction_indices(5)                      # [1, 3]   N R N R N
-    stem = make_stem(1, 24, affine=False)     # [B, 1, H, W] -> [B, 24, H, W]
+>>> reduction_indices(3)       # cells: normal, reduce, reduce
+[1, 2]
+>>> reduction_indices(5)       # N R N R N
+[1, 3]
 """
 from typing import NamedTuple
 
@@ -23,12 +24,6 @@ def reduction_indices(layers):
     Cells ``layers // 3`` and ``2 * layers // 3``, except that cell 0 is never a reduction
     cell: the stem feeds a normal cell. So 1 cell: none (a single normal cell); 2 cells:
     [1]; 3 cells: [1, 2]; from 3 on the two positions are distinct and neither is 0.
-
-    Usage::
-
-        reduction_indices(8)                  # [2, 5]
-        reduction_indices(2)                  # [1]
-        assert reduction_indices(1) == []
     """
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
         raise ConfigError(f"layers={layers!r}: expected a positive integer number of cells")
@@ -37,12 +32,6 @@ def reduction_indices(layers):
 
 def make_stem(in_channels, C_out, affine):
     """3x3 convolution (padding 1, no bias) then BatchNorm: ``[B, in, H, W] -> [B, C_out, H, W]``.
-
-    Usage::
-
-        stem = make_stem(3, 48, affine=True)
-        y = stem(torch.randn(2, 3, 32, 32))    # [2, 48, 32, 32]
-        assert y.shape[1] == 48
     """
     return nn.Sequential(nn.Conv2d(in_channels, C_out, 3, padding=1, bias=False),
                          batch_norm(C_out, affine))
@@ -50,12 +39,6 @@ def make_stem(in_channels, C_out, affine):
 
 def check_positive(**values):
     """Raise :class:`ConfigError` unless every keyword value is a positive int.
-
-    Usage::
-
-        check_positive(C=16, layers=5)
-        check_positive(C=0)                   # ConfigError: C=0: expected a positive integer
-        check_positive(steps=4, in_channels=3)
     """
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -77,12 +60,6 @@ def cell_plan(C, layers, stem_multiplier, outputs):
 
     Reduction cells (at :func:`reduction_indices`) double the node channels; a cell's
     output concatenates ``outputs(reduction)`` nodes (an int is the same for both kinds).
-
-    Usage::
-
-        plan, C_out = cell_plan(C=8, layers=3, stem_multiplier=3, outputs=4)
-        [p.reduction for p in plan]           # [False, True, True]
-        plan[1].C_p, C_out                    # 32, 128
     """
     count = outputs if callable(outputs) else (lambda reduction: outputs)
     reductions = reduction_indices(layers)
@@ -105,10 +82,6 @@ def make_preprocess(plan, affine):
     back: a 1x1 ReLUConvBN, or a FactorizedReduce when the previous cell halved the
     resolution; a reduction cell reads the previous output twice, so its ``pre0`` takes
     ``C_p`` channels.
-
-    Usage::
-
-        pre0, pre1 = make_preprocess(cell_plan(8, 3, 3, 4)[0][2], affine=False)
     """
     if plan.reduction:
         pre0 = ReLUConvBN(plan.C_p, plan.C, 1, 1, 0, affine=affine)

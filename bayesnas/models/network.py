@@ -3,12 +3,6 @@
 :class:`NetworkFromGenotype` has the supernet's macro-structure (stem, cells with
 reductions at 1/3 and 2/3 of the depth, global pooling, linear) with the discrete cells
 of a genotype. BatchNorms are affine and use batch statistics only (MAML style).
-
-Usage::
-
-    net = NetworkFromGenotype(DARTS_V2, in_channels=3, num_classes=5, C=16, layers=5)
-    logits = net(torch.randn(25, 3, 84, 84))    # [25, 5]
-    net = build_network("conv4", in_channels=1, num_classes=5, image_size=28)
 """
 import os
 
@@ -27,12 +21,6 @@ class FixedCell(nn.Module):
 
     Shapes: ``s0 [B, C_pp, H0, W0]``, ``s1 [B, C_p, H, W]`` -> ``[B, len(concat) * C, H', W']``
     (``H' = ceil(H / 2)`` in a reduction cell, which uses two copies of ``s1``).
-
-    Usage::
-
-        cell = FixedCell(DARTS_V2.normal, DARTS_V2.normal_concat, 48, 48, 16, False, False)
-        y = cell(s0, s1)                      # [B, 64, H, W]
-        len(cell.ops)                         # 8
     """
 
     def __init__(self, pairs, concat, C_pp, C_p, C, reduction, reduction_prev):
@@ -62,12 +50,6 @@ class NetworkFromGenotype(nn.Module):
     resolution /2) -> global average pooling -> linear.
     ``forward(x [B, in_channels, H, W]) -> logits [B, num_classes]``; any ``H, W`` >= 1.
     BatchNorms are affine, without running statistics.
-
-    Usage::
-
-        net = NetworkFromGenotype(named_genotype("darts_v2"), in_channels=1, num_classes=5)
-        logits = net(torch.randn(10, 1, 28, 28))   # [10, 5]
-        count_parameters(net)
     """
 
     def __init__(self, genotype, in_channels=1, num_classes=5, C=16, layers=5, steps=STEPS,
@@ -104,12 +86,6 @@ def build_network(name_or_genotype, in_channels=1, num_classes=5, image_size=28,
     ``layers`` (``image_size`` does not apply: it pools globally). A string that is neither
     ``conv4`` nor a known name is read as a genotype JSON file; errors are
     :class:`GenotypeError` naming the input.
-
-    Usage::
-
-        net = build_network("darts_v2", in_channels=3, num_classes=5, image_size=84)
-        net = build_network("runs/search/genotype.json", 1, 5, 28, C=16, layers=5)
-        net = build_network("conv4", in_channels=1, num_classes=5, image_size=28)
     """
     if isinstance(name_or_genotype, Genotype):
         genotype = name_or_genotype

@@ -8,11 +8,13 @@ convolution of an operation strides, except in ``conv_7x1_1x7``, whose two convo
 each stride along one axis. Pooling is plain here (the fixed networks' op); the search
 supernet follows it with a BatchNorm (:data:`POOL_OPS`).
 
-Usage::
+Example:
 
-    op = make_op("sep_conv_3x3", C=16, stride=2, affine=False)
-    y = op(torch.randn(8, 16, 28, 28))          # [8, 16, 14, 14]
-    OPS.index("skip_connect")                   # 1
+>>> op = make_op("sep_conv_3x3", C=16, stride=2, affine=False)
+>>> op(torch.randn(8, 16, 28, 28)).shape
+torch.Size([8, 16, 14, 14])
+>>> OPS.index("skip_connect")
+1
 """
 import torch
 import torch.nn as nn
@@ -49,24 +51,12 @@ def batch_norm(C, affine):
 
     Shapes: ``[B, C, H, W] -> [B, C, H, W]``. No running statistics are kept, so train and
     eval mode behave the same and the module has no buffers.
-
-    Usage::
-
-        bn = batch_norm(16, affine=True)
-        y = bn(torch.randn(4, 16, 8, 8))
-        assert not list(bn.buffers())
     """
     return nn.BatchNorm2d(C, affine=affine, track_running_stats=False)
 
 
 class Zero(nn.Module):
     """The ``none`` operation: zeros of the output size (``[B, C, ceil(H/s), ceil(W/s)]``).
-
-    Usage::
-
-        op = Zero(stride=2)
-        y = op(torch.randn(2, 4, 7, 7))             # zeros [2, 4, 4, 4]
-        assert not y.any()
     """
 
     def __init__(self, stride):
@@ -83,12 +73,6 @@ class ReLUConvBN(nn.Module):
     """ReLU, a ``kernel_size`` convolution ``C_in -> C_out``, BatchNorm.
 
     Shapes: ``[B, C_in, H, W] -> [B, C_out, H', W']``. Used (1x1) to preprocess cell inputs.
-
-    Usage::
-
-        pre = ReLUConvBN(48, 16, kernel_size=1, stride=1, padding=0, affine=False)
-        y = pre(torch.randn(2, 48, 8, 8))           # [2, 16, 8, 8]
-        assert y.shape[1] == 16
     """
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine):
@@ -116,12 +100,6 @@ class FactorizedReduce(nn.Module):
     shifted by one pixel (odd pixels, zero beyond the border), concatenated to ``C_out``
     channels (``C_out // 2`` and the rest), then BatchNorm.
     Shapes: ``[B, C_in, H, W] -> [B, C_out, ceil(H/2), ceil(W/2)]``.
-
-    Usage::
-
-        fr = FactorizedReduce(16, 16, affine=False)
-        y = fr(torch.randn(2, 16, 7, 7))            # [2, 16, 4, 4]
-        assert y.shape[-1] == 4
     """
 
     def __init__(self, C_in, C_out, affine):
@@ -140,12 +118,6 @@ class SepConv(nn.Module):
 
     Only the first depthwise convolution strides.
     Shapes: ``[B, C, H, W] -> [B, C, ceil(H/s), ceil(W/s)]``.
-
-    Usage::
-
-        op = SepConv(8, kernel_size=5, stride=1, affine=False)
-        y = op(torch.randn(2, 8, 12, 12))           # [2, 8, 12, 12]
-        assert y.shape == (2, 8, 12, 12)
     """
 
     def __init__(self, C, kernel_size, stride, affine):
@@ -167,12 +139,6 @@ class DilConv(nn.Module):
     """Dilated separable convolution, once: ReLU, depthwise kxk dilation 2, pointwise, BN.
 
     Shapes: ``[B, C, H, W] -> [B, C, ceil(H/s), ceil(W/s)]`` (padding ``k - 1``).
-
-    Usage::
-
-        op = DilConv(8, kernel_size=3, stride=2, affine=False)
-        y = op(torch.randn(2, 8, 12, 12))           # [2, 8, 6, 6]
-        assert y.shape == (2, 8, 6, 6)
     """
 
     def __init__(self, C, kernel_size, stride, affine):
@@ -193,12 +159,6 @@ class Conv7x1_1x7(nn.Module):
     Each convolution strides along the axis its kernel spans, as in DARTS: the 1x7 one by
     ``(1, s)`` (across columns), the 7x1 one by ``(s, 1)`` (across rows).
     Shapes: ``[B, C, H, W] -> [B, C, ceil(H/s), ceil(W/s)]``.
-
-    Usage::
-
-        op = Conv7x1_1x7(8, stride=2, affine=False)
-        y = op(torch.randn(2, 8, 12, 12))           # [2, 8, 6, 6]
-        assert op.conv_1x7.stride == (1, 2) and op.conv_7x1.stride == (2, 1)
     """
 
     def __init__(self, C, stride, affine):
@@ -222,12 +182,6 @@ def make_op(name, C, stride, affine):
     Shapes: ``[B, C, H, W] -> [B, C, ceil(H/stride), ceil(W/stride)]``. ``affine`` gives
     the BatchNorms a learnable scale and shift (fixed networks) or not (search supernet).
     An unknown ``name`` raises :class:`~bayesnas.errors.GenotypeError` listing :data:`OPS`.
-
-    Usage::
-
-        op = make_op("dil_conv_5x5", C=16, stride=1, affine=True)
-        y = op(torch.randn(2, 16, 10, 10))          # [2, 16, 10, 10]
-        make_op("skip_connect", 16, 2, True)        # a FactorizedReduce
     """
     _check_op_name(name)
     if stride not in (1, 2):

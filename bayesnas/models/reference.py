@@ -5,12 +5,6 @@ Same function and parameter maths as :class:`~bayesnas.models.supernet.SearchNet
 compare the fused one against, the baseline the benchmarks time, and the fallback a
 search can run on (``FitConfig(supernet="reference")``, ``bayesnas fit --supernet
 reference``). :func:`copy_parameters` copies parameters between the two in either direction.
-
-Usage::
-
-    reference = ReferenceSearchNetwork(C=8, layers=3)
-    fused = SearchNetwork(C=8, layers=3)
-    copy_parameters(reference, fused)         # now fused(x, zn, zr) == reference(x, zn, zr)
 """
 import torch
 import torch.nn as nn

@@ -31,12 +31,15 @@ maps positions to edge indices), one tensor per (op, conv): ``sep_conv_5x5_dw1``
 implementation (``FitConfig(supernet="reference")`` searches with it) and converts
 parameters between the two; the tests check they agree.
 
-Usage::
+Example:
 
-    net = SearchNetwork(in_channels=1, num_classes=5, C=8, layers=3)
-    z = torch.softmax(torch.randn(2, NUM_EDGES, NUM_OPS), -1)
-    logits = net(torch.randn(25, 1, 28, 28), z[0], z[1])        # [25, 5]
+>>> from bayesnas.models import NUM_EDGES, NUM_OPS
+>>> net = SearchNetwork(in_channels=1, num_classes=5, C=2, layers=3)
+>>> z = torch.full((NUM_EDGES, NUM_OPS), 0.1)
+>>> net(torch.randn(4, 1, 16, 16), z, z).shape
+torch.Size([4, 5])
 """
+import functools
 import math
 
 import torch
@@ -60,12 +63,6 @@ def source_major(steps=STEPS):
     """Edge indices in source-major order: all edges leaving state 0, then state 1, ...
 
     Position ``p`` of a fused edge parameter holds edge ``source_major(steps)[p]``.
-
-    Usage::
-
-        source_major(4)[:4]                   # [0, 2, 5, 9]: edges 0 -> nodes 0..3
-        source_major(4)[8:11]                 # [4, 7, 11]:   edges 2 -> nodes 1..3
-        assert sorted(source_major(4)) == list(range(14))
     """
     return [edge_index(s, k, steps) for s in range(steps + 1) for k in range(max(0, s - 1), steps)]
 
@@ -80,12 +77,6 @@ def edge_batches(steps=STEPS):
     intermediate node ``b - 1``. The targets of a batch are the last ``edges_per_source``
     nodes, in order; its edges occupy source-major positions
     ``first_position .. first_position + len(sources) * edges_per_source - 1``.
-
-    Usage::
-
-        edge_batches(4)                       # [([0, 1], 4, 0), ([2], 3, 8), ([3], 2, 11), ([4], 1, 13)]
-        sources, m, p0 = edge_batches(4)[1]
-        assert (sources, m, p0) == ([2], 3, 8)
     """
     batches, pos = [([0, 1], steps, 0)], 2 * steps
     for b in range(1, steps):
@@ -155,12 +146,6 @@ class SearchCell(nn.Module):
     ``s0`` and preprocesses two copies of ``s1``: the paper's appendix B (DARTS feeds it
     the two previous cells' outputs, like a normal cell). ``mix`` is the list of mixing
     matrices from :meth:`SearchNetwork.mixing_matrices`.
-
-    Usage::
-
-        cell = SearchCell(4, 4, C_pp=24, C_p=24, C=8, reduction=False, reduction_prev=False)
-        mix = net.mixing_matrices(z_normal, reduction=False)   # net: a SearchNetwork
-        y = cell(s0, s1, mix)                 # [B, 32, H, W]
     """
 
     def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev):
@@ -207,28 +192,29 @@ class SearchCell(nn.Module):
             return cache[name][b]
         return chunks
 
-    def _edge_batch(self, x, S, m, edges, b, stride, W, T):
+    def _edge_batch(self, x, S, params, stride, W):
         """All mixed edges leaving the ``S`` sources of T tasks stacked in ``x [B, T*S*C, H, W]``.
 
         Channels are task-major: (task, source, channel). Each source has an edge to each
         of the last ``m`` nodes; returns their z-weighted sums ``[B, T, m, C * H' * W']``
-        (the contributions to those nodes) with ``W [T, m, outputs]``. Every per-channel
+        (the contributions to those nodes) with the mixing matrices ``W [T, m, outputs]``.
+        ``params(name)`` is edge parameter ``name`` at this batch's edges. Every per-channel
         operation (depthwise convolution, BatchNorm, pooling) treats a task's channels as
         its own, so tasks never mix. Results of convolutions are reshaped, never viewed:
         on CPU they may be channels-last.
         """
-        B, n = x.shape[0], S * m
+        (B, T, m), n = (x.shape[0], *W.shape[:2]), S * W.shape[1]
         r = conv_input(F.relu(x))  # feeds 6 or 8 convolutions
-        stage1, (Ho, Wo) = self._depthwise_stage(r, edges, b, S, m, T, stride)
-        sep, dil = self._separable_stage(stage1, edges, b, n, T, (Ho, Wo))
-        conv7 = self._conv_7x1_1x7(r, edges, b, S, n, T, stride)
+        stage1, (Ho, Wo) = self._depthwise_stage(r, params, S, m, T, stride)
+        sep, dil = self._separable_stage(stage1, params, n, T, (Ho, Wo))
+        conv7 = self._conv_7x1_1x7(r, params, S, n, T, stride)
         CHW = self.C * Ho * Wo
-        outputs = self._parameter_free(x, r, edges, b, S, n, T, stride)
+        outputs = self._parameter_free(x, r, params, S, n, T, stride)
         outputs += [sep.reshape(B, T, -1, CHW), dil.reshape(B, T, len(DIL_OPS) * n, CHW), conv7.reshape(B, T, n, CHW)]
         # One batched matrix product per (image, task) with the task's mixing matrix.
         return torch.matmul(W, torch.cat(outputs, 2)), (Ho, Wo)
 
-    def _depthwise_stage(self, r, edges, b, S, m, T, stride):
+    def _depthwise_stage(self, r, params, S, m, T, stride):
         """First stage of sep 3/5/7 and dil 3/5 on the ``n = S * m`` edges: depthwise (one call
         per op, a channel multiplier of ``m``), pointwise, BatchNorm.
 
@@ -239,17 +225,17 @@ class SearchCell(nn.Module):
         parts = []
         for op in DW_OPS:
             k, d = _kernel_of(op)
-            w = edges(_dw1_name(op), b).reshape(T, S, m, C, k, k).permute(0, 1, 3, 2, 4, 5)
+            w = params(_dw1_name(op)).reshape(T, S, m, C, k, k).permute(0, 1, 3, 2, 4, 5)
             y = conv2d(r, w.reshape(T * S * C * m, 1, k, k), stride=stride, padding=d * (k - 1) // 2, dilation=d,
                        groups=T * S * C)
             Ho, Wo = y.shape[-2:]
             # (task, source, channel, edge) -> (task, op, source, edge, channel)
             parts.append(y.reshape(B, T, S, C, 1, m, Ho * Wo).permute(0, 1, 4, 2, 5, 3, 6))
-        pw1 = torch.stack([edges(_pw1_name(op), b) for op in DW_OPS], 1).view(T, len(DW_OPS), S, m, C, C)
+        pw1 = torch.stack([params(_pw1_name(op)) for op in DW_OPS], 1).view(T, len(DW_OPS), S, m, C, C)
         y = torch.matmul(pw1, torch.cat(parts, 2)).view(B, T * len(DW_OPS) * S * m * C, Ho * Wo)
         return F.batch_norm(y, None, None, training=True).view(B, T, -1, Ho * Wo), (Ho, Wo)
 
-    def _separable_stage(self, stage1, edges, b, n, T, size):
+    def _separable_stage(self, stage1, params, n, T, size):
         """Second stage of the separable ops (stride 1, no channel multiplier): ``(sep, dil)``.
 
         ``sep [B, T * 3 * n * C, H' * W']`` the finished separable ops; ``dil`` the dilated
@@ -261,30 +247,30 @@ class SearchCell(nn.Module):
         *sep1, dil = stage1.split([nC] * len(SEP_OPS) + [len(DIL_OPS) * nC], 2)
         ys = []
         for t, (op, k) in zip(sep1, SEP_KERNELS.items()):
-            w = edges(f"{op}_dw2", b).reshape(T * nC, 1, k, k)
+            w = params(f"{op}_dw2").reshape(T * nC, 1, k, k)
             y = conv2d(F.relu(t).reshape(B, T * nC, Ho, Wo), w, padding=k // 2, groups=T * nC)
             ys.append(y.reshape(B, T, 1, nC, HW))
-        pw2 = torch.stack([edges(f"{op}_pw2", b) for op in SEP_OPS], 1).view(T, len(SEP_OPS) * n, C, C)
+        pw2 = torch.stack([params(f"{op}_pw2") for op in SEP_OPS], 1).view(T, len(SEP_OPS) * n, C, C)
         y = torch.matmul(pw2, torch.cat(ys, 2).reshape(B, T, len(SEP_OPS) * n, C, HW))
         return F.batch_norm(y.view(B, T * len(SEP_OPS) * nC, HW), None, None, training=True), dil
 
-    def _conv_7x1_1x7(self, r, edges, b, S, n, T, stride):
+    def _conv_7x1_1x7(self, r, params, S, n, T, stride):
         """conv_7x1_1x7 of the ``n`` edges: 1x7 per source with all its edges' outputs, then 7x1 per
         edge, each striding along the axis its kernel spans; BatchNorm. ``[B, T * n * C, H' * W']``."""
         B, C = r.shape[0], self.C
-        w = edges("conv_7x1_1x7_w1x7", b).reshape(T * n * C, C, 1, 7)
+        w = params("conv_7x1_1x7_w1x7").reshape(T * n * C, C, 1, 7)
         y = conv2d(r, w, stride=(1, stride), padding=(0, 3), groups=T * S)
-        w = edges("conv_7x1_1x7_w7x1", b).reshape(T * n * C, C, 7, 1)
+        w = params("conv_7x1_1x7_w7x1").reshape(T * n * C, C, 7, 1)
         y = conv2d(y, w, stride=(stride, 1), padding=(3, 0), groups=T * n)
         return F.batch_norm(y.reshape(B, T * n * C, -1), None, None, training=True)
 
-    def _parameter_free(self, x, r, edges, b, S, n, T, stride):
+    def _parameter_free(self, x, r, params, S, n, T, stride):
         """The identity (a factorized reduce per edge when striding), max and avg pooling, each
         ``[B, T, sources or edges, C * H' * W']``; pooling is computed once per source."""
         B, C = x.shape[0], self.C
         outputs = []
         if stride == 2:
-            wa, wb = edges("skip_connect_fr_a", b), edges("skip_connect_fr_b", b)
+            wa, wb = params("skip_connect_fr_a"), params("skip_connect_fr_b")
             fr_a = conv2d(r, wa.reshape(-1, C, 1, 1), stride=2, groups=T * S)
             fr_b = conv2d(shift_to_odd_pixels(r), wb.reshape(-1, C, 1, 1), stride=2, groups=T * S)
             HW = fr_a.shape[-2] * fr_a.shape[-1]
@@ -308,13 +294,13 @@ class SearchCell(nn.Module):
         contributions = []
         nodes = []
         edges = self._edge_chunks()
-        for b, (sources, m, _) in enumerate(edge_batches(self.steps)):
+        for b, (sources, _, _) in enumerate(edge_batches(self.steps)):
             if b == 0:
                 x = _task_cat([s0, s1], T)
                 stride = 2 if self.reduction else 1
             else:
                 x, stride = nodes[-1], 1
-            c, (Ho, Wo) = self._edge_batch(x, len(sources), m, edges, b, stride, mix[b], T)
+            c, (Ho, Wo) = self._edge_batch(x, len(sources), functools.partial(edges, b=b), stride, mix[b])
             contributions.append(c.unbind(2))
             # Node b is complete: it has received an edge from every state 0 .. b + 1.
             node = contributions[0][b]
@@ -366,12 +352,6 @@ class SearchNetwork(nn.Module):
     logits ``[B, num_classes]``. ``z_normal`` is shared by all normal cells, ``z_reduce``
     by all reduction cells. A reduction cell reads two copies of the previous cell's
     output, as in the paper's appendix B (DARTS: the previous two).
-
-    Usage::
-
-        net = SearchNetwork(in_channels=1, num_classes=5, C=8, layers=3)
-        z = torch.full((14, 10), 0.1)
-        logits = net(torch.randn(25, 1, 28, 28), z, z)          # [25, 5]
     """
 
     #: ``forward`` takes T tasks at once (``x [T, B, ...]`` with ``[T, *shape]`` parameters)
@@ -404,12 +384,6 @@ class SearchNetwork(nn.Module):
         ``z [num_edges, 10]`` -> list of ``steps`` matrices (zeros where an output does not
         feed a target); ``z [T, num_edges, 10]`` -> ``[T, targets, outputs]`` each. Shared
         by all cells of the type within one forward.
-
-        Usage::
-
-            mix = net.mixing_matrices(z_normal, reduction=False)
-            [m.shape for m in mix]            # [(4, 54), (3, 21), (2, 15), (1, 9)] (normal)
-            y = net.cells[0](s0, s1, [m[None] for m in mix])
         """
         lead = z.shape[:-2]
         flat = torch.cat([z.reshape(*lead, -1), z.new_zeros(*lead, 1)], -1)

@@ -11,12 +11,6 @@ Each session is recorded in ``RUN/sessions.json`` (its command, versions, device
 hash, iterations, how it ended), so the card can be rebuilt from the folder at any time:
 ``bayesnas inspect RUN`` does, and so picks up an evaluation written later to
 ``RUN/evaluation.json``.
-
-Usage::
-
-    card = build_run_card("runs/a")       # RunCard: .markdown, .status, .iteration, ...
-    print(card.markdown)
-    write_run_card("runs/a")              # RUN/README.md (and RUN/derived_cell.png for fit)
 """
 import contextlib
 import dataclasses
@@ -36,7 +30,7 @@ from ..errors import RunError
 from ..fileio import atomic_path, write_json
 from ..models import arch_label, genotype_from_dict
 from ..models.derivation import chosen_edges_table, derive_genotype, format_edges_table
-from ..models.genotypes import node_lines
+from ..models.genotypes import CELL_TYPES, node_lines
 from ..viz.cells import plot_genotype
 from ..viz.posterior import save_figure
 from .rundir import RunDirectory
@@ -51,11 +45,6 @@ def python_call(function, **arguments):
     """A Python call as text, config dataclasses shown by the fields that differ from their defaults.
 
     Arguments that are None are left out (they are the defaults).
-
-    Usage::
-
-        python_call("bayesnas.inference.fit", config=FitConfig(iterations=6), out="runs/a")
-        # "bayesnas.inference.fit(config=FitConfig(iterations=6), out='runs/a')"
     """
     parts = [f"{name}={_literal(value)}" for name, value in arguments.items() if value is not None]
     return f"{function}({', '.join(parts)})"
@@ -73,10 +62,6 @@ def _literal(value):
 
 def file_sha256(path):
     """The sha256 of a file's bytes, as hex (read in 1 MiB pieces).
-
-    Usage::
-
-        file_sha256("data/mini.h5")       # '3f5a...'
     """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -87,10 +72,6 @@ def file_sha256(path):
 
 def package_versions():
     """Versions of bayesnas, torch, pyro, numpy and Python, as a dict of strings.
-
-    Usage::
-
-        package_versions()["torch"]      # '2.13.0+cpu'
     """
     import importlib.metadata
 
@@ -111,10 +92,6 @@ _SESSION_KEYS = {"command", "cwd", "started", "ended", "status", "start_iteratio
 
 def read_sessions(run_dir):
     """The sessions recorded in ``RUN/sessions.json`` (a list of dicts; [] when there is none).
-
-    Usage::
-
-        [s["status"] for s in read_sessions("runs/a")]     # ['stopped (KeyboardInterrupt)', 'finished']
     """
     path = RunDirectory(run_dir).file(SESSIONS)
     try:
@@ -139,16 +116,11 @@ def recorded_session(run_dir, loop, command, device, data_path, processes=1):
     records nothing.
 
     Args:
-        run_dir: the run folder; loop: the :class:`~bayesnas.inference.loop.TrainingLoop`
+        run_dir: the run folder; loop: the :class:`~bayesnas.training.loop.TrainingLoop`
             (its ``start``, ``rows`` and ``last_checkpoint`` are read at the end).
         command: the command line or Python call that started the session.
         device: the torch device trained on; data_path: the data file (its sha256 is recorded).
         processes: the number of training processes.
-
-    Usage::
-
-        with recorded_session(run.path, loop, cli_command(), device, data.path):
-            loop.run(step, validate)
     """
     if run_dir is None:
         yield
@@ -228,12 +200,6 @@ def build_run_card(run_dir):
 
     Returns:
         :class:`RunCard` (its ``markdown`` is what ``RUN/README.md`` holds).
-
-    Usage::
-
-        card = build_run_card("runs/a")
-        card.iteration, card.iterations, card.status
-        print(card.markdown)
     """
     run = RunDirectory(run_dir)
     config = run.config()
@@ -285,11 +251,6 @@ def write_run_card(run_dir):
 
     Returns:
         :class:`RunCard`.
-
-    Usage::
-
-        card = write_run_card("runs/a")
-        open("runs/a/README.md").read() == card.markdown      # True
     """
     card = build_run_card(run_dir)
     run = RunDirectory(run_dir)
@@ -420,7 +381,7 @@ def _retrain_section(config, genotype, evaluation):
     else:
         lines += [f"A genotype network: {config['layers']} cells, first cell {config['channels']} channels.", "",
                   "```"]
-        for cell in ("normal", "reduce"):
+        for cell in CELL_TYPES:
             lines.append(f"{cell} cell:")
             lines += [f"  {line}" for line in node_lines(getattr(genotype, cell))]
         lines.append("```")

@@ -1,9 +1,4 @@
 """How decided a search's meta-level edge posterior is: what ``fit`` records at every logged step.
-
-Usage::
-
-    d = search_diagnostics(meta.alpha_normal, meta.alpha_reduce)
-    d.top_prob_mean, d.genotype
 """
 from typing import NamedTuple
 

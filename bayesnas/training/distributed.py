@@ -4,11 +4,6 @@ DDP cannot wrap code that calls ``torch.autograd.grad`` (the unrolled inner step
 so the meta-gradients are averaged by hand: every rank computes the gradient of its
 share of the meta-batch's tasks, then one all-reduce of a flat buffer averages them
 before the optimiser step. gloo on CPU, nccl on CUDA, picked automatically.
-
-Usage::
-
-    with distributed("auto") as ctx:         # reads RANK / WORLD_SIZE set by torchrun
-        loss.backward(); ctx.average_gradients(params); optimiser.step()
 """
 import contextlib
 import datetime

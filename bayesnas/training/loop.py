@@ -8,11 +8,6 @@ checkpoint. The method-specific work is two callables.
 
 It also holds how a session starts: a new run folder or a resumed one
 (:func:`session_config`, :func:`session_run`, :func:`continuable`).
-
-Usage::
-
-    loop = TrainingLoop(run, {"meta": meta, "optimiser": opt}, iterations=100)
-    loop.run(step=lambda it: {"loss": ...}, validate=lambda it: {"val_acc": ...})
 """
 import contextlib
 import dataclasses
@@ -138,11 +133,6 @@ def task_samplers(cfg, data, device):
     DataError naming it unless ``cfg.select_on == "test"``). ``cfg.rotations`` None (auto) is
     resolved in place from the file (on for Omniglot only), so that the config the run
     folder records says what ran.
-
-    Example::
-
-        train, val = task_samplers(cfg, open_data(cfg.data), torch.device("cpu"))
-        train.batch([0, 1]).support_x.shape      # [2, ways*shots, C, H, W]
     """
     size = getattr(cfg, "image_size", None)
     cfg.rotations = resolve_rotations(cfg.rotations, data)
@@ -193,7 +183,7 @@ class TrainingLoop:
     """Iterate, log, validate and checkpoint; resume from a checkpoint.
 
     Args:
-        run: a :class:`~bayesnas.inference.rundir.RunDirectory`, or None for no files.
+        run: a :class:`~bayesnas.training.rundir.RunDirectory`, or None for no files.
         stateful: dict name -> object with ``state_dict``/``load_state_dict`` (modules,
             optimisers) saved in every checkpoint.
         iterations: total number of iterations (a resumed loop runs up to this number).
@@ -206,7 +196,7 @@ class TrainingLoop:
         progress: show a tqdm bar; desc: its label.
         callbacks: callables ``(iteration, row)`` run after each iteration.
         logger: an object with ``log(iteration, row, validated)`` and ``close()`` (e.g. a
-            :class:`~bayesnas.inference.tensorboard_logger.TensorBoardLogger`), told every
+            :class:`~bayesnas.training.tensorboard_logger.TensorBoardLogger`), told every
             row before the callbacks and closed when :meth:`run` ends, however it ends.
     """
 

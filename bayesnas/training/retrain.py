@@ -42,12 +42,6 @@ def build_retrain_network(cfg, in_channels, image_size=28):
 
     Conv-4 takes ``cfg.channels`` filters per block (its head depends on ``image_size``);
     a genotype network starts its first cell at ``C = cfg.channels`` with ``cfg.layers`` cells.
-
-    Example::
-
-        net = build_retrain_network(RetrainConfig(arch="darts_v2", channels=8, layers=3), 1)
-        net(torch.randn(5, 1, 28, 28)).shape   # [5, 5]
-        count_parameters(net)
     """
     arch = cfg.arch if isinstance(cfg.arch, str) else genotype_from_dict(cfg.arch, source="config arch")
     return build_network(arch, in_channels=in_channels, num_classes=cfg.ways, image_size=image_size,
@@ -72,12 +66,6 @@ def adapt_task(net, params, support_x, support_y, steps, lr, first_order=False, 
     Returns:
         dict name -> tensor of the adapted weights (differentiable w.r.t. ``params``
         through the steps unless ``first_order``).
-
-    Example::
-
-        fast = adapt_task(net, meta_parameters(net), task.support_x, task.support_y, 5, 0.4)
-        logits = functional_call(net, fast, (task.query_x,))
-        F.cross_entropy(logits, task.query_y).backward()
     """
 
     def support_loss(p, step):
@@ -98,12 +86,6 @@ def maml_loss(net, params, batch, steps, lr, first_order=False, checkpoint=False
     Returns:
         ``(loss, accuracy)``: scalar tensors, means over the T tasks; ``loss`` is
         differentiable w.r.t. ``params``.
-
-    Example::
-
-        loss, acc = maml_loss(net, meta_parameters(net), sampler.batch([0, 1]), steps=5, lr=0.4)
-        loss.backward()                        # the second-order meta-gradient in p.grad
-        acc.item()
     """
     losses, accs = [], []
     for t in range(batch.support_x.shape[0]):
@@ -125,12 +107,6 @@ def maml_step(net, optimiser, batch, cfg, reduce_gradients=None):
 
     Returns:
         dict of floats: loss (query cross-entropy), acc (query accuracy after adaptation).
-
-    Example::
-
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        row = maml_step(net, opt, sampler.batch([0, 1]), RetrainConfig())
-        row["loss"], row["acc"]
     """
     params = meta_parameters(net)
     optimiser.zero_grad(set_to_none=True)
@@ -165,12 +141,6 @@ def task_accuracies(net, sampler, indices, steps, lr, chunk=4, progress=None):
 
     Returns:
         float64 tensor ``[len(indices)]`` of per-task query accuracies in [0, 1].
-
-    Example::
-
-        accs = task_accuracies(net, TaskSampler(test, 5, 1, 15, seed=0), range(600), 5, 0.4)
-        accs.mean()
-        mean_confidence_interval(accs)
     """
     indices = list(indices)
     start = {k: v.detach().requires_grad_(True) for k, v in meta_parameters(net).items()}
@@ -229,12 +199,6 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
 
     Returns:
         :class:`RetrainResult`.
-
-    Example::
-
-        result = retrain("conv4", RetrainConfig(iterations=200, channels=32), out="runs/c4")
-        result.rows[-1]["val_acc"], result.parameters
-        retrain(resume="runs/c4", config=RetrainConfig(iterations=400), tensorboard=True)
     """
     if tensorboard:
         summary_writer_class()  # a missing package stops the run before anything is written
@@ -302,12 +266,6 @@ def load_retrain(run_dir, which="best", device="cpu"):
 
     Returns:
         ``(config, net, data)``: the RetrainConfig, the network, the opened data file.
-
-    Example::
-
-        cfg, net, data = load_retrain("runs/c4")
-        net(torch.zeros(1, data.channels, 28, 28)).shape    # [1, cfg.ways]
-        cfg.arch
     """
     run = RunDirectory(run_dir)
     cfg = read_run_config(run, RetrainConfig)

@@ -12,12 +12,6 @@ complete version of each file in place. Checkpoints hold only tensors and plain 
 data (numbers, strings, None, lists, tuples, dicts) and are read with
 ``torch.load(weights_only=True)``: a checkpoint that holds anything else, such as a
 crafted pickle whose loading would run code, is refused with a :class:`RunError`.
-
-Usage::
-
-    run = RunDirectory.create("runs/a", config_dict)
-    run.save_checkpoint(state, best=False)
-    state = RunDirectory("runs/a").load_checkpoint()
 """
 import csv
 import datetime
@@ -148,7 +142,7 @@ class RunDirectory:
 
         ``history``: dict with "iteration" (list of int), "alpha_normal" and
         "alpha_reduce" (lists of ``[14, 10]`` arrays), and the search diagnostics of
-        each entry (lists; see :class:`~bayesnas.inference.posterior.SearchDiagnostics`),
+        each entry (lists; see :class:`~bayesnas.training.diagnostics.SearchDiagnostics`),
         each written when present.
         """
         with atomic_path(self.file("posterior_history.h5")) as tmp:

@@ -106,11 +106,6 @@ def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
 
     Returns:
         dict of floats: loss (negative ELBO per query point), loglik, kl_theta, kl_z, acc, tau, kl_weight.
-
-    Example::
-
-        opt = make_optimiser(meta, cfg)
-        row = svi_step(meta, opt, sampler.batch([0, 1]), cfg, iteration=1)
     """
     relaxed = cfg.variant == "gumbel"
     tau = temperature(cfg, iteration)
@@ -217,12 +212,6 @@ def fit(config=None, out=None, resume=None, progress=True, callbacks=(), tensorb
 
     Returns:
         :class:`FitResult`.
-
-    Example::
-
-        result = fit(FitConfig(iterations=50, channels=4), out="runs/small")
-        print(result.rows[-1]["val_acc"])
-        fit(FitConfig(iterations=3), out="runs/tb", tensorboard=True)   # tensorboard --logdir runs/tb/tensorboard
     """
     if tensorboard:
         summary_writer_class()  # a missing package stops the run before anything is written
@@ -303,11 +292,6 @@ def load_fit(run_dir, which="last", device="cpu"):
     Returns:
         ``(config, meta, data)``: the FitConfig, the MetaNetwork in eval-ready state on
         ``device``, and the opened data file the run used.
-
-    Example::
-
-        cfg, meta, data = load_fit("runs/fit-20261127-120000")
-        meta.alpha_normal.softmax(-1)
     """
     cfg, meta, data, _ = load_fit_state(run_dir, which)
     return cfg, meta.to(device), data

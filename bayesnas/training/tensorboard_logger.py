@@ -8,12 +8,6 @@ to the same folder, and TensorBoard drops the steps an interrupted session had l
 its last checkpoint, so every step appears once.
 
 TensorBoard is an optional extra: ``pip install 'bayesnas[tensorboard]'``.
-
-Usage::
-
-    logger = TensorBoardLogger("runs/a/tensorboard", hparams=cfg.to_dict())
-    loop = TrainingLoop(run, stateful, iterations, logger=logger)
-    loop.run(step, validate)               # the loop closes the logger
 """
 import json
 import math
@@ -29,11 +23,6 @@ INSTALL = "pip install 'bayesnas[tensorboard]' (or: pip install tensorboard)"
 
 def summary_writer_class():
     """torch's ``SummaryWriter``, or a :class:`~bayesnas.errors.ConfigError` saying what to install.
-
-    Usage::
-
-        SummaryWriter = summary_writer_class()
-        SummaryWriter("runs/a/tensorboard").add_scalar("loss", 0.5, 1)
     """
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -46,11 +35,6 @@ def hparam_values(config):
     """A config dict as TensorBoard hparams: numbers and strings kept, anything else as its JSON text.
 
     Bools become "true"/"false" (torch's hparams would turn them into the numbers 1 and 0).
-
-    Usage::
-
-        hparam_values({"iterations": 80, "data": None, "low_memory": False, "arch": {"normal": []}})
-        # {'iterations': 80, 'data': 'null', 'low_memory': 'false', 'arch': '{"normal": []}'}
     """
     return {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else json.dumps(v, sort_keys=True)
             for k, v in config.items()}
@@ -70,12 +54,6 @@ class TensorBoardLogger:
     The writer opens at the first row logged, with ``purge_step`` = that iteration: a
     resumed session starts at its checkpoint's iteration + 1, and TensorBoard discards
     what an earlier session had written from that step on.
-
-    Usage::
-
-        logger = TensorBoardLogger("runs/a/tensorboard", hparams={"iterations": 3})
-        logger.log(1, {"iteration": 1, "loss": 0.7}, validated=False)
-        logger.close()
     """
 
     def __init__(self, log_dir, hparams=None, scalars=None, figures=None, metric="val_acc", dpi=100):
@@ -137,11 +115,6 @@ def meta_posterior_logger(log_dir, config, meta):
 
     Adds ``edge_entropy_mean`` and ``top_prob_mean`` (of :func:`~bayesnas.training.diagnostics.search_diagnostics`)
     to every step (unless the row holds them) and the heatmap and derived cell at every validation.
-
-    Usage::
-
-        logger = meta_posterior_logger(run.file("tensorboard"), cfg.to_dict(), meta)
-        TrainingLoop(run, {"meta": meta}, 100, logger=logger)
     """
 
     def scalars(iteration):

@@ -51,12 +51,6 @@ def plot_cell(ax, pairs, concat, title=None, probs=None):
         pairs: the cell's ``2 * 4`` ``(op, source)`` pairs, node by node (``genotype.normal``).
         concat: states concatenated into the output (``genotype.normal_concat``).
         title: axes title; probs: optional list of 8 floats, one per pair, shown on the edges.
-
-    Example::
-
-        fig = Figure(); ax = fig.add_subplot()
-        plot_cell(ax, DARTS_V2.normal, DARTS_V2.normal_concat, title="normal cell")
-        ax.texts[0].get_text()          # 'c_{k-2}'
     """
     from matplotlib.patches import Circle
 
@@ -106,12 +100,6 @@ def plot_genotype(genotype, path=None, table=None, title=None):
 
     Returns:
         a ``matplotlib.figure.Figure`` with two axes ("normal cell", "reduction cell").
-
-    Example::
-
-        fig = plot_genotype(named_genotype("darts_v2"), path="darts_v2.png")
-        cell = derive_cell("runs/fit-a", plot=False)
-        plot_genotype(cell.genotype, table=cell.table, path="cell.pdf")
     """
     from matplotlib.figure import Figure
 

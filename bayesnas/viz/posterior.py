@@ -5,7 +5,7 @@ backend needed); a notebook displays the returned figure, ``path=`` saves it ato
 
 Usage::
 
-    fig = plot_edge_posterior(run.edge_posterior(), path="edges.png")
+    fig = plot_edge_posterior(run.edge_posterior().probs, path="edges.png")
     fig = plot_posterior_history(run.posterior_history(), path="history.png")
 """
 import os
@@ -26,12 +26,6 @@ def _edge_label(edge):
 
 def save_figure(fig, path, dpi=150):
     """Save ``fig`` to ``path`` atomically; the format comes from the extension (png, pdf, svg, ...).
-
-    Usage::
-
-        save_figure(fig, "runs/a/inspect/edges.png")
-        save_figure(fig, "edges.pdf", dpi=300)
-        save_figure(fig, "edges")             # ConfigError: no extension
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lstrip(".").lower()
@@ -48,11 +42,6 @@ def figure_to_array(fig, dpi=80):
     """Render ``fig`` to an RGB image: a uint8 array ``[height, width, 3]`` (Agg, no display).
 
     Sets the figure's dpi (pixels per inch of its size), so render a figure made for this.
-
-    Usage::
-
-        image = figure_to_array(plot_edge_posterior(post))          # [520, 1040, 3] at 80 dpi
-        writer.add_image("edge_posterior", image, step, dataformats="HWC")
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -119,17 +108,11 @@ def plot_posterior_history(history, path=None, title=None):
     the reduction cell on the right; panels of a cell type share their axes.
 
     Args:
-        history: a :class:`~bayesnas.inference.posterior.PosteriorHistory`
+        history: a :class:`~bayesnas.analysis.posterior.PosteriorHistory`
             (``iteration [n]``, ``probs`` per cell ``[n, 14, 10]``); path: also save there.
 
     Returns:
         ``matplotlib.figure.Figure`` (28 panels with data).
-
-    Usage::
-
-        fig = plot_posterior_history(run.posterior_history())
-        plot_posterior_history(hist, path="history.pdf")
-        fig.axes[0].get_title()               # 'c_{k-2} → n0' of the normal cell
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -180,15 +163,10 @@ def plot_search_diagnostics(history, path=None, title=None):
     tick at every logged iteration where the derived genotype changed.
 
     Args:
-        history: a :class:`~bayesnas.inference.posterior.PosteriorHistory`; path: also save there.
+        history: a :class:`~bayesnas.analysis.posterior.PosteriorHistory`; path: also save there.
 
     Returns:
         ``matplotlib.figure.Figure`` with two axes.
-
-    Usage::
-
-        fig = plot_search_diagnostics(run.posterior_history(), path="diagnostics.png")
-        fig.axes[1].get_ylabel()              # 'mean top-op probability'
     """
     from matplotlib.figure import Figure
 
