@@ -109,32 +109,65 @@ def check(condition, message):
         raise ConfigError(message)
 
 
-#: the values of FitConfig.variant, arch_schedule and of both configs' select_on
+def check_settings(cfg):
+    """Check every field of a config dataclass against its declaration (:func:`setting`).
+
+    An integer field holds an integer (not a bool), a field with choices one of them, a
+    field with a lower bound a value above it. None passes where None is the default (it
+    means "decide from the data" or "the same as another setting").
+    """
+    for field in dataclasses.fields(cfg):
+        value, meta = getattr(cfg, field.name), field.metadata
+        if value is None and field.default is None:
+            continue
+        if field.type is int:
+            check(isinstance(value, int) and not isinstance(value, bool), f"{field.name}={value!r}: expected an integer")
+        if "choices" in meta:
+            check(value in meta["choices"], f"{field.name}={value!r}: expected {' or '.join(map(repr, meta['choices']))}")
+        if "min" in meta:
+            low, strict = meta["min"], meta["min_open"]
+            what = "an integer" if field.type is int else "a number"
+            check(value > low if strict else value >= low,
+                  f"{field.name}={value!r}: expected {what} {'>' if strict else '>='} {low}")
+
+
+#: the values of FitConfig.variant, arch_schedule and supernet, and of both configs' select_on
 VARIANTS = ("gumbel", "softmax")
 ARCH_SCHEDULES = ("constant", "cosine")
 SUPERNETS = ("fused", "reference")
 from .data.protocol import SELECT_ON  # noqa: E402  (the one list of selection splits)
-DATA_HELP = "HDF5 data file; None = the embedded Omniglot set"
-ROTATIONS_HELP = ("90-degree rotations as new training classes; None: on for an Omniglot file only (from its "
-                  "source), off otherwise. The run's config.json records the value used")
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (auto: CUDA when present)"
 
 
 @dataclasses.dataclass
-class FitConfig:
+class TaskSettings:
+    """The few-shot tasks a run trains and validates on: the settings FitConfig and RetrainConfig share."""
+
+    data: str = setting(None, "HDF5 data file; None = the embedded Omniglot set")
+    ways: int = setting(5, "classes per task", min=2)
+    shots: int = setting(1, "support images per class", min=1)
+    queries: int = setting(5, "query images per class", min=1)
+    rotations: bool = setting(None, "90-degree rotations as new training classes; None: on for an Omniglot file "
+                                    "only (from its source), off otherwise. The run's config.json records the "
+                                    "value used")
+    select_on: str = setting("val", "the split that validates and picks checkpoint_best.pt: 'val'; 'test' only on "
+                                    "explicit request (a file without validation classes): the run is marked, and "
+                                    "evaluate and compare warn", choices=SELECT_ON)
+
+    def validate(self):
+        check_settings(self)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class FitConfig(TaskSettings):
     """Every setting of ``bayesnas fit`` (defaults: a CPU-sized version of the paper's search).
 
     The paper's search: 10,000 iterations, 2 tasks per iteration, 4 inner steps, 5-way.
     """
 
-    data: str = setting(None, DATA_HELP)
-    ways: int = setting(5, "classes per task", min=2)
-    shots: int = setting(1, "support images per class", min=1)
-    queries: int = setting(5, "query images per class", min=1)
-    rotations: bool = setting(None, ROTATIONS_HELP)
-    select_on: str = setting("val", "the split that validates and picks checkpoint_best.pt: 'val'; 'test' only on "
-                                    "explicit request (a file without validation classes), and the run is marked",
-                             choices=SELECT_ON)
     image_size: int = setting(None, "search on images resized to this size (None: the data's own); a smaller proxy "
                                     "costs about the pixel ratio less, and the derived cell is retrained at full size",
                               min=1)
@@ -193,29 +226,6 @@ class FitConfig:
                               "1.0-1.2x faster on an idle 2-core machine but contend badly when anything else "
                               "runs (docs/design.md §5)", min=0)
 
-    def validate(self):
-        check(self.variant in VARIANTS, f"variant {self.variant!r}: expected 'gumbel' or 'softmax'")
-        check(self.arch_schedule in ARCH_SCHEDULES,
-              f"arch_schedule={self.arch_schedule!r}: expected 'constant' or 'cosine'")
-        check(self.arch_warmup >= 0, f"arch_warmup={self.arch_warmup}: expected an integer >= 0")
-        check(self.select_on in SELECT_ON, f"select_on={self.select_on!r}: expected 'val' or 'test'")
-        check(self.supernet in SUPERNETS, f"supernet={self.supernet!r}: expected 'fused' or 'reference'")
-        for name in ("ways", "shots", "queries", "tasks", "iterations", "channels", "cells", "val_tasks",
-                     "val_samples", "log_every", "checkpoint_every", "val_every"):
-            check(int(getattr(self, name)) >= 1, f"{name}={getattr(self, name)}: expected an integer >= 1")
-        check(self.ways >= 2, f"ways={self.ways}: a task needs at least 2 classes")
-        check(self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 1),
-              f"image_size={self.image_size}: expected a positive integer (or null for the data's size)")
-        check(self.inner_steps >= 0, f"inner_steps={self.inner_steps}: expected >= 0")
-        check(self.tau_start > 0 and self.tau_end > 0, "tau_start and tau_end must be > 0")
-        check(self.schedule_iterations is None or self.schedule_iterations >= 1,
-              f"schedule_iterations={self.schedule_iterations}: expected an integer >= 1 (or null: iterations)")
-        check(self.sigma_init > 0, f"sigma_init={self.sigma_init}: expected > 0")
-        check(self.kl_weight >= 0 and self.kl_anneal >= 0, "kl_weight and kl_anneal must be >= 0")
-        check(self.threads >= 0, f"threads={self.threads}: expected >= 0")
-        for name in ("inner_lr_mu", "inner_lr_rho", "inner_lr_alpha", "meta_lr", "arch_lr"):
-            check(getattr(self, name) > 0, f"{name}={getattr(self, name)}: expected > 0")
-
     def extended(self, iterations):
         """This config with its budget raised to ``iterations``, the schedules kept continuous.
 
@@ -225,12 +235,9 @@ class FitConfig:
         return dataclasses.replace(self, iterations=iterations,
                                    schedule_iterations=self.schedule_iterations or self.iterations)
 
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
 
 @dataclasses.dataclass
-class RetrainConfig:
+class RetrainConfig(TaskSettings):
     """Every setting of ``bayesnas retrain`` (defaults: CPU-sized, the paper's MAML settings).
 
     The paper retrains with second-order MAML, 5 inner steps and 2 tasks per
@@ -238,15 +245,8 @@ class RetrainConfig:
     shrink the network and the run (docs/benchmarks.md has their measured cost).
     """
 
+    queries: int = setting(15, "query images per class", min=1)  # the MAML paper's 15 (TaskSettings: 5)
     arch: object = setting("conv4", "'conv4', 'darts_v2', or a genotype as a dict (genotype JSON)")
-    data: str = setting(None, DATA_HELP)
-    ways: int = setting(5, "classes per task", min=2)
-    shots: int = setting(1, "support images per class", min=1)
-    queries: int = setting(15, "query images per class", min=1)
-    rotations: bool = setting(None, ROTATIONS_HELP)
-    select_on: str = setting("val", "the split that validates and picks checkpoint_best.pt: 'val'; 'test' only on "
-                                    "explicit request (a file without validation classes), and evaluate then warns",
-                             choices=SELECT_ON)
     tasks: int = setting(2, "tasks per meta-batch", min=1)
     inner_steps: int = setting(5, "MAML inner steps", min=0)
     inner_lr: float = setting(0.4, "MAML inner step size (the MAML paper's Omniglot step size)", min=0, min_open=True)
@@ -271,22 +271,7 @@ class RetrainConfig:
         from .models.genotypes import arch_config  # a genotype file or run folder is read here
 
         self.arch = arch_config(self.arch)
-        for name in ("ways", "shots", "queries", "tasks", "iterations", "channels", "layers", "val_tasks",
-                     "val_every", "checkpoint_every"):
-            value = getattr(self, name)
-            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                  f"{name}={value!r}: expected an integer >= 1")
-        check(self.ways >= 2, f"ways={self.ways}: a task needs at least 2 classes")
-        check(self.select_on in SELECT_ON, f"select_on={self.select_on!r}: expected 'val' or 'test'")
-        check(isinstance(self.inner_steps, int) and self.inner_steps >= 0,
-              f"inner_steps={self.inner_steps!r}: expected an integer >= 0")
-        check(self.eval_inner_steps is None or (isinstance(self.eval_inner_steps, int) and self.eval_inner_steps >= 0),
-              f"eval_inner_steps={self.eval_inner_steps!r}: expected an integer >= 0 (or null: inner_steps)")
-        check(self.inner_lr > 0, f"inner_lr={self.inner_lr}: expected > 0")
-        check(self.meta_lr > 0, f"meta_lr={self.meta_lr}: expected > 0")
-        check(self.grad_clip >= 0, f"grad_clip={self.grad_clip}: expected >= 0")
-        check(isinstance(self.seed, int) and self.seed >= 0, f"seed={self.seed!r}: expected an integer >= 0")
-        check(self.threads >= 0, f"threads={self.threads}: expected >= 0")
+        check_settings(self)
 
     @property
     def test_inner_steps(self):
@@ -296,6 +281,3 @@ class RetrainConfig:
     def extended(self, iterations):
         """This config with its budget raised to ``iterations`` (MAML has no schedule to keep)."""
         return dataclasses.replace(self, iterations=iterations)
-
-    def to_dict(self):
-        return dataclasses.asdict(self)

@@ -29,3 +29,9 @@ def small_omniglot(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "omniglot14.h5"
     write_dataset(path, splits, source="embedded Omniglot, 14x14 test subset", image_size=(14, 14), channels=1)
     return str(path)
+
+
+@pytest.fixture
+def tiny_on_small_data(small_omniglot, request):
+    """Point the test module's ``TINY`` fit settings (a dict) at the 14x14 subset (a few seconds, not minutes)."""
+    request.module.TINY["data"] = small_omniglot

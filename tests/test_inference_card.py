@@ -25,10 +25,7 @@ RETRAIN = ["--iterations", "2", "--channels", "2", "--queries", "1", "--inner-st
            "--val-tasks", "2", "--threads", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def small_data(small_omniglot):
-    TINY["data"] = small_omniglot
-    yield
+pytestmark = pytest.mark.usefixtures("tiny_on_small_data")
 
 
 def card_text(path):

@@ -12,20 +12,13 @@ from bayesnas.training import RunDirectory, fit
 from bayesnas.training.search import load_fit
 from bayesnas.training.loop import task_samplers
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
+from tests.toy import Kill
 
 TINY = dict(iterations=6, channels=2, cells=3, queries=2, inner_steps=1, val_every=3, checkpoint_every=2,
             val_tasks=2, val_samples=2, log_every=2, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def small_data(small_omniglot):
-    """Run every fit of this module on the 14x14 test subset (a few seconds, not minutes)."""
-    TINY["data"] = small_omniglot
-    yield
-
-
-class Kill(Exception):
-    pass
+pytestmark = pytest.mark.usefixtures("tiny_on_small_data")
 
 
 def gaussian_kl(mu_q, sigma_q, mu_p, sigma_p):

@@ -13,19 +13,13 @@ from bayesnas.cli.main import main
 from bayesnas.config import FitConfig
 from bayesnas.training import RunDirectory, fit
 from bayesnas.training.schedules import temperature
+from tests.toy import Kill
 
 TINY = dict(iterations=6, channels=2, cells=2, queries=1, inner_steps=1, val_every=3, checkpoint_every=2,
             val_tasks=2, val_samples=1, log_every=2, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def small_data(small_omniglot):
-    TINY["data"] = small_omniglot
-    yield
-
-
-class Kill(Exception):
-    pass
+pytestmark = pytest.mark.usefixtures("tiny_on_small_data")
 
 
 def one_line_error(result, *fragments):

@@ -42,3 +42,7 @@ def channel_tasks(num_tasks, ways=2, shots=5, queries=5, features=4, signal_chan
     sx, qx = x[:, :, :shots].flatten(1, 2), x[:, :, shots:].flatten(1, 2)
     sy, qy = y[:, :, :shots].flatten(1, 2), y[:, :, shots:].flatten(1, 2)
     return sx, sy.contiguous(), qx, qy.contiguous()
+
+
+class Kill(Exception):
+    """Raised by a callback to stop a run mid-way, as a killed process would stop it."""

@@ -26,8 +26,8 @@ from ..rng import seed_everything, seeded
 from .card import python_call, recorded_session
 from .diagnostics import SearchDiagnostics, search_diagnostics
 from .distributed import DistributedContext, distributed, requested_device
-from .loop import TrainingLoop, backward_per_task, check_finite, process_device, read_run_config, session_config, \
-    session_run, task_samplers
+from .loop import (TrainingLoop, backward_per_task, check_finite, process_device, read_run_config, session_config,
+                   session_run, task_samplers)
 from .rundir import RunDirectory
 from .schedules import arch_lr_factor, kl_weight, temperature
 from .tensorboard_logger import meta_posterior_logger, summary_writer_class
