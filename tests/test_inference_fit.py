@@ -13,7 +13,9 @@ from bayesnas.inference.svi import load_fit, task_samplers
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
 TINY = dict(iterations=6, channels=2, cells=3, queries=2, inner_steps=1, val_every=3, checkpoint_every=2,
-            val_tasks=2, val_samples=2, log_every=2, threads=1)
+            val_tasks=2, val_samples=2, log_every=2, threads=1,
+            # the paper's second-order step, alpha stepped from the first iteration
+            first_order=False, arch_warmup=0, arch_schedule="constant")
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,9 @@ _D = FitConfig()
 @click.option("--channels", type=click.IntRange(min=1), default=None, help=f"Supernet channels C [default: {_D.channels}].")
 @click.option("--cells", type=click.IntRange(min=1), default=None, help=f"Supernet cells [default: {_D.cells}].")
 @click.option("--variant", type=click.Choice(["gumbel", "softmax"]), default=None, help=f"Edge variables [default: {_D.variant}].")
-@click.option("--first-order", is_flag=True, default=None, help="Detach the guide's inner gradients.")
+@click.option("--first-order/--second-order", default=None,
+              help=f"First-order meta-gradient (inner gradients detached), or the paper's full second-order "
+                   f"one [default: {'first' if _D.first_order else 'second'}-order].")
 @click.option("--low-memory", is_flag=True, default=None,
               help="Memory-bounded step: one task at a time, inner steps recomputed in backward (same results, slower).")
 @click.option("--meta-lr", type=click.FloatRange(min=0, min_open=True), default=None, help=f"Adam step size of mu, sigma [default: {_D.meta_lr}].")
