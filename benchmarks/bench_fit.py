@@ -54,14 +54,20 @@ from bayesnas.training.distributed import init_distributed  # noqa: E402
 from bayesnas.fileio import write_json  # noqa: E402
 from bayesnas.inference.model import task_share  # noqa: E402
 from bayesnas.training.search import build_meta_network, make_optimiser, svi_step  # noqa: E402
-from bayesnas.data import open_data
-from bayesnas.training.loop import task_samplers
+from bayesnas.data import open_data  # noqa: E402
+from bayesnas.training.loop import task_samplers  # noqa: E402
 from benchmarks.flops import count_flops  # noqa: E402
 
+#: what is timed is second-order meta-training with the paper's objective, independent of
+#: FitConfig's CPU defaults (which take first-order steps): the settings the JSON in
+#: benchmarks/results was measured with
+SECOND_ORDER = dict(first_order=False, kl_weight=1.0, sigma_init=0.1, meta_lr=1e-3, arch_lr=1e-2, arch_warmup=0,
+                    arch_schedule="constant", tau_end=0.5)
 CONFIGS = {
-    "default": FitConfig(),
+    # "default" is the name the recorded results use: the earlier FitConfig defaults, C=2, 3 cells
+    "default": FitConfig(channels=2, **SECOND_ORDER),
     # the paper's search shape at Omniglot size: C=16, 5 cells, 4 inner steps, 5-way 5-shot
-    "paper": FitConfig(channels=16, cells=5, inner_steps=4, ways=5, shots=5, queries=5),
+    "paper": FitConfig(channels=16, cells=5, inner_steps=4, ways=5, shots=5, queries=5, **SECOND_ORDER),
 }
 IMPLS = ("ours", "low_memory", "naive")
 

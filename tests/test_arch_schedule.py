@@ -12,7 +12,7 @@ from bayesnas.training.search import load_fit
 
 
 def test_factor_is_zero_in_warmup_then_constant_or_a_half_cosine():
-    constant = FitConfig(iterations=100, arch_warmup=10)
+    constant = FitConfig(iterations=100, arch_warmup=10, arch_schedule="constant")
     assert [arch_lr_factor(constant, i) for i in (1, 10, 11, 100)] == [0.0, 0.0, 1.0, 1.0]
     cosine = FitConfig(iterations=100, arch_warmup=20, arch_schedule="cosine")
     assert arch_lr_factor(cosine, 20) == 0.0
@@ -35,7 +35,7 @@ def test_alpha_stays_at_its_initial_value_through_the_warmup_and_moves_after(tmp
     tiny = dict(data=small_omniglot, channels=2, cells=3, queries=2, inner_steps=1, val_every=4,
                 checkpoint_every=4, val_tasks=2, val_samples=2, log_every=2, threads=1, arch_lr=0.1)
     fit(FitConfig(iterations=4, arch_warmup=4, **tiny), out=tmp_path / "warm", progress=False)
-    fit(FitConfig(iterations=4, arch_warmup=0, **tiny), out=tmp_path / "none", progress=False)
+    fit(FitConfig(iterations=4, arch_warmup=0, arch_schedule="constant", **tiny), out=tmp_path / "none", progress=False)
     warm, none = load_fit(tmp_path / "warm")[1], load_fit(tmp_path / "none")[1]
     for alpha in (warm.alpha_normal, warm.alpha_reduce):  # the 1e-3 * randn initialisation, untouched
         assert alpha.detach().abs().max() < 0.01

@@ -15,7 +15,9 @@ from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 from tests.toy import Kill
 
 TINY = dict(iterations=6, channels=2, cells=3, queries=2, inner_steps=1, val_every=3, checkpoint_every=2,
-            val_tasks=2, val_samples=2, log_every=2, threads=1)
+            val_tasks=2, val_samples=2, log_every=2, threads=1,
+            # the paper's second-order step, alpha stepped from the first iteration
+            first_order=False, arch_warmup=0, arch_schedule="constant")
 
 
 pytestmark = pytest.mark.usefixtures("tiny_on_small_data")

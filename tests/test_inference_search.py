@@ -15,7 +15,8 @@ def test_alpha_concentrates_on_the_op_that_carries_the_signal(variant, iteration
     torch.manual_seed(0)
     signal = 6  # sep_conv_7x7's slot: nothing special about it, only the data makes it best
     cfg = FitConfig(tasks=4, inner_steps=1, iterations=iterations, variant=variant, arch_lr=0.05, meta_lr=0.01,
-                    inner_lr_mu=1.0, inner_lr_alpha=1.0, tau_start=1.0, tau_end=0.5)
+                    inner_lr_mu=1.0, inner_lr_alpha=1.0, tau_start=1.0, tau_end=0.5,
+                    kl_weight=1.0, first_order=False, arch_warmup=0, arch_schedule="constant")
     meta = MetaNetwork(ChannelSelectNet(), sigma_init=0.5,
                        inner_lr={"mu": cfg.inner_lr_mu, "rho": cfg.inner_lr_rho, "alpha": cfg.inner_lr_alpha})
     optimiser = make_optimiser(meta, cfg)

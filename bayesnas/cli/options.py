@@ -1,7 +1,7 @@
 """Click options built from the config dataclasses: one flag per field, none hand-copied.
 
 A field ``inner_lr_mu`` becomes ``--inner-lr-mu``; a bool field ``rotations`` becomes
-``--rotations/--no-rotations``. The type, the choices and the lower bound come from the
+``--rotations/--no-rotations`` (a field may name its own spelling: ``--first-order/--second-order``). The type, the choices and the lower bound come from the
 field (its ``metadata``, see :func:`bayesnas.config.setting`), the help text too, followed
 by the default. Every option defaults to None, which means "not given": the config file
 and then the dataclass's own default decide (CLI > config file > defaults).
@@ -21,7 +21,7 @@ def field_option(field):
     flag = "--" + field.name.replace("_", "-")
     help_text = f"{meta.get('help', '')} [default: {_default_text(field.default)}]"
     if field.type is bool:
-        return click.option(f"{flag}/--no-{flag[2:]}", field.name, default=None, help=help_text)
+        return click.option(meta.get("flag", f"{flag}/--no-{flag[2:]}"), field.name, default=None, help=help_text)
     bounds = {"min": meta["min"], "min_open": meta["min_open"]} if "min" in meta else {}
     if "choices" in meta:
         kind = click.Choice(list(meta["choices"]))
