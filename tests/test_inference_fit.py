@@ -245,3 +245,25 @@ def test_without_a_val_split_fit_refuses_unless_told_to_select_on_test(tmp_path)
     assert json.load(open(tmp_path / "run" / "config.json"))["select_on"] == "test"
     with pytest.raises(ConfigError, match="select_on='train'"):
         FitConfig(**dict(TINY, select_on="train")).validate()
+
+
+def test_the_reference_supernet_is_a_switch_of_the_same_search(tmp_path):
+    """FitConfig(supernet="reference") searches with the plain supernet: same parameters, same function."""
+    from bayesnas.models import SearchNetwork
+    from bayesnas.models.reference import ReferenceSearchNetwork, copy_parameters
+    from bayesnas.training.search import build_meta_network
+
+    cfg = FitConfig(**dict(TINY, supernet="reference"))
+    torch.manual_seed(0)
+    fused, reference = build_meta_network(FitConfig(**TINY), 1), build_meta_network(cfg, 1)
+    assert isinstance(fused.net, SearchNetwork) and isinstance(reference.net, ReferenceSearchNetwork)
+    copy_parameters(fused.net, reference.net)
+    reference = build_meta_network(cfg, 1, net=reference.net)
+    assert reference.mu.numel() == fused.mu.numel()
+    x, z = torch.rand(3, 1, 14, 14), torch.full((14, 10), 0.1)
+    with torch.no_grad():
+        assert torch.allclose(reference.forward_task(x, reference.mu, z, z), fused.forward_task(x, fused.mu, z, z),
+                              atol=1e-5)
+    result = fit(FitConfig(**dict(TINY, supernet="reference", iterations=1, val_every=1)), out=tmp_path / "ref",
+                 progress=False)
+    assert result.rows[-1]["iteration"] == 1 and result.config.supernet == "reference"
