@@ -60,10 +60,12 @@ def test_split_meta_batch_gives_bitwise_equal_gradients_in_one_process(small_omn
     from bayesnas.inference.svi import build_meta_network, open_data, svi_step, task_samplers
 
     cfg = FitConfig(data=small_omniglot, tasks=2, channels=2, queries=2, inner_steps=1,
-                    batch_tasks=False, grad_clip=0)
+                    batch_tasks=False, grad_clip=0, first_order=False, arch_warmup=0)
     sampler, _ = task_samplers(cfg, open_data(small_omniglot), torch.device("cpu"))
 
     class Hold:  # keeps the gradients: no optimiser step
+        param_groups = [{}, {}]  # svi_step sets alpha's step size in the last group
+
         def zero_grad(self, set_to_none=True):
             pass
 
