@@ -62,12 +62,11 @@ def test_split_meta_batch_gives_bitwise_equal_gradients_in_one_process(small_omn
     from bayesnas.training.loop import task_samplers
 
     cfg = FitConfig(data=small_omniglot, tasks=2, channels=2, queries=2, inner_steps=1,
-                    batch_tasks=False, grad_clip=0,
-                    first_order=False, arch_warmup=0)  # the paper's second-order step; alpha has a gradient
+                    batch_tasks=False, grad_clip=0, first_order=False, arch_warmup=0)
     sampler, _ = task_samplers(cfg, open_data(small_omniglot), torch.device("cpu"))
 
     class Hold:  # keeps the gradients: no optimiser step
-        param_groups = [{"lr": 0.0}]  # svi_step sets alpha's step size in the last group
+        param_groups = [{}, {}]  # svi_step sets alpha's step size in the last group
 
         def zero_grad(self, set_to_none=True):
             pass

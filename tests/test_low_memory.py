@@ -53,7 +53,7 @@ def _saved_bytes(fn):
 
 
 def test_checkpointed_guide_memory_does_not_grow_with_inner_steps():
-    cfg = FitConfig(channels=2, cells=2, ways=3, shots=1, queries=2)
+    cfg = FitConfig(channels=2, cells=2, ways=3, shots=1, queries=2, first_order=False)
     sampler, _ = task_samplers(cfg, load_default(), torch.device("cpu"))
     batch = sampler.batch([0])
     torch.manual_seed(0)
@@ -73,7 +73,8 @@ def test_checkpointed_guide_memory_does_not_grow_with_inner_steps():
 def test_low_memory_svi_step_equals_the_default_step(variant):
     # batch_tasks off: one call and one backward per task on both sides, so the only
     # difference is the recomputation of the inner steps (batching itself: test_models_supernet)
-    cfg = FitConfig(channels=1, cells=2, inner_steps=2, tasks=3, ways=3, queries=2, variant=variant, batch_tasks=False)
+    cfg = FitConfig(channels=1, cells=2, inner_steps=2, tasks=3, ways=3, queries=2, variant=variant, batch_tasks=False,
+                    first_order=False)
     sampler, _ = task_samplers(cfg, load_default(), torch.device("cpu"))
     batch = sampler.batch([0, 1, 2])
     out = {}
