@@ -51,7 +51,8 @@ def main(args):
     t0 = time.perf_counter()
     report = {"torch": torch.__version__, "torch_threads": args.threads, "device": args.device,
               "machine": platform.processor() or platform.machine(), "genotypes": args.genotype,
-              "protocol": args.protocol, "match_params": args.match_params, "settings": []}
+              "protocol": args.protocol, "match_params": args.match_params, "eval_tasks": args.eval_tasks,
+              "settings": []}
     path = args.json or (PROTOCOL["json"] if args.protocol else os.path.join(args.out, "compare_omniglot.json"))
     for key in args.settings:
         setting = SETTINGS[key]
