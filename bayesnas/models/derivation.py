@@ -40,13 +40,18 @@ class ChosenEdge(NamedTuple):
     prob: float
 
 
+def edge_tensor(value, name, dtype=torch.float32, error=ValueError):
+    """``value`` as a detached CPU tensor ``[14, 10]`` (edges x ops) of ``dtype``; ``error``
+    naming ``name`` for another shape."""
+    t = torch.as_tensor(value).detach().to("cpu", dtype)
+    if tuple(t.shape) != (NUM_EDGES, NUM_OPS):
+        raise error(f"{name} has shape {tuple(t.shape)}, expected ({NUM_EDGES}, {NUM_OPS}) (edges, ops)")
+    return t
+
+
 def _as_probs(probs, which):
     """``probs`` as a float64 CPU tensor ``[14, 10]``, checked to be per-edge distributions."""
-    t = torch.as_tensor(probs).detach().to("cpu", torch.float64)
-    expected = (NUM_EDGES, NUM_OPS)
-    if tuple(t.shape) != expected:
-        raise GenotypeError(f"probs_{which}: expected edge probabilities of shape {list(expected)} "
-                            f"(edges x ops), got {list(t.shape)}")
+    t = edge_tensor(probs, f"probs_{which}", torch.float64, GenotypeError)
     rows_sum_to_one = bool(((t.sum(-1) - 1).abs() <= 1e-3).all())
     if not torch.isfinite(t).all() or (t < 0).any() or not rows_sum_to_one:
         raise GenotypeError(f"probs_{which}: expected probabilities (non-negative, each edge's row summing "

@@ -4,8 +4,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..models import NUM_EDGES, NUM_OPS
-from ..models.derivation import derive_genotype
+from ..models.derivation import derive_genotype, edge_tensor
 from ..models.genotypes import genotype_string
 
 
@@ -30,10 +29,7 @@ class SearchDiagnostics(NamedTuple):
 
 def edge_logits(value, name):
     """``value`` as detached CPU float32 logits ``[14, 10]``; a ValueError naming ``name`` for another shape."""
-    value = torch.as_tensor(value).detach().to("cpu", torch.float32)
-    if tuple(value.shape) != (NUM_EDGES, NUM_OPS):
-        raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({NUM_EDGES}, {NUM_OPS}) (edges, ops)")
-    return value
+    return edge_tensor(value, name)
 
 
 def entropy(log_probs):
