@@ -238,14 +238,19 @@ class FitConfig(TaskSettings):
                               "1.0-1.2x faster on an idle 2-core machine but contend badly when anything else "
                               "runs (docs/design.md §5)", min=0)
 
+    @property
+    def schedule_span(self):
+        """The iterations the temperature and arch step-size schedules are laid out over."""
+        return self.schedule_iterations or self.iterations
+
     def extended(self, iterations):
         """This config with its budget raised to ``iterations``, the schedules kept continuous.
 
         The temperature keeps decaying over the budget it was laid out over, and stays at
-        tau_end after it; the KL warm-up counts absolute iterations and needs nothing.
+        tau_end after it; the arch step size stays where its schedule ended; the KL warm-up
+        counts absolute iterations and needs nothing.
         """
-        return dataclasses.replace(self, iterations=iterations,
-                                   schedule_iterations=self.schedule_iterations or self.iterations)
+        return dataclasses.replace(self, iterations=iterations, schedule_iterations=self.schedule_span)
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ import math
 def temperature(cfg, iteration):
     """tau at ``iteration`` (1-based): exponential decay from tau_start to tau_end over
     ``cfg.schedule_iterations`` (default: the run's iterations), then tau_end."""
-    span = cfg.schedule_iterations or cfg.iterations
+    span = cfg.schedule_span
     frac = min(iteration - 1, span - 1) / max(span - 1, 1)
     return cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
 
@@ -32,6 +32,6 @@ def arch_lr_factor(cfg, iteration):
         return 0.0
     if cfg.arch_schedule == "constant":
         return 1.0
-    span = (cfg.schedule_iterations or cfg.iterations) - cfg.arch_warmup
+    span = cfg.schedule_span - cfg.arch_warmup
     frac = min(iteration - cfg.arch_warmup - 1, span) / max(span, 1)
     return 0.5 * (1.0 + math.cos(math.pi * frac))
