@@ -115,3 +115,23 @@ def test_fixed_network_pooling_is_plain():
     assert torch.equal(make_op("max_pool_3x3", 3, 1, affine=True)(x), F.max_pool2d(x, 3, 1, 1))
     assert torch.equal(make_op("avg_pool_3x3", 3, 2, affine=True)(x),
                        F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (4, 64, 9, 11)])  # below and above the channels-last size
+def test_max_pool_equals_plain_pooling_to_second_order(shape, stride):
+    from bayesnas.models.operations import CHANNELS_LAST_POOL_MIN, max_pool_3x3
+
+    assert (torch.Size(shape).numel() >= CHANNELS_LAST_POOL_MIN) == (shape[1] == 64)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(F.max_pool2d(x, 3, stride, 1).shape, dtype=torch.float64, generator=g)
+    results = []
+    for pool in (max_pool_3x3, lambda t, s: F.max_pool2d(t, 3, s, 1)):
+        y = pool(x.tanh(), stride)  # tanh: the second derivative reaches x through the pool
+        (gx,) = torch.autograd.grad((y * w).sum(), x, create_graph=True)
+        (ggx,) = torch.autograd.grad((gx ** 2).sum(), x)
+        results.append((y, gx, ggx))
+    assert results[0][0].is_contiguous()
+    for ours, plain in zip(*results):
+        assert torch.equal(ours, plain)

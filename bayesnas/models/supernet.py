@@ -50,7 +50,8 @@ from ..errors import ConfigError
 from ._conv import conv2d, conv_input
 from .genotypes import STEPS, edge_index, num_edges
 from .macro import CellPlan, cell_plan, check_positive, make_preprocess, make_stem, reduction_indices
-from .operations import DIL_KERNELS, DILATION, NUM_OPS, OPS, SEP_KERNELS, FactorizedReduce, shift_to_odd_pixels
+from .operations import (DIL_KERNELS, DILATION, NUM_OPS, OPS, SEP_KERNELS, FactorizedReduce, max_pool_3x3,
+                         shift_to_odd_pixels)
 
 SEP_OPS = tuple(SEP_KERNELS)
 DIL_OPS = tuple(DIL_KERNELS)
@@ -280,7 +281,7 @@ class SearchCell(nn.Module):
             outputs.append(x.reshape(B, T, S, -1))
         # Pooling's BatchNorm is per channel and channels are task-major, so each task is
         # normalised over its own batch.
-        for pooled in (F.max_pool2d(x, 3, stride, 1), F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)):
+        for pooled in (max_pool_3x3(x, stride), F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)):
             outputs.append(F.batch_norm(pooled, None, None, training=True).reshape(B, T, S, -1))
         return outputs
 

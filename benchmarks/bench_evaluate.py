@@ -1,0 +1,133 @@
+"""Test-time adaptation speed (``evaluate``'s inner loop) and the 3x3 max-pool layout, in one run.
+
+    python benchmarks/bench_evaluate.py --json benchmarks/results/evaluate_cpu.json
+
+Two measurements, each alternating its variants so that all see the same load:
+
+* ``pooling``: forward + backward of ``F.max_pool2d(x, 3, stride, 1)`` on NCHW tensors
+  against the same pool through a channels-last copy (both layout copies included), over a
+  grid of batch, channels, size and stride; the ratio decides
+  ``bayesnas.models.operations.CHANNELS_LAST_POOL_MIN``.
+* ``evaluate``: tasks per second of :func:`~bayesnas.training.retrain.task_accuracies`
+  (what ``evaluate`` and retraining's validation run: ``--steps`` first-order inner steps
+  per task, then the query forward) on the networks of the committed comparison at their
+  matched widths (benchmarks/results/compare_omniglot.json: DARTS_V2, the two BASE cells,
+  Conv-4), per few-shot setting, with the NCHW pool (``before``) and with the shipped rule
+  (``after``), alternated chunk by chunk over the same tasks; the per-task accuracies must be
+  identical.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from bayesnas.data import TaskSampler, open_data  # noqa: E402
+from bayesnas.fileio import write_json  # noqa: E402
+from bayesnas.models import build_network, load_genotype, operations  # noqa: E402
+from bayesnas.training.retrain import task_accuracies  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+#: name -> (what build_network takes, channels matched to ~16.9k parameters in the committed compare)
+NETWORKS = {"darts_v2": ("darts_v2", 20), "base_seed0": (os.path.join(RESULTS, "base_omniglot_seed0_genotype.json"), 11),
+            "base_seed1": (os.path.join(RESULTS, "base_omniglot_seed1_genotype.json"), 8), "conv4": ("conv4", 25)}
+SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1)}
+
+
+def _timed(fn, repeats):
+    for _ in range(3):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
+
+
+def pooling_grid(repeats):
+    rows = []
+    for batch in (5, 25):
+        for channels in (4, 8, 16, 32, 64):
+            for size in (7, 14, 28):
+                for stride in (1, 2):
+                    x = torch.randn(batch, channels, size, size, requires_grad=True)
+                    plain = lambda: F.max_pool2d(x, 3, stride, 1).sum().backward()  # noqa: E731
+                    last = lambda: F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, stride,  # noqa: E731
+                                                1).contiguous().sum().backward()
+                    a, b = [], []
+                    for _ in range(3):
+                        a.append(_timed(plain, repeats))
+                        b.append(_timed(last, repeats))
+                    a, b = statistics.median(a), statistics.median(b)
+                    rows.append({"shape": [batch, channels, size, size], "stride": stride, "numel": x.numel(),
+                                 "nchw_ms": 1e3 * a, "channels_last_ms": 1e3 * b, "nchw_over_channels_last": a / b})
+    return rows
+
+
+def evaluate_speed(args, data):
+    out = []
+    for setting in args.settings:
+        ways, shots = SETTINGS[setting]
+        for name in args.networks:
+            arch, channels = NETWORKS[name]
+            if arch.endswith(".json"):
+                arch = load_genotype(arch)
+            torch.manual_seed(0)
+            net = build_network(arch, in_channels=data.channels, num_classes=ways, image_size=data.image_size[0],
+                                C=channels, layers=2, hidden=channels)
+            sampler = TaskSampler(data.split("test"), ways, shots, args.queries, seed=0)
+            times = {"before": [], "after": []}
+            accs = {"before": [], "after": []}
+            for first in range(0, args.tasks, args.chunk):
+                indices = list(range(first, min(first + args.chunk, args.tasks)))
+                for variant in ("before", "after"):
+                    operations.CHANNELS_LAST_POOL_MIN = float("inf") if variant == "before" else args.threshold
+                    t0 = time.perf_counter()
+                    accs[variant].append(task_accuracies(net, sampler, indices, args.steps, 0.4))
+                    times[variant].append(time.perf_counter() - t0)
+            operations.CHANNELS_LAST_POOL_MIN = args.threshold
+            before, after = sum(times["before"]), sum(times["after"])
+            row = {"setting": setting, "network": name, "channels": channels, "tasks": args.tasks,
+                   "tasks_per_s": {"before": args.tasks / before, "after": args.tasks / after},
+                   "speedup": before / after,
+                   "identical_accuracies": bool(torch.equal(torch.cat(accs["before"]), torch.cat(accs["after"])))}
+            print(json.dumps(row))
+            out.append(row)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=40, help="test tasks per network and setting")
+    parser.add_argument("--chunk", type=int, default=4, help="tasks per alternation")
+    parser.add_argument("--steps", type=int, default=3, help="first-order inner steps (the compare's)")
+    parser.add_argument("--queries", type=int, default=5)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--repeats", type=int, default=20, help="pool calls per pooling timing")
+    parser.add_argument("--no-pooling", dest="pooling", action="store_false")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    args.threshold = operations.CHANNELS_LAST_POOL_MIN
+    torch.set_num_threads(args.threads)
+    result = {"torch": torch.__version__, "threads": args.threads, "machine": platform.processor() or platform.machine(),
+              "channels_last_pool_min": args.threshold, "steps": args.steps, "queries": args.queries}
+    if args.pooling:
+        result["pooling"] = pooling_grid(args.repeats)
+    result["evaluate"] = evaluate_speed(args, open_data(None))
+    if args.json:
+        write_json(args.json, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "pooling"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
