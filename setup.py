@@ -27,6 +27,8 @@ setup(
         "test": ["pytest>=7", "tensorboard>=2.10"],
         "tensorboard": ["tensorboard>=2.10"],
         "notebook": ["pandas>=1.5"],
+        # the peers benchmarks/bench_fit.py times against (Conv-4 second-order MAML)
+        "bench": ["higher>=0.2", "torchopt>=0.7"],
     },
     entry_points={"console_scripts": ["bayesnas=bayesnas.cli.main:main"]},
 )

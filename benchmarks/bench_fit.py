@@ -25,9 +25,11 @@ override), with ``--threads`` torch threads on ``--device``:
 * memory vs inner steps (``--slope-steps``, fresh processes): peak memory of ours and of
   low_memory at each N, and the least-squares slope in MB per inner step.
 * ``maml_conv4``: a second-order MAML meta-step on Conv-4 (64 filters, 5-way 1-shot,
-  15 queries, 4 tasks, 5 inner steps of 0.4, 28x28) done by bayesnas (``maml_loss``)
-  and by the ``higher`` library (``innerloop_ctx``, SGD) when it is installed: median
-  seconds, and the largest difference of their meta-gradients.
+  15 queries, 4 tasks, 5 inner steps of 0.4, 28x28) done by bayesnas (``maml_loss``),
+  by the ``higher`` library (``innerloop_ctx``, SGD) and by TorchOpt (functional
+  ``torchopt.sgd`` + ``apply_updates``) when they are installed (``pip install
+  'bayesnas[bench]'``): median seconds, tasks per second, and the largest difference of
+  each peer's meta-gradient from ours.
 
 Under torchrun only the ``ours`` timing runs; the figure is tasks per second of the job.
 """
@@ -48,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bayesnas.config import FitConfig  # noqa: E402
+from bayesnas.config import FitConfig, from_dict, load_config_file  # noqa: E402
 from bayesnas.device import resolve_device  # noqa: E402
 from bayesnas.training.distributed import init_distributed  # noqa: E402
 from bayesnas.fileio import write_json  # noqa: E402
@@ -68,6 +70,9 @@ CONFIGS = {
     "default": FitConfig(channels=2, **SECOND_ORDER),
     # the paper's search shape at Omniglot size: C=16, 5 cells, 4 inner steps, 5-way 5-shot
     "paper": FitConfig(channels=16, cells=5, inner_steps=4, ways=5, shots=5, queries=5, **SECOND_ORDER),
+    # what users run: the shipped search config (the README's main command) and plain `bayesnas fit`
+    "search": from_dict(FitConfig, load_config_file(os.path.join(ROOT, "configs", "omniglot_cpu.json"), FitConfig)),
+    "defaults": FitConfig(),
 }
 IMPLS = ("ours", "low_memory", "naive")
 
@@ -213,6 +218,25 @@ def time_impls(args, cfg, ctx, data, sampler):
     return results
 
 
+def sweep_tasks(args, ctx, data):
+    """tasks_per_s (alternated timings) and peak memory (fresh processes) of each impl at each T."""
+    rows = []
+    for tasks in [int(t) for t in args.sweep_tasks.split(",") if t]:
+        args.tasks = tasks
+        cfg = settings(args)
+        sampler, _ = task_samplers(cfg, data, ctx.device)
+        impls = time_impls(args, cfg, ctx, data, sampler)
+        for name in impls:
+            impls[name].pop("seconds_all", None)
+            impls[name].update(child_memory(args, name))
+        row = {"tasks": tasks, "impls": impls}
+        if "ours" in impls and "naive" in impls:
+            row["ours_over_naive"] = impls["ours"]["tasks_per_second"] / impls["naive"]["tasks_per_second"]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def extrapolated_flops(args, cfg, data):
     """FLOPs of one default-path iteration from two 1-task counts: T * (a + b * N).
 
@@ -236,8 +260,14 @@ def extrapolated_flops(args, cfg, data):
 
 
 def maml_conv4(args, device, repeats=5):
-    """Second-order MAML meta-step on Conv-4: bayesnas vs higher (when installed)."""
+    """Second-order MAML meta-step on Conv-4: bayesnas vs ``higher`` and TorchOpt (when installed).
+
+    All three take the same 5 SGD steps of 0.4 per task from the same weights on the same
+    tasks and return the meta-gradient of the mean query loss; the row records each one's
+    median seconds, the ratios to bayesnas and the largest difference of their gradients.
+    """
     import torch.nn.functional as F
+    from torch.func import functional_call
 
     from bayesnas.data import TaskSampler
     from bayesnas.training.retrain import maml_loss, meta_parameters
@@ -249,17 +279,15 @@ def maml_conv4(args, device, repeats=5):
     torch.manual_seed(0)
     net = Conv4(in_channels=1, num_classes=5, hidden=64, image_size=28).to(device)
     params = list(net.parameters())
+    names = [n for n, _ in net.named_parameters()]
 
     def ours(batch):
         loss, _ = maml_loss(net, meta_parameters(net), batch, steps, lr)
         return torch.autograd.grad(loss, params)
 
-    try:
+    def with_higher(batch):
         import higher
-    except ImportError:
-        higher = None
 
-    def theirs(batch):
         inner = torch.optim.SGD(net.parameters(), lr=lr)
         total = 0.0
         for t in range(batch.support_x.shape[0]):
@@ -269,9 +297,32 @@ def maml_conv4(args, device, repeats=5):
                 total = total + F.cross_entropy(fnet(batch.query_x[t]), batch.query_y[t])
         return torch.autograd.grad(total / batch.support_x.shape[0], params)
 
+    def with_torchopt(batch):  # TorchOpt's functional API: sgd transformation + apply_updates
+        import torchopt
+
+        sgd = torchopt.sgd(lr=lr)
+        total = 0.0
+        for t in range(batch.support_x.shape[0]):
+            fast = tuple(params)
+            state = sgd.init(fast)
+            for _ in range(steps):
+                loss = F.cross_entropy(functional_call(net, dict(zip(names, fast)), (batch.support_x[t],)),
+                                       batch.support_y[t])
+                grads = torch.autograd.grad(loss, fast, create_graph=True)
+                updates, state = sgd.update(grads, state, inplace=False)
+                fast = torchopt.apply_updates(fast, updates, inplace=False)
+            total = total + F.cross_entropy(functional_call(net, dict(zip(names, fast)), (batch.query_x[t],)),
+                                            batch.query_y[t])
+        return torch.autograd.grad(total / batch.support_x.shape[0], params)
+
     fns = {"bayesnas": ours}
-    if higher is not None:
-        fns["higher"] = theirs
+    versions = {}
+    for peer, module, fn in (("higher", "higher", with_higher), ("torchopt", "torchopt", with_torchopt)):
+        try:
+            versions[peer] = importlib.metadata.version(module)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        fns[peer] = fn
     batch = sampler.batch(list(range(tasks)))
     grads = {name: fn(batch) for name, fn in fns.items()}
     times = {name: [] for name in fns}
@@ -283,16 +334,21 @@ def maml_conv4(args, device, repeats=5):
             fn(batch)
             _sync(device)
             times[name].append(time.perf_counter() - t0)
+    ours_s = statistics.median(times["bayesnas"])
     row = {"settings": {"hidden": 64, "ways": 5, "shots": 1, "queries": 15, "tasks": tasks, "inner_steps": steps,
                         "inner_lr": lr, "image": 28, "order": "second"},
-           "bayesnas_seconds": statistics.median(times["bayesnas"]), "higher_seconds": None,
-           "higher_installed": higher is not None}
-    if higher is not None:
-        row["higher_seconds"] = statistics.median(times["higher"])
-        row["higher_over_bayesnas"] = row["higher_seconds"] / row["bayesnas_seconds"]
-        row["max_abs_gradient_difference"] = max((a - b).abs().max().item()
-                                                 for a, b in zip(grads["bayesnas"], grads["higher"]))
-        row["higher_version"] = importlib.metadata.version("higher")  # it has no __version__
+           "bayesnas_seconds": ours_s, "tasks_per_s": {"bayesnas": tasks / ours_s}}
+    for peer in ("higher", "torchopt"):
+        row[f"{peer}_installed"] = peer in fns
+        if peer not in fns:
+            continue
+        peer_s = statistics.median(times[peer])
+        row[f"{peer}_seconds"] = peer_s
+        row["tasks_per_s"][peer] = tasks / peer_s
+        row[f"{peer}_over_bayesnas"] = peer_s / ours_s
+        row[f"{peer}_max_abs_gradient_difference"] = max((a - b).abs().max().item()
+                                                         for a, b in zip(grads["bayesnas"], grads[peer]))
+        row[f"{peer}_version"] = versions[peer]
     return row
 
 
@@ -315,6 +371,10 @@ def main(argv=None):
                              "path's FLOPs for 1 task at these two inner-step counts (e.g. 1,2) and extrapolate "
                              "linearly to the config's tasks and steps (for shapes whose count is too big to hold)")
     parser.add_argument("--no-maml", dest="maml", action="store_false", help="skip the Conv-4 MAML comparison")
+    parser.add_argument("--sweep-tasks", default=None,
+                        help="comma-separated meta-batch sizes T (e.g. 2,4,8,16): instead of the single-T "
+                             "measurements, time the impls alternated at each T and measure each one's peak "
+                             "memory at each T in a fresh process (the JSON's 'sweep')")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None)
@@ -337,6 +397,16 @@ def main(argv=None):
               "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
     if ctx.is_main:
         result["matmul_gflops"] = matmul_gflops(ctx.device)
+    if args.sweep_tasks:
+        result["sweep"] = sweep_tasks(args, ctx, data)
+        if ctx.is_main and args.maml:
+            result["maml_conv4"] = maml_conv4(args, ctx.device)
+        if ctx.is_main:
+            print(json.dumps(result, indent=2))
+            if args.json:
+                write_json(args.json, result)
+        ctx.close()
+        return
     result["impls"] = time_impls(args, cfg, ctx, data, sampler)
     if ctx.is_main and args.flops_from_steps:
         result["flops_per_iteration_extrapolated"] = extrapolated_flops(args, cfg, data)

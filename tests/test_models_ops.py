@@ -135,3 +135,13 @@ def test_max_pool_equals_plain_pooling_to_second_order(shape, stride):
     assert results[0][0].is_contiguous()
     for ours, plain in zip(*results):
         assert torch.equal(ours, plain)
+
+
+def test_max_pool_keeps_channels_last_inputs_and_works_under_vmap():
+    from bayesnas.models.operations import max_pool_3x3
+
+    x = torch.randn(3, 4, 64, 9, 11, dtype=torch.float64)
+    expected = torch.stack([F.max_pool2d(t, 3, 2, 1) for t in x])
+    assert torch.equal(torch.func.vmap(lambda t: max_pool_3x3(t, 2))(x), expected)
+    y = max_pool_3x3(x[0].contiguous(memory_format=torch.channels_last), 2)
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(y, expected[0])

@@ -68,13 +68,17 @@ def max_pool_3x3(x, stride):
 
     Identical values and gradients (first and second order) to
     ``F.max_pool2d(x, 3, stride, 1)``; on CPU, tensors of at least
-    :data:`CHANNELS_LAST_POOL_MIN` elements are pooled in channels-last layout and returned
-    contiguous (NCHW), which is faster there.
+    :data:`CHANNELS_LAST_POOL_MIN` elements in NCHW layout are pooled in channels-last layout
+    and returned contiguous (NCHW), which is faster there; channels-last inputs (the search
+    supernet's convolutions return them) and calls inside ``torch.func`` transforms pool as
+    they are.
     """
-    if x.device.type == "cpu" and x.dim() == 4 and x.numel() >= CHANNELS_LAST_POOL_MIN:
+    if (x.device.type == "cpu" and x.dim() == 4 and x.numel() >= CHANNELS_LAST_POOL_MIN
+            and not torch._C._are_functorch_transforms_active()  # vmap cannot change layouts
+            and not x.is_contiguous(memory_format=torch.channels_last)):
         y = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, stride, 1)
         return y.contiguous()
-    return F.max_pool2d(x, 3, stride, 1)
+    return F.max_pool2d(x, 3, stride, 1)  # a channels-last input already takes the fast kernel
 
 
 class MaxPool3x3(nn.Module):
