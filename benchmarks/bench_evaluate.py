@@ -15,6 +15,10 @@ Two measurements, each alternating its variants so that all see the same load:
   Conv-4), per few-shot setting, with the NCHW pool (``before``) and with the shipped rule
   (``after``), alternated chunk by chunk over the same tasks; the per-task accuracies must be
   identical.
+* ``compile`` (``--compile``): the same per-task work (``--steps`` first-order steps, then the
+  query forward, one task at a time) eager and through ``torch.compile`` (Inductor, static
+  shapes), on DARTS_V2 and Conv-4, 5-way 1-shot: the compile time, seconds per task of each,
+  the number of tasks after which compiling pays, and whether the per-task accuracies agree.
 """
 import argparse
 import json
@@ -104,6 +108,59 @@ def evaluate_speed(args, data):
     return out
 
 
+def compile_speed(args, data):
+    from torch.func import functional_call
+
+    rows = []
+    for name in ("darts_v2", "conv4"):
+        arch, channels = NETWORKS[name]
+        torch.manual_seed(0)
+        net = build_network(arch, in_channels=data.channels, num_classes=5, image_size=data.image_size[0],
+                            C=channels, layers=2, hidden=channels)
+        start = {k: v.detach() for k, v in net.named_parameters()}
+        sampler = TaskSampler(data.split("test"), 5, 1, args.queries, seed=0)
+
+        def step(p, x, y):
+            with torch.enable_grad():
+                p = {k: v.requires_grad_(True) for k, v in p.items()}
+                grads = torch.autograd.grad(F.cross_entropy(functional_call(net, p, (x,)), y), list(p.values()))
+            return {k: (v - 0.4 * g).detach() for (k, v), g in zip(p.items(), grads)}
+
+        def predict(p, x):
+            with torch.no_grad():
+                return functional_call(net, p, (x,)).argmax(-1)
+
+        def run(step_fn, predict_fn, tasks):
+            accs = []
+            for i in tasks:
+                b = sampler.batch([i])
+                p = dict(start)
+                for _ in range(args.steps):
+                    p = step_fn(p, b.support_x[0], b.support_y[0])
+                accs.append((predict_fn(p, b.query_x[0]) == b.query_y[0]).double().mean().item())
+            return accs
+
+        t0 = time.perf_counter()
+        eager = run(step, predict, range(args.tasks))
+        eager_s = (time.perf_counter() - t0) / args.tasks
+        compiled_step, compiled_predict = torch.compile(step, dynamic=False), torch.compile(predict, dynamic=False)
+        t0 = time.perf_counter()
+        run(compiled_step, compiled_predict, [0])
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        compiled = run(compiled_step, compiled_predict, range(args.tasks))
+        compiled_s = (time.perf_counter() - t0) / args.tasks
+        gain = eager_s - compiled_s
+        row = {"network": name, "channels": channels, "tasks": args.tasks, "eager_seconds_per_task": eager_s,
+               "compile_seconds": compile_s, "compiled_seconds_per_task": compiled_s,
+               "speedup_after_compile": eager_s / compiled_s,
+               "tasks_to_break_even": compile_s / gain if gain > 0 else None,
+               "identical_accuracies": eager == compiled}
+        print(json.dumps(row))
+        rows.append(row)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=40, help="test tasks per network and setting")
@@ -114,6 +171,8 @@ def main(argv=None):
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--repeats", type=int, default=20, help="pool calls per pooling timing")
     parser.add_argument("--no-pooling", dest="pooling", action="store_false")
+    parser.add_argument("--no-evaluate", dest="evaluate", action="store_false")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile against eager")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -123,7 +182,10 @@ def main(argv=None):
               "channels_last_pool_min": args.threshold, "steps": args.steps, "queries": args.queries}
     if args.pooling:
         result["pooling"] = pooling_grid(args.repeats)
-    result["evaluate"] = evaluate_speed(args, open_data(None))
+    if args.evaluate:
+        result["evaluate"] = evaluate_speed(args, open_data(None))
+    if args.compile:
+        result["compile"] = compile_speed(args, open_data(None))
     if args.json:
         write_json(args.json, result)
     print(json.dumps({k: v for k, v in result.items() if k != "pooling"}, indent=1))
