@@ -229,6 +229,8 @@ def sweep_tasks(args, ctx, data):
         for name in impls:
             impls[name].pop("seconds_all", None)
             impls[name].update(child_memory(args, name))
+            if "gflops_per_second" in impls[name]:
+                impls[name]["fraction_of_matmul"] = impls[name]["gflops_per_second"] / args.matmul_gflops
         row = {"tasks": tasks, "impls": impls}
         if "ours" in impls and "naive" in impls:
             row["ours_over_naive"] = impls["ours"]["tasks_per_second"] / impls["naive"]["tasks_per_second"]
@@ -398,6 +400,7 @@ def main(argv=None):
     if ctx.is_main:
         result["matmul_gflops"] = matmul_gflops(ctx.device)
     if args.sweep_tasks:
+        args.matmul_gflops = result.get("matmul_gflops")
         result["sweep"] = sweep_tasks(args, ctx, data)
         if ctx.is_main and args.maml:
             result["maml_conv4"] = maml_conv4(args, ctx.device)
