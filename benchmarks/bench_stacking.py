@@ -17,7 +17,13 @@ retraining, this measures the two things that decide it, in one run:
     ``vmap`` over tasks;
   - ``--seeds`` independently initialised copies of the network: the sequential meta-gradients
     vs one ``vmap`` over ``stack_module_state``;
-  - first-order test-time adaptation (3 steps) of 20 tasks: the task loop vs ``vmap``.
+  - first-order test-time adaptation (3 steps) of 20 tasks: the task loop vs ``vmap``;
+  - Conv-4 only, the same stacked seeds without ``torch.func``: every (seed, task) pair one
+    channel group of one network (grouped convolutions, per-channel BatchNorm, a batched
+    linear layer), second order through plain autograd, with PyTorch's convolution
+    (``grouped_torch``) and with bayesnas's whole-call convolution derivatives
+    (``grouped_bayesnas``, bayesnas/models/_conv.py); its largest gradient difference from
+    the sequential runs is recorded.
   Variants alternate, medians of ``--repeats``.
 """
 import argparse
@@ -41,6 +47,7 @@ if ROOT not in sys.path:
 from bayesnas.data import TaskSampler, open_data  # noqa: E402
 from bayesnas.fileio import write_json  # noqa: E402
 from bayesnas.models import build_network  # noqa: E402
+from bayesnas.models._conv import conv2d as whole_call_conv2d  # noqa: E402
 from bayesnas.training.retrain import maml_loss, meta_parameters  # noqa: E402
 
 LR = 0.4
@@ -68,6 +75,35 @@ def func_meta_loss(net, params, sx, sy, qx, qy, steps=1):
 def loop_meta_loss(net, params, sx, sy, qx, qy):
     batch = argparse.Namespace(support_x=sx, support_y=sy, query_x=qx, query_y=qy)
     return maml_loss(net, params, batch, 1, LR)[0]
+
+
+def grouped_conv4(params, x, groups, conv):
+    """Conv-4 over ``groups`` weight sets at once: params name -> ``[G, *shape]``, x ``[G, B, C, H, W]`` -> ``[G, B, n]``."""
+    B = x.shape[1]
+    h = x.transpose(0, 1).reshape(B, groups * x.shape[2], *x.shape[3:])
+    for i in range(4):
+        w = params[f"features.{4 * i}.weight"]
+        h = conv(h, w.reshape(-1, *w.shape[2:]), padding=1, groups=groups)
+        h = F.batch_norm(h, None, None, params[f"features.{4 * i + 1}.weight"].reshape(-1),
+                         params[f"features.{4 * i + 1}.bias"].reshape(-1), training=True)
+        h = F.max_pool2d(F.relu(h), 2)
+    h = h.reshape(B, groups, -1)
+    return torch.einsum("bgf,gnf->gbn", h, params["classifier.weight"]) + params["classifier.bias"].unsqueeze(1)
+
+
+def grouped_meta_loss(stacked, sx, sy, qx, qy, conv):
+    """Sum over seeds of each seed's MAML loss (one inner step); ``sx [S, T, n, C, H, W]``."""
+    S, T = sx.shape[:2]
+    G = S * T
+
+    def mean_ce(logits, y):
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(G, -1).mean(1)
+
+    fast = {k: v.unsqueeze(1).expand(S, T, *v.shape[1:]).reshape(G, *v.shape[1:]) for k, v in stacked.items()}
+    inner = mean_ce(grouped_conv4(fast, sx.reshape(G, *sx.shape[2:]), G, conv), sy).sum()
+    grads = torch.autograd.grad(inner, list(fast.values()), create_graph=True)
+    fast = {k: v - LR * g for (k, v), g in zip(fast.items(), grads)}
+    return mean_ce(grouped_conv4(fast, qx.reshape(G, *qx.shape[2:]), G, conv), qy).view(S, T).mean(1).sum()
 
 
 def correctness():
@@ -148,7 +184,33 @@ def speed(args, data):
             per_seed = lambda p: func_meta_loss(base, p, sx, sy, qx, qy)  # noqa: E731
             grad(lambda p: vmap(per_seed)(p).sum())(stacked)
 
-        seeds = _median_times({"sequential": sequential, "vmap": seeds_vmap}, args.repeats)
+        variants = {"sequential": sequential, "vmap": seeds_vmap}
+        grouped_error = {}
+        if name == "conv4":
+            leaves = {k: torch.stack([dict(n.named_parameters())[k].detach() for n in nets]).requires_grad_(True)
+                      for k in params}
+
+            def seed_batches(r):
+                parts = [batch(r * args.seeds + s, args.tasks) for s in range(args.seeds)]
+                return [torch.stack([p[i] for p in parts]) for i in range(4)]
+
+            def grouped(conv):
+                return lambda r: torch.autograd.grad(grouped_meta_loss(leaves, *seed_batches(r), conv),
+                                                     list(leaves.values()))
+
+            variants["grouped_torch"] = grouped(lambda x, w, padding, groups: F.conv2d(x, w, None, 1, padding, 1,
+                                                                                       groups))
+            variants["grouped_bayesnas"] = grouped(whole_call_conv2d)
+            parts = [batch(s, args.tasks) for s in range(args.seeds)]
+            for conv_name in ("grouped_torch", "grouped_bayesnas"):
+                got = variants[conv_name](0)
+                worst = 0.0
+                for s, (n, part) in enumerate(zip(nets, parts)):
+                    p = meta_parameters(n)
+                    ref = torch.autograd.grad(loop_meta_loss(n, p, *part), list(p.values()))
+                    worst = max(worst, max((g[s] - r).abs().max().item() for g, r in zip(got, ref)))
+                grouped_error[conv_name] = worst
+        seeds = _median_times(variants, args.repeats)
 
         def adapt_loop(r):
             start = {k: v.detach().requires_grad_(True) for k, v in params.items()}
@@ -180,6 +242,7 @@ def speed(args, data):
         row = {"network": name, "channels": width, "tasks": args.tasks, "seeds": args.seeds,
                "second_order_tasks_per_s": {k: args.tasks / v for k, v in tasks.items()},
                "stacked_seeds_tasks_per_s": {k: args.seeds * args.tasks / v for k, v in seeds.items()},
+               "grouped_max_abs_gradient_difference_float32": grouped_error,
                "first_order_adaptation_tasks_per_s": {k: 20 / v for k, v in adapt.items()}}
         print(json.dumps(row))
         rows.append(row)
