@@ -66,7 +66,7 @@ def main(args):
         start = time.perf_counter()
         result = compare(args.genotype, random_cells=args.random_cells, config=cfg, seeds=args.seeds,
                          eval_tasks=args.eval_tasks, out=out, progress=args.progress, log=print,
-                         match_params=args.match_params, param_target=args.param_target)
+                         match_params=args.match_params, param_target=args.param_target, workers=args.workers)
         wall = time.perf_counter() - start
         print(f"\n== {setting['name']} (wall {wall:.0f} s) ==")
         print(format_compare_table(result))
@@ -114,6 +114,8 @@ def parse_args(argv=None):
                         help=f"[default: {QUICK['eval_tasks']}; --protocol: {PROTOCOL['eval_tasks']}]")
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0])
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs trained and evaluated at once, one process each with --threads threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/compare-omniglot", help="folder of the runs (reused when rerun)")
     parser.add_argument("--json", help=f"the report [default: OUT/compare_omniglot.json; --protocol: "

@@ -169,3 +169,25 @@ def test_no_match_params_trains_every_row_at_the_configured_channels(tmp_path, m
     assert abs(on.rows[1].parameters - DARTS_AT_16) <= 0.1 * DARTS_AT_16
     assert json.load(open(tmp_path / "on" / "conv4-seed0" / "config.json"))["channels"] == on.rows[1].channels
     assert "parameters matched to 29,029 ±10%" in format_compare_table(on)
+
+
+def test_runs_in_worker_processes_give_the_same_table(tmp_path):
+    """Two spawned workers (real, tiny runs) against one process: the same accuracies, curves, widths."""
+    cfg = RetrainConfig(iterations=2, tasks=1, channels=2, layers=1, val_every=2, val_tasks=2, checkpoint_every=2,
+                        eval_inner_steps=1, threads=1)
+    kwargs = dict(random_cells=1, baselines=("conv4",), config=cfg, eval_tasks=3, progress=False)
+    here = compare(out=tmp_path / "here", **kwargs)
+    spread = compare(out=tmp_path / "spread", workers=2, **kwargs)
+    assert [r.label for r in spread.rows] == [r.label for r in here.rows] == ["conv4", "random-1"]
+    for a, b in zip(here.rows, spread.rows):
+        assert (a.accuracies, a.val_curves, a.channels, a.parameters) == (b.accuracies, b.val_curves, b.channels,
+                                                                           b.parameters)
+    with pytest.raises(ConfigError, match="workers=0"):
+        compare(out=tmp_path / "none", workers=0, **kwargs)
+    # the finished runs are reused (only evaluated again), and the work did leave this process
+    jobs = [compare_module._Job(r.label, r.arch, 0, RetrainConfig(**{**spread.config, "arch": r.arch, "seed": 0,
+                                                                     "channels": r.channels}),
+                                r.run_dirs[0], 3, None, 0, False, False, None) for r in spread.rows]
+    done = list(compare_module.run_jobs(jobs, 2, 1))
+    assert os.getpid() not in {d["process"] for d in done}
+    assert sorted(d["accuracies"] for d in done) == sorted(r.accuracies for r in here.rows)

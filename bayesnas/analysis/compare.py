@@ -30,9 +30,11 @@ Example (two seeds on the same four tasks: seeds are averaged per task first):
 ([0.3, 0.3, 0.7, 0.7], 0.5, 0.2263)
 """
 import dataclasses
+import multiprocessing
 import os
 import random
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List
 
@@ -348,9 +350,62 @@ def _train(arch, cfg, path, progress, tensorboard, command):
     return retrain(arch, cfg, progress=progress, tensorboard=tensorboard, command=command, **where)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One run of a comparison: what :func:`_run` needs, picklable for a worker process."""
+
+    label: str
+    arch: object
+    seed: int
+    config: RetrainConfig
+    path: str
+    eval_tasks: int
+    eval_inner_steps: object
+    eval_seed: int
+    progress: bool
+    tensorboard: bool
+    command: object
+
+
+def _run(job):
+    """Retrain one (architecture, seed) run (continuing or reusing it) and evaluate it; a plain dict."""
+    trained = _train(job.arch, job.config, job.path, job.progress, job.tensorboard, job.command)
+    result = evaluate(job.path, tasks=job.eval_tasks, inner_steps=job.eval_inner_steps, seed=job.eval_seed,
+                      json_out=os.path.join(job.path, EVALUATION), progress=job.progress)
+    write_run_card(job.path)
+    return {"label": job.label, "seed": job.seed, "path": job.path, "accuracies": list(result.accuracies),
+            "accuracy": result.accuracy, "ci95": result.ci95,
+            "val_acc": max(r["val_acc"] for r in trained.rows if r.get("val_acc") is not None),
+            "train_seconds": trained.train_seconds, "eval_seconds": result.seconds,
+            "parameters": count_parameters(trained.net, trainable_only=True), "curve": val_curve(job.path),
+            "process": os.getpid()}
+
+
+def _set_threads(threads):
+    torch.set_num_threads(threads)
+
+
+def run_jobs(jobs, workers, threads):
+    """Yield each job's result as it finishes: in this process, or in ``workers`` spawned processes.
+
+    Runs are independent (each seeds itself and writes its own folder), so they are the
+    same either way. A worker takes ``threads`` torch threads, or an equal share of the
+    CPU cores when that is 0.
+    """
+    if workers == 1:
+        for job in jobs:
+            yield _run(job)
+        return
+    share = threads or max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_set_threads, initargs=(share,)) as pool:
+        for future in as_completed([pool.submit(_run, job) for job in jobs]):
+            yield future.result()
+
+
 def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=600, eval_inner_steps=None,
             eval_seed=0, out=None, baselines=("darts_v2", "conv4"), random_seed=0, json_out=None, progress=True,
-            log=None, tensorboard=False, command=None, match_params=True, param_target=None):
+            log=None, tensorboard=False, command=None, match_params=True, param_target=None, workers=1):
     """Retrain and evaluate every architecture under one budget and seed set; a Table-1-like result.
 
     Args:
@@ -370,6 +425,10 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
             count is within ±10% of ``param_target`` (:func:`row_widths`); False: every
             row at ``config.channels``.
         param_target: the count to match (default: the largest row's at ``config.channels``).
+        workers: runs trained and evaluated at once, each in its own process (spawned; each
+            takes ``config.threads`` torch threads, or an equal share of the cores when that
+            is 0); 1 runs them one after another here. The results are the same: every run
+            seeds itself and has its own folder. Progress bars are shown only with 1.
 
     Every width is chosen before the first run starts: a target no width of some
     architecture meets raises :class:`ConfigError` naming it, and nothing is written.
@@ -378,6 +437,8 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
     Returns:
         :class:`CompareResult` (also written to ``OUT/compare.json``).
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers={workers!r}: expected an integer >= 1")
     if tensorboard:
         summary_writer_class()  # a missing package stops the comparison before any run starts
     cfg, _ = session_config(None, RetrainConfig, config, None)
@@ -392,34 +453,30 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
     out = os.fspath(out) if out is not None else default_run_path("compare")
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
+    # the width is part of each run's config, so a rerun finds and reuses the finished run
+    jobs = [_Job(label, arch, seed, dataclasses.replace(cfg, arch=arch, seed=seed, channels=channels),
+                 os.path.join(out, f"{label}-seed{seed}"), eval_tasks, eval_inner_steps, eval_seed,
+                 progress and workers == 1, tensorboard, command)
+            for (label, arch), (channels, _) in zip(archs, widths) for seed in seeds]
+    runs = {}
+    for done in run_jobs(jobs, workers, cfg.threads):
+        runs[(done["label"], done["seed"])] = done
+        if log is not None:
+            log(f"{done['label']} seed {done['seed']}: {100 * done['accuracy']:.2f}% ± {100 * done['ci95']:.2f}% "
+                f"({done['train_seconds']:.0f} s training)")
     rows, reference_accs = [], None
     for (label, arch), (channels, _) in zip(archs, widths):
-        accs, val_accs, train_s, eval_s, dirs, params, curves = [], [], 0.0, 0.0, [], 0, {}
-        for seed in seeds:
-            # the width is part of the run's config, so a rerun finds and reuses the finished run
-            run_cfg = dataclasses.replace(cfg, arch=arch, seed=seed, channels=channels)
-            path = os.path.join(out, f"{label}-seed{seed}")
-            trained = _train(arch, run_cfg, path, progress, tensorboard, command)
-            result = evaluate(path, tasks=eval_tasks, inner_steps=eval_inner_steps, seed=eval_seed,
-                              json_out=os.path.join(path, EVALUATION), progress=progress)
-            write_run_card(path)
-            accs.append(result.accuracies)
-            val_accs.append(max(r["val_acc"] for r in trained.rows if r.get("val_acc") is not None))
-            train_s += trained.train_seconds
-            eval_s += result.seconds
-            params = count_parameters(trained.net, trainable_only=True)
-            curves[str(seed)] = val_curve(path)
-            dirs.append(path)
-            if log is not None:
-                log(f"{label} seed {seed}: {100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}% "
-                    f"({trained.train_seconds:.0f} s training)")
+        mine = [runs[(label, seed)] for seed in seeds]
+        accs = [r["accuracies"] for r in mine]
         mean, ci, per_task = over_tasks(accs)
         if reference_accs is None:
             reference_accs, diff, diff_ci = accs, 0.0, 0.0
         else:
             diff, diff_ci = paired_difference(accs, reference_accs)
-        rows.append(CompareRow(label, arch, mean, ci, diff, diff_ci, sum(val_accs) / len(val_accs), params, channels,
-                               train_s / len(seeds), eval_s / len(seeds), dirs, per_task.tolist(), curves))
+        rows.append(CompareRow(label, arch, mean, ci, diff, diff_ci, sum(r["val_acc"] for r in mine) / len(seeds),
+                               mine[-1]["parameters"], channels, sum(r["train_seconds"] for r in mine) / len(seeds),
+                               sum(r["eval_seconds"] for r in mine) / len(seeds), [r["path"] for r in mine],
+                               per_task.tolist(), {str(seed): r["curve"] for seed, r in zip(seeds, mine)}))
     result = CompareResult(rows=rows, config={k: v for k, v in cfg.to_dict().items() if k not in ("arch", "seed")},
                            seeds=seeds, eval_tasks=eval_tasks,
                            eval_inner_steps=cfg.test_inner_steps if eval_inner_steps is None else eval_inner_steps,

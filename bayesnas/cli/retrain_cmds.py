@@ -94,11 +94,14 @@ def _seeds(ctx, param, value):
                    "--param-target; off: every row at --channels [default: on].")
 @click.option("--param-target", type=click.IntRange(min=1), default=None,
               help="Trainable parameters every row is matched to [default: the largest row's count at --channels].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs trained and evaluated at once, one process each (each with --threads torch threads, "
+                   "or an equal share of the cores when --threads is 0); same results as one at a time.")
 @run_options("RetrainConfig")
 @config_options(RetrainConfig, skip=("arch", "seed"))
 @user_errors
 def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_seed, random_seed, out, json_out,
-                    tensorboard, match_params, param_target, config_file, quiet, eval_inner_steps, **flags):
+                    tensorboard, match_params, param_target, workers, config_file, quiet, eval_inner_steps, **flags):
     """Retrain and evaluate GENOTYPEs, DARTS_V2, Conv-4 and random cells under one budget (Table 1).
 
     Each architecture's width is chosen so its trainable parameter count is within ±10% of one
@@ -114,6 +117,6 @@ def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_
     result = compare(list(genotypes), random_cells=random_cells, config=config, seeds=seeds, eval_tasks=eval_tasks,
                      eval_seed=eval_seed, out=out, baselines=names, random_seed=random_seed, json_out=json_out,
                      progress=not quiet, log=click.echo, tensorboard=tensorboard, command=cli_command(),
-                     match_params=match_params, param_target=param_target)
+                     match_params=match_params, param_target=param_target, workers=workers)
     click.echo(format_compare_table(result))
     click.echo(f"json: {json_out or result.out + '/compare.json'}")
