@@ -139,6 +139,8 @@ def settings(args):
         cfg.tasks = args.tasks
     if args.inner_steps is not None:
         cfg.inner_steps = args.inner_steps
+    if args.second_order:
+        cfg.first_order = False
     return cfg
 
 
@@ -171,6 +173,8 @@ def run_child(args):
 def child_memory(args, impl, inner_steps=None):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", impl, "--config", args.config,
            "--threads", str(args.threads), "--device", args.device, "--warmup", str(min(args.warmup, 1))]
+    if args.second_order:
+        cmd.append("--second-order")
     if args.tasks:
         cmd += ["--tasks", str(args.tasks)]
     steps = inner_steps if inner_steps is not None else args.inner_steps
@@ -361,6 +365,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     parser.add_argument("--tasks", type=int, default=None, help="override tasks per meta-batch")
     parser.add_argument("--inner-steps", type=int, default=None, help="override inner steps N")
+    parser.add_argument("--second-order", action="store_true",
+                        help="differentiate through the inner steps (the shipped 'search' and 'defaults' configs "
+                             "take first-order steps)")
     parser.add_argument("--impls", default="ours,low_memory,naive",
                         help=f"comma-separated subset of {','.join(IMPLS)} to time")
     parser.add_argument("--memory-impls", default=None,
