@@ -18,7 +18,8 @@ Two measurements, each alternating its variants so that all see the same load:
 * ``compile`` (``--compile``): the same per-task work (``--steps`` first-order steps, then the
   query forward, one task at a time) eager and through ``torch.compile`` (Inductor, static
   shapes), on DARTS_V2 and Conv-4, 5-way 1-shot: the compile time, seconds per task of each,
-  the number of tasks after which compiling pays, and whether the per-task accuracies agree.
+  the number of tasks after which compiling pays, and whether the per-task accuracies agree
+  (Inductor's on-disk caches start empty unless ``--warm-cache``).
 """
 import argparse
 import json
@@ -109,7 +110,12 @@ def evaluate_speed(args, data):
 
 
 def compile_speed(args, data):
+    import tempfile
+
     from torch.func import functional_call
+
+    if not args.warm_cache:  # what a user's first evaluation pays: Inductor's caches start empty
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-inductor-")
 
     rows = []
     for name in ("darts_v2", "conv4"):
@@ -173,13 +179,16 @@ def main(argv=None):
     parser.add_argument("--no-pooling", dest="pooling", action="store_false")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile against eager")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="with --compile: keep Inductor's on-disk cache (default: a fresh one, a cold start)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     args.threshold = operations.CHANNELS_LAST_POOL_MIN
     torch.set_num_threads(args.threads)
     result = {"torch": torch.__version__, "threads": args.threads, "machine": platform.processor() or platform.machine(),
-              "channels_last_pool_min": args.threshold, "steps": args.steps, "queries": args.queries}
+              "channels_last_pool_min": args.threshold, "steps": args.steps, "queries": args.queries,
+              "inductor_cache": "warm" if args.warm_cache else "cold"}
     if args.pooling:
         result["pooling"] = pooling_grid(args.repeats)
     if args.evaluate:
