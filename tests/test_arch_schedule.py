@@ -41,3 +41,19 @@ def test_alpha_stays_at_its_initial_value_through_the_warmup_and_moves_after(tmp
         assert alpha.detach().abs().max() < 0.01
     for alpha in (none.alpha_normal, none.alpha_reduce):  # four Adam steps of 0.1 move it
         assert alpha.detach().abs().max() > 0.05
+
+
+def test_alpha_step_size_is_set_on_alphas_group_wherever_it_sits():
+    from bayesnas.training.search import arch_group, build_meta_network, make_optimiser
+
+    cfg = FitConfig(channels=2, cells=2, arch_lr=0.25, meta_lr=0.5)
+    meta = build_meta_network(cfg, 1)
+    shipped = make_optimiser(meta, cfg)
+    assert arch_group(shipped, meta)["lr"] == 0.25 and shipped.param_groups[0]["lr"] == 0.5
+    # a user's optimiser with alpha first: the group is found by identity, not position
+    alpha = [meta.alpha_normal, meta.alpha_reduce]
+    rest = [p for p in meta.meta_parameters() if all(p is not a for a in alpha)]
+    custom = torch.optim.Adam([{"params": alpha, "lr": 0.1}, {"params": rest, "lr": 0.2}])
+    assert arch_group(custom, meta) is custom.param_groups[0]
+    with pytest.raises(ValueError, match="alpha_normal"):
+        arch_group(torch.optim.Adam(rest), meta)

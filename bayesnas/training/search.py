@@ -57,6 +57,14 @@ def make_optimiser(meta, cfg):
     return torch.optim.Adam([{"params": rest, "lr": cfg.meta_lr}, {"params": arch, "lr": cfg.arch_lr}])
 
 
+def arch_group(optimiser, meta):
+    """The optimiser's parameter group that holds alpha (found by identity, not position)."""
+    for group in optimiser.param_groups:
+        if any(p is meta.alpha_normal for p in group["params"]):
+            return group
+    raise ValueError("the optimiser does not hold alpha_normal: build it with make_optimiser(meta, cfg)")
+
+
 def meta_batch_indices(cfg, first, ctx):
     """This process's task indices of the meta-batch that starts at task ``first``."""
     start, stop = ctx.share(cfg.tasks)
@@ -127,7 +135,7 @@ def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
     arch_factor = arch_lr_factor(cfg, iteration)
     if arch_factor == 0.0:  # alpha is left alone (Adam skips a parameter without a gradient)
         meta.alpha_normal.grad = meta.alpha_reduce.grad = None
-    optimiser.param_groups[-1]["lr"] = cfg.arch_lr * arch_factor
+    arch_group(optimiser, meta)["lr"] = cfg.arch_lr * arch_factor
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(meta.meta_parameters(), cfg.grad_clip)
     optimiser.step()
