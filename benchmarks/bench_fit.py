@@ -411,43 +411,43 @@ def main(argv=None):
         result["sweep"] = sweep_tasks(args, ctx, data)
         if ctx.is_main and args.maml:
             result["maml_conv4"] = maml_conv4(args, ctx.device)
-        if ctx.is_main:
-            print(json.dumps(result, indent=2))
-            if args.json:
-                write_json(args.json, result)
-        ctx.close()
-        return
-    result["impls"] = time_impls(args, cfg, ctx, data, sampler)
-    if ctx.is_main and args.flops_from_steps:
-        result["flops_per_iteration_extrapolated"] = extrapolated_flops(args, cfg, data)
-    if ctx.is_main and ctx.world_size == 1:
-        peak = result["matmul_gflops"]
-        for row in result["impls"].values():
-            if "gflops_per_second" in row:
-                row["fraction_of_matmul"] = row["gflops_per_second"] / peak
-        mem_impls = args.impls if args.memory_impls is None else [s for s in args.memory_impls.split(",") if s]
-        for name in mem_impls:
-            result["impls"].setdefault(name, {}).update(child_memory(args, name))
-        if "ours" in result["impls"] and "naive" in result["impls"]:
-            result["naive_over_ours"] = (result["impls"]["naive"]["seconds_per_iteration"]
-                                         / result["impls"]["ours"]["seconds_per_iteration"])
-        steps = [int(s) for s in args.slope_steps.split(",") if s]
-        if len(steps) >= 2:
-            curve = {"inner_steps": steps}
-            for name in ("ours", "low_memory"):
-                peaks = [child_memory(args, name, n).get("peak_memory_mb") for n in steps]
-                curve[f"{name}_peak_mb"] = peaks
-                if None not in peaks:
-                    curve[f"{name}_slope_mb_per_step"] = slope(steps, peaks)
-            result["memory_vs_inner_steps"] = curve
-        if args.maml:
-            result["maml_conv4"] = maml_conv4(args, ctx.device)
+    else:
+        single_size(args, cfg, ctx, data, sampler, result)
     if ctx.is_main:
         print(json.dumps(result, indent=2))
         if args.json:
             write_json(args.json, result)
     ctx.close()
 
+
+def single_size(args, cfg, ctx, data, sampler, result):
+    """The measurements at the config's T: timings, FLOPs, peak memory, memory vs inner steps, Conv-4 MAML."""
+    result["impls"] = time_impls(args, cfg, ctx, data, sampler)
+    if ctx.is_main and args.flops_from_steps:
+        result["flops_per_iteration_extrapolated"] = extrapolated_flops(args, cfg, data)
+    if not (ctx.is_main and ctx.world_size == 1):
+        return
+    peak = result["matmul_gflops"]
+    for row in result["impls"].values():
+        if "gflops_per_second" in row:
+            row["fraction_of_matmul"] = row["gflops_per_second"] / peak
+    mem_impls = args.impls if args.memory_impls is None else [s for s in args.memory_impls.split(",") if s]
+    for name in mem_impls:
+        result["impls"].setdefault(name, {}).update(child_memory(args, name))
+    if "ours" in result["impls"] and "naive" in result["impls"]:
+        result["naive_over_ours"] = (result["impls"]["naive"]["seconds_per_iteration"]
+                                     / result["impls"]["ours"]["seconds_per_iteration"])
+    steps = [int(s) for s in args.slope_steps.split(",") if s]
+    if len(steps) >= 2:
+        curve = {"inner_steps": steps}
+        for name in ("ours", "low_memory"):
+            peaks = [child_memory(args, name, n).get("peak_memory_mb") for n in steps]
+            curve[f"{name}_peak_mb"] = peaks
+            if None not in peaks:
+                curve[f"{name}_slope_mb_per_step"] = slope(steps, peaks)
+        result["memory_vs_inner_steps"] = curve
+    if args.maml:
+        result["maml_conv4"] = maml_conv4(args, ctx.device)
 
 if __name__ == "__main__":
     main()

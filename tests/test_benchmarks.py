@@ -53,6 +53,21 @@ def test_bench_command_writes_its_figures(tmp_path, capsys):
     assert ours["peak_memory_mb"] > ours["baseline_mb"] > 0
 
 
+def test_sweep_reports_tasks_per_second_and_memory_per_meta_batch_size(tmp_path):
+    out = tmp_path / "sweep.json"
+    bench_fit.main(["--config", "default", "--sweep-tasks", "1,2", "--inner-steps", "1", "--iterations", "1",
+                    "--warmup", "0", "--impls", "ours", "--no-maml", "--json", str(out)])
+    sweep = json.loads(out.read_text())["sweep"]
+    assert [row["tasks"] for row in sweep] == [1, 2]
+    for row in sweep:
+        ours = row["impls"]["ours"]
+        assert ours["tasks_per_second"] == row["tasks"] / ours["seconds_per_iteration"] > 0
+        assert 0 < ours["fraction_of_matmul"] < 1 and ours["peak_memory_mb"] > ours["baseline_mb"] > 0
+    # what users run: the shipped search config (first order) and plain FitConfig()
+    assert bench_fit.CONFIGS["search"].image_size == 14 and bench_fit.CONFIGS["search"].first_order
+    assert bench_fit.CONFIGS["defaults"] == bench_fit.FitConfig()
+
+
 def test_flops_extrapolated_from_one_task_equal_the_whole_iteration_count():
     import argparse
 
