@@ -66,7 +66,8 @@ def test_split_meta_batch_gives_bitwise_equal_gradients_in_one_process(small_omn
     sampler, _ = task_samplers(cfg, open_data(small_omniglot), torch.device("cpu"))
 
     class Hold:  # keeps the gradients: no optimiser step
-        param_groups = [{}, {}]  # svi_step sets alpha's step size in the last group
+        def __init__(self, meta):  # svi_step sets alpha's step size in the group that holds alpha
+            self.param_groups = [{"params": [meta.alpha_normal, meta.alpha_reduce]}]
 
         def zero_grad(self, set_to_none=True):
             pass
@@ -79,7 +80,7 @@ def test_split_meta_batch_gives_bitwise_equal_gradients_in_one_process(small_omn
         meta = build_meta_network(cfg, 1)
         torch.manual_seed(5)
         with task_share(2, *share):
-            svi_step(meta, Hold(), sampler.batch(tasks), cfg, 1)
+            svi_step(meta, Hold(meta), sampler.batch(tasks), cfg, 1)
         return torch.cat([p.grad.reshape(-1) for p in meta.meta_parameters()])
 
     whole = grads((0, 2), [0, 1])
