@@ -56,10 +56,10 @@ def batch_norm(C, affine):
 
 
 #: Below this many elements a 3x3 max pool runs in the tensor's own (NCHW) layout; at or above
-#: it, on CPU, through a channels-last copy (benchmarks/bench_pooling.py: PyTorch's NCHW CPU
-#: max pool with a 3x3 window is 1.3-4x slower, forward and backward, than the channels-last
-#: kernel plus both layout copies once a tensor holds ~16k elements; below, the copies cost
-#: more than they save).
+#: it, on CPU, through a channels-last copy (the pooling grid of benchmarks/bench_evaluate.py:
+#: PyTorch's NCHW CPU max pool with a 3x3 window is 1.3-4x slower, forward and backward, than
+#: the channels-last kernel plus both layout copies once a tensor holds ~16k elements; below,
+#: the copies cost more than they save).
 CHANNELS_LAST_POOL_MIN = 16384
 
 
