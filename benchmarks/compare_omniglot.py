@@ -2,6 +2,7 @@
 
     python benchmarks/compare_omniglot.py [--genotype runs/fit-a] [--iterations 100] [--json out.json]
     python benchmarks/compare_omniglot.py --protocol --genotype runs/fit-s0 --genotype runs/fit-s1 --iterations N
+    python benchmarks/compare_omniglot.py --table benchmarks/results/compare_omniglot.json
 
 For each setting (``--settings``: 5w1s, 5w5s, 20w1s), every architecture (the given searched
 cells, DARTS_V2, Conv-4 and ``--random-cells`` cells drawn uniformly from the search space
@@ -19,22 +20,31 @@ the budget, the learning curves and wall times, as JSON.
 ``--protocol`` runs issue 12's comparison: the three settings, 600 test tasks, at least 5
 random cells, matched parameters, at least 2 searched cells (from independent search seeds),
 written to ``benchmarks/results/compare_omniglot.json``. It does not choose the iterations:
-retrain until validation accuracy has plateaued, which the JSON's ``val_curves`` show.
+retrain until validation accuracy has plateaued, which the JSON's ``val_curves`` show and each
+row's ``val_rise`` measures (mean validation accuracy over the last 100 iterations minus the
+same 300 iterations earlier; a setting's ``still_learning`` lists the rows above 0.02).
+``--iterations`` takes one budget or one per setting (``5w1s=1200,20w1s=1600``); rerun with
+a larger budget on the same ``--out`` and every run continues where it stopped, and a
+finished run's saved evaluation is reused. ``--table JSON`` prints a report's tables as
+Markdown (the README's).
 
 Without ``--protocol`` the default budget is sized to finish in well under an hour on a
 2-core CPU with one torch thread; it trains far less than the paper (30,000 iterations), so
 the numbers compare architectures at a small budget, not at convergence.
 """
 import argparse
+import json
 import os
 import platform
+import sys
 import time
 
 import torch
 
-from bayesnas.fileio import write_json
-from bayesnas.analysis.compare import compare, format_compare_table
+from bayesnas.analysis.compare import (PLATEAU_LAG, PLATEAU_RISE, PLATEAU_WINDOW, compare, format_compare_table,
+                                       validation_rise)
 from bayesnas.config import RetrainConfig
+from bayesnas.fileio import write_json
 
 SETTINGS = {"5w1s": {"name": "5-way 1-shot", "ways": 5, "shots": 1},
             "5w5s": {"name": "5-way 5-shot", "ways": 5, "shots": 5},
@@ -58,9 +68,9 @@ def main(args):
         setting = SETTINGS[key]
         cfg = RetrainConfig(ways=setting["ways"], shots=setting["shots"], queries=args.queries, tasks=args.tasks,
                             inner_steps=args.inner_steps, eval_inner_steps=args.eval_inner_steps,
-                            iterations=args.iterations, channels=args.channels, layers=args.layers,
-                            val_every=args.val_every or args.iterations, val_tasks=args.val_tasks,
-                            checkpoint_every=args.val_every or args.iterations, device=args.device,
+                            iterations=args.iterations[key], channels=args.channels, layers=args.layers,
+                            val_every=args.val_every or args.iterations[key], val_tasks=args.val_tasks,
+                            checkpoint_every=args.val_every or args.iterations[key], device=args.device,
                             threads=args.threads)
         out = os.path.join(args.out, f"{setting['ways']}way{setting['shots']}shot")
         start = time.perf_counter()
@@ -71,13 +81,57 @@ def main(args):
         print(f"\n== {setting['name']} (wall {wall:.0f} s) ==")
         print(format_compare_table(result))
         print()
-        report["settings"].append({**setting, "wall_seconds": round(wall, 1), "result": result.to_dict()})
+        report["settings"].append({**setting, "wall_seconds": round(wall, 1), "plateau": plateau(result.rows),
+                                   "result": result.to_dict()})
         write_json(path, report)  # a long run keeps each finished setting
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(f"total wall time {report['wall_seconds']:.0f} s, {args.threads} torch thread(s), {args.device}")
     write_json(path, report)
     print(f"json: {path}")
     return report
+
+
+def plateau(rows):
+    """The plateau rule applied to a setting's rows: its constants and the rows still learning."""
+    return {"window": PLATEAU_WINDOW, "lag": PLATEAU_LAG, "threshold": PLATEAU_RISE,
+            "still_learning": [r.label for r in rows if r.val_rise is None or r.val_rise > PLATEAU_RISE]}
+
+
+def markdown_tables(report):
+    """Each setting of a report (this script's JSON) as a Markdown table, with its budget line."""
+    out = []
+    for setting in report["settings"]:
+        result = setting["result"]
+        c = result["config"]
+        target = (f"parameters matched to {result['param_target']:,} ±{100 * result['param_tolerance']:.0f}%"
+                  if result.get("param_target") else f"{c['channels']} channels")
+        out += [f"**{setting['name']}**, {c['iterations']} iterations x {c['tasks']} tasks, {c['inner_steps']} inner "
+                f"step(s) ({'first' if c['first_order'] else 'second'} order), {target}, {result['eval_tasks']} "
+                f"test tasks ({result['eval_inner_steps']} steps), seeds {', '.join(map(str, result['seeds']))}:", "",
+                f"| architecture | parameters | accuracy (95% CI) | paired vs {result['reference']} | val rise |",
+                "|---|---|---|---|---|"]
+        for i, row in enumerate(result["rows"]):
+            rise = row.get("val_rise", validation_rise(row["val_curves"]))
+            diff = ("reference" if i == 0 else
+                    f"{100 * row['difference']:+.2f}% ± {100 * row['difference_ci95']:.2f}%")
+            out.append(f"| {row['label']} | {row['parameters']:,} | **{100 * row['accuracy']:.2f}% ± "
+                       f"{100 * row['ci95']:.2f}%** | {diff} | {'-' if rise is None else f'{rise:+.3f}'} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def parse_iterations(text, settings=tuple(SETTINGS)):
+    """``--iterations``: one budget for every setting (``1200``) or one per setting (``5w1s=1200,20w1s=1600``)."""
+    try:
+        if "=" not in text:
+            return dict.fromkeys(settings, int(text))
+        given = {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(",") if part.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N or SETTING=N,... (settings {', '.join(SETTINGS)})")
+    unknown = [k for k in given if k not in SETTINGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{','.join(unknown)}: not a setting; expected some of {', '.join(SETTINGS)}")
+    return given
 
 
 def parse_args(argv=None):
@@ -94,7 +148,9 @@ def parse_args(argv=None):
                              f"--protocol: all]")
     parser.add_argument("--random-cells", type=int, default=None,
                         help=f"[default: {QUICK['random_cells']}; --protocol: {PROTOCOL['random_cells']}]")
-    parser.add_argument("--iterations", type=int, default=100, help="meta-iterations of every run")
+    parser.add_argument("--iterations", type=parse_iterations, default=parse_iterations("100"),
+                        help="meta-iterations of every run: N, or per setting 5w1s=N,5w5s=N,20w1s=N")
+    parser.add_argument("--table", metavar="JSON", help="print the report JSON's tables as Markdown and exit")
     parser.add_argument("--val-every", type=int, default=None,
                         help="validate (one point of the learning curve) every N iterations [default: once, at the end]")
     parser.add_argument("--tasks", type=int, default=2, help="tasks per meta-batch")
@@ -122,6 +178,8 @@ def parse_args(argv=None):
                                        f"{PROTOCOL['json']}]")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     args = parser.parse_args(argv)
+    if args.table:
+        return args
     defaults = PROTOCOL if args.protocol else QUICK
     for name in ("settings", "random_cells", "eval_tasks"):
         if getattr(args, name) is None:
@@ -129,6 +187,9 @@ def parse_args(argv=None):
     unknown = [s for s in args.settings if s not in SETTINGS]
     if unknown or not args.settings:
         parser.error(f"--settings {','.join(args.settings)}: expected some of {', '.join(SETTINGS)}")
+    missing = [k for k in args.settings if k not in args.iterations]
+    if missing:
+        parser.error(f"--iterations: no budget for {','.join(missing)}")
     if args.param_target is not None and not args.match_params:
         parser.error("--param-target needs parameter matching: drop --no-match-params")
     if args.protocol:
@@ -144,5 +205,18 @@ def parse_args(argv=None):
     return args
 
 
+def print_tables(path):
+    """``--table``: the Markdown tables of the report at ``path`` (one line and a non-zero exit if it is not one)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            print(markdown_tables(json.load(f)))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"--table {path}: expected a report this script wrote ({type(exc).__name__}: {exc})")
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    ARGS = parse_args()
+    if ARGS.table:
+        print_tables(ARGS.table)
+    else:
+        main(ARGS)

@@ -85,3 +85,32 @@ def test_flops_extrapolated_from_one_task_equal_the_whole_iteration_count():
     with task_share(3, 0, 3):
         whole = count_flops(lambda: svi_step(meta, opt, sampler.batch([0, 1, 2]), impl_cfg, 1))
     assert estimate["total"] == whole > 0
+
+
+def test_compare_script_budget_per_setting_extends_runs_and_prints_markdown(tmp_path, capsys):
+    import pytest
+
+    from benchmarks import compare_omniglot as script
+
+    assert script.parse_iterations("1200") == {"5w1s": 1200, "5w5s": 1200, "20w1s": 1200}
+    assert script.parse_iterations("5w1s=4, 20w1s=6") == {"5w1s": 4, "20w1s": 6}
+    for bad in ("many", "5w1s=x", "7w1s=3"):
+        with pytest.raises(Exception, match="expected"):
+            script.parse_iterations(bad)
+    tiny = ["--settings", "5w1s", "--no-match-params", "--random-cells", "1", "--eval-tasks", "3", "--channels", "2", "--layers", "1",
+            "--val-every", "2", "--val-tasks", "2", "--eval-inner-steps", "1", "--tasks", "1",
+            "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "report.json")]
+    first = script.main(script.parse_args(tiny + ["--iterations", "5w1s=4,20w1s=1"]))
+    rows = first["settings"][0]["result"]["rows"]
+    assert [r["name"] for r in rows] == ["darts_v2", "conv4", "random-1"]
+    assert first["settings"][0]["plateau"]["still_learning"] == ["darts_v2", "conv4", "random-1"]  # too short to tell
+    # a larger budget on the same folder continues every run to it
+    second = script.main(script.parse_args(tiny + ["--iterations", "6"]))
+    assert all(r["val_curves"]["0"][-1][0] == 6 and len(r["val_curves"]["0"]) == 3
+               for r in second["settings"][0]["result"]["rows"])
+    capsys.readouterr()
+    script.print_tables(tmp_path / "report.json")
+    table = capsys.readouterr().out
+    assert "**5-way 1-shot**, 6 iterations x 1 tasks" in table and "| conv4 | " in table and "| reference |" in table
+    with pytest.raises(SystemExit, match="expected a report"):
+        script.print_tables(tmp_path / "runs")

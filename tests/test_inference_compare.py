@@ -10,7 +10,7 @@ import pytest
 
 from bayesnas.errors import ConfigError
 from bayesnas.analysis.compare import (architectures, compare, format_compare_table, matched_channels, over_tasks,
-                                       paired_difference, row_widths)
+                                       paired_difference, row_widths, validation_rise)
 from bayesnas.config import RetrainConfig
 from bayesnas.models.genotypes import arch_config
 from bayesnas.training.retrain import build_retrain_network
@@ -100,6 +100,22 @@ def test_compare_with_two_seeds_reports_intervals_over_tasks(tmp_path, monkeypat
     assert saved["rows"][1]["paired_difference"]["against"] == "darts_v2"
     assert saved["rows"][0]["paired_difference"] == {"mean": 0.0, "ci95": 0.0, "against": "darts_v2"}
     assert saved["rows"][1]["val_curves"] == {"0": [[2, 0.25], [4, 0.5]], "1": [[2, 0.375], [4, 0.625]]}
+    # curves 2 iterations long cannot say whether they levelled off
+    assert [r["val_rise"] for r in saved["rows"]] == [None, None] and "still learning" not in table
+    # with windows that fit: per seed (0.5 - 0.25) and (0.625 - 0.375), averaged
+    assert validation_rise(saved["rows"][0]["val_curves"], window=1, lag=2) == pytest.approx(0.25)
+
+
+def test_validation_rise_compares_the_last_window_with_one_lag_earlier():
+    curve = [[it, v] for it, v in zip(range(50, 1201, 50), [0.1 * min(i, 8) for i in range(1, 25)])]
+    # rises to 0.8 at iteration 400, flat after: over 1100-1200 vs 800-900 nothing moved
+    assert validation_rise(curve) == pytest.approx(0.0, abs=1e-12)
+    # stopped at 500: (0.8 + 0.8) / 2 over (400, 500] against (0.3 + 0.4) / 2 over (100, 200]
+    assert validation_rise(curve[:10]) == pytest.approx(0.8 - 0.35)
+    # window and lag in iterations; the two seeds' rises are averaged
+    assert validation_rise({"0": curve[:10], "1": curve}, window=100, lag=300) == pytest.approx((0.45 + 0.0) / 2)
+    assert validation_rise(curve[:4]) is None  # 200 iterations: no window 300 before the last
+    assert validation_rise([]) is None and validation_rise({"0": []}) is None
 
 
 DARTS_AT_16 = 29029  # DARTS_V2, 16 channels, 3 cells, 1 x 28 x 28 input, 5 ways (RetrainConfig's docstring)
@@ -171,7 +187,7 @@ def test_no_match_params_trains_every_row_at_the_configured_channels(tmp_path, m
     assert "parameters matched to 29,029 ±10%" in format_compare_table(on)
 
 
-def test_runs_in_worker_processes_give_the_same_table(tmp_path):
+def test_runs_in_worker_processes_give_the_same_table(tmp_path, monkeypatch):
     """Two spawned workers (real, tiny runs) against one process: the same accuracies, curves, widths."""
     cfg = RetrainConfig(iterations=2, tasks=1, channels=2, layers=1, val_every=2, val_tasks=2, checkpoint_every=2,
                         eval_inner_steps=1, threads=1)
@@ -191,3 +207,10 @@ def test_runs_in_worker_processes_give_the_same_table(tmp_path):
     done = list(compare_module.run_jobs(jobs, 2, 1))
     assert os.getpid() not in {d["process"] for d in done}
     assert sorted(d["accuracies"] for d in done) == sorted(r.accuracies for r in here.rows)
+    # here, run again: the finished runs and their evaluations are reused, nothing is evaluated again
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished, evaluated run was evaluated again")
+
+    monkeypatch.setattr(compare_module, "evaluate", refuse)
+    rerun = compare(out=tmp_path / "here", **kwargs)
+    assert [r.accuracies for r in rerun.rows] == [r.accuracies for r in here.rows]

@@ -95,3 +95,42 @@ def test_a_run_that_selected_on_the_test_classes_is_evaluated_with_a_warning(tmp
     assert result.warnings == [TEST_SELECTION_WARNING]
     assert json.load(open(tmp_path / "e.json"))["warnings"] == [TEST_SELECTION_WARNING]
     assert format_evaluation(result).splitlines()[-1] == f"warning: {TEST_SELECTION_WARNING}"
+
+
+def test_a_saved_evaluation_is_reused_only_while_tasks_and_checkpoint_are_unchanged(run, tmp_path):
+    import shutil
+
+    from bayesnas.analysis.evaluate import previous_evaluation
+    from bayesnas.training.card import file_sha256
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    saved = tmp_path / "e.json"
+    assert previous_evaluation(saved, copy, tasks=12) is None  # nothing saved yet
+    fresh = evaluate(copy, tasks=12, json_out=saved)
+    again = previous_evaluation(saved, copy, tasks=12)
+    assert again is not None and again.accuracies == fresh.accuracies and again.accuracy == fresh.accuracy
+    assert again.inner_steps == 5 and len(again.checkpoint_sha256) == len(again.data_sha256) == 64
+    # what the evaluation was of must match: tasks, seed, test-time steps, checkpoint, split
+    assert previous_evaluation(saved, copy, tasks=13) is None
+    assert previous_evaluation(saved, copy, tasks=12, seed=1) is None
+    assert previous_evaluation(saved, copy, tasks=12, inner_steps=5) is not None  # the run's own 5
+    assert previous_evaluation(saved, copy, tasks=12, inner_steps=4) is None
+    assert previous_evaluation(saved, copy, tasks=12, which="last") is None
+    assert previous_evaluation(saved, copy, tasks=12, split="val") is None
+    # a file from before the hashes were recorded, or one that is not an evaluation, is evaluated again
+    record = json.load(open(saved))
+    json.dump({k: v for k, v in record.items() if not k.endswith("sha256")}, open(tmp_path / "old.json", "w"))
+    assert previous_evaluation(tmp_path / "old.json", copy, tasks=12) is None
+    (tmp_path / "bad.json").write_text("[1, 2")
+    assert previous_evaluation(tmp_path / "bad.json", copy, tasks=12) is None
+    # training further rewrites the last checkpoint (and the best one if validation improved): the saved
+    # numbers of a rewritten checkpoint no longer describe it
+    last = evaluate(copy, tasks=12, which="last", json_out=tmp_path / "last.json")
+    assert previous_evaluation(tmp_path / "last.json", copy, tasks=12, which="last").accuracies == last.accuracies
+    best_before = file_sha256(copy / "checkpoint_best.pt")
+    retrain(None, RetrainConfig(**{**json.load(open(copy / "config.json")), "iterations": 30}), resume=copy,
+            progress=False)
+    assert previous_evaluation(tmp_path / "last.json", copy, tasks=12, which="last") is None
+    best_rewritten = file_sha256(copy / "checkpoint_best.pt") != best_before
+    assert (previous_evaluation(saved, copy, tasks=12) is None) == best_rewritten

@@ -6,13 +6,13 @@ a fit run folder as one object (:func:`load_run`).
 """
 from .compare import CompareResult, CompareRow, compare, format_compare_table
 from .derive import ChosenEdge, DerivedCell, chosen_edges_table, derive_cell, derive_genotype, format_edges_table
-from .evaluate import Evaluation, evaluate, format_evaluation, mean_confidence_interval
+from .evaluate import Evaluation, evaluate, format_evaluation, mean_confidence_interval, previous_evaluation
 from .posterior import AdaptedPosterior, EdgePosterior, PosteriorHistory
 from .run import Run, load_run
 
 __all__ = [
     "CompareResult", "CompareRow", "compare", "format_compare_table", "ChosenEdge", "DerivedCell",
     "chosen_edges_table", "derive_cell", "derive_genotype", "format_edges_table", "Evaluation", "evaluate",
-    "format_evaluation", "mean_confidence_interval", "AdaptedPosterior", "EdgePosterior", "PosteriorHistory",
+    "previous_evaluation", "format_evaluation", "mean_confidence_interval", "AdaptedPosterior", "EdgePosterior", "PosteriorHistory",
     "Run", "load_run",
 ]

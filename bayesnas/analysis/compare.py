@@ -21,7 +21,8 @@ says why), so no row is narrower than that. ``match_params=False`` gives every r
 configured channels.
 
 Every run keeps its own folder ``OUT/<label>-seed<S>``; running ``compare`` again with the
-same ``out`` continues unfinished runs and reuses finished ones.
+same ``out`` continues unfinished runs and reuses finished ones, and their evaluations
+when the test tasks and the checkpoint are unchanged.
 
 Example (two seeds on the same four tasks: seeds are averaged per task first):
 
@@ -52,12 +53,17 @@ from ..training.loop import continuable, session_config
 from ..training.retrain import build_retrain_network, retrain
 from ..training.rundir import RunDirectory, default_run_path
 from ..training.tensorboard_logger import summary_writer_class
-from .evaluate import Z_95, evaluate, mean_confidence_interval
+from .evaluate import Z_95, evaluate, mean_confidence_interval, previous_evaluation
 
 #: how far from the target a row's parameter count may be when parameters are matched
 PARAM_TOLERANCE = 0.10
 #: the widest network the width search tries
 MAX_CHANNELS = 1024
+#: the plateau rule (:func:`validation_rise`): mean validation accuracy over the last
+#: ``PLATEAU_WINDOW`` iterations against the same window ``PLATEAU_LAG`` iterations earlier
+PLATEAU_WINDOW, PLATEAU_LAG = 100, 300
+#: a rise above this is "still learning"
+PLATEAU_RISE = 0.02
 
 
 @dataclass
@@ -73,7 +79,8 @@ class CompareRow:
     was trained at; train_seconds: mean training time per seed; run_dirs: one retrain folder
     per seed; accuracies: the per-task seed means ``[n]``, in task order; val_curves: each
     seed's validation accuracy by iteration from its ``metrics.csv``,
-    ``{"<seed>": [[iteration, val_acc], ...]}``.
+    ``{"<seed>": [[iteration, val_acc], ...]}``; val_rise: :func:`validation_rise` of those
+    curves (None: too short to tell).
     """
 
     label: str
@@ -90,6 +97,40 @@ class CompareRow:
     run_dirs: List[str] = field(default_factory=list)
     accuracies: List[float] = field(default_factory=list, repr=False)
     val_curves: Dict[str, List[List[float]]] = field(default_factory=dict, repr=False)
+    val_rise: float = None
+
+
+def validation_rise(curves, window=PLATEAU_WINDOW, lag=PLATEAU_LAG):
+    """How much validation accuracy was still rising at the end of training (the plateau test).
+
+    For one curve ``[[iteration, val_acc], ...]`` ending at iteration N: the mean of the
+    validations in ``(N - window, N]`` minus the mean of those in ``(N - lag - window, N - lag]``.
+    Several curves (a dict ``{seed: curve}`` or a list), e.g. one per training seed: the mean of
+    their rises. The validation tasks are the same at every validation, so the rise is not
+    blurred by which tasks were drawn. A run "has plateaued" when the rise is at most
+    :data:`PLATEAU_RISE`; that choice is a convention, stated wherever it is used.
+
+    Returns:
+        the rise (float), or None when a curve has no validation in one of the windows.
+
+    >>> curve = [[100, 0.5], [200, 0.6], [300, 0.7], [400, 0.72], [500, 0.74]]
+    >>> validation_rise(curve, window=200, lag=200)  # mean of (300, 500] minus mean of (100, 300]
+    0.08
+    """
+    curves = list(curves.values()) if isinstance(curves, dict) else list(curves)
+    if curves and curves[0] and not isinstance(curves[0][0], (list, tuple)):
+        curves = [curves]  # one curve
+    rises = []
+    for curve in curves:
+        if not curve:
+            return None
+        end = max(it for it, _ in curve)
+        late = [v for it, v in curve if end - window < it <= end]
+        early = [v for it, v in curve if end - lag - window < it <= end - lag]
+        if not late or not early:
+            return None
+        rises.append(sum(late) / len(late) - sum(early) / len(early))
+    return round(sum(rises) / len(rises), 6) if rises else None
 
 
 @dataclass
@@ -368,10 +409,17 @@ class _Job:
 
 
 def _run(job):
-    """Retrain one (architecture, seed) run (continuing or reusing it) and evaluate it; a plain dict."""
+    """Retrain one (architecture, seed) run (continuing or reusing it) and evaluate it; a plain dict.
+
+    A finished run's saved evaluation of the same tasks and unchanged checkpoint is reused
+    (:func:`~bayesnas.analysis.evaluate.previous_evaluation`), so rows added to a comparison
+    cost only their own runs.
+    """
     trained = _train(job.arch, job.config, job.path, job.progress, job.tensorboard, job.command)
-    result = evaluate(job.path, tasks=job.eval_tasks, inner_steps=job.eval_inner_steps, seed=job.eval_seed,
-                      json_out=os.path.join(job.path, EVALUATION), progress=job.progress)
+    test = {"tasks": job.eval_tasks, "inner_steps": job.eval_inner_steps, "seed": job.eval_seed}
+    saved = os.path.join(job.path, EVALUATION)
+    result = previous_evaluation(saved, job.path, **test) or evaluate(job.path, json_out=saved,
+                                                                      progress=job.progress, **test)
     write_run_card(job.path)
     return {"label": job.label, "seed": job.seed, "path": job.path, "accuracies": list(result.accuracies),
             "accuracy": result.accuracy, "ci95": result.ci95,
@@ -473,10 +521,11 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
             reference_accs, diff, diff_ci = accs, 0.0, 0.0
         else:
             diff, diff_ci = paired_difference(accs, reference_accs)
+        curves = {str(seed): r["curve"] for seed, r in zip(seeds, mine)}
         rows.append(CompareRow(label, arch, mean, ci, diff, diff_ci, sum(r["val_acc"] for r in mine) / len(seeds),
                                mine[-1]["parameters"], channels, sum(r["train_seconds"] for r in mine) / len(seeds),
                                sum(r["eval_seconds"] for r in mine) / len(seeds), [r["path"] for r in mine],
-                               per_task.tolist(), {str(seed): r["curve"] for seed, r in zip(seeds, mine)}))
+                               per_task.tolist(), curves, validation_rise(curves)))
     result = CompareResult(rows=rows, config={k: v for k, v in cfg.to_dict().items() if k not in ("arch", "seed")},
                            seeds=seeds, eval_tasks=eval_tasks,
                            eval_inner_steps=cfg.test_inner_steps if eval_inner_steps is None else eval_inner_steps,
@@ -502,13 +551,18 @@ def format_compare_table(result):
         f"{width}, layers {c['layers']}; seeds {', '.join(map(str, result.seeds))}; "
         f"{result.eval_tasks} test tasks (seed {result.eval_seed}, {result.eval_inner_steps} steps)",
         f"{'architecture':<16} {'accuracy (95% CI)':<19} {'vs ' + str(result.reference) + ' (paired)':<21} "
-        f"{'val acc':>7} {'parameters':>11} {'channels':>8} {'train s':>8}",
+        f"{'val acc':>7} {'val rise':>8} {'parameters':>11} {'channels':>8} {'train s':>8}",
     ]
     for i, r in enumerate(result.rows):
         acc = f"{100 * r.accuracy:.2f}% ± {100 * r.ci95:.2f}%"
         diff = "reference" if i == 0 else f"{100 * r.difference:+.2f}% ± {100 * r.difference_ci95:.2f}%"
-        lines.append(f"{r.label:<16} {acc:<19} {diff:<21} {r.val_acc:>7.3f} {r.parameters:>11,} {r.channels:>8} "
-                     f"{r.train_seconds:>8.0f}")
+        rise = "-" if r.val_rise is None else f"{r.val_rise:+.3f}"
+        lines.append(f"{r.label:<16} {acc:<19} {diff:<21} {r.val_acc:>7.3f} {rise:>8} {r.parameters:>11,} "
+                     f"{r.channels:>8} {r.train_seconds:>8.0f}")
+    rising = [r.label for r in result.rows if r.val_rise is not None and r.val_rise > PLATEAU_RISE]
+    if rising:
+        lines.append(f"still learning (val rise: mean validation accuracy over the last {PLATEAU_WINDOW} iterations "
+                     f"minus {PLATEAU_LAG} earlier, above {PLATEAU_RISE}): {', '.join(rising)}")
     if len(result.seeds) > 1:
         lines.append(f"CIs over the {result.eval_tasks} test tasks, each task's accuracy averaged over the "
                      f"{len(result.seeds)} seeds first")

@@ -14,22 +14,26 @@ Example:
 >>> round(mean, 4), round(ci, 4)           # 1.96 * 0.2582 / 2
 (0.5, 0.253)
 """
+import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import List
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import TaskSampler
+from ..config import RetrainConfig
+from ..data import TaskSampler, default_data_path
 from ..data.protocol import TEST_SELECTION_WARNING
-from ..errors import ConfigError
+from ..errors import BayesNASError, ConfigError
 from ..fileio import write_json
 from ..models import arch_label, count_parameters
+from ..training.card import file_sha256
 from ..training.distributed import distributed
+from ..training.loop import read_run_config
 from ..training.retrain import load_retrain, task_accuracies
 from ..training.rundir import RunDirectory
 
@@ -66,7 +70,8 @@ class Evaluation:
     accuracy: mean query accuracy over the tasks, in [0, 1]; ci95: half-width of its 95%
     confidence interval; std: sample standard deviation of the per-task accuracies;
     warnings: protocol warnings about the run (a checkpoint selected on the test classes);
-    accuracies: the ``tasks`` per-task accuracies, in task order.
+    accuracies: the ``tasks`` per-task accuracies, in task order; checkpoint_sha256,
+    data_sha256: the evaluated files' sha256 (what :func:`previous_evaluation` matches on).
     """
 
     run_dir: str
@@ -87,6 +92,8 @@ class Evaluation:
     seconds: float
     warnings: List[str] = field(default_factory=list)
     accuracies: List[float] = field(repr=False, default_factory=list)
+    checkpoint_sha256: str = ""
+    data_sha256: str = ""
 
     def to_dict(self):
         return asdict(self)
@@ -128,16 +135,54 @@ def evaluate(run_dir, tasks=600, inner_steps=None, split="test", seed=0, json_ou
         raise ConfigError(f"inner_steps={inner_steps!r}: expected an integer >= 0")
     if threads:
         torch.set_num_threads(threads)
-    checkpoint = which
-    if which == "best" and not os.path.exists(RunDirectory(run_dir).file("checkpoint_best.pt")):
-        checkpoint = "last"  # a run stopped before its first validation; a missing "last" is reported
+    checkpoint = _checkpoint(run_dir, which)
     cfg, net, data = load_retrain(run_dir, which=checkpoint, device="cpu")
+    files = {"checkpoint_sha256": file_sha256(RunDirectory(run_dir).file(f"checkpoint_{checkpoint}.pt")),
+             "data_sha256": file_sha256(data.path)}
     with distributed(device if device is not None else cfg.device) as ctx:
         return _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, split, seed, json_out,
-                         progress)
+                         progress, files)
 
 
-def _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, split, seed, json_out, progress):
+def _checkpoint(run_dir, which):
+    """The checkpoint ``which`` names; "best" falls back to "last" in a run that never validated."""
+    if which == "best" and not os.path.exists(RunDirectory(run_dir).file("checkpoint_best.pt")):
+        return "last"  # a run stopped before its first validation; a missing "last" is reported
+    return which
+
+
+def previous_evaluation(json_path, run_dir, tasks=600, inner_steps=None, split="test", seed=0, which="best"):
+    """The :class:`Evaluation` saved at ``json_path`` if it is what :func:`evaluate` would return now.
+
+    It is when it evaluated the same tasks (``tasks``, ``split``, ``seed``), with the same
+    test-time steps (``inner_steps`` None: the run's), of a checkpoint and data file whose
+    bytes are unchanged (their sha256); else (no file, unreadable, an older file without
+    the hashes, anything different) None, and the caller evaluates. Evaluating is
+    deterministic on CPU, so a match is the number evaluating again would give (on CUDA it
+    would differ only in floating-point rounding).
+    """
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        run = RunDirectory(run_dir)
+        cfg = read_run_config(run, RetrainConfig)
+        checkpoint = _checkpoint(run_dir, which)
+        wanted = {"split": split, "tasks": tasks, "seed": seed, "checkpoint": checkpoint,
+                  "inner_steps": cfg.test_inner_steps if inner_steps is None else inner_steps}
+        if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in wanted.items()):
+            return None
+        data_path = cfg.data if cfg.data is not None else default_data_path()
+        if (saved.get("checkpoint_sha256") != file_sha256(run.file(f"checkpoint_{checkpoint}.pt"))
+                or saved.get("data_sha256") != file_sha256(data_path)):
+            return None
+        result = Evaluation(**{f.name: saved[f.name] for f in fields(Evaluation)})
+    except (OSError, ValueError, KeyError, TypeError, BayesNASError):
+        return None
+    return result if len(result.accuracies) == tasks else None
+
+
+def _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, split, seed, json_out, progress,
+              files):
     net = net.to(ctx.device)
     dev = next(net.parameters()).device
     steps = cfg.test_inner_steps if inner_steps is None else inner_steps
@@ -160,7 +205,7 @@ def _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, spli
         seed=seed, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries, inner_steps=steps, inner_lr=cfg.inner_lr,
         parameters=count_parameters(net, trainable_only=True), accuracy=mean, ci95=ci,
         std=float(accs.std(unbiased=True)) if tasks > 1 else 0.0, seconds=seconds,
-        warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [], accuracies=accs.tolist(),
+        warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [], accuracies=accs.tolist(), **files,
     )
     if json_out is not None:
         write_json(json_out, result.to_dict())
