@@ -45,6 +45,7 @@ from bayesnas.analysis.compare import (PLATEAU_LAG, PLATEAU_RISE, PLATEAU_WINDOW
                                        validation_rise)
 from bayesnas.config import RetrainConfig
 from bayesnas.fileio import write_json
+from bayesnas.viz import plot_comparison
 
 SETTINGS = {"5w1s": {"name": "5-way 1-shot", "ways": 5, "shots": 1},
             "5w5s": {"name": "5-way 5-shot", "ways": 5, "shots": 5},
@@ -83,6 +84,8 @@ def main(args):
         print()
         report["settings"].append({**setting, "wall_seconds": round(wall, 1), "plateau": plateau(result.rows),
                                    "result": result.to_dict()})
+        plot_comparison(result.to_dict(), path=figure_path(path, key))
+        print(f"picture: {figure_path(path, key)}")
         write_json(path, report)  # a long run keeps each finished setting
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(f"total wall time {report['wall_seconds']:.0f} s, {args.threads} torch thread(s), {args.device}")
@@ -151,6 +154,8 @@ def parse_args(argv=None):
     parser.add_argument("--iterations", type=parse_iterations, default=parse_iterations("100"),
                         help="meta-iterations of every run: N, or per setting 5w1s=N,5w5s=N,20w1s=N")
     parser.add_argument("--table", metavar="JSON", help="print the report JSON's tables as Markdown and exit")
+    parser.add_argument("--figures", action="store_true",
+                        help="with --table: also draw each setting beside the JSON (JSON_<setting>.png)")
     parser.add_argument("--val-every", type=int, default=None,
                         help="validate (one point of the learning curve) every N iterations [default: once, at the end]")
     parser.add_argument("--tasks", type=int, default=2, help="tasks per meta-batch")
@@ -205,6 +210,23 @@ def parse_args(argv=None):
     return args
 
 
+def figure_path(json_path, key):
+    """Where a setting's figure goes: beside the report, ``<report>_<setting>.png``."""
+    return f"{os.path.splitext(json_path)[0]}_{key}.png"
+
+
+def write_figures(path):
+    """``--figures``: each setting of the report at ``path`` drawn beside it; the files written."""
+    keys = {(v["ways"], v["shots"]): k for k, v in SETTINGS.items()}
+    with open(path, encoding="utf-8") as f:
+        report = json.load(f)
+    written = []
+    for setting in report["settings"]:
+        written.append(figure_path(path, keys[setting["ways"], setting["shots"]]))
+        plot_comparison(setting["result"], path=written[-1])
+    return written
+
+
 def print_tables(path):
     """``--table``: the Markdown tables of the report at ``path`` (one line and a non-zero exit if it is not one)."""
     try:
@@ -218,5 +240,7 @@ if __name__ == "__main__":
     ARGS = parse_args()
     if ARGS.table:
         print_tables(ARGS.table)
+        if ARGS.figures:
+            print("\n".join(f"picture: {p}" for p in write_figures(ARGS.table)))
     else:
         main(ARGS)

@@ -114,3 +114,8 @@ def test_compare_script_budget_per_setting_extends_runs_and_prints_markdown(tmp_
     assert "**5-way 1-shot**, 6 iterations x 1 tasks" in table and "| conv4 | " in table and "| reference |" in table
     with pytest.raises(SystemExit, match="expected a report"):
         script.print_tables(tmp_path / "runs")
+    # a figure per setting beside the report, redrawn from it alike
+    figure = tmp_path / "report_5w1s.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure.unlink()
+    assert script.write_figures(str(tmp_path / "report.json")) == [str(figure)] and figure.stat().st_size > 10_000

@@ -214,3 +214,25 @@ def test_runs_in_worker_processes_give_the_same_table(tmp_path, monkeypatch):
     monkeypatch.setattr(compare_module, "evaluate", refuse)
     rerun = compare(out=tmp_path / "here", **kwargs)
     assert [r.accuracies for r in rerun.rows] == [r.accuracies for r in here.rows]
+
+
+def test_comparison_figure_marks_kinds_and_the_random_median():
+    from bayesnas.viz.compare import KIND_COLOURS, mean_curve, plot_comparison, row_kind
+
+    rows = [{"label": "fit-a", "arch": {"normal": []}, "accuracy": 0.8, "ci95": 0.01,
+             "val_curves": {"0": [[50, 0.5], [100, 0.7]], "1": [[50, 0.3], [100, 0.5], [150, 0.6]]}},
+            {"label": "conv4", "arch": "conv4", "accuracy": 0.9, "ci95": 0.01, "val_curves": {}}]
+    rows += [{"label": f"random-{i}", "arch": {"normal": []}, "accuracy": a, "ci95": 0.02, "val_curves": {}}
+             for i, a in enumerate([0.7, 0.85, 0.75], 1)]
+    assert [row_kind(r) for r in rows] == ["searched", "baseline", "random", "random", "random"]
+    iterations, acc = mean_curve(rows[0]["val_curves"])  # only the iterations both seeds reached
+    assert iterations.tolist() == [50, 100] and acc == pytest.approx([0.4, 0.6])
+    fig = plot_comparison({"rows": rows, "eval_tasks": 600, "config": {"ways": 5, "shots": 1, "iterations": 150}})
+    left, right = fig.axes
+    # the rows top to bottom in the table's order
+    ticks = {t.get_text(): t.get_position()[1] for t in left.get_yticklabels()}
+    assert sorted(ticks, key=ticks.get, reverse=True) == [r["label"] for r in rows]
+    median = [line for line in left.get_lines() if line.get_linestyle() == "--"]
+    assert len(median) == 1 and median[0].get_xdata()[0] == pytest.approx(75.0)
+    assert "5-way 1-shot, 150 iterations" in fig._suptitle.get_text()
+    assert right.get_lines()[0].get_color() == KIND_COLOURS["searched"]

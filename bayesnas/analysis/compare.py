@@ -53,6 +53,7 @@ from ..training.loop import continuable, session_config
 from ..training.retrain import build_retrain_network, retrain
 from ..training.rundir import RunDirectory, default_run_path
 from ..training.tensorboard_logger import summary_writer_class
+from ..viz.compare import plot_comparison
 from .evaluate import Z_95, evaluate, mean_confidence_interval, previous_evaluation
 
 #: how far from the target a row's parameter count may be when parameters are matched
@@ -483,7 +484,8 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
     Each run folder also keeps its evaluation (``evaluation.json``), shown in its run card.
 
     Returns:
-        :class:`CompareResult` (also written to ``OUT/compare.json``).
+        :class:`CompareResult` (also written to ``OUT/compare.json``, and drawn by
+        :func:`~bayesnas.viz.compare.plot_comparison` in ``OUT/compare.png``).
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers={workers!r}: expected an integer >= 1")
@@ -532,6 +534,7 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
                            eval_seed=eval_seed, out=out, seconds=time.perf_counter() - t0, reference=rows[0].label,
                            param_target=target, warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [])
     write_json(os.path.join(out, "compare.json"), result.to_dict())
+    plot_comparison(result.to_dict(), path=os.path.join(out, "compare.png"))
     if json_out is not None:
         write_json(json_out, result.to_dict())
     return result

@@ -120,3 +120,4 @@ def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_
                      match_params=match_params, param_target=param_target, workers=workers)
     click.echo(format_compare_table(result))
     click.echo(f"json: {json_out or result.out + '/compare.json'}")
+    click.echo(f"picture: {result.out}/compare.png")
