@@ -97,7 +97,8 @@ def test_compare_script_budget_per_setting_extends_runs_and_prints_markdown(tmp_
     for bad in ("many", "5w1s=x", "7w1s=3"):
         with pytest.raises(Exception, match="expected"):
             script.parse_iterations(bad)
-    tiny = ["--settings", "5w1s", "--no-match-params", "--random-cells", "1", "--eval-tasks", "3", "--channels", "2", "--layers", "1",
+    tiny = ["--settings", "5w1s", "--no-match-params", "--random-cells", "1", "--eval-tasks", "3", "--channels", "2",
+            "--layers", "1",
             "--val-every", "2", "--val-tasks", "2", "--eval-inner-steps", "1", "--tasks", "1",
             "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "report.json")]
     first = script.main(script.parse_args(tiny + ["--iterations", "5w1s=4,20w1s=1"]))

@@ -221,7 +221,8 @@ def test_comparison_figure_marks_kinds_and_the_random_median():
 
     rows = [{"label": "fit-a", "arch": {"normal": []}, "accuracy": 0.8, "ci95": 0.01,
              "val_curves": {"0": [[50, 0.5], [100, 0.7]], "1": [[50, 0.3], [100, 0.5], [150, 0.6]]}},
-            {"label": "conv4", "arch": "conv4", "accuracy": 0.9, "ci95": 0.01, "val_curves": {}}]
+            {"label": "conv4", "arch": "conv4", "accuracy": 0.9, "ci95": 0.01,
+             "val_curves": {"0": [[50, 0.2], [100, 0.6]]}}]
     rows += [{"label": f"random-{i}", "arch": {"normal": []}, "accuracy": a, "ci95": 0.02, "val_curves": {}}
              for i, a in enumerate([0.7, 0.85, 0.75], 1)]
     assert [row_kind(r) for r in rows] == ["searched", "baseline", "random", "random", "random"]
@@ -236,3 +237,7 @@ def test_comparison_figure_marks_kinds_and_the_random_median():
     assert len(median) == 1 and median[0].get_xdata()[0] == pytest.approx(75.0)
     assert "5-way 1-shot, 150 iterations" in fig._suptitle.get_text()
     assert right.get_lines()[0].get_color() == KIND_COLOURS["searched"]
+    # both curves end at 0.6: their names are pushed apart, not printed over each other
+    names = {t.get_text(): t.get_position()[1] for t in right.texts}
+    low, high = right.get_ylim()
+    assert set(names) == {"fit-a", "conv4"} and abs(names["fit-a"] - names["conv4"]) >= 0.034 * (high - low)

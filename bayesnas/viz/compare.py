@@ -32,6 +32,31 @@ def mean_curve(curves):
     return np.array(shared), np.array([np.mean([c[it] for c in curves]) for it in shared])
 
 
+def _label_ends(ax, ends, gap=0.035):
+    """Name each curve at its last point, labels pushed apart to at least ``gap`` of the y range."""
+    if not ends:
+        return
+    low, high = ax.get_ylim()
+    step = gap * (high - low)
+    ends.sort()
+    placed = [value for value, _, _, _ in ends]
+    for _ in range(200):  # neighbours closer than a step push each other apart, half each
+        moved = False
+        for i in range(1, len(placed)):
+            short = step - (placed[i] - placed[i - 1])
+            if short > 1e-9:
+                placed[i - 1] -= short / 2
+                placed[i] += short / 2
+                moved = True
+        if not moved:
+            break
+    x_right = ax.get_xlim()[1]
+    for (value, x, label, colour), at in zip(ends, placed):
+        ax.annotate(label, (x, value), xytext=(x + 0.02 * x_right, at), textcoords="data", fontsize=7,
+                    va="center", color=colour, annotation_clip=False)
+    ax.set_xlim(right=x_right * 1.14)
+
+
 def plot_comparison(result, path=None, title=None):
     """Two panels: each architecture's test accuracy with its 95% CI (the dashed line: the median
     of the random cells), and its validation accuracy over training (mean over seeds).
@@ -52,6 +77,7 @@ def plot_comparison(result, path=None, title=None):
     fig = Figure(figsize=(12, 0.45 * len(rows) + 2.2), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[1, 1.3])
     y = np.arange(len(rows))[::-1]
+    ends = []
     for yi, row in zip(y, rows):
         colour = KIND_COLOURS[row_kind(row)]
         left.errorbar(100 * row["accuracy"], yi, xerr=100 * row["ci95"], fmt="o", color=colour, capsize=3)
@@ -59,8 +85,8 @@ def plot_comparison(result, path=None, title=None):
         right.plot(iterations, acc, color=colour, linewidth=1.6 if row_kind(row) != "random" else 1.0,
                    marker="." if len(iterations) < 3 else None)
         if len(iterations):
-            right.annotate(row["label"], (iterations[-1], acc[-1]), fontsize=7, xytext=(3, 0),
-                           textcoords="offset points", va="center", color=colour)
+            ends.append([float(acc[-1]), float(iterations[-1]), row["label"], colour])
+    _label_ends(right, ends)
     random = [100 * r["accuracy"] for r in rows if row_kind(r) == "random"]
     if random:
         left.axvline(float(np.median(random)), color=KIND_COLOURS["random"], linestyle="--", linewidth=1)
