@@ -13,6 +13,6 @@ from .run import Run, load_run
 __all__ = [
     "CompareResult", "CompareRow", "compare", "format_compare_table", "ChosenEdge", "DerivedCell",
     "chosen_edges_table", "derive_cell", "derive_genotype", "format_edges_table", "Evaluation", "evaluate",
-    "previous_evaluation", "format_evaluation", "mean_confidence_interval", "AdaptedPosterior", "EdgePosterior", "PosteriorHistory",
-    "Run", "load_run",
+    "previous_evaluation", "format_evaluation", "mean_confidence_interval", "AdaptedPosterior", "EdgePosterior",
+    "PosteriorHistory", "Run", "load_run",
 ]
