@@ -114,7 +114,7 @@ def markdown_tables(report):
                 f"| architecture | parameters | accuracy (95% CI) | paired vs {result['reference']} | val rise |",
                 "|---|---|---|---|---|"]
         for i, row in enumerate(result["rows"]):
-            rise = row.get("val_rise", validation_rise(row["val_curves"]))
+            rise = row["val_rise"] if "val_rise" in row else validation_rise(row["val_curves"])  # older reports
             diff = ("reference" if i == 0 else
                     f"{100 * row['difference']:+.2f}% ± {100 * row['difference_ci95']:.2f}%")
             out.append(f"| {row['label']} | {row['parameters']:,} | **{100 * row['accuracy']:.2f}% ± "
