@@ -25,7 +25,9 @@ row's ``val_rise`` measures (mean validation accuracy over the last 100 iteratio
 same 300 iterations earlier; a setting's ``still_learning`` lists the rows above 0.02).
 ``--iterations`` takes one budget or one per setting (``5w1s=1200,20w1s=1600``); rerun with
 a larger budget on the same ``--out`` and every run continues where it stopped, and a
-finished run's saved evaluation is reused. ``--table JSON`` prints a report's tables as
+finished run's saved evaluation is reused. ``--max-iterations`` (same forms) trains each run
+until it has plateaued instead: ``--iterations`` first, then ``--extend-by`` more at a time
+while its val rise is above 0.02, up to that cap; each row's ``iterations`` says what it got. ``--table JSON`` prints a report's tables as
 Markdown (the README's).
 
 Without ``--protocol`` the default budget is sized to finish in well under an hour on a
@@ -41,8 +43,8 @@ import time
 
 import torch
 
-from bayesnas.analysis.compare import (PLATEAU_LAG, PLATEAU_RISE, PLATEAU_WINDOW, compare, format_compare_table,
-                                       validation_rise)
+from bayesnas.analysis.compare import (EXTEND_BY, PLATEAU_LAG, PLATEAU_RISE, PLATEAU_WINDOW, budget_text, compare,
+                                       format_compare_table, validation_rise)
 from bayesnas.config import RetrainConfig
 from bayesnas.fileio import write_json
 from bayesnas.viz import plot_comparison
@@ -77,7 +79,8 @@ def main(args):
         start = time.perf_counter()
         result = compare(args.genotype, random_cells=args.random_cells, config=cfg, seeds=args.seeds,
                          eval_tasks=args.eval_tasks, out=out, progress=args.progress, log=print,
-                         match_params=args.match_params, param_target=args.param_target, workers=args.workers)
+                         match_params=args.match_params, param_target=args.param_target, workers=args.workers,
+                         max_iterations=args.max_iterations.get(key), extend_by=args.extend_by)
         wall = time.perf_counter() - start
         print(f"\n== {setting['name']} (wall {wall:.0f} s) ==")
         print(format_compare_table(result))
@@ -108,17 +111,19 @@ def markdown_tables(report):
         c = result["config"]
         target = (f"parameters matched to {result['param_target']:,} ±{100 * result['param_tolerance']:.0f}%"
                   if result.get("param_target") else f"{c['channels']} channels")
-        out += [f"**{setting['name']}**, {c['iterations']} iterations x {c['tasks']} tasks, {c['inner_steps']} inner "
+        budget = budget_text(c["iterations"], result.get("max_iterations"), result.get("extend_by"))
+        out += [f"**{setting['name']}**, {budget} x {c['tasks']} tasks, {c['inner_steps']} inner "
                 f"step(s) ({'first' if c['first_order'] else 'second'} order), {target}, {result['eval_tasks']} "
                 f"test tasks ({result['eval_inner_steps']} steps), seeds {', '.join(map(str, result['seeds']))}:", "",
-                f"| architecture | parameters | accuracy (95% CI) | paired vs {result['reference']} | val rise |",
-                "|---|---|---|---|---|"]
+                f"| architecture | parameters | accuracy (95% CI) | paired vs {result['reference']} | val rise | "
+                f"iterations |", "|---|---|---|---|---|---|"]
         for i, row in enumerate(result["rows"]):
             rise = row["val_rise"] if "val_rise" in row else validation_rise(row["val_curves"])  # older reports
             diff = ("reference" if i == 0 else
                     f"{100 * row['difference']:+.2f}% ± {100 * row['difference_ci95']:.2f}%")
             out.append(f"| {row['label']} | {row['parameters']:,} | **{100 * row['accuracy']:.2f}% ± "
-                       f"{100 * row['ci95']:.2f}%** | {diff} | {'-' if rise is None else f'{rise:+.3f}'} |")
+                       f"{100 * row['ci95']:.2f}%** | {diff} | {'-' if rise is None else f'{rise:+.3f}'} | "
+                       f"{max(row.get('iterations') or [c['iterations']])} |")
         out.append("")
     return "\n".join(out)
 
@@ -153,6 +158,12 @@ def parse_args(argv=None):
                         help=f"[default: {QUICK['random_cells']}; --protocol: {PROTOCOL['random_cells']}]")
     parser.add_argument("--iterations", type=parse_iterations, default=parse_iterations("100"),
                         help="meta-iterations of every run: N, or per setting 5w1s=N,5w5s=N,20w1s=N")
+    parser.add_argument("--max-iterations", type=parse_iterations, default={},
+                        help="train every run until validation has plateaued: --iterations first, then --extend-by "
+                             "more at a time while its val rise is above 0.02, at most this many (N, or per setting "
+                             "5w1s=N,...; a setting without one keeps its fixed --iterations)")
+    parser.add_argument("--extend-by", type=int, default=EXTEND_BY, help="with --max-iterations: iterations added "
+                                                                           "at a time")
     parser.add_argument("--table", metavar="JSON", help="print the report JSON's tables as Markdown and exit")
     parser.add_argument("--figures", action="store_true",
                         help="with --table: also draw each setting beside the JSON (JSON_<setting>.png)")
@@ -195,6 +206,11 @@ def parse_args(argv=None):
     missing = [k for k in args.settings if k not in args.iterations]
     if missing:
         parser.error(f"--iterations: no budget for {','.join(missing)}")
+    short = [k for k, m in args.max_iterations.items() if k in args.iterations and m < args.iterations[k]]
+    if short:
+        parser.error(f"--max-iterations: below --iterations for {','.join(short)}")
+    if args.extend_by < 1:
+        parser.error(f"--extend-by {args.extend_by}: expected an integer >= 1")
     if args.param_target is not None and not args.match_params:
         parser.error("--param-target needs parameter matching: drop --no-match-params")
     if args.protocol:

@@ -113,6 +113,7 @@ def test_compare_script_budget_per_setting_extends_runs_and_prints_markdown(tmp_
     script.print_tables(tmp_path / "report.json")
     table = capsys.readouterr().out
     assert "**5-way 1-shot**, 6 iterations x 1 tasks" in table and "| conv4 | " in table and "| reference |" in table
+    assert "| 6 |" in table  # each row's budget
     with pytest.raises(SystemExit, match="expected a report"):
         script.print_tables(tmp_path / "runs")
     # a figure per setting beside the report, redrawn from it alike
@@ -120,3 +121,14 @@ def test_compare_script_budget_per_setting_extends_runs_and_prints_markdown(tmp_
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     figure.unlink()
     assert script.write_figures(str(tmp_path / "report.json")) == [str(figure)] and figure.stat().st_size > 10_000
+    # until the plateau: curves this short cannot show one, so every run goes on to the cap, 2 at a time
+    third = script.main(script.parse_args(tiny + ["--iterations", "6", "--max-iterations", "5w1s=10",
+                                                  "--extend-by", "2"]))
+    rows = third["settings"][0]["result"]["rows"]
+    assert [r["iterations"] for r in rows] == [[10]] * 3 and all(r["val_curves"]["0"][-1][0] == 10 for r in rows)
+    capsys.readouterr()
+    script.print_tables(tmp_path / "report.json")
+    assert "6 iterations, +2 at a time while val rise > 0.02 (at most 10) x 1 tasks" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script.parse_args(tiny + ["--iterations", "6", "--max-iterations", "4"])
+    assert "--max-iterations: below --iterations for 5w1s" in capsys.readouterr().err

@@ -198,6 +198,15 @@ def test_compare_no_match_params_keeps_equal_channels(tmp_path):
     table = json.load(open(out / "compare.json"))
     assert table["param_target"] is None and [r["channels"] for r in table["rows"]] == [2, 2]
     assert [json.load(open(out / f"{n}-seed0" / "config.json"))["channels"] for n in ("darts_v2", "conv4")] == [2, 2]
+    # until the plateau: 2 iterations cannot show one, so both runs continue, 1 at a time, to the cap
+    result = invoke("compare", "--baselines", "darts_v2,conv4", "--random-cells", "0", "--eval-tasks", "2",
+                    "--out", out, "--no-match-params", *TINY, "--max-iterations", "3", "--extend-by", "1")
+    assert result.exit_code == 0, result.output
+    assert [r["iterations"] for r in json.load(open(out / "compare.json"))["rows"]] == [[3], [3]]
+    assert "2 iterations, +1 at a time while val rise > 0.02 (at most 3)" in result.output
+    assert_one_line_error(invoke("compare", "--baselines", "conv4", "--random-cells", "0", "--out", tmp_path / "short",
+                                 *TINY, "--max-iterations", "1"), "max_iterations=1: expected at least the configured")
+    assert not (tmp_path / "short").exists()
     assert [r["parameters"] for r in table["rows"]] == [429, 157]  # DARTS_V2 with one cell, Conv-4, at 2 channels
     assert "equal channels 2" in result.output
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bayesnas.errors import ConfigError
+from bayesnas.fileio import write_json
 from bayesnas.analysis.compare import (architectures, compare, format_compare_table, matched_channels, over_tasks,
                                        paired_difference, row_widths, validation_rise)
 from bayesnas.config import RetrainConfig
@@ -241,3 +242,69 @@ def test_comparison_figure_marks_kinds_and_the_random_median():
     names = {t.get_text(): t.get_position()[1] for t in right.texts}
     low, high = right.get_ylim()
     assert set(names) == {"fit-a", "conv4"} and abs(names["fit-a"] - names["conv4"]) >= 0.034 * (high - low)
+
+
+def plateau_fake(monkeypatch, until=800, every=50):
+    """Replace compare's training by a run whose validation accuracy rises linearly to 0.8 at
+    iteration ``until`` and stays there; records each budget it was asked to train to."""
+    budgets = []
+
+    def fake_train(arch, cfg, path, progress, tensorboard, command):
+        budgets.append(cfg.iterations)
+        rows = [{"iteration": it, "loss": 1.0, "val_acc": 0.8 * min(it, until) / until}
+                for it in range(every, cfg.iterations + 1, every)]
+        run = RunDirectory(path) if os.path.isdir(path) else RunDirectory.create(path, cfg.to_dict())
+        write_json(run.file("config.json"), cfg.to_dict())  # a continued run records its raised budget
+        run.write_metrics(rows)
+        open(run.file("checkpoint_last.pt"), "wb").close()
+        return SimpleNamespace(rows=rows, train_seconds=1.0, net=build_retrain_network(cfg, 1))
+
+    monkeypatch.setattr(compare_module, "_train", fake_train)
+    return budgets
+
+
+def test_training_until_the_plateau_extends_a_rising_run_and_stops_when_flat(tmp_path, monkeypatch):
+    from bayesnas.analysis.compare import train_to_plateau
+
+    budgets = plateau_fake(monkeypatch)
+    cfg, path = RetrainConfig(iterations=400), str(tmp_path / "run")
+    # rise at 400: mean of val at (300, 400] minus (0, 100] = 0.375 - 0.075; at 1000: 0.8 - 0.675;
+    # at 1200: 0.8 - 0.8 = 0 <= 0.02, so it stops there
+    _, got = train_to_plateau("conv4", cfg, path, max_iterations=2000, extend_by=200)
+    assert budgets == [400, 600, 800, 1000, 1200] and got == 1200
+    assert validation_rise(compare_module.val_curve(path)) == pytest.approx(0.0, abs=1e-12)
+    # called again on the same folder (a rerun): it starts from the budget the run reached
+    budgets.clear()
+    assert train_to_plateau("conv4", cfg, path, max_iterations=2000, extend_by=200)[1] == 1200 and budgets == [1200]
+    # the cap wins over a rise still above the threshold
+    budgets.clear()
+    assert train_to_plateau("conv4", cfg, str(tmp_path / "capped"), max_iterations=700, extend_by=200)[1] == 700
+    assert budgets == [400, 600, 700]
+    # no cap: the configured budget only
+    budgets.clear()
+    assert train_to_plateau("conv4", cfg, str(tmp_path / "fixed"), max_iterations=None)[1] == 400
+    assert budgets == [400]
+
+
+def test_compare_until_the_plateau_records_each_rows_budget(tmp_path, monkeypatch):
+    budgets = plateau_fake(monkeypatch)
+    monkeypatch.setattr(compare_module, "evaluate", lambda path, tasks, inner_steps, seed, json_out, progress:
+                        SimpleNamespace(accuracies=[0.5, 0.7], accuracy=0.6, ci95=0.1, seconds=0.1))
+    monkeypatch.setattr(compare_module, "write_run_card", lambda path: None)
+    result = compare(random_cells=0, baselines=("conv4",), config=RetrainConfig(iterations=400), eval_tasks=2,
+                     out=tmp_path / "cmp", progress=False, match_params=False, max_iterations=900, extend_by=300)
+    assert budgets == [400, 700, 900] and result.rows[0].iterations == [900]
+    assert (result.max_iterations, result.extend_by) == (900, 300)
+    table = format_compare_table(result)
+    assert "400 iterations, +300 at a time while val rise > 0.02 (at most 900)" in table
+    header, row = table.splitlines()[1:3]
+    at = header.index("iters")
+    assert row[at:at + 5] == "  900"
+    saved = json.load(open(tmp_path / "cmp" / "compare.json"))
+    assert saved["rows"][0]["iterations"] == [900] and saved["max_iterations"] == 900
+    for bad, match in (({"max_iterations": 300}, "at least the configured iterations"),
+                       ({"max_iterations": 900, "extend_by": 0}, "extend_by=0")):
+        with pytest.raises(ConfigError, match=match):
+            compare(random_cells=0, baselines=("conv4",), config=RetrainConfig(iterations=400), eval_tasks=2,
+                    out=tmp_path / "bad", progress=False, match_params=False, **bad)
+    assert not (tmp_path / "bad").exists()

@@ -20,6 +20,9 @@ target defaults to the largest row's count at the configured channels (:func:`ro
 says why), so no row is narrower than that. ``match_params=False`` gives every row the
 configured channels.
 
+With ``max_iterations`` every run is instead trained until its validation accuracy has
+plateaued (:func:`train_to_plateau`): the same rule for every row, each row's budget recorded.
+
 Every run keeps its own folder ``OUT/<label>-seed<S>``; running ``compare`` again with the
 same ``out`` continues unfinished runs and reuses finished ones, and their evaluations
 when the test tasks and the checkpoint are unchanged.
@@ -65,6 +68,8 @@ MAX_CHANNELS = 1024
 PLATEAU_WINDOW, PLATEAU_LAG = 100, 300
 #: a rise above this is "still learning"
 PLATEAU_RISE = 0.02
+#: iterations added at a time when runs are trained until the plateau (:func:`train_to_plateau`)
+EXTEND_BY = 200
 
 
 @dataclass
@@ -81,7 +86,8 @@ class CompareRow:
     per seed; accuracies: the per-task seed means ``[n]``, in task order; val_curves: each
     seed's validation accuracy by iteration from its ``metrics.csv``,
     ``{"<seed>": [[iteration, val_acc], ...]}``; val_rise: :func:`validation_rise` of those
-    curves (None: too short to tell).
+    curves (None: too short to tell); iterations: each seed's training budget (the configured
+    one, or more when the comparison trains until the plateau, :func:`train_to_plateau`).
     """
 
     label: str
@@ -99,6 +105,7 @@ class CompareRow:
     accuracies: List[float] = field(default_factory=list, repr=False)
     val_curves: Dict[str, List[List[float]]] = field(default_factory=dict, repr=False)
     val_rise: float = None
+    iterations: List[int] = field(default_factory=list)
 
 
 def validation_rise(curves, window=PLATEAU_WINDOW, lag=PLATEAU_LAG):
@@ -140,8 +147,10 @@ class CompareResult:
 
     reference: the label differences are taken against (the first row); param_target: the
     trainable parameter count every row's width was matched to within ``param_tolerance``
-    (None: matching off, every row at ``config["channels"]``); warnings: protocol warnings
-    (checkpoints selected on the test classes).
+    (None: matching off, every row at ``config["channels"]``); max_iterations, extend_by: the
+    plateau rule's cap and step when runs were trained until validation plateaued (None: every
+    run had ``config["iterations"]``); warnings: protocol warnings (checkpoints selected on the
+    test classes).
     """
 
     rows: List[CompareRow]
@@ -155,6 +164,8 @@ class CompareResult:
     reference: str = None
     param_target: int = None
     param_tolerance: float = PARAM_TOLERANCE
+    max_iterations: int = None
+    extend_by: int = None
     warnings: List[str] = field(default_factory=list)
 
     def to_dict(self):
@@ -392,6 +403,40 @@ def _train(arch, cfg, path, progress, tensorboard, command):
     return retrain(arch, cfg, progress=progress, tensorboard=tensorboard, command=command, **where)
 
 
+def _saved_iterations(path):
+    """The budget of the run already in ``path`` (0: none there)."""
+    if not os.path.exists(os.path.join(path, "checkpoint_last.pt")):
+        return 0
+    return int(RunDirectory(path).config().get("iterations", 0))
+
+
+def train_to_plateau(arch, cfg, path, max_iterations, extend_by=EXTEND_BY, progress=False, tensorboard=False,
+                     command=None):
+    """Retrain for ``cfg.iterations``, then ``extend_by`` more at a time until validation has plateaued.
+
+    After each stretch the run's :func:`validation_rise` is measured on its validation curve
+    (the model-selection classes, never the test classes); training goes on while it is above
+    :data:`PLATEAU_RISE` or cannot yet be told (a curve shorter than the rule's windows), and
+    stops at ``max_iterations`` whatever the rise. The meta-optimiser has no schedule tied to
+    the budget (:meth:`RetrainConfig.extended`), so a run extended this way is the same as one
+    given the longer budget from the start. A folder holding a run already extended further
+    (an earlier call) continues from that budget. ``max_iterations`` None: just ``cfg.iterations``.
+
+    Returns:
+        (the retrain result, the budget it ended with).
+    """
+    if max_iterations is not None:
+        cfg = cfg.extended(min(max(cfg.iterations, _saved_iterations(path)), max_iterations))
+    while True:
+        trained = _train(arch, cfg, path, progress, tensorboard, command)
+        if max_iterations is None or cfg.iterations >= max_iterations:
+            return trained, cfg.iterations
+        rise = validation_rise(val_curve(path))
+        if rise is not None and rise <= PLATEAU_RISE:
+            return trained, cfg.iterations
+        cfg = cfg.extended(min(cfg.iterations + extend_by, max_iterations))
+
+
 @dataclass(frozen=True)
 class _Job:
     """One run of a comparison: what :func:`_run` needs, picklable for a worker process."""
@@ -407,6 +452,8 @@ class _Job:
     progress: bool
     tensorboard: bool
     command: object
+    max_iterations: int = None
+    extend_by: int = EXTEND_BY
 
 
 def _run(job):
@@ -416,7 +463,8 @@ def _run(job):
     (:func:`~bayesnas.analysis.evaluate.previous_evaluation`), so rows added to a comparison
     cost only their own runs.
     """
-    trained = _train(job.arch, job.config, job.path, job.progress, job.tensorboard, job.command)
+    trained, iterations = train_to_plateau(job.arch, job.config, job.path, job.max_iterations, job.extend_by,
+                                           job.progress, job.tensorboard, job.command)
     test = {"tasks": job.eval_tasks, "inner_steps": job.eval_inner_steps, "seed": job.eval_seed}
     saved = os.path.join(job.path, EVALUATION)
     result = previous_evaluation(saved, job.path, **test) or evaluate(job.path, json_out=saved,
@@ -427,7 +475,7 @@ def _run(job):
             "val_acc": max(r["val_acc"] for r in trained.rows if r.get("val_acc") is not None),
             "train_seconds": trained.train_seconds, "eval_seconds": result.seconds,
             "parameters": count_parameters(trained.net, trainable_only=True), "curve": val_curve(job.path),
-            "process": os.getpid()}
+            "iterations": iterations, "process": os.getpid()}
 
 
 def _set_threads(threads):
@@ -454,7 +502,8 @@ def run_jobs(jobs, workers, threads):
 
 def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=600, eval_inner_steps=None,
             eval_seed=0, out=None, baselines=("darts_v2", "conv4"), random_seed=0, json_out=None, progress=True,
-            log=None, tensorboard=False, command=None, match_params=True, param_target=None, workers=1):
+            log=None, tensorboard=False, command=None, match_params=True, param_target=None, workers=1,
+            max_iterations=None, extend_by=EXTEND_BY):
     """Retrain and evaluate every architecture under one budget and seed set; a Table-1-like result.
 
     Args:
@@ -478,6 +527,11 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
             takes ``config.threads`` torch threads, or an equal share of the cores when that
             is 0); 1 runs them one after another here. The results are the same: every run
             seeds itself and has its own folder. Progress bars are shown only with 1.
+        max_iterations: train every run until validation has plateaued (:func:`train_to_plateau`):
+            ``config.iterations`` first, then ``extend_by`` more at a time while its
+            :func:`validation_rise` is above :data:`PLATEAU_RISE`, at most ``max_iterations``.
+            Every row gets the same rule rather than the same budget; each row's ``iterations``
+            says what it got. None (default): every run trains ``config.iterations``.
 
     Every width is chosen before the first run starts: a target no width of some
     architecture meets raises :class:`ConfigError` naming it, and nothing is written.
@@ -498,6 +552,8 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
     seeds = [int(s) for s in seeds]
     if not seeds or any(s < 0 for s in seeds):
         raise ConfigError(f"seeds={seeds}: expected at least one non-negative integer")
+    if max_iterations is not None:
+        _check_plateau_budget(max_iterations, extend_by, cfg.iterations)
     archs = architectures(genotypes, random_cells, baselines, random_seed)
     target, widths = row_widths(archs, cfg, data.channels, data.image_size[0], match_params, param_target)
     out = os.fspath(out) if out is not None else default_run_path("compare")
@@ -506,7 +562,7 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
     # the width is part of each run's config, so a rerun finds and reuses the finished run
     jobs = [_Job(label, arch, seed, dataclasses.replace(cfg, arch=arch, seed=seed, channels=channels),
                  os.path.join(out, f"{label}-seed{seed}"), eval_tasks, eval_inner_steps, eval_seed,
-                 progress and workers == 1, tensorboard, command)
+                 progress and workers == 1, tensorboard, command, max_iterations, extend_by)
             for (label, arch), (channels, _) in zip(archs, widths) for seed in seeds]
     runs = {}
     for done in run_jobs(jobs, workers, cfg.threads):
@@ -527,17 +583,35 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
         rows.append(CompareRow(label, arch, mean, ci, diff, diff_ci, sum(r["val_acc"] for r in mine) / len(seeds),
                                mine[-1]["parameters"], channels, sum(r["train_seconds"] for r in mine) / len(seeds),
                                sum(r["eval_seconds"] for r in mine) / len(seeds), [r["path"] for r in mine],
-                               per_task.tolist(), curves, validation_rise(curves)))
+                               per_task.tolist(), curves, validation_rise(curves), [r["iterations"] for r in mine]))
     result = CompareResult(rows=rows, config={k: v for k, v in cfg.to_dict().items() if k not in ("arch", "seed")},
                            seeds=seeds, eval_tasks=eval_tasks,
                            eval_inner_steps=cfg.test_inner_steps if eval_inner_steps is None else eval_inner_steps,
                            eval_seed=eval_seed, out=out, seconds=time.perf_counter() - t0, reference=rows[0].label,
-                           param_target=target, warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [])
+                           param_target=target, max_iterations=max_iterations,
+                           extend_by=None if max_iterations is None else extend_by, warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [])
     write_json(os.path.join(out, "compare.json"), result.to_dict())
     plot_comparison(result.to_dict(), path=os.path.join(out, "compare.png"))
     if json_out is not None:
         write_json(json_out, result.to_dict())
     return result
+
+
+def _check_plateau_budget(max_iterations, extend_by, iterations):
+    for name, value in (("max_iterations", max_iterations), ("extend_by", extend_by)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}={value!r}: expected an integer >= 1")
+    if max_iterations < iterations:
+        raise ConfigError(f"max_iterations={max_iterations}: expected at least the configured iterations "
+                          f"({iterations})")
+
+
+def budget_text(iterations, max_iterations=None, extend_by=None):
+    """The training budget in words: fixed, or the plateau rule's (:func:`train_to_plateau`)."""
+    if max_iterations is None:
+        return f"{iterations} iterations"
+    return (f"{iterations} iterations, +{extend_by} at a time while val rise > {PLATEAU_RISE} "
+            f"(at most {max_iterations})")
 
 
 def format_compare_table(result):
@@ -549,18 +623,20 @@ def format_compare_table(result):
     else:
         width = f"parameters matched to {result.param_target:,} ±{100 * result.param_tolerance:.0f}%"
     lines = [
-        f"{c['ways']}-way {c['shots']}-shot, {c['iterations']} iterations x {c['tasks']} tasks, "
+        f"{c['ways']}-way {c['shots']}-shot, {budget_text(c['iterations'], result.max_iterations, result.extend_by)}"
+        f" x {c['tasks']} tasks, "
         f"{c['inner_steps']} inner steps ({'first' if c['first_order'] else 'second'} order), "
         f"{width}, layers {c['layers']}; seeds {', '.join(map(str, result.seeds))}; "
         f"{result.eval_tasks} test tasks (seed {result.eval_seed}, {result.eval_inner_steps} steps)",
         f"{'architecture':<16} {'accuracy (95% CI)':<19} {'vs ' + str(result.reference) + ' (paired)':<21} "
-        f"{'val acc':>7} {'val rise':>8} {'parameters':>11} {'channels':>8} {'train s':>8}",
+        f"{'val acc':>7} {'val rise':>8} {'iters':>5} {'parameters':>11} {'channels':>8} {'train s':>8}",
     ]
     for i, r in enumerate(result.rows):
         acc = f"{100 * r.accuracy:.2f}% ± {100 * r.ci95:.2f}%"
         diff = "reference" if i == 0 else f"{100 * r.difference:+.2f}% ± {100 * r.difference_ci95:.2f}%"
         rise = "-" if r.val_rise is None else f"{r.val_rise:+.3f}"
-        lines.append(f"{r.label:<16} {acc:<19} {diff:<21} {r.val_acc:>7.3f} {rise:>8} {r.parameters:>11,} "
+        iters = max(r.iterations) if r.iterations else c["iterations"]
+        lines.append(f"{r.label:<16} {acc:<19} {diff:<21} {r.val_acc:>7.3f} {rise:>8} {iters:>5} {r.parameters:>11,} "
                      f"{r.channels:>8} {r.train_seconds:>8.0f}")
     rising = [r.label for r in result.rows if r.val_rise is not None and r.val_rise > PLATEAU_RISE]
     if rising:

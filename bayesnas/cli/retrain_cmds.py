@@ -97,11 +97,17 @@ def _seeds(ctx, param, value):
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs trained and evaluated at once, one process each (each with --threads torch threads, "
                    "or an equal share of the cores when --threads is 0); same results as one at a time.")
+@click.option("--max-iterations", type=click.IntRange(min=1), default=None,
+              help="Train every run until validation has plateaued: --iterations first, then --extend-by more "
+                   "at a time while its val rise is above 0.02, at most this many [default: off, a fixed budget].")
+@click.option("--extend-by", type=click.IntRange(min=1), default=200, show_default=True,
+              help="With --max-iterations: iterations added at a time.")
 @run_options("RetrainConfig")
 @config_options(RetrainConfig, skip=("arch", "seed"))
 @user_errors
 def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_seed, random_seed, out, json_out,
-                    tensorboard, match_params, param_target, workers, config_file, quiet, eval_inner_steps, **flags):
+                    tensorboard, match_params, param_target, workers, max_iterations, extend_by, config_file, quiet,
+                    eval_inner_steps, **flags):
     """Retrain and evaluate GENOTYPEs, DARTS_V2, Conv-4 and random cells under one budget (Table 1).
 
     Each architecture's width is chosen so its trainable parameter count is within ±10% of one
@@ -117,7 +123,8 @@ def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_
     result = compare(list(genotypes), random_cells=random_cells, config=config, seeds=seeds, eval_tasks=eval_tasks,
                      eval_seed=eval_seed, out=out, baselines=names, random_seed=random_seed, json_out=json_out,
                      progress=not quiet, log=click.echo, tensorboard=tensorboard, command=cli_command(),
-                     match_params=match_params, param_target=param_target, workers=workers)
+                     match_params=match_params, param_target=param_target, workers=workers,
+                     max_iterations=max_iterations, extend_by=extend_by)
     click.echo(format_compare_table(result))
     click.echo(f"json: {json_out or result.out + '/compare.json'}")
     click.echo(f"picture: {result.out}/compare.png")
