@@ -27,8 +27,10 @@ same 300 iterations earlier; a setting's ``still_learning`` lists the rows above
 a larger budget on the same ``--out`` and every run continues where it stopped, and a
 finished run's saved evaluation is reused. ``--max-iterations`` (same forms) trains each run
 until it has plateaued instead: ``--iterations`` first, then ``--extend-by`` more at a time
-while its val rise is above 0.02, up to that cap; each row's ``iterations`` says what it got. ``--table JSON`` prints a report's tables as
-Markdown (the README's).
+while its val rise is above 0.02, up to that cap; each row's ``iterations`` says what it got.
+``--table JSON`` prints a report's tables as Markdown (the README's): a summary of every
+setting's accuracies, the random-cell median and how many searched cells are above it, then
+one table per setting.
 
 Without ``--protocol`` the default budget is sized to finish in well under an hour on a
 2-core CPU with one torch thread; it trains far less than the paper (30,000 iterations), so
@@ -41,6 +43,7 @@ import platform
 import sys
 import time
 
+import numpy as np
 import torch
 
 from bayesnas.analysis.compare import (EXTEND_BY, PLATEAU_LAG, PLATEAU_RISE, PLATEAU_WINDOW, budget_text, compare,
@@ -48,6 +51,7 @@ from bayesnas.analysis.compare import (EXTEND_BY, PLATEAU_LAG, PLATEAU_RISE, PLA
 from bayesnas.config import RetrainConfig
 from bayesnas.fileio import write_json
 from bayesnas.viz import plot_comparison
+from bayesnas.viz.compare import row_kind
 
 SETTINGS = {"5w1s": {"name": "5-way 1-shot", "ways": 5, "shots": 1},
             "5w5s": {"name": "5-way 5-shot", "ways": 5, "shots": 5},
@@ -103,9 +107,35 @@ def plateau(rows):
             "still_learning": [r.label for r in rows if r.val_rise is None or r.val_rise > PLATEAU_RISE]}
 
 
+def summary_table(report):
+    """One Markdown table of every setting's accuracies: a row per architecture, a column per
+    setting, then the random cells' median and how many searched cells are above it."""
+    settings = report["settings"]
+    labels = list(dict.fromkeys(row["label"] for s in settings for row in s["result"]["rows"]))
+    by_label = [{row["label"]: row for row in s["result"]["rows"]} for s in settings]
+    out = ["| architecture | " + " | ".join(s["name"] for s in settings) + " |",
+           "|---" * (len(settings) + 1) + "|"]
+    for label in labels:
+        cells = [f"{100 * r[label]['accuracy']:.2f}% ± {100 * r[label]['ci95']:.2f}%" if label in r else "-"
+                 for r in by_label]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    medians, above = [], []
+    for s in settings:
+        rows = s["result"]["rows"]
+        randoms = [r["accuracy"] for r in rows if row_kind(r) == "random"]
+        median = float(np.median(randoms)) if randoms else None
+        searched = [r["accuracy"] for r in rows if row_kind(r) == "searched"]
+        medians.append("-" if median is None else f"*{100 * median:.2f}%*")
+        above.append("-" if median is None else f"{sum(a > median for a in searched)} of {len(searched)}")
+    out.append("| *random-cell median* | " + " | ".join(medians) + " |")
+    out.append("| searched cells above the median | " + " | ".join(above) + " |")
+    return "\n".join(out) + "\n"
+
+
 def markdown_tables(report):
-    """Each setting of a report (this script's JSON) as a Markdown table, with its budget line."""
-    out = []
+    """A summary of every setting (:func:`summary_table`), then each setting as a Markdown table
+    with its budget line."""
+    out = [summary_table(report)]
     for setting in report["settings"]:
         result = setting["result"]
         c = result["config"]

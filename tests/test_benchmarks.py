@@ -114,6 +114,11 @@ def test_compare_script_budget_per_setting_extends_runs_and_prints_markdown(tmp_
     table = capsys.readouterr().out
     assert "**5-way 1-shot**, 6 iterations x 1 tasks" in table and "| conv4 | " in table and "| reference |" in table
     assert "| 6 |" in table  # each row's budget
+    # the summary above: one column per setting, the random median (one random cell: its own accuracy)
+    random_1 = second["settings"][0]["result"]["rows"][2]["accuracy"]
+    assert table.startswith("| architecture | 5-way 1-shot |")
+    assert f"| *random-cell median* | *{100 * random_1:.2f}%* |" in table
+    assert "| searched cells above the median | 0 of 0 |" in table
     with pytest.raises(SystemExit, match="expected a report"):
         script.print_tables(tmp_path / "runs")
     # a figure per setting beside the report, redrawn from it alike
