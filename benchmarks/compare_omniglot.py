@@ -43,7 +43,6 @@ import platform
 import sys
 import time
 
-import numpy as np
 import torch
 
 from bayesnas.analysis.compare import (EXTEND_BY, PLATEAU_LAG, PLATEAU_RISE, PLATEAU_WINDOW, budget_text, compare,
@@ -51,7 +50,7 @@ from bayesnas.analysis.compare import (EXTEND_BY, PLATEAU_LAG, PLATEAU_RISE, PLA
 from bayesnas.config import RetrainConfig
 from bayesnas.fileio import write_json
 from bayesnas.viz import plot_comparison
-from bayesnas.viz.compare import row_kind
+from bayesnas.viz.compare import random_median, row_kind
 
 SETTINGS = {"5w1s": {"name": "5-way 1-shot", "ways": 5, "shots": 1},
             "5w5s": {"name": "5-way 5-shot", "ways": 5, "shots": 5},
@@ -122,8 +121,7 @@ def summary_table(report):
     medians, above = [], []
     for s in settings:
         rows = s["result"]["rows"]
-        randoms = [r["accuracy"] for r in rows if row_kind(r) == "random"]
-        median = float(np.median(randoms)) if randoms else None
+        median = random_median(rows)
         searched = [r["accuracy"] for r in rows if row_kind(r) == "searched"]
         medians.append("-" if median is None else f"*{100 * median:.2f}%*")
         above.append("-" if median is None else f"{sum(a > median for a in searched)} of {len(searched)}")

@@ -589,7 +589,8 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
                            eval_inner_steps=cfg.test_inner_steps if eval_inner_steps is None else eval_inner_steps,
                            eval_seed=eval_seed, out=out, seconds=time.perf_counter() - t0, reference=rows[0].label,
                            param_target=target, max_iterations=max_iterations,
-                           extend_by=None if max_iterations is None else extend_by, warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [])
+                           extend_by=None if max_iterations is None else extend_by,
+                           warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [])
     write_json(os.path.join(out, "compare.json"), result.to_dict())
     plot_comparison(result.to_dict(), path=os.path.join(out, "compare.png"))
     if json_out is not None:
@@ -598,6 +599,8 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
 
 
 def _check_plateau_budget(max_iterations, extend_by, iterations):
+    """ConfigError unless the plateau rule's cap and step are positive integers and the cap is
+    at least the configured budget."""
     for name, value in (("max_iterations", max_iterations), ("extend_by", extend_by)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name}={value!r}: expected an integer >= 1")

@@ -23,6 +23,12 @@ def row_kind(row):
     return "baseline" if isinstance(row["arch"], str) else "searched"
 
 
+def random_median(rows):
+    """The median test accuracy (in [0, 1]) of a comparison's random cells; None without any."""
+    random = [r["accuracy"] for r in rows if row_kind(r) == "random"]
+    return float(np.median(random)) if random else None
+
+
 def mean_curve(curves):
     """The seeds' validation curves ``{seed: [[iteration, acc], ...]}`` averaged at the iterations all share."""
     curves = [dict((int(it), acc) for it, acc in c) for c in curves.values() if c]
@@ -87,9 +93,9 @@ def plot_comparison(result, path=None, title=None):
         if len(iterations):
             ends.append([float(acc[-1]), float(iterations[-1]), row["label"], colour])
     _label_ends(right, ends)
-    random = [100 * r["accuracy"] for r in rows if row_kind(r) == "random"]
-    if random:
-        left.axvline(float(np.median(random)), color=KIND_COLOURS["random"], linestyle="--", linewidth=1)
+    median = random_median(rows)
+    if median is not None:
+        left.axvline(100 * median, color=KIND_COLOURS["random"], linestyle="--", linewidth=1)
     left.set_yticks(y, [r["label"] for r in rows])
     left.set_xlabel(f"test accuracy, % (95% CI over {result.get('eval_tasks', '?')} tasks)")
     left.grid(axis="x", alpha=0.3)
@@ -97,7 +103,7 @@ def plot_comparison(result, path=None, title=None):
     right.set_ylabel("validation accuracy")
     right.grid(alpha=0.3)
     handles = [Line2D([], [], color=c, marker="o", label=k) for k, c in KIND_COLOURS.items()]
-    if random:
+    if median is not None:
         handles.append(Line2D([], [], color=KIND_COLOURS["random"], linestyle="--", label="random median"))
     left.legend(handles=handles, fontsize=8, loc="best")
     c = result.get("config", {})
