@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 
-from .errors import WriteError
+from .errors import BayesNASError, WriteError
 
 
 @contextlib.contextmanager
@@ -45,3 +45,15 @@ def write_json(path, obj):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
+
+
+def read_json(path, error=BayesNASError, what="JSON file"):
+    """Parse the JSON file ``path``; a missing file or invalid JSON is one ``error`` naming it."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc}), expected a {what}") from None
+    except (ValueError, RecursionError) as exc:
+        raise error(f"{path}: not valid JSON ({exc}), expected a {what}") from None
