@@ -12,6 +12,11 @@ query log-likelihood and accuracy are the score; the same tasks for every cell).
 are rank-correlated (Kendall tau-b with a permutation p-value, Spearman) with the cells'
 retrained validation accuracy (their runs' best val_acc, validation characters: what a
 choice of settings may look at) and, reported once, their test accuracy over 600 tasks.
+
+``--random-cells N`` also scores compare's random-1 .. random-N that are not retrained yet
+(scoring needs no retraining; they join the correlations once a pool holds them), and a
+rerun with the same ``--json`` reuses the scores already there for the same run, tasks,
+seed, samples and cell.
 """
 import argparse
 import json
@@ -22,6 +27,7 @@ import time
 
 import torch
 
+from bayesnas.analysis.compare import architectures
 from bayesnas.analysis.score import rank_correlation, score_cells
 from bayesnas.fileio import write_json
 
@@ -41,32 +47,52 @@ def retrained_cells(compare_json, setting, pool_files):
     return rows
 
 
+def _previous(path, args):
+    """The scores an earlier report at ``path`` holds under the same protocol: ``{run: {label: entry}}``."""
+    if not path or not os.path.exists(path):
+        return {}
+    old = json.load(open(path))
+    if (old.get("tasks"), old.get("seed"), old.get("samples")) != (args.tasks, args.seed, args.samples):
+        return {}
+    return {e["run"]: {l: s for l, s in e["scores"].items() if "arch" in s} for e in old.get("runs", [])}
+
+
 def main(args):
     torch.set_num_threads(args.threads)
     cells = retrained_cells(args.compare, args.setting, args.pool)
-    labels = sorted(cells)
+    archs = {l: r["arch"] for l, r in cells.items()}
+    for label, arch in architectures((), args.random_cells, ()):
+        archs.setdefault(label, arch)
+    labels, retrained = sorted(archs), sorted(cells)
     report = {"command": " ".join(["python", *sys.argv]), "setting": args.setting, "tasks": args.tasks,
               "seed": args.seed, "samples": args.samples, "torch": torch.__version__, "threads": args.threads,
               "machine": platform.processor() or platform.machine(),
               "cells": {l: {"val_acc": cells[l]["val_acc"], "test_acc": cells[l]["accuracy"],
-                            "parameters": cells[l].get("parameters")} for l in labels},
+                            "parameters": cells[l].get("parameters")} for l in retrained},
               "runs": []}
+    previous = _previous(args.json, args)
     for run in args.run:
         t0 = time.perf_counter()
-        result = score_cells(run, {l: cells[l]["arch"] for l in labels}, tasks=args.tasks, seed=args.seed,
-                             samples=args.samples)
-        by = {s.label: s for s in result.scores}
-        entry = {"run": run, "iteration": result.iteration, "seconds": round(time.perf_counter() - t0, 1),
-                 "scores": {l: {"loglik": by[l].mean_loglik, "loglik_ci95": by[l].loglik_ci95,
-                                "accuracy": by[l].mean_accuracy, "accuracy_ci95": by[l].accuracy_ci95}
-                            for l in labels}}
+        old = {l: s for l, s in previous.get(run, {}).items() if l in archs and s["arch"] == archs[l]}
+        todo = [l for l in labels if l not in old]
+        scores = dict(old)
+        if todo:
+            result = score_cells(run, {l: archs[l] for l in todo}, tasks=args.tasks, seed=args.seed,
+                                 samples=args.samples)
+            scores.update({s.label: {"arch": archs[s.label], "loglik": s.mean_loglik, "loglik_ci95": s.loglik_ci95,
+                                     "accuracy": s.mean_accuracy, "accuracy_ci95": s.accuracy_ci95,
+                                     "iteration": result.iteration} for s in result.scores})
+        entry = {"run": run, "seconds": round(time.perf_counter() - t0, 1), "scored_now": todo,
+                 "iteration": next(iter(scores.values()))["iteration"], "scores": scores,
+                 "correlated_over": retrained}
         for score in ("loglik", "accuracy"):
-            x = [entry["scores"][l][score] for l in labels]
+            x = [scores[l][score] for l in retrained]
             for target, key in (("val", "val_acc"), ("test", "test_acc")):
-                r = rank_correlation(x, [report["cells"][l][key] for l in labels])
+                r = rank_correlation(x, [report["cells"][l][key] for l in retrained])
                 entry[f"{score}_vs_{target}"] = r._asdict()
         report["runs"].append(entry)
-        print(f"{run} (iteration {result.iteration}, {entry['seconds']:.0f} s, {len(labels)} cells):")
+        print(f"{run} (iteration {entry['iteration']}, {entry['seconds']:.0f} s, {len(labels)} cells scored, "
+              f"{len(retrained)} retrained):")
         for score in ("loglik", "accuracy"):
             for target in ("val", "test"):
                 r = entry[f"{score}_vs_{target}"]
@@ -83,6 +109,7 @@ def parse(argv=None):
     p.add_argument("--compare", default=os.path.join("benchmarks", "results", "compare_omniglot.json"))
     p.add_argument("--setting", default="5-way 1-shot")
     p.add_argument("--pool", action="append", default=[], help="a pool file whose cells join (repeat)")
+    p.add_argument("--random-cells", type=int, default=10, help="also score compare's random-1 .. random-N")
     p.add_argument("--tasks", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=4)

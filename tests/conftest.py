@@ -35,3 +35,17 @@ def small_omniglot(tmp_path_factory):
 def tiny_on_small_data(small_omniglot, request):
     """Point the test module's ``TINY`` fit settings (a dict) at the 14x14 subset (a few seconds, not minutes)."""
     request.module.TINY["data"] = small_omniglot
+
+
+@pytest.fixture(scope="session")
+def tiny_fit_run(tmp_path_factory, small_omniglot):
+    """A 2-iteration fit run on the 14x14 subset (C=2, 2 cells, 1 inner step), shared by the tests that
+    read a fit run's meta-network (scoring, evidence, gradient signal) and do not change it."""
+    from bayesnas.config import FitConfig
+    from bayesnas.training import fit
+
+    out = tmp_path_factory.mktemp("tiny_fit") / "fit"
+    cfg = FitConfig(data=small_omniglot, iterations=2, channels=2, cells=2, queries=2, inner_steps=1, val_every=2,
+                    val_tasks=2, val_samples=1, threads=1)
+    fit(cfg, out=str(out), progress=False)
+    return str(out)

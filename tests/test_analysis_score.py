@@ -9,11 +9,9 @@ from click.testing import CliRunner
 from bayesnas.analysis.score import (cell_edge_weights, kendall_tau, rank_correlation, score_cells, score_tasks,
                                      spearman_rho)
 from bayesnas.cli.main import main
-from bayesnas.config import FitConfig
 from bayesnas.errors import ConfigError
 from bayesnas.inference import MetaNetwork
 from bayesnas.models import DARTS_V2, OPS, edge_index, genotype_to_dict
-from bayesnas.training import fit
 from tests.toy import ChannelSelectNet, channel_tasks
 
 
@@ -73,13 +71,9 @@ def test_rank_correlations_match_hand_computed_values():
         rank_correlation([1, 2, 3], [1, 2])
 
 
-@pytest.fixture(scope="module")
-def fit_run(tmp_path_factory, small_omniglot):
-    out = tmp_path_factory.mktemp("score") / "fit"
-    cfg = FitConfig(data=small_omniglot, iterations=2, channels=2, cells=2, queries=2, inner_steps=1, val_every=2,
-                    val_tasks=2, val_samples=1, threads=1)
-    fit(cfg, out=str(out), progress=False)
-    return str(out)
+@pytest.fixture
+def fit_run(tiny_fit_run):
+    return tiny_fit_run
 
 
 def test_score_cells_pairs_tasks_and_labels_random_cells_like_compare(fit_run):

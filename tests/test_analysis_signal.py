@@ -3,8 +3,6 @@ import numpy as np
 import pytest
 
 from bayesnas.analysis.signal import arch_gradients, gradient_signal
-from bayesnas.config import FitConfig
-from bayesnas.training import fit
 
 
 def test_pure_noise_is_at_the_null_and_a_consistent_direction_is_far_above_it():
@@ -23,13 +21,9 @@ def test_pure_noise_is_at_the_null_and_a_consistent_direction_is_far_above_it():
         gradient_signal(noise[:3])
 
 
-@pytest.fixture(scope="module")
-def fit_run(tmp_path_factory, small_omniglot):
-    out = tmp_path_factory.mktemp("signal") / "fit"
-    cfg = FitConfig(data=small_omniglot, iterations=2, channels=2, cells=2, queries=2, inner_steps=1, val_every=2,
-                    val_tasks=2, val_samples=1, threads=1)
-    fit(cfg, out=str(out), progress=False)
-    return str(out)
+@pytest.fixture
+def fit_run(tiny_fit_run):
+    return tiny_fit_run
 
 
 def test_arch_gradients_are_per_batch_reproducible_and_differ_by_estimator(fit_run):

@@ -12,17 +12,19 @@ Usage::
     print(format_edges_table(cell.table))
 """
 import os
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
 from ..data import SELECT_ON, TaskSampler
 from ..data.protocol import held_out_split
 from ..errors import ConfigError
-from ..models import Genotype, save_genotype
+from ..fileio import write_json
+from ..models import CELL_TYPES, NUM_EDGES, NUM_OPS, OPS, Genotype, save_genotype
 from ..models.derivation import ChosenEdge, chosen_edges_table, derive_genotype, format_edges_table
 from ..training.search import load_fit_state
 from ..viz.cells import plot_genotype
+from .evidence import derive_by_evidence
 from .posterior import AdaptedPosterior
 
 __all__ = ["ChosenEdge", "DerivedCell", "chosen_edges_table", "derive_cell", "derive_genotype",
@@ -47,6 +49,7 @@ class DerivedCell(NamedTuple):
     plot_path: Optional[str]
     task_seed: Optional[int]
     task_split: Optional[str] = None
+    evidence: Optional[Any] = None
 
 
 def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="val"):
@@ -67,7 +70,8 @@ def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="val
     return tuple(p.detach() for p in post.probs)
 
 
-def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task_split="val"):
+def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task_split="val", by="alpha",
+                evidence_tasks=20, finetune=0, prior="alpha", seed=0, progress=None):
     """Derive the cell of a ``bayesnas fit`` run, write it as JSON and draw it.
 
     Args:
@@ -82,12 +86,25 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task
         which: the fit checkpoint to read, "last" or "best".
         task_split: the split of the ``task_seed`` task: "val" (default; deriving a cell
             is model selection) or "test".
+        by: "alpha" (the paper's rule on alpha's probabilities) or "evidence" (every op and
+            edge chosen by the held-out log-likelihood of the adapted meta-network,
+            :func:`~bayesnas.analysis.evidence.derive_by_evidence`, on ``evidence_tasks``
+            validation tasks drawn with ``seed``, ``finetune`` SVI steps after each decision,
+            posteriors reported against ``prior``; written to ``RUN_DIR/genotype-evidence.json``
+            by default, every decision to ``evidence.json`` beside it).
+        progress: optional ``callable(done, total)`` (evidence derivation).
 
     Returns:
         :class:`DerivedCell`.
     """
     if task_split not in SELECT_ON:
         raise ConfigError(f"task_split={task_split!r}: expected one of {', '.join(SELECT_ON)}")
+    if by not in DERIVATIONS:
+        raise ConfigError(f"by={by!r}: expected one of {', '.join(DERIVATIONS)}")
+    if by == "evidence":
+        if task_seed is not None:
+            raise ConfigError("by='evidence' scores many validation tasks; it takes no task_seed")
+        return _derive_by_evidence(run_dir, out, plot, which, evidence_tasks, finetune, prior, seed, progress)
     cfg, meta, data, state = load_fit_state(run_dir, which=which)
     if task_seed is None:
         with torch.no_grad():
@@ -109,3 +126,31 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task
                       title=f"{os.path.basename(os.path.normpath(os.fspath(run_dir)))}: {where}")
     return DerivedCell(genotype, table, pn.detach().cpu(), pr.detach().cpu(), path, plot_path, task_seed,
                        task_split)
+
+
+#: the values of derive_cell's ``by``
+DERIVATIONS = ("alpha", "evidence")
+
+
+def _derive_by_evidence(run_dir, out, plot, which, tasks, finetune, prior, seed, progress):
+    result = derive_by_evidence(run_dir, tasks=tasks, seed=seed, which=which, prior=prior, finetune=finetune,
+                                progress=progress)
+    probs = {c: torch.zeros(NUM_EDGES, NUM_OPS, dtype=torch.float64) for c in CELL_TYPES}
+    for d in result.decisions:
+        for op, p in d.posterior.items():
+            probs[d.cell][d.edge, OPS.index(op)] = p
+    table = chosen_edges_table(probs["normal"], probs["reduce"], result.genotype)
+    path = os.fspath(out) if out is not None else os.path.join(os.fspath(run_dir), "genotype-evidence.json")
+    save_genotype(result.genotype, path)
+    write_json(os.path.join(os.path.dirname(os.path.abspath(path)), "evidence.json"), {
+        "genotype": os.path.basename(path), "tasks": result.tasks, "seed": result.seed, "prior": result.prior,
+        "finetune": result.finetune, "seconds": round(result.seconds, 1),
+        "decisions": [d._asdict() for d in result.decisions],
+        "edges": [{**e._asdict(), "drop": {str(k): v for k, v in e.drop.items()},
+                   "drop_ci95": {str(k): v for k, v in e.drop_ci95.items()}} for e in result.edges]})
+    plot_path = None
+    if plot:
+        plot_path = os.path.splitext(path)[0] + ".png" if plot is True else os.fspath(plot)
+        plot_genotype(result.genotype, path=plot_path, table=table,
+                      title=f"{os.path.basename(os.path.normpath(os.fspath(run_dir)))}: by held-out evidence")
+    return DerivedCell(result.genotype, table, probs["normal"], probs["reduce"], path, plot_path, None, None, result)

@@ -39,7 +39,8 @@ from .compare import architectures
 from .evaluate import mean_confidence_interval
 
 __all__ = ["CellScore", "ScoreResult", "RankCorrelation", "cell_edge_weights", "score_cells", "rank_correlation",
-           "kendall_tau", "spearman_rho", "format_scores", "score_tasks"]
+           "kendall_tau", "spearman_rho", "format_scores", "score_tasks", "architecture_scores", "held_out",
+           "HeldOut"]
 
 
 def cell_edge_weights(genotype):
@@ -132,24 +133,41 @@ def score_cells(run_dir, cells=(), tasks=100, split="val", seed=0, samples=4, ba
     Returns:
         :class:`ScoreResult`.
     """
-    if split not in SELECT_ON:
-        raise ConfigError(f"split={split!r}: expected one of {', '.join(SELECT_ON)}")
-    for name, value, low in (("tasks", tasks, 1), ("samples", samples, 1), ("batch", batch, 1),
-                             ("random_cells", random_cells, 0)):
+    for name, value, low in (("samples", samples, 1), ("random_cells", random_cells, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name}={value!r}: expected an integer >= {low}")
     labelled = _cells(cells, random_cells, random_seed)
     t0 = time.perf_counter()
-    cfg, meta, data, state = load_fit_state(run_dir, which)
-    device = torch.device(device)
-    meta = meta.to(device).eval()
-    iteration = max(int(state["iteration"]), 1)
-    tau, beta = temperature(cfg, iteration), kl_weight(cfg, iteration)
-    sampler = TaskSampler(data.split(held_out_split(data, split)), cfg.ways, cfg.shots, cfg.queries, seed=int(seed),
-                          device=device, image_size=cfg.image_size)
-    task_batches = [sampler.batch(range(i, min(i + batch, tasks))) for i in range(0, tasks, batch)]
-    scores = score_tasks(meta, labelled, task_batches, cfg.inner_steps, tau, beta, samples, seed, progress)
-    return ScoreResult(str(run_dir), scores, tasks, split, int(seed), samples, iteration, time.perf_counter() - t0)
+    h = held_out(run_dir, tasks, split, seed, batch, which, device)
+    scores = score_tasks(h.meta, labelled, h.task_batches, h.cfg.inner_steps, h.tau, h.kl_weight, samples, seed,
+                         progress)
+    return ScoreResult(str(run_dir), scores, tasks, split, int(seed), samples, h.iteration, time.perf_counter() - t0)
+
+
+def architecture_scores(meta, z_normal, z_reduce, task_batches, inner_steps, tau, kl_weight, samples=4, seed=0):
+    """Per-task held-out scores of one fixed architecture: ``(loglik [N], accuracy [N])`` (float64, CPU).
+
+    ``z_normal``, ``z_reduce``: ``[14, 10]`` edge weights (one-hot rows for a discrete cell,
+    any distribution for an undecided edge). Each batch's weights adapt by the guide's
+    first-order steps with the architecture fixed; the score is the posterior predictive
+    (``samples`` draws) on the query points: the mean log-probability of the true labels,
+    and the accuracy. The sampling noise restarts from ``seed``, so two architectures scored
+    on the same batches see the same draws (paired).
+    """
+    device = meta.mu.device
+    z_normal, z_reduce = (torch.as_tensor(z).to(device, meta.mu.dtype) for z in (z_normal, z_reduce))
+    logliks, accs = [], []
+    with seeded(int(seed), device):
+        for b in task_batches:
+            n = b.support_x.shape[0]
+            fixed = (z_normal.expand(n, -1, -1), z_reduce.expand(n, -1, -1))
+            q = adapt_held_out(meta, b.support_x, b.support_y, inner_steps, tau, kl_weight=kl_weight,
+                               edge_weights=fixed)
+            probs = predictive(meta, q, b.query_x, samples, tau, False, edge_weights=fixed).mean(0)
+            true = probs.gather(-1, b.query_y[..., None])[..., 0]
+            logliks.append(true.clamp_min(torch.finfo(true.dtype).tiny).log().mean(-1))
+            accs.append((probs.argmax(-1) == b.query_y).to(probs.dtype).mean(-1))
+    return torch.cat(logliks).cpu().double(), torch.cat(accs).cpu().double()
 
 
 def score_tasks(meta, cells, task_batches, inner_steps, tau, kl_weight, samples=4, seed=0, progress=None):
@@ -161,32 +179,51 @@ def score_tasks(meta, cells, task_batches, inner_steps, tau, kl_weight, samples=
             ``query_y`` (a sampler's Task), the same for every cell;
         inner_steps, tau, kl_weight: the guide's steps (first order), as in training;
         samples: posterior draws per prediction; seed: the sampling noise, restarted per
-            cell so every cell sees the same draws.
+            cell so every cell sees the same draws (:func:`architecture_scores`).
 
     Returns:
         list of :class:`CellScore`, in the order of ``cells``.
     """
-    device = meta.mu.device
     scores = []
     for done, (label, genotype) in enumerate(cells, 1):
-        z_normal, z_reduce = (z.to(device, meta.mu.dtype) for z in cell_edge_weights(genotype))
-        logliks, accs = [], []
-        with seeded(int(seed), device):
-            for b in task_batches:
-                n = b.support_x.shape[0]
-                fixed = (z_normal.expand(n, -1, -1), z_reduce.expand(n, -1, -1))
-                q = adapt_held_out(meta, b.support_x, b.support_y, inner_steps, tau, kl_weight=kl_weight,
-                                   edge_weights=fixed)
-                probs = predictive(meta, q, b.query_x, samples, tau, False, edge_weights=fixed).mean(0)
-                true = probs.gather(-1, b.query_y[..., None])[..., 0]
-                logliks.append(true.clamp_min(torch.finfo(true.dtype).tiny).log().mean(-1))
-                accs.append((probs.argmax(-1) == b.query_y).to(probs.dtype).mean(-1))
-        loglik, acc = torch.cat(logliks).cpu().double(), torch.cat(accs).cpu().double()
+        loglik, acc = architecture_scores(meta, *cell_edge_weights(genotype), task_batches, inner_steps, tau,
+                                          kl_weight, samples, seed)
         scores.append(CellScore(label, genotype, loglik.tolist(), acc.tolist(), *mean_confidence_interval(loglik),
                                 *mean_confidence_interval(acc)))
         if progress is not None:
             progress(done, len(cells))
     return scores
+
+
+class HeldOut(NamedTuple):
+    """A fit run's meta-network with what scoring on held-out tasks needs (:func:`held_out`)."""
+
+    cfg: object
+    meta: object
+    data: object
+    iteration: int
+    tau: float
+    kl_weight: float
+    task_batches: list
+
+
+def held_out(run_dir, tasks, split="val", seed=0, batch=10, which="last", device="cpu"):
+    """Load a fit run for scoring: its config, meta-network (on ``device``) and data, the temperature and
+    KL weight of its schedule at the checkpoint, and ``tasks`` tasks of ``split`` (task i of a
+    sampler seeded with ``seed``) in batches of ``batch``."""
+    if split not in SELECT_ON:
+        raise ConfigError(f"split={split!r}: expected one of {', '.join(SELECT_ON)}")
+    for name, value in (("tasks", tasks), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}={value!r}: expected an integer >= 1")
+    cfg, meta, data, state = load_fit_state(run_dir, which)
+    device = torch.device(device)
+    meta = meta.to(device).eval()
+    iteration = max(int(state["iteration"]), 1)
+    sampler = TaskSampler(data.split(held_out_split(data, split)), cfg.ways, cfg.shots, cfg.queries, seed=int(seed),
+                          device=device, image_size=cfg.image_size)
+    batches = [sampler.batch(range(i, min(i + batch, tasks))) for i in range(0, tasks, batch)]
+    return HeldOut(cfg, meta, data, iteration, temperature(cfg, iteration), kl_weight(cfg, iteration), batches)
 
 
 def _ranks(values):

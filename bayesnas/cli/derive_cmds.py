@@ -15,14 +15,30 @@ from .common import user_errors
               help="Genotype JSON to write [default: RUN_DIR/genotype.json, or RUN_DIR/genotype-task<N>.json].")
 @click.option("--no-plot", is_flag=True, help="Do not draw the cells (default: a PNG beside the JSON).")
 @click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last", help="Fit checkpoint to read.")
+@click.option("--by", type=click.Choice(["alpha", "evidence"]), default="alpha",
+              help="alpha: the paper's rule on the edge probabilities; evidence: every op and edge chosen by the "
+                   "held-out log-likelihood of the adapted meta-network on validation tasks (about 280 scorings of "
+                   "--tasks tasks; writes RUN_DIR/genotype-evidence.json and evidence.json).")
+@click.option("--tasks", type=click.IntRange(min=1), default=20, help="With --by evidence: validation tasks.")
+@click.option("--finetune", type=click.IntRange(min=0), default=0,
+              help="With --by evidence: SVI steps on the weights after each op decision.")
+@click.option("--prior", type=click.Choice(["alpha", "uniform"]), default="alpha",
+              help="With --by evidence: the prior of the reported op posteriors.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**31 - 1), default=0,
+              help="With --by evidence: seed of the tasks, the edge order and the sampling noise.")
 @user_errors
-def derive_cell_command(run_dir, task_seed, task_split, out, no_plot, checkpoint):
+def derive_cell_command(run_dir, task_seed, task_split, out, no_plot, checkpoint, by, tasks, finetune, prior, seed):
     """Derive the cell of a fit run: the 2 strongest edges per node, each with its best op."""
     from ..analysis.derive import derive_cell, format_edges_table
 
     cell = derive_cell(run_dir, task_seed=task_seed, out=out, plot=not no_plot, which=checkpoint,
-                       task_split=task_split)
+                       task_split=task_split, by=by, evidence_tasks=tasks, finetune=finetune, prior=prior, seed=seed)
     click.echo(format_edges_table(cell.table))
+    if cell.evidence is not None:
+        sure = sum(d.difference - d.ci95 > 0 for d in cell.evidence.decisions)
+        click.echo(f"by held-out evidence on {cell.evidence.tasks} validation tasks ({cell.evidence.seconds:.0f} s): "
+                   f"{sure} of {len(cell.evidence.decisions)} op choices beat their runner-up with a paired 95% CI "
+                   f"above 0 (evidence.json has every decision)")
     click.echo(f"genotype: {cell.genotype_path}")
     if cell.plot_path:
         click.echo(f"picture: {cell.plot_path}")
