@@ -45,7 +45,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from ..config import RetrainConfig
+from ..config import RetrainConfig, check_seed
 from ..data import open_data, resolve_rotations
 from ..data.protocol import TEST_SELECTION_WARNING
 from ..errors import ConfigError, GenotypeError
@@ -549,9 +549,9 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
     data = open_data(cfg.data)
     # resolved once, so every run (and a rerun's check of the saved configs) states the same value
     cfg.rotations = resolve_rotations(cfg.rotations, data)
-    seeds = [int(s) for s in seeds]
-    if not seeds or any(s < 0 for s in seeds):
-        raise ConfigError(f"seeds={seeds}: expected at least one non-negative integer")
+    seeds = [check_seed(s, "seeds") for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={seeds}: expected at least one seed, each once (a seed's runs share one folder)")
     if max_iterations is not None:
         _check_plateau_budget(max_iterations, extend_by, cfg.iterations)
     archs = architectures(genotypes, random_cells, baselines, random_seed)

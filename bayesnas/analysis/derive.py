@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ..config import check_seed
 from ..data import SELECT_ON, TaskSampler
 from ..data.protocol import held_out_split
 from ..errors import ConfigError
@@ -88,6 +89,8 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task
     """
     if task_split not in SELECT_ON:
         raise ConfigError(f"task_split={task_split!r}: expected one of {', '.join(SELECT_ON)}")
+    if task_seed is not None:
+        check_seed(task_seed, "task_seed")
     cfg, meta, data, state = load_fit_state(run_dir, which=which)
     if task_seed is None:
         with torch.no_grad():

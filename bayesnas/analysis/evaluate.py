@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RetrainConfig
+from ..config import RetrainConfig, check_seed
 from ..data import TaskSampler, default_data_path
 from ..data.protocol import TEST_SELECTION_WARNING
 from ..errors import BayesNASError, ConfigError
@@ -133,6 +133,7 @@ def evaluate(run_dir, tasks=600, inner_steps=None, split="test", seed=0, json_ou
     if inner_steps is not None and (isinstance(inner_steps, bool) or not isinstance(inner_steps, int)
                                     or inner_steps < 0):
         raise ConfigError(f"inner_steps={inner_steps!r}: expected an integer >= 0")
+    check_seed(seed)
     if threads:
         torch.set_num_threads(threads)
     checkpoint = _checkpoint(run_dir, which)

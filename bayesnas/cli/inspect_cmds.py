@@ -5,6 +5,7 @@ import os
 import click
 
 from .common import user_errors
+from .options import SEED
 
 
 @click.command("inspect")
@@ -25,7 +26,7 @@ from .common import user_errors
                    "vs --samples averaged (0 = skip).")
 @click.option("--samples", type=click.IntRange(min=1), default=8,
               help="Posterior samples averaged (with --calibration).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the calibration tasks and samples.")
+@click.option("--seed", type=SEED, default=0, help="Seed of the calibration tasks and samples.")
 @user_errors
 def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plots, calibration_tasks, samples, seed):
     """Print the run card of a fit or retrain run (RUN/README.md, refreshed); for a fit run also its edge
