@@ -555,7 +555,7 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
     if max_iterations is not None:
         _check_plateau_budget(max_iterations, extend_by, cfg.iterations)
     archs = architectures(genotypes, random_cells, baselines, random_seed)
-    target, widths = row_widths(archs, cfg, data.channels, data.image_size[0], match_params, param_target)
+    target, widths = row_widths(archs, cfg, data.channels, data.image_size, match_params, param_target)
     out = os.fspath(out) if out is not None else default_run_path("compare")
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()

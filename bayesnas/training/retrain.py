@@ -38,9 +38,10 @@ from .rundir import RunDirectory
 from .tensorboard_logger import TensorBoardLogger, summary_writer_class
 
 def build_retrain_network(cfg, in_channels, image_size=28):
-    """The network of a RetrainConfig: ``[B, in_channels, image_size, image_size] -> [B, cfg.ways]`` logits.
+    """The network of a RetrainConfig: ``[B, in_channels, H, W] -> [B, cfg.ways]`` logits.
 
-    Conv-4 takes ``cfg.channels`` filters per block (its head depends on ``image_size``);
+    Conv-4 takes ``cfg.channels`` filters per block (its head depends on ``image_size``, ``H``
+    or ``(H, W)``);
     a genotype network starts its first cell at ``C = cfg.channels`` with ``cfg.layers`` cells.
     """
     arch = cfg.arch if isinstance(cfg.arch, str) else genotype_from_dict(cfg.arch, source="config arch")
@@ -223,7 +224,7 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
     data = open_data(cfg.data)
     train_sampler, val_sampler = task_samplers(cfg, data, device)
     seed_everything(cfg.seed)
-    net = build_retrain_network(cfg, data.channels, data.image_size[0]).to(device)
+    net = build_retrain_network(cfg, data.channels, data.image_size).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.meta_lr)
 
     run = session_run(ctx, cfg, out, resume, "retrain")
@@ -271,7 +272,7 @@ def load_retrain(run_dir, which="best", device="cpu"):
     cfg = read_run_config(run, RetrainConfig)
     state = run.load_checkpoint(which)
     data = open_data(cfg.data)
-    net = build_retrain_network(cfg, data.channels, data.image_size[0])
+    net = build_retrain_network(cfg, data.channels, data.image_size)
     try:
         net.load_state_dict(state["stateful"]["net"])
     except (KeyError, RuntimeError) as exc:
