@@ -48,10 +48,10 @@ import torch
 from ..config import RetrainConfig, check_seed
 from ..data import open_data, resolve_rotations
 from ..data.protocol import TEST_SELECTION_WARNING
-from ..errors import ConfigError, GenotypeError
+from ..errors import ConfigError, GenotypeError, RunError
 from ..fileio import write_json
 from ..models import BASELINES, arch_config, count_parameters, random_genotype
-from ..training.card import EVALUATION, write_run_card
+from ..training.card import EVALUATION, read_evaluation, write_run_card
 from ..training.loop import continuable, session_config
 from ..training.retrain import build_retrain_network, retrain
 from ..training.rundir import RunDirectory, default_run_path
@@ -463,10 +463,15 @@ def _run(job):
     (:func:`~bayesnas.analysis.evaluate.previous_evaluation`), so rows added to a comparison
     cost only their own runs.
     """
+    saved = os.path.join(job.path, EVALUATION)
+    if os.path.isfile(saved):
+        try:
+            read_evaluation(saved)
+        except RunError:
+            os.remove(saved)  # this comparison's own file, unusable: the run is evaluated again below
     trained, iterations = train_to_plateau(job.arch, job.config, job.path, job.max_iterations, job.extend_by,
                                            job.progress, job.tensorboard, job.command)
     test = {"tasks": job.eval_tasks, "inner_steps": job.eval_inner_steps, "seed": job.eval_seed}
-    saved = os.path.join(job.path, EVALUATION)
     result = previous_evaluation(saved, job.path, **test) or evaluate(job.path, json_out=saved,
                                                                       progress=job.progress, **test)
     write_run_card(job.path)

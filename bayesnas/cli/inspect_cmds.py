@@ -40,13 +40,14 @@ def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plo
         raise click.BadParameter("expected 0 (every logged step) or at least 2 (the first and the last)",
                                  param_hint="--history-rows")
     card = build_run_card(run_dir) if no_plots else write_run_card(run_dir)
-    click.echo(card.markdown)
     if card.kind != "fit":
+        click.echo(card.markdown)
         return
     run = load_run(run_dir)
     post = run.edge_posterior(which)
-    history = run.posterior_history()
+    history = run.posterior_history()  # read (and checked) before anything is printed
     cfg = run.config
+    click.echo(card.markdown)
     click.echo(f"run {run.path}: {which} checkpoint at iteration {run.checkpoint_iteration(which)}/{cfg.iterations}, "
                f"{cfg.variant}, tau {post.tau:.3g}")
     click.echo(format_posterior_table(post, top=top, sort_by=sort_by))

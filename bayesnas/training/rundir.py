@@ -15,7 +15,6 @@ crafted pickle whose loading would run code, is refused with a :class:`RunError`
 """
 import csv
 import datetime
-import json
 import os
 import pickle
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import RunError
-from ..fileio import atomic_path, write_json
+from ..fileio import atomic_path, check_regular_file, read_json, write_json
 
 #: 2: plain data only (format 1 held numpy arrays, which need the unsafe pickle loader)
 CHECKPOINT_FORMAT = 2
@@ -75,13 +74,9 @@ class RunDirectory:
         path = self.file("config.json")
         if not os.path.isdir(self.path):
             raise RunError(f"{self.path}: no such run folder")
-        try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            raise RunError(f"{path}: missing; expected the resolved config of a run") from None
-        except json.JSONDecodeError as exc:
-            raise RunError(f"{path}: not valid JSON ({exc})") from None
+        if not os.path.lexists(path):
+            raise RunError(f"{path}: missing; expected the resolved config of a run")
+        return read_json(path, RunError, "run config (JSON)")
 
     def save_checkpoint(self, state, best=False):
         """Write ``checkpoint_last.pt`` (and first ``checkpoint_best.pt`` when ``best``) atomically.
@@ -131,11 +126,14 @@ class RunDirectory:
     def read_metrics(self):
         """``metrics.csv`` as a list of dicts: float values, strings in :data:`TEXT_COLUMNS` (empty cells -> None)."""
         path = self.file("metrics.csv")
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             raise RunError(f"{path}: missing; the run has not logged any metrics")
-        with open(path, newline="", encoding="utf-8") as f:
-            return [{k: (None if v in ("", None) else v if k in TEXT_COLUMNS else float(v)) for k, v in row.items()}
-                    for row in csv.DictReader(f)]
+        check_regular_file(path, RunError, "metrics table (CSV)")
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                return [_metrics_row(path, line, row) for line, row in enumerate(csv.DictReader(f), 2)]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise RunError(f"{path}: not a readable CSV table ({exc})") from None
 
     def write_history(self, history):
         """Rewrite ``posterior_history.h5`` atomically.
@@ -161,6 +159,9 @@ class RunDirectory:
         and the search diagnostics: arrays ``[n]``, "genotype" a list of ``n`` strings; each
         None in a file written before fit recorded them (version 1)."""
         path = self.file("posterior_history.h5")
+        if not os.path.lexists(path):
+            raise RunError(f"{path}: missing; expected the edge posterior history of a fit run")
+        check_regular_file(path, RunError, "posterior history (HDF5)")
         try:
             with h5py.File(path, "r") as f:
                 if f.attrs.get("format") != "bayesnas-posterior-history":
@@ -173,11 +174,50 @@ class RunDirectory:
                         history[key] = f[key].asstr()[()].tolist()
                     else:
                         history[key] = f[key][()]
-                return history
-        except FileNotFoundError:
-            raise RunError(f"{path}: missing; expected the edge posterior history of a fit run") from None
-        except (OSError, KeyError) as exc:
+        except (OSError, KeyError, TypeError, ValueError) as exc:
             raise RunError(f"{path}: not a readable posterior history ({exc})") from None
+        _check_history(path, history)
+        return history
+
+
+def _metrics_row(path, line, row):
+    """One row of metrics.csv: floats, strings in TEXT_COLUMNS, None for empty cells; RunError naming the cell."""
+    if None in row:
+        raise RunError(f"{path}, line {line}: more cells than the header has columns")
+    values = {}
+    for key, value in row.items():
+        if value in ("", None):
+            values[key] = None
+        elif key in TEXT_COLUMNS:
+            values[key] = value
+        else:
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise RunError(f"{path}, line {line}: {key}={value[:40]!r}, expected a number") from None
+    if values.get("iteration") is None:
+        raise RunError(f"{path}, line {line}: no iteration, expected one in every row")
+    return values
+
+
+def _check_history(path, history):
+    """RunError naming ``path`` unless the arrays of a posterior history agree: iteration ``[n]``
+    integers, alpha_* ``[n, 14, 10]`` finite, each diagnostic ``n`` long."""
+    iteration = np.asarray(history["iteration"])
+    if iteration.ndim != 1 or not np.issubdtype(iteration.dtype, np.integer):
+        raise RunError(f"{path}: iteration is {iteration.dtype} {list(iteration.shape)}, expected integers [n]")
+    n = len(iteration)
+    for key in ("alpha_normal", "alpha_reduce"):
+        alpha = np.asarray(history[key])
+        if alpha.shape != (n, 14, 10) or not np.issubdtype(alpha.dtype, np.floating):
+            raise RunError(f"{path}: {key} is {alpha.dtype} {list(alpha.shape)}, expected floats [{n}, 14, 10] "
+                           f"(one [edges, ops] table per logged iteration)")
+        if not np.isfinite(alpha).all():
+            raise RunError(f"{path}: {key} holds values that are not finite")
+    for key in HISTORY_DIAGNOSTICS:
+        if history[key] is not None and (np.ndim(history[key]) != 1 or len(history[key]) != n):
+            raise RunError(f"{path}: {key} has shape {list(np.shape(history[key]))}, expected [{n}] "
+                           f"(one per logged iteration)")
 
 
 def _check_plain(obj, where):
