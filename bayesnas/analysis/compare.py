@@ -49,7 +49,7 @@ from ..config import RetrainConfig, check_seed
 from ..data import open_data, resolve_rotations
 from ..data.protocol import TEST_SELECTION_WARNING
 from ..errors import ConfigError, GenotypeError, RunError
-from ..fileio import write_json
+from ..fileio import make_folder, write_json
 from ..models import BASELINES, arch_config, count_parameters, random_genotype
 from ..training.card import EVALUATION, read_evaluation, write_run_card
 from ..training.loop import continuable, session_config
@@ -562,7 +562,7 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
     archs = architectures(genotypes, random_cells, baselines, random_seed)
     target, widths = row_widths(archs, cfg, data.channels, data.image_size, match_params, param_target)
     out = os.fspath(out) if out is not None else default_run_path("compare")
-    os.makedirs(out, exist_ok=True)
+    make_folder(out)
     t0 = time.perf_counter()
     # the width is part of each run's config, so a rerun finds and reuses the finished run
     jobs = [_Job(label, arch, seed, dataclasses.replace(cfg, arch=arch, seed=seed, channels=channels),

@@ -59,7 +59,7 @@ def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plo
         cal = run.calibration(tasks=calibration_tasks, samples=samples, seed=seed, which=which, progress=True)
         click.echo("\n" + format_calibration(cal))
     if not no_plots:
-        folder = out if out is not None else os.path.join(run.path, "inspect")
+        folder = out if out is not None else run.directory.subfolder("inspect")
         paths = [os.path.join(folder, f"{name}.{fmt}")
                  for name in ("edge_posterior", "posterior_history", "search_diagnostics")]
         post.plot(path=paths[0])

@@ -223,16 +223,19 @@ def recorded_session(run_dir, loop, command, device, data_path, processes=1):
         status = f"stopped ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
         raise
     finally:
-        record.update(ended=_now(), status=status, checkpoint_iteration=loop.last_checkpoint,
-                      reached_iteration=int(loop.rows[-1]["iteration"]) if loop.rows else loop.start)
-        write_json(path, sessions)
         try:
-            write_run_card(run_dir)
-        except Exception as card_error:
-            if status == "finished":
-                raise
-            # raising here would hide the error that stopped the run, which is what the user must see
-            print(f"warning: {RunDirectory(run_dir).file(CARD)} not written: {card_error}", file=sys.stderr)
+            record.update(ended=_now(), status=status, checkpoint_iteration=loop.last_checkpoint,
+                          reached_iteration=int(loop.rows[-1]["iteration"]) if loop.rows else loop.start)
+            write_json(path, sessions)
+            try:
+                write_run_card(run_dir)
+            except Exception as card_error:
+                if status == "finished":
+                    raise
+                # raising here would hide the error that stopped the run, which is what the user must see
+                print(f"warning: {RunDirectory(run_dir).file(CARD)} not written: {card_error}", file=sys.stderr)
+        finally:
+            RunDirectory(run_dir).unlock()  # taken when the session created or resumed the folder
 
 
 class RunCard(NamedTuple):

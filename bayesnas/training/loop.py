@@ -81,6 +81,7 @@ def resume_run(run, cls, iterations=None):
     """
     cfg = read_run_config(run, cls)
     state = run.load_checkpoint()
+    run.lock()
     if iterations is not None and iterations > cfg.iterations:
         cfg = cfg.extended(iterations)
         write_json(run.file("config.json"), cfg.to_dict())

@@ -203,6 +203,8 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
     """
     if tensorboard:
         summary_writer_class()  # a missing package stops the run before anything is written
+        if (resume or out) is not None:  # and so does a planted RUN/tensorboard (a file, a symlink)
+            RunDirectory(resume if resume is not None else out).subfolder("tensorboard", create=False)
     if command is None:
         command = python_call("bayesnas.training.retrain", arch=arch, config=config, out=out, resume=resume,
                               tensorboard=tensorboard or None)
@@ -231,7 +233,7 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
 
     logger = None
     if tensorboard and run is not None:
-        logger = TensorBoardLogger(run.file("tensorboard"), hparams=cfg.to_dict())
+        logger = TensorBoardLogger(run.subfolder("tensorboard"), hparams=cfg.to_dict())
     loop = TrainingLoop(run, {"net": net, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", progress=progress and ctx.is_main,
                         desc=f"retrain {arch_label(cfg.arch)}", callbacks=callbacks, logger=logger)

@@ -8,13 +8,18 @@
     RUN_DIR/genotype.json          the derived cell (derive-cell)
 
 Every file is replaced atomically, so a run killed at any moment leaves the previous
-complete version of each file in place. Checkpoints hold only tensors and plain Python
+complete version of each file in place. A file is replaced, never written through, so a
+symlink planted in the folder does not redirect a write; a subfolder (``tensorboard/``)
+must be a real folder inside it. While a session trains, its process holds
+``RUN/.lock`` (``flock``; the file is removed when the session ends): a second process
+given the same folder is refused instead of racing on its files. Checkpoints hold only tensors and plain Python
 data (numbers, strings, None, lists, tuples, dicts) and are read with
 ``torch.load(weights_only=True)``: a checkpoint that holds anything else, such as a
 crafted pickle whose loading would run code, is refused with a :class:`RunError`.
 """
 import csv
 import datetime
+import fcntl
 import os
 import pickle
 
@@ -22,8 +27,8 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import RunError
-from ..fileio import atomic_path, check_regular_file, read_json, write_json
+from ..errors import RunError, WriteError
+from ..fileio import atomic_path, check_regular_file, make_folder, read_json, write_json
 
 #: 2: plain data only (format 1 held numpy arrays, which need the unsafe pickle loader)
 CHECKPOINT_FORMAT = 2
@@ -40,6 +45,11 @@ def default_run_path(kind, root="runs"):
         path = os.path.join(root, f"{kind}-{stamp}-{n}")
     return path
 
+
+#: held by the process of a training session (see the module docstring)
+LOCK_FILE = ".lock"
+# realpath of a run folder -> the descriptor of its lock file, for the folders this process holds
+_HELD = {}
 
 # metrics.csv columns that hold text; every other column reads back as floats
 TEXT_COLUMNS = ("genotype",)
@@ -63,11 +73,70 @@ class RunDirectory:
         run = cls(path)
         if os.path.exists(run.file("config.json")) or os.path.exists(run.file("checkpoint_last.pt")):
             raise RunError(f"{path}: already holds a run; use --resume {path} to continue it, or choose another --out")
-        if os.path.exists(path) and not os.path.isdir(path):
+        if os.path.lexists(path) and not os.path.isdir(path):
             raise RunError(f"{path}: exists and is not a folder")
-        os.makedirs(path, exist_ok=True)
+        make_folder(path)
+        run.lock()
+        if os.path.exists(run.file("config.json")):  # another process created it first
+            run.unlock()
+            raise RunError(f"{path}: already holds a run; use --resume {path} to continue it, or choose another --out")
         write_json(run.file("config.json"), config)
         return run
+
+    def subfolder(self, name, create=True):
+        """``RUN/<name>``, made a real folder inside the run (not a symlink, not a file); with
+        ``create`` False only checked, so a session can refuse it before writing anything."""
+        path = self.file(name)
+        if not create:
+            if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+                raise RunError(f"{path}: is {'a symlink' if os.path.islink(path) else 'not a folder'}; bayesnas "
+                               f"writes {name}/ only as a real folder inside {self.path}: remove it or choose "
+                               f"another folder")
+            return path
+        return make_folder(path, inside=self.path, error=RunError)
+
+    def lock(self):
+        """Hold ``RUN/.lock`` for this process until :meth:`unlock` (again in the same process: no-op).
+
+        Raises:
+            RunError when another process holds it (a session training in this folder).
+        """
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            return
+        path = self.file(LOCK_FILE)
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                raise WriteError(f"{path}: cannot create the lock file ({exc.strerror or exc})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise RunError(f"{self.path}: in use by another process{f' (pid {holder})' if holder else ''} that "
+                               f"holds {LOCK_FILE}; wait for it to end, or choose another folder") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the holder removed it between our open and our lock: take the new one
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        _HELD[key] = fd
+
+    def unlock(self):
+        """Give up ``RUN/.lock`` (removing it) if this process holds it."""
+        fd = _HELD.pop(os.path.realpath(self.path), None)
+        if fd is not None:
+            try:
+                os.remove(self.file(LOCK_FILE))
+            except OSError:
+                pass
+            os.close(fd)
 
     def config(self):
         """The resolved configuration (dict)."""
