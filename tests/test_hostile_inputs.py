@@ -165,6 +165,19 @@ def test_a_fifo_named_png_is_refused_without_blocking(tmp_path):
     assert not (tmp_path / "o.h5").exists()
 
 
+def test_a_fifo_handed_over_as_a_zip_or_checkpoint_is_refused_without_blocking(runs, tmp_path):
+    from bayesnas.data import import_omniglot
+
+    os.mkfifo(tmp_path / "omniglot.zip")
+    with within(20), pytest.raises(DataError, match="omniglot.zip: is not a regular file"):
+        import_omniglot([tmp_path / "omniglot.zip"], tmp_path / "o.h5", progress=False)
+    folder = copy_run(runs, "retrain", tmp_path)
+    (folder / "checkpoint_last.pt").unlink()
+    os.mkfifo(folder / "checkpoint_last.pt")
+    with within(20), pytest.raises(RunError, match="checkpoint_last.pt: is not a regular file"):
+        RunDirectory(folder).load_checkpoint()
+
+
 def test_a_root_folder_name_that_is_not_utf8_is_imported(tmp_path):
     root = class_folder(tmp_path / os.fsdecode(b"caf\xe9"))
     data = import_folder(root, tmp_path / "o.h5", progress=False)

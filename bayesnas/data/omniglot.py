@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
+from ..fileio import check_regular_file
 from . import imaging
 from .store import ClassRecord, SPLITS, open_dataset, write_dataset
 
@@ -111,6 +112,7 @@ class _Input:
             return cls._folder(label)
         if not os.path.exists(label):
             raise DataError(f"{label}: no such file or folder")
+        check_regular_file(label, DataError, "zip file or folder")
         if not zipfile.is_zipfile(label):
             raise DataError(f"{label}: neither a zip file nor a folder; expected Omniglot as {LAYOUT}")
         try:

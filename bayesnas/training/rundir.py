@@ -168,6 +168,7 @@ class RunDirectory:
         path = self.file(f"checkpoint_{which}.pt")
         if not os.path.exists(path):
             raise RunError(f"{path}: missing; expected a checkpoint written by bayesnas")
+        check_regular_file(path, RunError, "checkpoint")
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError:
