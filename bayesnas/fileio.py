@@ -76,10 +76,14 @@ def check_regular_file(path, error=BayesNASError, what="file"):
     except OSError as exc:
         raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
     if stat.S_ISDIR(info.st_mode):
-        raise error(f"{path}: is a directory, expected a {what}")
+        raise error(f"{path}: is a directory, expected {_a(what)}")
     if not stat.S_ISREG(info.st_mode):
-        raise error(f"{path}: is not a regular file (a FIFO, socket or device), expected a {what}")
+        raise error(f"{path}: is not a regular file (a FIFO, socket or device), expected {_a(what)}")
     return info
+
+
+def _a(what):
+    return ("an " if what[:1] in "aeiou" else "a ") + what
 
 
 def _parse_int(text):
@@ -116,27 +120,27 @@ def read_json(path, error=BayesNASError, what="JSON file", max_bytes=JSON_MAX_BY
     path = os.fspath(path)
     info = check_regular_file(path, error, what)
     if info.st_size > max_bytes:
-        raise error(f"{path}: {info.st_size:,} bytes, more than the {max_bytes:,} a {what} may have")
+        raise error(f"{path}: {info.st_size:,} bytes, more than the {max_bytes:,} {_a(what)} may have")
     try:
         with open(path, "rb") as f:
             raw = f.read(max_bytes + 1)
     except OSError as exc:
         raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
     if len(raw) > max_bytes:
-        raise error(f"{path}: more than the {max_bytes:,} bytes a {what} may have")
+        raise error(f"{path}: more than the {max_bytes:,} bytes {_a(what)} may have")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}), expected a {what}") from None
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}), expected {_a(what)}") from None
     depth = _depth(text)
     if depth > JSON_MAX_DEPTH:
-        raise error(f"{path}: nested {depth} levels deep (at most {JSON_MAX_DEPTH}), expected a {what}")
+        raise error(f"{path}: nested {depth} levels deep (at most {JSON_MAX_DEPTH}), expected {_a(what)}")
     try:
         return json.loads(text, parse_int=_parse_int)
     except _JSONLimit as exc:
-        raise error(f"{path}: {exc}, expected a {what}") from None
+        raise error(f"{path}: {exc}, expected {_a(what)}") from None
     except (json.JSONDecodeError, RecursionError) as exc:
-        raise error(f"{path}: not valid JSON ({exc}), expected a {what}") from None
+        raise error(f"{path}: not valid JSON ({exc}), expected {_a(what)}") from None
 
 
 def make_folder(path, inside=None, error=WriteError):

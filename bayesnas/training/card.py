@@ -29,9 +29,8 @@ from ..config import FitConfig, RetrainConfig
 from ..data import default_data_path
 from ..errors import RunError
 from ..fileio import atomic_path, check_regular_file, read_json, write_json
-from ..models import arch_label, genotype_from_dict
+from ..models import NUM_EDGES, NUM_OPS, arch_label, genotype_from_dict
 from ..models.derivation import chosen_edges_table, derive_genotype, format_edges_table
-from ..models import NUM_EDGES, NUM_OPS
 from ..models.genotypes import CELL_TYPES, node_lines
 from ..viz.cells import plot_genotype
 from ..viz.posterior import save_figure
@@ -167,12 +166,15 @@ def _is_number(value):
 
 def read_evaluation(path):
     """``RUN/evaluation.json`` as a dict, checked: finite accuracies in [0, 1], one per task, their
-    mean the stated accuracy; a RunError naming the file and the field otherwise."""
+    mean the stated accuracy (a file older than the per-task list is checked without it); a
+    RunError naming the file and the field otherwise."""
     saved = read_json(path, RunError, "evaluation (JSON object)")
     if not isinstance(saved, dict):
         raise RunError(f"{path}: expected a JSON object of evaluation fields, found {type(saved).__name__}")
     for key, (expected, ok) in _EVALUATION_FIELDS.items():
         if key not in saved:
+            if key == "accuracies":  # a file written before evaluate recorded them
+                return saved
             raise RunError(f"{path}: lacks '{key}' ({expected})")
         if not ok(saved[key]):
             raise RunError(f"{path}: {key}={_short(saved[key])}, expected {expected}")
