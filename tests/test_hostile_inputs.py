@@ -545,5 +545,5 @@ def test_retrain_conv4_on_non_square_data(tmp_path, small_omniglot):
     write_dataset(path, {s: [ClassRecord(r.name, "", r.images[:, :, :14]) for r in recs]
                          for s, recs in splits.items()}, "non-square", (32, 14), 1)
     one_line_error(invoke("retrain", "conv4", "--data", path, "--out", tmp_path / "run2", *RETRAIN),
-                   "images of 32x14: Conv4 halves each side 4 times")
+                   f"{path}: images of 32x14: Conv4 halves each side 4 times")
     assert not (tmp_path / "run2").exists()

@@ -26,7 +26,7 @@ from ..config import RetrainConfig
 from ..data import open_data
 from ..data.sampler import select_tasks
 from ..device import resolve_device
-from ..errors import RunError
+from ..errors import ConfigError, RunError
 from ..inference import unrolled_steps
 from ..models import arch_config, arch_label, build_network, count_parameters, genotype_from_dict
 from ..rng import seed_everything
@@ -226,7 +226,10 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
     data = open_data(cfg.data)
     train_sampler, val_sampler = task_samplers(cfg, data, device)
     seed_everything(cfg.seed)
-    net = build_retrain_network(cfg, data.channels, data.image_size).to(device)
+    try:
+        net = build_retrain_network(cfg, data.channels, data.image_size).to(device)
+    except ConfigError as exc:  # the data's images do not fit the network (Conv-4 needs 16 pixels a side)
+        raise ConfigError(f"{data.path}: {exc}") from None
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.meta_lr)
 
     run = session_run(ctx, cfg, out, resume, "retrain")
