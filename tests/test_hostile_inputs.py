@@ -493,11 +493,12 @@ def test_a_symlink_planted_at_run_tensorboard_is_not_written_through(runs, tmp_p
 
 def test_a_run_folder_held_by_another_process_is_refused(runs, tmp_path):
     folder = copy_run(runs, "retrain", tmp_path)
+    # another process taking RUN/.lock as a session does (flock, its pid inside), without importing torch
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(REPO)!r})
-        from bayesnas.training import RunDirectory
-        RunDirectory({str(folder)!r}).lock()
+        import fcntl, os, time
+        fd = os.open({str(folder / ".lock")!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, str(os.getpid()).encode())
         print("locked", flush=True)
         time.sleep(60)
         """)], stdout=subprocess.PIPE, text=True)
