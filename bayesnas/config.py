@@ -156,6 +156,8 @@ from .data.imaging import MAX_IMAGE_SIZE  # noqa: E402
 
 #: the values of FitConfig.variant, arch_schedule and supernet, and of both configs' select_on
 VARIANTS = ("gumbel", "softmax")
+#: the values of FitConfig.edge_kl (bayesnas.inference.elbo.EDGE_KLS; this module imports no torch)
+EDGE_KLS = ("relaxed", "categorical")
 ARCH_SCHEDULES = ("constant", "cosine")
 SUPERNETS = ("fused", "reference")
 from .data.protocol import SELECT_ON  # noqa: E402  (the one list of selection splits)
@@ -208,6 +210,10 @@ class FitConfig(TaskSettings):
                                      "function, many times slower)", choices=SUPERNETS)
     variant: str = setting("gumbel", "edge variables: 'gumbel' (relaxed categorical z) or 'softmax' "
                                      "(z = softmax(phi))", choices=VARIANTS)
+    edge_kl: str = setting("relaxed", "the edge KL: 'relaxed' (Monte-Carlo estimate of the relaxed-categorical KL; "
+                                      "0 in the softmax variant; sends no gradient to alpha with first-order steps) "
+                                      "or 'categorical' (closed-form KL between softmax(phi) and softmax(alpha), "
+                                      "the paper's Categorical(alpha) prior; both variants)", choices=EDGE_KLS)
     tau_start: float = setting(1.0, "temperature at the first iteration", min=0, min_open=True)
     tau_end: float = setting(0.3, "temperature after the exponential decay from tau_start over "
                                   "schedule_iterations", min=0, min_open=True)

@@ -58,6 +58,9 @@ from ..training.rundir import RunDirectory, default_run_path
 from ..training.tensorboard_logger import summary_writer_class
 from ..viz.compare import plot_comparison
 from .evaluate import Z_95, evaluate, mean_confidence_interval, previous_evaluation
+from .pool import (Standing, check_pool, format_standings, load_pool, pool_from_results, protocol_differences,
+                   protocol_of, standing)
+from .pool import save_pool as save_pool_file
 
 #: how far from the target a row's parameter count may be when parameters are matched
 PARAM_TOLERANCE = 0.10
@@ -150,7 +153,9 @@ class CompareResult:
     (None: matching off, every row at ``config["channels"]``); max_iterations, extend_by: the
     plateau rule's cap and step when runs were trained until validation plateaued (None: every
     run had ``config["iterations"]``); warnings: protocol warnings (checkpoints selected on the
-    test classes).
+    test classes); pool: with ``compare(pool=...)``, ``{"path", "size", "labels", "standings"}``:
+    the pool's cells (their rows are in ``rows`` too) and each other row's
+    :class:`~bayesnas.analysis.pool.Standing` as a dict.
     """
 
     rows: List[CompareRow]
@@ -167,6 +172,7 @@ class CompareResult:
     max_iterations: int = None
     extend_by: int = None
     warnings: List[str] = field(default_factory=list)
+    pool: dict = None
 
     def to_dict(self):
         """JSON-ready: every field, and each row also as ``name`` and ``paired_difference``
@@ -508,7 +514,7 @@ def run_jobs(jobs, workers, threads):
 def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=600, eval_inner_steps=None,
             eval_seed=0, out=None, baselines=("darts_v2", "conv4"), random_seed=0, json_out=None, progress=True,
             log=None, tensorboard=False, command=None, match_params=True, param_target=None, workers=1,
-            max_iterations=None, extend_by=EXTEND_BY):
+            max_iterations=None, extend_by=EXTEND_BY, pool=None, save_pool=None):
     """Retrain and evaluate every architecture under one budget and seed set; a Table-1-like result.
 
     Args:
@@ -537,6 +543,14 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
             :func:`validation_rise` is above :data:`PLATEAU_RISE`, at most ``max_iterations``.
             Every row gets the same rule rather than the same budget; each row's ``iterations``
             says what it got. None (default): every run trains ``config.iterations``.
+        pool: a pool file of retrained random cells (:mod:`~bayesnas.analysis.pool`) made under
+            this same protocol (config, test tasks, seeds, parameter target, plateau rule; a
+            difference is a ConfigError naming it): its cells join the table without being
+            retrained (a row of the same label and cell is taken from the pool, not trained),
+            and every other row's standing in the pool is reported.
+        save_pool: write the random cells of the result (the pool's included) as a pool file
+            there (:func:`~bayesnas.analysis.pool.pool_from_results`): a pool grows by running
+            with more random cells, ``pool`` and ``save_pool`` the same file.
 
     Every width is chosen before the first run starts: a target no width of some
     architecture meets raises :class:`ConfigError` naming it, and nothing is written.
@@ -561,6 +575,12 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
         _check_plateau_budget(max_iterations, extend_by, cfg.iterations)
     archs = architectures(genotypes, random_cells, baselines, random_seed)
     target, widths = row_widths(archs, cfg, data.channels, data.image_size, match_params, param_target)
+    eval_steps = cfg.test_inner_steps if eval_inner_steps is None else eval_inner_steps
+    pool_path, pool = (None, None) if pool is None else _pool_for(pool, {
+        "config": cfg.to_dict(), "eval_tasks": eval_tasks, "eval_seed": eval_seed, "eval_inner_steps": eval_steps,
+        "seeds": seeds, "param_target": target, "param_tolerance": PARAM_TOLERANCE,
+        "max_iterations": max_iterations, "extend_by": None if max_iterations is None else extend_by}, archs)
+    pooled = {} if pool is None else {r["label"]: r for r in pool["rows"]}
     out = os.fspath(out) if out is not None else default_run_path("compare")
     make_folder(out)
     t0 = time.perf_counter()
@@ -568,7 +588,7 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
     jobs = [_Job(label, arch, seed, dataclasses.replace(cfg, arch=arch, seed=seed, channels=channels),
                  os.path.join(out, f"{label}-seed{seed}"), eval_tasks, eval_inner_steps, eval_seed,
                  progress and workers == 1, tensorboard, command, max_iterations, extend_by)
-            for (label, arch), (channels, _) in zip(archs, widths) for seed in seeds]
+            for (label, arch), (channels, _) in zip(archs, widths) for seed in seeds if label not in pooled]
     runs = {}
     for done in run_jobs(jobs, workers, cfg.threads):
         runs[(done["label"], done["seed"])] = done
@@ -577,6 +597,8 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
                 f"({done['train_seconds']:.0f} s training)")
     rows, reference_accs = [], None
     for (label, arch), (channels, _) in zip(archs, widths):
+        if label in pooled:
+            continue
         mine = [runs[(label, seed)] for seed in seeds]
         accs = [r["accuracies"] for r in mine]
         mean, ci, per_task = over_tasks(accs)
@@ -589,18 +611,61 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
                                mine[-1]["parameters"], channels, sum(r["train_seconds"] for r in mine) / len(seeds),
                                sum(r["eval_seconds"] for r in mine) / len(seeds), [r["path"] for r in mine],
                                per_task.tolist(), curves, validation_rise(curves), [r["iterations"] for r in mine]))
+    pool_summary = None
+    if pool is not None:
+        standings = [standing(r.label, r.accuracies, pool)._asdict() for r in rows]
+        for row in pool["rows"]:
+            if reference_accs is None:  # every row of this comparison came from the pool
+                reference_accs = row["accuracies"]
+            diff, diff_ci = paired_difference(row["accuracies"], reference_accs)
+            rows.append(_pool_row(row, diff, diff_ci))
+        pool_summary = {"path": pool_path, "size": len(pool["rows"]), "labels": [r["label"] for r in pool["rows"]],
+                        "standings": standings}
     result = CompareResult(rows=rows, config={k: v for k, v in cfg.to_dict().items() if k not in ("arch", "seed")},
                            seeds=seeds, eval_tasks=eval_tasks,
                            eval_inner_steps=cfg.test_inner_steps if eval_inner_steps is None else eval_inner_steps,
                            eval_seed=eval_seed, out=out, seconds=time.perf_counter() - t0, reference=rows[0].label,
                            param_target=target, max_iterations=max_iterations,
                            extend_by=None if max_iterations is None else extend_by,
-                           warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [])
+                           warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [], pool=pool_summary)
     write_json(os.path.join(out, "compare.json"), result.to_dict())
     plot_comparison(result.to_dict(), path=os.path.join(out, "compare.png"))
     if json_out is not None:
         write_json(json_out, result.to_dict())
+    if save_pool is not None:
+        save_pool_file(pool_from_results([result.to_dict()]), save_pool)
     return result
+
+
+def _pool_for(pool, protocol, archs):
+    """The pool (path or dict) checked against this comparison's ``protocol`` and its labelled cells:
+    ``(path or None, pool)``; a ConfigError names a protocol difference or a label holding another cell."""
+    path = None
+    if isinstance(pool, (str, os.PathLike)):
+        path, pool = os.fspath(pool), load_pool(pool)
+    else:
+        pool = check_pool(pool)
+    source = path or "pool"
+    # a setting added to RetrainConfig after the pool was made counts as its default there
+    defaults = {f.name: f.default for f in dataclasses.fields(RetrainConfig)}
+    theirs = {**pool["protocol"], "config": {**defaults, **pool["protocol"]["config"]}}
+    diff = protocol_differences(protocol_of(protocol), protocol_of(theirs))
+    if diff:
+        raise ConfigError(f"{source}: made under another protocol than this comparison: {'; '.join(diff)}")
+    for label, arch in archs:
+        for row in pool["rows"]:
+            if row["label"] == label and row["arch"] != arch:
+                raise ConfigError(f"{source}: {label} is another cell in the pool; rename one of them")
+    return path, pool
+
+
+def _pool_row(row, difference, difference_ci95):
+    """A pool row as a :class:`CompareRow` (its difference taken against this comparison's reference)."""
+    return CompareRow(row["label"], row["arch"], row["accuracy"], row["ci95"], difference, difference_ci95,
+                      row.get("val_acc", float("nan")), row.get("parameters", 0), row.get("channels", 0),
+                      row.get("train_seconds", 0.0), row.get("eval_seconds", 0.0), list(row.get("run_dirs", [])),
+                      list(row["accuracies"]), dict(row.get("val_curves", {})), row.get("val_rise"),
+                      list(row.get("iterations", [])))
 
 
 def _check_plateau_budget(max_iterations, extend_by, iterations):
@@ -653,5 +718,7 @@ def format_compare_table(result):
     if len(result.seeds) > 1:
         lines.append(f"CIs over the {result.eval_tasks} test tasks, each task's accuracy averaged over the "
                      f"{len(result.seeds)} seeds first")
+    if result.pool:
+        lines.append(format_standings([Standing(**s) for s in result.pool["standings"]]))
     lines.extend(f"warning: {w}" for w in result.warnings)
     return "\n".join(lines)

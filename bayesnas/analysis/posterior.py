@@ -278,7 +278,7 @@ class AdaptedPosterior(EdgePosterior):
 
     @classmethod
     def from_support(cls, meta, support_x, support_y, steps=4, tau=1.0, relaxed=True, kl_weight=1.0,
-                     samples=8, seed=None, label=None):
+                     samples=8, seed=None, label=None, edge_kl="relaxed"):
         """Adapt ``meta`` to one task's support set by the guide's steps (:func:`~bayesnas.inference.adapt.adapt`).
 
         Args:
@@ -286,7 +286,7 @@ class AdaptedPosterior(EdgePosterior):
             support_x: ``[n, C, H, W]`` (any input the supernet takes, one task);
                 support_y: ``[n]`` labels 0..ways-1.
             steps: N unrolled steps (0 gives the meta-level posterior itself).
-            tau, relaxed, kl_weight: as in training (the run's config gives them).
+            tau, relaxed, kl_weight, edge_kl: as in training (the run's config gives them).
             samples: default S of :meth:`predict`.
             seed: seed the reparameterised samples of the steps (None: global RNG).
 
@@ -300,7 +300,7 @@ class AdaptedPosterior(EdgePosterior):
         device = meta.mu.device
         with seeded(seed, device):
             q = adapt_held_out(meta, support_x[None].to(device), support_y[None].to(device), int(steps), tau, relaxed,
-                               kl_weight=kl_weight)
+                               kl_weight=kl_weight, edge_kl=edge_kl)
         label = label or f"task posterior after {steps} step{'s' * (steps != 1)}"
         return cls(meta, q, tau, relaxed=relaxed, samples=samples, steps=steps, label=label)
 
@@ -317,7 +317,8 @@ class AdaptedPosterior(EdgePosterior):
         steps = cfg.inner_steps if steps is None else int(steps)
         tau = temperature(cfg, iteration) if tau is None else float(tau)
         return cls.from_support(meta, support_x, support_y, steps=steps, tau=tau, relaxed=cfg.variant == "gumbel",
-                                kl_weight=kl_weight(cfg, iteration), samples=samples, seed=seed, label=label)
+                                kl_weight=kl_weight(cfg, iteration), samples=samples, seed=seed, label=label,
+                                edge_kl=cfg.edge_kl)
 
     @property
     def weight_mean(self):

@@ -104,12 +104,17 @@ def _seeds(ctx, param, value):
                    "at a time while its val rise is above 0.02, at most this many [default: off, a fixed budget].")
 @click.option("--extend-by", type=click.IntRange(min=1), default=200, show_default=True,
               help="With --max-iterations: iterations added at a time.")
+@click.option("--pool", type=click.Path(dir_okay=False), default=None,
+              help="A pool file of retrained random cells made under this same protocol: its cells join the table "
+                   "without retraining, and each other row's percentile in the pool is reported.")
+@click.option("--save-pool", type=click.Path(dir_okay=False), default=None,
+              help="Write this comparison's random cells (and --pool's) as a pool file here.")
 @run_options("RetrainConfig")
 @config_options(RetrainConfig, skip=("arch", "seed"))
 @user_errors
 def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_seed, random_seed, out, json_out,
-                    tensorboard, match_params, param_target, workers, max_iterations, extend_by, config_file, quiet,
-                    eval_inner_steps, **flags):
+                    tensorboard, match_params, param_target, workers, max_iterations, extend_by, pool, save_pool,
+                    config_file, quiet, eval_inner_steps, **flags):
     """Retrain and evaluate GENOTYPEs, DARTS_V2, Conv-4 and random cells under one budget (Table 1).
 
     Each architecture's width is chosen so its trainable parameter count is within ±10% of one
@@ -126,7 +131,9 @@ def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_
                      eval_seed=eval_seed, out=out, baselines=names, random_seed=random_seed, json_out=json_out,
                      progress=not quiet, log=click.echo, tensorboard=tensorboard, command=cli_command(),
                      match_params=match_params, param_target=param_target, workers=workers,
-                     max_iterations=max_iterations, extend_by=extend_by)
+                     max_iterations=max_iterations, extend_by=extend_by, pool=pool, save_pool=save_pool)
     click.echo(format_compare_table(result))
     click.echo(f"json: {json_out or result.out + '/compare.json'}")
     click.echo(f"picture: {result.out}/compare.png")
+    if save_pool:
+        click.echo(f"pool: {save_pool}")

@@ -27,7 +27,7 @@ def mean_step_size(lr, sigma, kl_weight, n_support):
 
 
 def adapt(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, first_order=False,
-          checkpoint=False):
+          checkpoint=False, edge_weights=None, edge_kl="relaxed"):
     """Task posteriors by N unrolled gradient-ascent steps on each task's support ELBO.
 
     The objective of a step is ``(log p(y_s | x_s, theta, z) - kl_weight * KL(q || p)) / n_s``
@@ -43,6 +43,10 @@ def adapt(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, f
         first_order: detach the inner gradients (cheaper, not the BASE default).
         checkpoint: recompute each step in the outer backward instead of keeping its
             graph (memory-bounded mode, see :func:`~bayesnas.inference.unroll.unrolled_steps`).
+        edge_weights: a fixed architecture ``(z_normal, z_reduce)``, each ``[T, 14, 10]``
+            (see :func:`~bayesnas.inference.elbo.elbo_terms`): only the weights adapt, phi
+            stays at its start.
+        edge_kl: the edge KL's form, "relaxed" or "categorical" (:func:`~bayesnas.inference.elbo.elbo_terms`).
 
     Returns:
         :class:`TaskPosterior` with tensors ``[T, ...]``.
@@ -54,14 +58,16 @@ def adapt(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, f
                   "phi_normal": lr["alpha"], "phi_reduce": lr["alpha"]}
 
     def support_elbo(params, step):
-        terms = elbo_terms(meta, support_x, support_y, TaskPosterior(**params), tau, relaxed)
+        terms = elbo_terms(meta, support_x, support_y, TaskPosterior(**params), tau, relaxed, edge_weights,
+                           edge_kl)
         return terms.elbo(kl_weight).sum() / n_support
 
     return TaskPosterior(**unrolled_steps(support_elbo, start, steps, step_sizes,
                                           first_order=first_order, maximize=True, checkpoint=checkpoint))
 
 
-def adapt_held_out(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0):
+def adapt_held_out(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, edge_weights=None,
+                   edge_kl="relaxed"):
     """:func:`adapt` for tasks that only predict: first-order steps, a detached TaskPosterior.
 
     First-order steps give the same posterior as training's second-order ones (the
@@ -69,5 +75,6 @@ def adapt_held_out(meta, support_x, support_y, steps, tau, relaxed=True, kl_weig
     with gradients enabled even inside ``torch.no_grad()``.
     """
     with torch.enable_grad():
-        q = adapt(meta, support_x, support_y, steps, tau, relaxed, kl_weight=kl_weight, first_order=True)
+        q = adapt(meta, support_x, support_y, steps, tau, relaxed, kl_weight=kl_weight, first_order=True,
+                  edge_weights=edge_weights, edge_kl=edge_kl)
     return TaskPosterior(*(t.detach() for t in q))

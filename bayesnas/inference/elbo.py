@@ -7,6 +7,15 @@ estimated from the guide's sample (log q(z) - log p(z)). This is what Pyro's
 ``TraceMeanField_ELBO`` computes; here the terms stay separate, per task, for logging
 and for the KL weight.
 
+The edge KL has a second form, ``edge_kl="categorical"``: the closed-form KL between
+the categorical distributions ``softmax(phi)`` and ``softmax(alpha)`` of every edge (the
+paper's prior is ``z ~ Categorical(alpha)``; the relaxation only serves the guide's
+sampling). The Monte-Carlo relaxed KL is a function of ``phi - alpha`` and the Gumbel
+noise alone (the relaxed categorical is a location family in logit space), so when the
+inner steps are first order (``phi = alpha + delta`` with ``delta`` detached) it sends
+exactly no gradient to alpha; the categorical KL is not shift-invariant and does
+(:func:`categorical_edge_kl`, docs/search_experiments.md).
+
 Usage::
 
     terms = elbo_terms(meta, query_x, query_y, q, tau=1.0)
@@ -20,6 +29,20 @@ from torch.distributions import kl_divergence
 
 from .guide import base_guide
 from .model import OBS, THETA, Z_SITES, base_model
+
+#: the edge KL's forms: the Monte-Carlo relaxed-categorical KL, or the closed-form categorical KL
+EDGE_KLS = ("relaxed", "categorical")
+
+
+def categorical_edge_kl(phi, alpha):
+    """``KL(Categorical(softmax(phi)) || Categorical(softmax(alpha)))`` summed over edges.
+
+    phi: ``[T, 14, 10]`` task logits; alpha: ``[14, 10]`` prior logits. Returns ``[T]``.
+    Its gradient in alpha with phi held fixed is ``softmax(alpha) - softmax(phi)`` per
+    edge: descending it moves the prior toward the task's posterior.
+    """
+    log_q = phi.log_softmax(-1)
+    return (log_q.exp() * (log_q - alpha.log_softmax(-1))).sum((-2, -1))
 
 
 class ElboTerms(NamedTuple):
@@ -35,22 +58,33 @@ class ElboTerms(NamedTuple):
         return self.loglik - kl_weight * (self.kl_theta + self.kl_z)
 
 
-def elbo_terms(meta, x, y, q, tau, relaxed=True):
+def elbo_terms(meta, x, y, q, tau, relaxed=True, edge_weights=None, edge_kl="relaxed"):
     """One-sample ELBO terms of T tasks with variational parameters ``q``.
 
     Args:
         meta: the MetaNetwork; x ``[T, B, C, H, W]``; y ``[T, B]``;
         q: a :class:`~bayesnas.inference.guide.TaskPosterior`; tau: temperature;
         relaxed: Gumbel variant (z sampled) or softmax variant (z = softmax(phi)).
+        edge_weights: ``(z_normal, z_reduce)``, each ``[T, 14, 10]``: a fixed architecture
+            (a discrete cell as one-hot rows). z is then neither sampled nor read from
+            ``phi``, and its KL is 0; ``relaxed`` is ignored.
+        edge_kl: "relaxed" (Monte-Carlo estimate at the guide's sample; 0 in the softmax
+            variant) or "categorical" (:func:`categorical_edge_kl`, in both variants).
     """
+    if edge_kl not in EDGE_KLS:
+        raise ValueError(f"edge_kl={edge_kl!r}: expected one of {', '.join(EDGE_KLS)}")
+    relaxed = relaxed and edge_weights is None
     guide_trace = poutine.trace(base_guide).get_trace(meta, x, y, tau, q, relaxed)
-    fixed_z = (None, None) if relaxed else q.edge_weights()
+    fixed_z = (None, None) if relaxed else (edge_weights if edge_weights is not None else q.edge_weights())
     model_trace = poutine.trace(poutine.replay(base_model, trace=guide_trace)).get_trace(meta, x, y, tau, *fixed_z)
     obs = model_trace.nodes[OBS]
     loglik = obs["fn"].log_prob(obs["value"])
     kl_theta = kl_divergence(guide_trace.nodes[THETA]["fn"], model_trace.nodes[THETA]["fn"])
     kl_z = torch.zeros_like(loglik)
-    if relaxed:
+    if edge_kl == "categorical" and edge_weights is None:
+        kl_z = (categorical_edge_kl(q.phi_normal, meta.alpha_normal)
+                + categorical_edge_kl(q.phi_reduce, meta.alpha_reduce))
+    elif relaxed:
         for site in Z_SITES:
             value = guide_trace.nodes[site]["value"]
             kl_z = kl_z + guide_trace.nodes[site]["fn"].log_prob(value) - model_trace.nodes[site]["fn"].log_prob(value)

@@ -5,19 +5,22 @@ import torch
 from .model import TaskNormal, edge_prior
 
 
-def predictive(meta, q, x, samples, tau, relaxed):
+def predictive(meta, q, x, samples, tau, relaxed, edge_weights=None):
     """Posterior predictive class probabilities, one row per draw of (theta, z) from ``q``.
 
     Args: q: TaskPosterior of T tasks; x: ``[T, B, C, H, W]``; samples: S; tau and
-    relaxed as in the guide. Returns ``[S, T, B, ways]`` (average over dim 0 for Bayesian
-    model averaging).
+    relaxed as in the guide; edge_weights: a fixed architecture ``(z_normal, z_reduce)``
+    ``[T, 14, 10]`` each (only theta is drawn). Returns ``[S, T, B, ways]`` (average over
+    dim 0 for Bayesian model averaging).
     """
     num_tasks = x.shape[0]
     probs = []
     with torch.no_grad():
         for _ in range(samples):
             theta = TaskNormal(q.mu, q.sigma).rsample()
-            if relaxed:
+            if edge_weights is not None:
+                z_n, z_r = edge_weights
+            elif relaxed:
                 z_n = edge_prior(q.phi_normal, tau, num_tasks).rsample().exp()
                 z_r = edge_prior(q.phi_reduce, tau, num_tasks).rsample().exp()
             else:

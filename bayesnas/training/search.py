@@ -89,9 +89,9 @@ def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None, kl_weight
             batch = sampler.batch(indices)
             with share:
                 q = adapt_held_out(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
-                                   kl_weight=kl_weight)
+                                   kl_weight=kl_weight, edge_kl=cfg.edge_kl)
                 with torch.no_grad():
-                    terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed)
+                    terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed, edge_kl=cfg.edge_kl)
                 probs = predictive(meta, q, batch.query_x, cfg.val_samples, tau, relaxed).mean(0)
             acc_sum += (probs.argmax(-1) == batch.query_y).float().mean(-1).sum().item()
             elbo_sum += (terms.elbo(1.0) / batch.query_y.shape[1]).sum().item()
@@ -125,8 +125,8 @@ def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
         terms = type(parts[0])(*(torch.cat(t) for t in zip(*parts)))
     else:
         q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
-                  kl_weight=beta, first_order=cfg.first_order)
-        terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed)
+                  kl_weight=beta, first_order=cfg.first_order, edge_kl=cfg.edge_kl)
+        terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed, edge_kl=cfg.edge_kl)
         loss = -terms.elbo(beta).mean() / n_query
         check_finite(loss, "the query ELBO")
         loss.backward()
@@ -168,8 +168,8 @@ def _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint):
     def task_loss(t):
         task = select_tasks(batch, slice(t, t + 1))
         q = adapt(meta, task.support_x, task.support_y, cfg.inner_steps, tau, relaxed,
-                  kl_weight=beta, first_order=cfg.first_order, checkpoint=checkpoint)
-        terms = elbo_terms(meta, task.query_x, task.query_y, q, tau, relaxed)
+                  kl_weight=beta, first_order=cfg.first_order, checkpoint=checkpoint, edge_kl=cfg.edge_kl)
+        terms = elbo_terms(meta, task.query_x, task.query_y, q, tau, relaxed, edge_kl=cfg.edge_kl)
         return -terms.elbo(beta).sum() / (num_tasks * n_query), type(terms)(*(v.detach() for v in terms))
 
     loss, parts = backward_per_task(num_tasks, task_loss, "the query ELBO", rng_device=meta.mu.device,

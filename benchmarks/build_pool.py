@@ -1,0 +1,43 @@
+"""Build a pool file of retrained random cells from compare results of one protocol (issue 24, part 5).
+
+    python benchmarks/build_pool.py --compare benchmarks/results/compare_omniglot.json --setting "5-way 1-shot" \
+        --extra runs/pool/rows_6_10.json --out benchmarks/results/pool_omniglot_5w1s.json
+
+``--compare`` is the comparison benchmark's report (one result per setting); ``--extra`` takes
+``compare.json`` files (``CompareResult.to_dict()``) of further random cells retrained under
+the same protocol (a difference is refused, naming it). The pool then serves
+``bayesnas compare --pool FILE``: a new cell is placed among the pool's cells without
+retraining them.
+"""
+import argparse
+import json
+
+from bayesnas.analysis.pool import pool_from_results, save_pool
+
+
+def main(args):
+    results = []
+    if args.compare:
+        report = json.load(open(args.compare))
+        results += [s["result"] for s in report["settings"] if s["name"] == args.setting]
+        if not results:
+            raise SystemExit(f"{args.compare}: no setting {args.setting!r}")
+    results += [json.load(open(path)) for path in args.extra]
+    pool = pool_from_results(results)
+    save_pool(pool, args.out)
+    print(f"{args.out}: {len(pool['rows'])} random cells: "
+          + ", ".join(f"{r['label']} {100 * r['accuracy']:.2f}%" for r in pool["rows"]))
+    return pool
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--compare", default=None, help="the comparison benchmark's report")
+    p.add_argument("--setting", default="5-way 1-shot")
+    p.add_argument("--extra", action="append", default=[], help="a compare.json of more random cells (repeat)")
+    p.add_argument("--out", required=True)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse())
