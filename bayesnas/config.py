@@ -14,10 +14,11 @@ Example:
 50
 """
 import dataclasses
-import json
+import math
 import os
 
 from .errors import ConfigError
+from .fileio import read_json
 
 
 def resolve_config(cls, config_file=None, overrides=None):
@@ -31,13 +32,9 @@ def resolve_config(cls, config_file=None, overrides=None):
 
 def load_config_file(path, cls):
     """Read a JSON config file (a flat object of field names) with clear errors."""
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise ConfigError(f"{path}: config file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path, ConfigError, "config file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object of {cls.__name__} fields")
     return data
@@ -74,8 +71,8 @@ def _check_type(field, value, source):
         raise ConfigError(f"{source}: {field.name}={value!r}: expected {_TYPE_NAMES[kind]}")
 
 
-def setting(default, help, choices=None, min=None, min_open=False, flag=None):
-    """A config field: its default, its help text, and (for the CLI and validate) choices and a lower bound.
+def setting(default, help, choices=None, min=None, min_open=False, flag=None, max=None):
+    """A config field: its default, its help text, and (for the CLI and validate) choices and bounds.
 
     ``flag``: the CLI's spelling when it is not ``--field-name`` (``--on/--off`` for a bool).
     """
@@ -86,6 +83,8 @@ def setting(default, help, choices=None, min=None, min_open=False, flag=None):
         metadata["choices"] = tuple(choices)
     if min is not None:
         metadata["min"], metadata["min_open"] = min, min_open
+    if max is not None:
+        metadata["max"] = max
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -108,6 +107,13 @@ def resume_overrides(overrides, config_file=None):
     return given
 
 
+def check_seed(value, what="seed"):
+    """``value`` as an int seed in 0..:data:`MAX_SEED`, else a ConfigError naming ``what``."""
+    check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED,
+          f"{what}={value!r}: expected an integer from 0 to {MAX_SEED}")
+    return value
+
+
 def check(condition, message):
     """Raise ConfigError(message) unless ``condition``."""
     if not condition:
@@ -117,9 +123,9 @@ def check(condition, message):
 def check_settings(cfg):
     """Check every field of a config dataclass against its declaration (:func:`setting`).
 
-    An integer field holds an integer (not a bool), a field with choices one of them, a
-    field with a lower bound a value above it. None passes where None is the default (it
-    means "decide from the data" or "the same as another setting").
+    An integer field holds an integer (not a bool), a number field a finite number, a field
+    with choices one of them, a field with bounds a value within them. None passes where
+    None is the default (it means "decide from the data" or "the same as another setting").
     """
     for field in dataclasses.fields(cfg):
         value, meta = getattr(cfg, field.name), field.metadata
@@ -127,6 +133,9 @@ def check_settings(cfg):
             continue
         if field.type is int:
             check(isinstance(value, int) and not isinstance(value, bool), f"{field.name}={value!r}: expected an integer")
+        if field.type is float:
+            check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                  f"{field.name}={value!r}: expected a finite number")
         if "choices" in meta:
             check(value in meta["choices"], f"{field.name}={value!r}: expected {' or '.join(map(repr, meta['choices']))}")
         if "min" in meta:
@@ -134,7 +143,16 @@ def check_settings(cfg):
             what = "an integer" if field.type is int else "a number"
             check(value > low if strict else value >= low,
                   f"{field.name}={value!r}: expected {what} {'>' if strict else '>='} {low}")
+        if "max" in meta:
+            what = "an integer" if field.type is int else "a number"
+            check(value <= meta["max"], f"{field.name}={value!r}: expected {what} <= {meta['max']}")
 
+
+#: the largest seed a user may give: torch.manual_seed takes 0 .. 2**64 - 1, and runs derive
+#: further streams from seed + small offsets
+MAX_SEED = 2**63 - 1
+#: the largest image side a search proxy may resize to (the importers' bound too)
+from .data.imaging import MAX_IMAGE_SIZE  # noqa: E402
 
 #: the values of FitConfig.variant, arch_schedule and supernet, and of both configs' select_on
 VARIANTS = ("gumbel", "softmax")
@@ -181,7 +199,7 @@ class FitConfig(TaskSettings):
 
     image_size: int = setting(None, "search on images resized to this size (None: the data's own); a smaller proxy "
                                     "costs about the pixel ratio less, and the derived cell is retrained at full size",
-                              min=1)
+                              min=1, max=MAX_IMAGE_SIZE)
     tasks: int = setting(2, "T, tasks per meta-iteration", min=1)
     inner_steps: int = setting(4, "N, unrolled steps of the guide", min=0)
     iterations: int = setting(200, "meta-iterations", min=1)
@@ -238,7 +256,7 @@ class FitConfig(TaskSettings):
     val_samples: int = setting(4, "posterior samples averaged per validation prediction", min=1)
     log_every: int = setting(10, "iterations between entries of the edge-posterior history", min=1)
     checkpoint_every: int = setting(20, "iterations between checkpoints", min=1)
-    seed: int = setting(0, "seed of the task streams and of the initial parameters")
+    seed: int = setting(0, "seed of the task streams and of the initial parameters", min=0, max=MAX_SEED)
     device: str = setting("auto", DEVICE_HELP)
     threads: int = setting(1, "torch CPU threads (0 = torch's default). 1 by default: two threads measured "
                               "1.0-1.2x faster on an idle 2-core machine but contend badly when anything else "
@@ -286,7 +304,7 @@ class RetrainConfig(TaskSettings):
     val_every: int = setting(50, "iterations between validations", min=1)
     val_tasks: int = setting(40, "validation tasks", min=1)
     checkpoint_every: int = setting(50, "iterations between checkpoints", min=1)
-    seed: int = setting(0, "seed of the task streams and of the initial parameters", min=0)
+    seed: int = setting(0, "seed of the task streams and of the initial parameters", min=0, max=MAX_SEED)
     device: str = setting("auto", DEVICE_HELP)
     threads: int = setting(0, "torch CPU threads (0 = torch's default)", min=0)
 

@@ -341,7 +341,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
     result = run("data", "import", "folder", tmp_path / "imgs", "--out", out)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.splitlines() == [f"Error: {tmp_path / 'imgs' / 'class5' / 'img_00.png'}: unreadable image "
-                                          f"(not in a format PIL knows)"]
+                                          f"(not PNG or JPEG)"]
     assert not out.exists()
 
 

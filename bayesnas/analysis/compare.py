@@ -45,13 +45,13 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from ..config import RetrainConfig
+from ..config import RetrainConfig, check_seed
 from ..data import open_data, resolve_rotations
 from ..data.protocol import TEST_SELECTION_WARNING
-from ..errors import ConfigError, GenotypeError
-from ..fileio import write_json
+from ..errors import ConfigError, GenotypeError, RunError
+from ..fileio import make_folder, write_json
 from ..models import BASELINES, arch_config, count_parameters, random_genotype
-from ..training.card import EVALUATION, write_run_card
+from ..training.card import EVALUATION, read_evaluation, write_run_card
 from ..training.loop import continuable, session_config
 from ..training.retrain import build_retrain_network, retrain
 from ..training.rundir import RunDirectory, default_run_path
@@ -469,10 +469,15 @@ def _run(job):
     (:func:`~bayesnas.analysis.evaluate.previous_evaluation`), so rows added to a comparison
     cost only their own runs.
     """
+    saved = os.path.join(job.path, EVALUATION)
+    if os.path.isfile(saved):
+        try:
+            read_evaluation(saved)
+        except RunError:
+            os.remove(saved)  # this comparison's own file, unusable: the run is evaluated again below
     trained, iterations = train_to_plateau(job.arch, job.config, job.path, job.max_iterations, job.extend_by,
                                            job.progress, job.tensorboard, job.command)
     test = {"tasks": job.eval_tasks, "inner_steps": job.eval_inner_steps, "seed": job.eval_seed}
-    saved = os.path.join(job.path, EVALUATION)
     result = previous_evaluation(saved, job.path, **test) or evaluate(job.path, json_out=saved,
                                                                       progress=job.progress, **test)
     write_run_card(job.path)
@@ -563,13 +568,13 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
     data = open_data(cfg.data)
     # resolved once, so every run (and a rerun's check of the saved configs) states the same value
     cfg.rotations = resolve_rotations(cfg.rotations, data)
-    seeds = [int(s) for s in seeds]
-    if not seeds or any(s < 0 for s in seeds):
-        raise ConfigError(f"seeds={seeds}: expected at least one non-negative integer")
+    seeds = [check_seed(s, "seeds") for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={seeds}: expected at least one seed, each once (a seed's runs share one folder)")
     if max_iterations is not None:
         _check_plateau_budget(max_iterations, extend_by, cfg.iterations)
     archs = architectures(genotypes, random_cells, baselines, random_seed)
-    target, widths = row_widths(archs, cfg, data.channels, data.image_size[0], match_params, param_target)
+    target, widths = row_widths(archs, cfg, data.channels, data.image_size, match_params, param_target)
     eval_steps = cfg.test_inner_steps if eval_inner_steps is None else eval_inner_steps
     pool_path, pool = (None, None) if pool is None else _pool_for(pool, {
         "config": cfg.to_dict(), "eval_tasks": eval_tasks, "eval_seed": eval_seed, "eval_inner_steps": eval_steps,
@@ -577,7 +582,7 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
         "max_iterations": max_iterations, "extend_by": None if max_iterations is None else extend_by}, archs)
     pooled = {} if pool is None else {r["label"]: r for r in pool["rows"]}
     out = os.fspath(out) if out is not None else default_run_path("compare")
-    os.makedirs(out, exist_ok=True)
+    make_folder(out)
     t0 = time.perf_counter()
     # the width is part of each run's config, so a rerun finds and reuses the finished run
     jobs = [_Job(label, arch, seed, dataclasses.replace(cfg, arch=arch, seed=seed, channels=channels),

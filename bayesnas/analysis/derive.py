@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
+from ..config import check_seed
 from ..data import SELECT_ON, TaskSampler
 from ..data.protocol import held_out_split
 from ..errors import ConfigError
@@ -104,7 +105,10 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task
     if by == "evidence":
         if task_seed is not None:
             raise ConfigError("by='evidence' scores many validation tasks; it takes no task_seed")
+        check_seed(seed, "seed")
         return _derive_by_evidence(run_dir, out, plot, which, evidence_tasks, finetune, prior, seed, progress)
+    if task_seed is not None:
+        check_seed(task_seed, "task_seed")
     cfg, meta, data, state = load_fit_state(run_dir, which=which)
     if task_seed is None:
         with torch.no_grad():

@@ -14,7 +14,6 @@ Example:
 >>> round(mean, 4), round(ci, 4)           # 1.96 * 0.2582 / 2
 (0.5, 0.253)
 """
-import json
 import math
 import os
 import time
@@ -25,13 +24,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RetrainConfig
+from ..config import RetrainConfig, check_seed
 from ..data import TaskSampler, default_data_path
 from ..data.protocol import TEST_SELECTION_WARNING
 from ..errors import BayesNASError, ConfigError
 from ..fileio import write_json
 from ..models import arch_label, count_parameters
-from ..training.card import file_sha256
+from ..training.card import file_sha256, read_evaluation
 from ..training.distributed import distributed
 from ..training.loop import read_run_config
 from ..training.retrain import load_retrain, task_accuracies
@@ -133,6 +132,7 @@ def evaluate(run_dir, tasks=600, inner_steps=None, split="test", seed=0, json_ou
     if inner_steps is not None and (isinstance(inner_steps, bool) or not isinstance(inner_steps, int)
                                     or inner_steps < 0):
         raise ConfigError(f"inner_steps={inner_steps!r}: expected an integer >= 0")
+    check_seed(seed)
     if threads:
         torch.set_num_threads(threads)
     checkpoint = _checkpoint(run_dir, which)
@@ -157,13 +157,13 @@ def previous_evaluation(json_path, run_dir, tasks=600, inner_steps=None, split="
     It is when it evaluated the same tasks (``tasks``, ``split``, ``seed``), with the same
     test-time steps (``inner_steps`` None: the run's), of a checkpoint and data file whose
     bytes are unchanged (their sha256); else (no file, unreadable, an older file without
-    the hashes, anything different) None, and the caller evaluates. Evaluating is
+    the hashes, anything different, accuracies that are not one finite value in [0, 1] per
+    task: :func:`~bayesnas.training.card.read_evaluation`) None, and the caller evaluates. Evaluating is
     deterministic on CPU, so a match is the number evaluating again would give (on CUDA it
     would differ only in floating-point rounding).
     """
     try:
-        with open(json_path, encoding="utf-8") as f:
-            saved = json.load(f)
+        saved = read_evaluation(json_path)
         run = RunDirectory(run_dir)
         cfg = read_run_config(run, RetrainConfig)
         checkpoint = _checkpoint(run_dir, which)

@@ -6,6 +6,7 @@ import click
 from ..data import import_folder, import_miniimagenet, import_omniglot, open_data
 from ..data.omniglot import SPLIT_BY
 from .common import user_errors
+from .options import IMAGE_SIZE, SEED
 
 
 @click.group("data")
@@ -34,9 +35,9 @@ def _fractions(ctx, param, value):
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("--out", default="omniglot.h5", show_default=True, type=click.Path(dir_okay=False),
               help="HDF5 file to write (replaced atomically).")
-@click.option("--size", default=28, show_default=True, type=click.IntRange(min=1),
+@click.option("--size", default=28, show_default=True, type=IMAGE_SIZE,
               help="Side of the square output images, in pixels (PIL LANCZOS resize).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="Seed of the split permutation.")
 @click.option("--split-fractions", default="0.6,0.15,0.25", show_default=True, callback=_fractions,
               help="train,val,test fractions; a 0 leaves that split out.")
@@ -66,7 +67,7 @@ def import_omniglot_cmd(paths, out, size, seed, split_fractions, split_by):
 @click.argument("path")
 @click.option("--out", default="miniimagenet.h5", show_default=True, type=click.Path(dir_okay=False),
               help="HDF5 file to write (replaced atomically).")
-@click.option("--size", default=84, show_default=True, type=click.IntRange(min=1),
+@click.option("--size", default=84, show_default=True, type=IMAGE_SIZE,
               help="Side of the square output images, in pixels (PIL LANCZOS resize).")
 @user_errors
 def import_miniimagenet_cmd(path, out, size):
@@ -87,10 +88,10 @@ def import_miniimagenet_cmd(path, out, size):
               help="HDF5 file to write (replaced atomically).")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None,
               help="Convert every image to grey (1) or RGB (3).  [default: as found; all must agree]")
-@click.option("--size", type=click.IntRange(min=1), default=None,
+@click.option("--size", type=IMAGE_SIZE, default=None,
               help="Side of the square output images, in pixels (PIL LANCZOS resize).  "
                    "[default: 84 for RGB, 28 for grey]")
-@click.option("--seed", type=click.IntRange(min=0), default=None,
+@click.option("--seed", type=SEED, default=None,
               help="Seed of the class split (ROOT/<class>/ layout only).  [default: 0]")
 @click.option("--split-fractions", default=None, callback=_fractions,
               help="train,val,test fractions of the classes; a 0 leaves that split out "

@@ -2,11 +2,12 @@
 import click
 
 from .common import user_errors
+from .options import SEED
 
 
 @click.command("derive-cell")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--task-seed", type=click.IntRange(min=0), default=None,
+@click.option("--task-seed", type=SEED, default=None,
               help="Adapt the edge posterior to the support set of the task drawn with this seed "
                    "[default: the meta-level alpha].")
 @click.option("--task-split", type=click.Choice(["val", "test"]), default="val",

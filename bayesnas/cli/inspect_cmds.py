@@ -5,6 +5,7 @@ import os
 import click
 
 from .common import user_errors
+from .options import SEED
 
 
 @click.command("inspect")
@@ -25,7 +26,7 @@ from .common import user_errors
                    "vs --samples averaged (0 = skip).")
 @click.option("--samples", type=click.IntRange(min=1), default=8,
               help="Posterior samples averaged (with --calibration).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the calibration tasks and samples.")
+@click.option("--seed", type=SEED, default=0, help="Seed of the calibration tasks and samples.")
 @user_errors
 def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plots, calibration_tasks, samples, seed):
     """Print the run card of a fit or retrain run (RUN/README.md, refreshed); for a fit run also its edge
@@ -39,13 +40,14 @@ def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plo
         raise click.BadParameter("expected 0 (every logged step) or at least 2 (the first and the last)",
                                  param_hint="--history-rows")
     card = build_run_card(run_dir) if no_plots else write_run_card(run_dir)
-    click.echo(card.markdown)
     if card.kind != "fit":
+        click.echo(card.markdown)
         return
     run = load_run(run_dir)
     post = run.edge_posterior(which)
-    history = run.posterior_history()
+    history = run.posterior_history()  # read (and checked) before anything is printed
     cfg = run.config
+    click.echo(card.markdown)
     click.echo(f"run {run.path}: {which} checkpoint at iteration {run.checkpoint_iteration(which)}/{cfg.iterations}, "
                f"{cfg.variant}, tau {post.tau:.3g}")
     click.echo(format_posterior_table(post, top=top, sort_by=sort_by))
@@ -57,7 +59,7 @@ def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plo
         cal = run.calibration(tasks=calibration_tasks, samples=samples, seed=seed, which=which, progress=True)
         click.echo("\n" + format_calibration(cal))
     if not no_plots:
-        folder = out if out is not None else os.path.join(run.path, "inspect")
+        folder = out if out is not None else run.directory.subfolder("inspect")
         paths = [os.path.join(folder, f"{name}.{fmt}")
                  for name in ("edge_posterior", "posterior_history", "search_diagnostics")]
         post.plot(path=paths[0])

@@ -10,6 +10,13 @@ import dataclasses
 
 import click
 
+from ..config import MAX_IMAGE_SIZE, MAX_SEED
+
+#: the type of every seed flag: what torch.manual_seed takes, with room for derived streams
+SEED = click.IntRange(0, MAX_SEED)
+#: the type of every image-size flag
+IMAGE_SIZE = click.IntRange(1, MAX_IMAGE_SIZE)
+
 
 def _default_text(value):
     return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
@@ -23,6 +30,8 @@ def field_option(field):
     if field.type is bool:
         return click.option(meta.get("flag", f"{flag}/--no-{flag[2:]}"), field.name, default=None, help=help_text)
     bounds = {"min": meta["min"], "min_open": meta["min_open"]} if "min" in meta else {}
+    if "max" in meta:
+        bounds["max"] = meta["max"]
     if "choices" in meta:
         kind = click.Choice(list(meta["choices"]))
     elif field.type is int:

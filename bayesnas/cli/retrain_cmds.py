@@ -1,9 +1,9 @@
 """``bayesnas retrain``, ``evaluate``, ``compare``: parse, call the library, print."""
 import click
 
-from ..config import RetrainConfig, resolve_config, resume_overrides
+from ..config import MAX_SEED, RetrainConfig, resolve_config, resume_overrides
 from .common import cli_command, user_errors
-from .options import config_options, run_options
+from .options import SEED, config_options, run_options
 
 
 @click.command("retrain")
@@ -45,7 +45,7 @@ def retrain_command(arch, out, resume, config_file, quiet, tensorboard, **flags)
 @click.option("--inner-steps", type=click.IntRange(min=0), default=None,
               help="Test-time inner steps [default: the run's].")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", help="Classes to test on.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the test tasks.")
+@click.option("--seed", type=SEED, default=0, help="Seed of the test tasks.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", help="Checkpoint to evaluate.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the result as JSON.")
@@ -71,8 +71,10 @@ def _seeds(ctx, param, value):
         seeds = [int(s) for s in value.split(",") if s.strip()]
     except ValueError:
         seeds = []
-    if not seeds or any(s < 0 for s in seeds):
-        raise click.BadParameter(f"expected comma-separated non-negative integers, got {value!r}")
+    if not seeds or any(not 0 <= s <= MAX_SEED for s in seeds):
+        raise click.BadParameter(f"expected comma-separated integers from 0 to {MAX_SEED}, got {value!r}")
+    if len(set(seeds)) != len(seeds):
+        raise click.BadParameter(f"each seed once, got {value!r} (a seed's runs share one folder)")
     return seeds
 
 
@@ -84,8 +86,8 @@ def _seeds(ctx, param, value):
 @click.option("--baselines", default="darts_v2,conv4", help="Comma-separated named architectures ('' for none).")
 @click.option("--seeds", default="0", callback=_seeds, help="Comma-separated training seeds.")
 @click.option("--eval-tasks", type=click.IntRange(min=1), default=600, help="Test tasks per run.")
-@click.option("--eval-seed", type=click.IntRange(min=0), default=0, help="Seed of the test tasks.")
-@click.option("--random-seed", type=click.IntRange(min=0), default=0, help="Seed of the random cells.")
+@click.option("--eval-seed", type=SEED, default=0, help="Seed of the test tasks.")
+@click.option("--random-seed", type=SEED, default=0, help="Seed of the random cells.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder of the runs and compare.json [default: runs/compare-<time>]; reused runs continue.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the table as JSON.")

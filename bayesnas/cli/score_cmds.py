@@ -2,6 +2,7 @@
 import click
 
 from .common import user_errors
+from .options import SEED
 
 
 @click.command("score-cells")
@@ -10,7 +11,7 @@ from .common import user_errors
 @click.option("--random", "random_cells", type=click.IntRange(min=0), default=0,
               help="Also score this many cells drawn uniformly from the space (labelled and drawn as compare's "
                    "random-1, random-2, ... with the same --random-seed).")
-@click.option("--random-seed", type=click.IntRange(min=0), default=0, help="Seed of the random cells.")
+@click.option("--random-seed", type=SEED, default=0, help="Seed of the random cells.")
 @click.option("--tasks", type=click.IntRange(min=1), default=100, help="Held-out tasks, the same for every cell.")
 @click.option("--split", type=click.Choice(["val", "test"]), default="val",
               help="Split of the tasks (scoring cells is model selection: validation classes).")

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
 from . import imaging
-from .omniglot import _check_fractions, _positive_int, split_units
-from .store import SPLITS, ClassRecord, open_dataset, write_dataset
+from .omniglot import _check_fractions, split_units
+from .store import SPLITS, ClassRecord, open_dataset, printable_name, write_dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_SIZE = {1: 28, 3: 84}
@@ -66,7 +66,7 @@ def import_folder(root, out, channels: Optional[int] = None, size: Optional[int]
                                  or channels not in (1, 3)):
         raise ConfigError(f"channels must be 1, 3 or None (as found), got {channels!r}")
     if size is not None:
-        size = _positive_int("size", size)
+        size = imaging.check_size(size)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     fractions = None if split_fractions is None else _check_fractions(split_fractions)
@@ -98,7 +98,7 @@ def import_folder(root, out, channels: Optional[int] = None, size: Optional[int]
 
     splits, channels, size = _read_images(classes, channels, size, invert, progress)
     kind = "grey" if channels == 1 else "RGB"
-    source = (f"folder ({Path(label).resolve().name}); {how}; {size}x{size} LANCZOS, {kind}"
+    source = (f"folder ({printable_name(Path(label).resolve().name)}); {how}; {size}x{size} LANCZOS, {kind}"
               + (", inverted" if invert else ""))
     write_dataset(out, splits, source=source, image_size=(size, size), channels=channels)
     return open_dataset(out)
@@ -192,11 +192,7 @@ def _read_images(classes: Dict[str, Dict[str, List[Path]]], channels, size, inve
             for name, files in per_split.items():
                 images = []
                 for path in files:
-                    try:
-                        data = path.read_bytes()
-                    except OSError as exc:
-                        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-                    img = imaging.decode(data, mode, str(path))
+                    img = imaging.read_image(path, mode)
                     found = 1 if img.mode == "L" else 3
                     if channels is None:
                         first = (path, found)

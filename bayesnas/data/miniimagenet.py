@@ -18,7 +18,6 @@ their synset (``n01532829``) with group ``""``. Images are stored RGB; those not
 ``size x size`` are resized with PIL's LANCZOS filter.
 """
 import csv
-import json
 import os
 import pickle
 from pathlib import Path
@@ -27,9 +26,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
+from ..fileio import read_json
 from . import imaging
-from .store import ClassRecord, SPLITS, open_dataset, write_dataset
+from .store import ClassRecord, SPLITS, open_dataset, printable_name, write_dataset
 
 LAYOUTS = (
     "(a) Ravi & Larochelle: images/ with train.csv, val.csv, test.csv",
@@ -50,8 +50,7 @@ def import_miniimagenet(path, out, size: int = 84, progress: bool = True):
     Returns:
         the :class:`~bayesnas.data.store.FewShotData` of ``out``.
     """
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ConfigError(f"size must be a positive integer, got {size!r}")
+    size = imaging.check_size(size)
     folder = Path(os.fspath(path))
     if not folder.exists():
         raise DataError(f"{path}: no such folder")
@@ -66,7 +65,7 @@ def import_miniimagenet(path, out, size: int = 84, progress: bool = True):
         layout, splits = "learn2learn pickle", _read_learn2learn(folder, size, progress)
     else:
         raise DataError(f"{path}: no miniImageNet layout recognised; looked for " + "; ".join(LAYOUTS))
-    source = f"miniImageNet ({layout}: {folder.resolve().name}); {size}x{size} RGB"
+    source = f"miniImageNet ({layout}: {printable_name(folder.resolve().name)}); {size}x{size} RGB"
     write_dataset(out, splits, source=source, image_size=(size, size), channels=3)
     return open_dataset(out)
 
@@ -111,13 +110,9 @@ def _read_csv_layout(folder, size, progress):
                 for i, (line, name) in enumerate(files):
                     image_path = folder / "images" / name
                     where = f"{csv_path}, line {line}: {image_path}"
-                    try:
-                        data = image_path.read_bytes()
-                    except FileNotFoundError:
-                        raise DataError(f"{where}: listed image is missing") from None
-                    except OSError as exc:
-                        raise DataError(f"{where}: cannot read ({exc})") from None
-                    images[i] = imaging.resize(imaging.decode(data, "RGB", where), size)
+                    if not os.path.lexists(image_path):
+                        raise DataError(f"{where}: listed image is missing")
+                    images[i] = imaging.resize(imaging.read_image(image_path, "RGB", where), size)
                     bar.update(1)
                 records.append(ClassRecord(label, "", images))
             splits[split] = records
@@ -167,10 +162,7 @@ def _read_torchmeta(folder, size, progress):
 def _torchmeta_labels(labels_path, group, file):
     if not labels_path.is_file():
         return sorted(group.keys())
-    try:
-        names = json.loads(labels_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{labels_path}: cannot read the class list ({exc})") from None
+    names = read_json(labels_path, DataError, "JSON class list")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise DataError(f"{labels_path}: expected a JSON list of class names")
     missing = [n for n in names if n not in group]

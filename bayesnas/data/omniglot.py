@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
+from ..fileio import check_regular_file
 from . import imaging
 from .store import ClassRecord, SPLITS, open_dataset, write_dataset
 
@@ -58,7 +59,7 @@ def import_omniglot(paths: Sequence, out, size: int = 28, seed: int = 0,
     Returns:
         the :class:`~bayesnas.data.store.FewShotData` of ``out``.
     """
-    size = _positive_int("size", size)
+    size = imaging.check_size(size)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     fractions = _check_fractions(split_fractions)
@@ -80,12 +81,6 @@ def import_omniglot(paths: Sequence, out, size: int = 28, seed: int = 0,
               f"seed {seed}, fractions {'/'.join(f'{f:g}' for f in fractions)}")
     write_dataset(out, splits, source=source, image_size=(size, size), channels=1)
     return open_dataset(out)
-
-
-def _positive_int(what, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_fractions(fractions):
@@ -117,6 +112,7 @@ class _Input:
             return cls._folder(label)
         if not os.path.exists(label):
             raise DataError(f"{label}: no such file or folder")
+        check_regular_file(label, DataError, "zip file or folder")
         if not zipfile.is_zipfile(label):
             raise DataError(f"{label}: neither a zip file nor a folder; expected Omniglot as {LAYOUT}")
         try:
@@ -128,7 +124,14 @@ class _Input:
             parts = PurePosixPath(name).parts
             if not name.endswith("/"):
                 entries.append((parts, name, f"{label}:{'/'.join(parts[:-1])}"))
-        return cls(label, _group_files(label, entries), archive.read, archive.close)
+        def read_member(name):
+            size = archive.getinfo(name).file_size
+            if size > imaging.MAX_FILE_BYTES:
+                raise DataError(f"{label}:{name}: {size:,} bytes uncompressed, more than the "
+                                f"{imaging.MAX_FILE_BYTES:,} an image file may have")
+            return archive.read(name)
+
+        return cls(label, _group_files(label, entries), read_member, archive.close)
 
     @classmethod
     def _folder(cls, label):
@@ -138,7 +141,7 @@ class _Input:
             if file.is_file():
                 # Relative to the parent, so an alphabet folder given directly keeps its name.
                 entries.append((file.relative_to(root.parent).parts, file, str(file.parent)))
-        return cls(label, _group_files(label, entries), lambda file: file.read_bytes())
+        return cls(label, _group_files(label, entries), imaging.read_bytes)
 
     def read(self, member) -> bytes:
         try:

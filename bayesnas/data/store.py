@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, check_regular_file
 
 FORMAT = "bayesnas-fewshot"
 VERSION = 1
@@ -69,6 +69,7 @@ def write_dataset(path, splits: Dict[str, List[ClassRecord]], source: str, image
     channels = _check_positive_int(label, "channels", channels)
     if not isinstance(source, str):
         raise DataError(f"{label}: source must be a string, got {type(source).__name__}")
+    _check_utf8(label, "source", source)
     if not isinstance(splits, dict) or not splits:
         raise DataError(f"{label}: expected at least one split among {', '.join(SPLITS)}")
     ordered = {}
@@ -103,6 +104,20 @@ def write_dataset(path, splits: Dict[str, List[ClassRecord]], source: str, image
                     ds.attrs["group"] = rec.group
 
 
+def _check_utf8(label, what, text):
+    """HDF5 stores strings as UTF-8: a name with undecodable bytes (os.fsdecode's surrogates) is refused."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{label}: the {what} {printable_name(text)!r} is not valid UTF-8 (HDF5 stores "
+                        f"names as UTF-8); rename it") from None
+
+
+def printable_name(name: str) -> str:
+    """``name`` (a file or folder name as the OS gave it) with bytes that are not UTF-8 shown as U+FFFD."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
 def _check_image_size(label, image_size):
     try:
         height, width = (int(v) for v in image_size)
@@ -130,6 +145,8 @@ def _check_records(label, split, records, shape):
             raise DataError(f"{label}: split '{split}' has a class with an empty or non-string name")
         if not isinstance(rec.group, str):
             raise DataError(f"{label}: split '{split}' class '{rec.name}': group must be a string")
+        _check_utf8(label, f"split '{split}' class name", rec.name)
+        _check_utf8(label, f"split '{split}' group name", rec.group)
         if rec.name in seen:
             raise DataError(f"{label}: split '{split}' has two classes named '{rec.name}'")
         seen.add(rec.name)
@@ -243,6 +260,7 @@ class FewShotData:
         infos = self._classes[name]
         height, width = self.image_size
         total = sum(c.count for c in infos)
+        check_memory(f"{self.path}: split '{name}'", (total, height, width, self.channels))
         # Filled class by class in CHW order, so peak memory is the split plus one class.
         images = torch.empty((total, self.channels, height, width), dtype=torch.uint8)
         start = 0
@@ -300,6 +318,7 @@ def open_dataset(path) -> FewShotData:
         raise DataError(f"{label}: no such file")
     if os.path.isdir(label):
         raise DataError(f"{label}: is a folder, expected a bayesnas-fewshot HDF5 file")
+    check_regular_file(label, DataError, "bayesnas-fewshot HDF5 file")
     if not h5py.is_hdf5(label):
         raise DataError(f"{label}: not an HDF5 file; expected a bayesnas-fewshot file "
                         f"(made by 'bayesnas data import')")
@@ -386,6 +405,41 @@ def _text(value) -> Optional[str]:
     if isinstance(value, str):
         return value
     return None
+
+
+def available_memory() -> int:
+    """Bytes this process may still allocate: the system's available memory (``MemAvailable``),
+    lowered by an address-space limit (``ulimit -v``) when one is set."""
+    import resource
+
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        try:
+            with open("/proc/self/statm", encoding="ascii") as f:
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            used = 0
+        available = min(available, max(0, limit - used))
+    return available
+
+
+def check_memory(where, shape):
+    """DataError naming ``where`` unless uint8 images of ``shape`` ``(n, H, W, C)`` fit in
+    :func:`available_memory` (checked before anything of that size is allocated)."""
+    n, height, width, channels = (int(v) for v in shape)
+    needed = n * height * width * channels
+    free = available_memory()
+    if needed > free:
+        raise DataError(f"{where}: {n:,} images x {height}x{width}x{channels} bytes = {needed / 2**30:,.1f} GiB, "
+                        f"more than the {free / 2**30:,.1f} GiB of memory available")
 
 
 def default_data_path() -> Path:

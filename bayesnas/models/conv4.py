@@ -22,24 +22,25 @@ class Conv4(nn.Module):
 
     The convolutions have no bias: the affine BatchNorm after each already has one.
 
-    ``forward(x [B, in_channels, image_size, image_size]) -> logits [B, num_classes]``.
-    Each pool floors the size: 28 -> 14 -> 7 -> 3 -> 1, 84 -> 42 -> 21 -> 10 -> 5, so the
-    linear layer takes ``hidden * s * s`` features, ``s`` computed from ``image_size``
-    (at least 16). BatchNorms are affine and keep no running statistics (MAML style).
+    ``forward(x [B, in_channels, H, W]) -> logits [B, num_classes]``, ``image_size`` being
+    ``H`` (square images) or ``(H, W)``. Each pool floors the size: 28 -> 14 -> 7 -> 3 -> 1,
+    84 -> 42 -> 21 -> 10 -> 5, so the linear layer takes ``hidden * h * w`` features, ``h``
+    and ``w`` computed from ``image_size`` (each at least 16). BatchNorms are affine and keep
+    no running statistics (MAML style).
     """
 
     def __init__(self, in_channels=1, num_classes=5, hidden=64, image_size=28):
         super().__init__()
+        shape = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if len(shape) != 2:
+            raise ConfigError(f"image_size={image_size!r}: expected H or (H, W)")
         check_positive(in_channels=in_channels, num_classes=num_classes, hidden=hidden,
-                       image_size=image_size)
-        size = image_size
-        for _ in range(BLOCKS):
-            size //= 2
-        if size < 1:
-            raise ConfigError(f"image_size={image_size}: Conv4 halves the size {BLOCKS} times "
-                              f"and needs images of at least {2 ** BLOCKS} pixels")
-        self.image_size = image_size
-        self.flat_features = hidden * size * size
+                       height=shape[0], width=shape[1])
+        if min(shape) < 2 ** BLOCKS:
+            raise ConfigError(f"images of {shape[0]}x{shape[1]}: Conv4 halves each side {BLOCKS} times "
+                              f"and needs at least {2 ** BLOCKS} pixels per side")
+        self.image_size = shape
+        self.flat_features = hidden * (shape[0] // 2 ** BLOCKS) * (shape[1] // 2 ** BLOCKS)
         layers, c = [], in_channels
         for _ in range(BLOCKS):
             layers += [nn.Conv2d(c, hidden, 3, padding=1, bias=False), batch_norm(hidden, affine=True),
@@ -49,7 +50,7 @@ class Conv4(nn.Module):
         self.classifier = nn.Linear(self.flat_features, num_classes)
 
     def forward(self, x):
-        if x.dim() != 4 or tuple(x.shape[2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"x has shape {tuple(x.shape)}, expected [B, C, {self.image_size}, "
-                             f"{self.image_size}] (the image_size this Conv4 was built for)")
+        if x.dim() != 4 or tuple(x.shape[2:]) != self.image_size:
+            raise ValueError(f"x has shape {tuple(x.shape)}, expected [B, C, {self.image_size[0]}, "
+                             f"{self.image_size[1]}] (the image_size this Conv4 was built for)")
         return self.classifier(self.features(x).flatten(1))

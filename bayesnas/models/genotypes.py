@@ -18,13 +18,12 @@ True
 >>> edge_index(2, 1), EDGES[edge_index(2, 1)], state_name(3)
 (4, (2, 1), 'n1')
 """
-import json
 import os
 import random
 from collections import namedtuple
 
 from ..errors import GenotypeError
-from ..fileio import write_json
+from ..fileio import read_json, write_json
 from .operations import OPS
 
 STEPS = 4
@@ -205,16 +204,9 @@ def load_genotype(path):
     :class:`GenotypeError` naming the file.
     """
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise GenotypeError(f"{path}: genotype file not found") from None
-    except IsADirectoryError:
-        raise GenotypeError(f"{path}: is a directory, expected a genotype JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GenotypeError(f"{path}: not valid JSON ({exc})") from None
-    return genotype_from_dict(d, source=path)
+    if not os.path.lexists(path):
+        raise GenotypeError(f"{path}: genotype file not found")
+    return genotype_from_dict(read_json(path, GenotypeError, "genotype JSON file"), source=path)
 
 
 def random_genotype(rng=None, steps=STEPS):

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
-import json
+import math
 import os
 import platform
 import shlex
@@ -25,14 +25,16 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
+from ..config import FitConfig, RetrainConfig
 from ..data import default_data_path
 from ..errors import RunError
-from ..fileio import atomic_path, write_json
-from ..models import arch_label, genotype_from_dict
+from ..fileio import atomic_path, check_regular_file, read_json, write_json
+from ..models import NUM_EDGES, NUM_OPS, arch_label, genotype_from_dict
 from ..models.derivation import chosen_edges_table, derive_genotype, format_edges_table
 from ..models.genotypes import CELL_TYPES, node_lines
 from ..viz.cells import plot_genotype
 from ..viz.posterior import save_figure
+from .loop import read_run_config
 from .rundir import RunDirectory
 
 CARD = "README.md"
@@ -61,8 +63,10 @@ def _literal(value):
 
 
 def file_sha256(path):
-    """The sha256 of a file's bytes, as hex (read in 1 MiB pieces).
+    """The sha256 of a file's bytes, as hex (read in 1 MiB pieces); a RunError unless ``path``
+    is a regular file (a FIFO or device would be read forever).
     """
+    check_regular_file(path, RunError, "file to hash")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -86,24 +90,100 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-_SESSION_KEYS = {"command", "cwd", "started", "ended", "status", "start_iteration", "reached_iteration",
-                 "checkpoint_iteration", "device", "threads", "processes", "versions", "data"}
+_TEXT, _COUNT, _OPTIONAL_TEXT, _OPTIONAL_COUNT = "a string", "an integer >= 0", "a string or null", \
+    "an integer >= 0 or null"
+#: every key of a session record, with what its value must be
+_SESSION_KEYS = {"command": _TEXT, "cwd": _TEXT, "started": _TEXT, "ended": _OPTIONAL_TEXT, "status": _TEXT,
+                 "start_iteration": _COUNT, "reached_iteration": _COUNT, "checkpoint_iteration": _OPTIONAL_COUNT,
+                 "device": _TEXT, "threads": _COUNT, "processes": _COUNT, "versions": "an object of strings",
+                 "data": "an object with path (string), sha256 (string) and bytes (integer >= 0)"}
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+_CHECKS = {
+    _TEXT: lambda v: isinstance(v, str),
+    _OPTIONAL_TEXT: lambda v: v is None or isinstance(v, str),
+    _COUNT: _is_count,
+    _OPTIONAL_COUNT: lambda v: v is None or _is_count(v),
+    _SESSION_KEYS["versions"]: lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+    _SESSION_KEYS["data"]: lambda v: (isinstance(v, dict) and isinstance(v.get("path"), str)
+                                      and isinstance(v.get("sha256"), str) and _is_count(v.get("bytes"))),
+}
 
 
 def read_sessions(run_dir):
     """The sessions recorded in ``RUN/sessions.json`` (a list of dicts; [] when there is none).
+
+    Every record is checked (each key present, each value of its type): a RunError names
+    the file, the record and the key otherwise.
     """
     path = RunDirectory(run_dir).file(SESSIONS)
-    try:
-        with open(path, encoding="utf-8") as f:
-            sessions = json.load(f)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return []
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(sessions, list) or not all(isinstance(s, dict) and _SESSION_KEYS <= set(s) for s in sessions):
-        raise RunError(f"{path}: expected a JSON list of session records with keys {', '.join(sorted(_SESSION_KEYS))}")
+    sessions = read_json(path, RunError, "JSON list of session records")
+    if not isinstance(sessions, list):
+        raise RunError(f"{path}: expected a JSON list of session records, found {type(sessions).__name__}")
+    for i, record in enumerate(sessions, 1):
+        if not isinstance(record, dict):
+            raise RunError(f"{path}: record {i} is {type(record).__name__}, expected an object")
+        missing = sorted(set(_SESSION_KEYS) - set(record))
+        if missing:
+            raise RunError(f"{path}: expected a JSON list of session records with keys "
+                           f"{', '.join(sorted(_SESSION_KEYS))}; record {i} lacks {', '.join(missing)}")
+        for key, expected in _SESSION_KEYS.items():
+            if not _CHECKS[expected](record[key]):
+                raise RunError(f"{path}: record {i}: {key}={_short(record[key])}, expected {expected}")
     return sessions
+
+
+def _short(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+#: the fields of ``RUN/evaluation.json`` the card shows and ``previous_evaluation`` matches, with their checks
+_EVALUATION_FIELDS = {
+    "accuracy": ("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
+    "ci95": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "tasks": ("an integer >= 1", lambda v: _is_count(v) and v >= 1),
+    "ways": ("an integer >= 1", lambda v: _is_count(v) and v >= 1),
+    "shots": ("an integer >= 1", lambda v: _is_count(v) and v >= 1),
+    "seed": (_COUNT, _is_count),
+    "inner_steps": (_COUNT, _is_count),
+    "split": (_TEXT, lambda v: isinstance(v, str)),
+    "checkpoint": (_TEXT, lambda v: isinstance(v, str)),
+    "accuracies": ("a list of numbers in [0, 1]", lambda v: isinstance(v, list)
+                   and all(_is_number(a) and 0 <= a <= 1 for a in v)),
+}
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_evaluation(path):
+    """``RUN/evaluation.json`` as a dict, checked: finite accuracies in [0, 1], one per task, their
+    mean the stated accuracy (a file older than the per-task list is checked without it); a
+    RunError naming the file and the field otherwise."""
+    saved = read_json(path, RunError, "evaluation (JSON object)")
+    if not isinstance(saved, dict):
+        raise RunError(f"{path}: expected a JSON object of evaluation fields, found {type(saved).__name__}")
+    for key, (expected, ok) in _EVALUATION_FIELDS.items():
+        if key not in saved:
+            if key == "accuracies":  # a file written before evaluate recorded them
+                return saved
+            raise RunError(f"{path}: lacks '{key}' ({expected})")
+        if not ok(saved[key]):
+            raise RunError(f"{path}: {key}={_short(saved[key])}, expected {expected}")
+    accs = saved["accuracies"]
+    if len(accs) != saved["tasks"]:
+        raise RunError(f"{path}: {len(accs)} accuracies for tasks={saved['tasks']}, expected one per task")
+    if abs(sum(accs) / len(accs) - saved["accuracy"]) > 1e-6:
+        raise RunError(f"{path}: accuracy={saved['accuracy']!r} is not the mean of its {len(accs)} accuracies")
+    return saved
 
 
 @contextlib.contextmanager
@@ -145,16 +225,19 @@ def recorded_session(run_dir, loop, command, device, data_path, processes=1):
         status = f"stopped ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
         raise
     finally:
-        record.update(ended=_now(), status=status, checkpoint_iteration=loop.last_checkpoint,
-                      reached_iteration=int(loop.rows[-1]["iteration"]) if loop.rows else loop.start)
-        write_json(path, sessions)
         try:
-            write_run_card(run_dir)
-        except Exception as card_error:
-            if status == "finished":
-                raise
-            # raising here would hide the error that stopped the run, which is what the user must see
-            print(f"warning: {RunDirectory(run_dir).file(CARD)} not written: {card_error}", file=sys.stderr)
+            record.update(ended=_now(), status=status, checkpoint_iteration=loop.last_checkpoint,
+                          reached_iteration=int(loop.rows[-1]["iteration"]) if loop.rows else loop.start)
+            write_json(path, sessions)
+            try:
+                write_run_card(run_dir)
+            except Exception as card_error:
+                if status == "finished":
+                    raise
+                # raising here would hide the error that stopped the run, which is what the user must see
+                print(f"warning: {RunDirectory(run_dir).file(CARD)} not written: {card_error}", file=sys.stderr)
+        finally:
+            RunDirectory(run_dir).unlock()  # taken when the session created or resumed the folder
 
 
 class RunCard(NamedTuple):
@@ -202,8 +285,8 @@ def build_run_card(run_dir):
         :class:`RunCard` (its ``markdown`` is what ``RUN/README.md`` holds).
     """
     run = RunDirectory(run_dir)
-    config = run.config()
-    kind = run_kind(config, run.file("config.json"))
+    kind = run_kind(run.config(), run.file("config.json"))
+    config = read_run_config(run, FitConfig if kind == "fit" else RetrainConfig).to_dict()
     sessions = read_sessions(run.path)
     rows = run.read_metrics() if os.path.exists(run.file("metrics.csv")) else []
     last = sessions[-1] if sessions else None
@@ -211,7 +294,10 @@ def build_run_card(run_dir):
     state = None
     if os.path.exists(run.file("checkpoint_last.pt")):
         state = run.load_checkpoint()
-    checkpoint_iteration = int(state["iteration"]) if state is not None else None
+    if state is not None and not _is_count(state.get("iteration")):
+        raise RunError(f"{run.file('checkpoint_last.pt')}: iteration={_short(state.get('iteration'))}, expected "
+                       f"{_COUNT}")
+    checkpoint_iteration = state["iteration"] if state is not None else None
     status = last["status"] if last else "no session recorded (the run predates run cards)"
     if last:
         data = last["data"]
@@ -225,12 +311,8 @@ def build_run_card(run_dir):
         genotype = derive_genotype(*_alpha_probs(state))
     elif kind == "retrain" and isinstance(config["arch"], dict):
         genotype = genotype_from_dict(config["arch"], source=run.file("config.json"))
-    if kind == "retrain" and os.path.exists(run.file(EVALUATION)):
-        try:
-            with open(run.file(EVALUATION), encoding="utf-8") as f:
-                evaluation = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunError(f"{run.file(EVALUATION)}: not valid JSON ({exc})") from None
+    if kind == "retrain" and os.path.lexists(run.file(EVALUATION)):
+        evaluation = read_evaluation(run.file(EVALUATION))
 
     sections = [
         _header(run.path, kind, config, status, iteration, checkpoint_iteration),
@@ -370,8 +452,12 @@ def _fit_cell(run, state, genotype):
 
 def _alpha_probs(state):
     """The meta-level edge probabilities softmax(alpha) of a fit checkpoint: ``[14, 10]`` per cell type."""
-    meta = state["stateful"]["meta"]
-    return [torch.as_tensor(meta[k]).float().softmax(-1) for k in ("alpha_normal", "alpha_reduce")]
+    meta = state.get("stateful", {}).get("meta")
+    alphas = [meta.get(k) if isinstance(meta, dict) else None for k in ("alpha_normal", "alpha_reduce")]
+    if not all(isinstance(a, torch.Tensor) and a.shape == (NUM_EDGES, NUM_OPS) for a in alphas):
+        raise RunError(f"checkpoint_last.pt: holds no fit meta-network (alpha_normal and alpha_reduce "
+                       f"[{NUM_EDGES}, {NUM_OPS}]); it was written by another command")
+    return [a.float().softmax(-1) for a in alphas]
 
 
 def _retrain_section(config, genotype, evaluation):

@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from ..config import from_dict, resolve_config
 from ..data import TaskSampler, resolve_rotations, selection_split
 from ..device import resolve_device
-from ..errors import ConfigError, NonFiniteLossError, RunError
+from ..errors import ConfigError, GenotypeError, NonFiniteLossError, RunError
 from ..fileio import write_json
+from ..models import BASELINES
 from ..rng import capture_rng, restore_rng, rng_states, set_rng_states
 from .rundir import RunDirectory, default_run_path
 
@@ -60,9 +61,13 @@ def read_run_config(run, cls):
     saved = run.config()
     if not isinstance(saved, dict):
         raise RunError(f"{path}: expected a JSON object of {cls.__name__} fields, found {type(saved).__name__}")
+    arch = saved.get("arch")
+    if isinstance(arch, str) and arch.strip().lower() not in BASELINES:
+        # a saved config holds the genotype itself: a path in it is never read (it could name a device)
+        raise RunError(f"{path}: arch={arch!r}: expected one of {', '.join(BASELINES)} or a genotype object")
     try:
         return from_dict(cls, saved, source=path)
-    except ConfigError as exc:
+    except (ConfigError, GenotypeError) as exc:
         raise RunError(f"{exc}; not usable as the config of a {kind} run") from None
 
 
@@ -76,6 +81,7 @@ def resume_run(run, cls, iterations=None):
     """
     cfg = read_run_config(run, cls)
     state = run.load_checkpoint()
+    run.lock()
     if iterations is not None and iterations > cfg.iterations:
         cfg = cfg.extended(iterations)
         write_json(run.file("config.json"), cfg.to_dict())

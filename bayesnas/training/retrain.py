@@ -26,7 +26,7 @@ from ..config import RetrainConfig
 from ..data import open_data
 from ..data.sampler import select_tasks
 from ..device import resolve_device
-from ..errors import RunError
+from ..errors import ConfigError, RunError
 from ..inference import unrolled_steps
 from ..models import arch_config, arch_label, build_network, count_parameters, genotype_from_dict
 from ..rng import seed_everything
@@ -38,9 +38,10 @@ from .rundir import RunDirectory
 from .tensorboard_logger import TensorBoardLogger, summary_writer_class
 
 def build_retrain_network(cfg, in_channels, image_size=28):
-    """The network of a RetrainConfig: ``[B, in_channels, image_size, image_size] -> [B, cfg.ways]`` logits.
+    """The network of a RetrainConfig: ``[B, in_channels, H, W] -> [B, cfg.ways]`` logits.
 
-    Conv-4 takes ``cfg.channels`` filters per block (its head depends on ``image_size``);
+    Conv-4 takes ``cfg.channels`` filters per block (its head depends on ``image_size``, ``H``
+    or ``(H, W)``);
     a genotype network starts its first cell at ``C = cfg.channels`` with ``cfg.layers`` cells.
     """
     arch = cfg.arch if isinstance(cfg.arch, str) else genotype_from_dict(cfg.arch, source="config arch")
@@ -202,6 +203,8 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
     """
     if tensorboard:
         summary_writer_class()  # a missing package stops the run before anything is written
+        if (resume or out) is not None:  # and so does a planted RUN/tensorboard (a file, a symlink)
+            RunDirectory(resume if resume is not None else out).subfolder("tensorboard", create=False)
     if command is None:
         command = python_call("bayesnas.training.retrain", arch=arch, config=config, out=out, resume=resume,
                               tensorboard=tensorboard or None)
@@ -223,14 +226,17 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
     data = open_data(cfg.data)
     train_sampler, val_sampler = task_samplers(cfg, data, device)
     seed_everything(cfg.seed)
-    net = build_retrain_network(cfg, data.channels, data.image_size[0]).to(device)
+    try:
+        net = build_retrain_network(cfg, data.channels, data.image_size).to(device)
+    except ConfigError as exc:  # the data's images do not fit the network (Conv-4 needs 16 pixels a side)
+        raise ConfigError(f"{data.path}: {exc}") from None
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.meta_lr)
 
     run = session_run(ctx, cfg, out, resume, "retrain")
 
     logger = None
     if tensorboard and run is not None:
-        logger = TensorBoardLogger(run.file("tensorboard"), hparams=cfg.to_dict())
+        logger = TensorBoardLogger(run.subfolder("tensorboard"), hparams=cfg.to_dict())
     loop = TrainingLoop(run, {"net": net, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", progress=progress and ctx.is_main,
                         desc=f"retrain {arch_label(cfg.arch)}", callbacks=callbacks, logger=logger)
@@ -271,7 +277,7 @@ def load_retrain(run_dir, which="best", device="cpu"):
     cfg = read_run_config(run, RetrainConfig)
     state = run.load_checkpoint(which)
     data = open_data(cfg.data)
-    net = build_retrain_network(cfg, data.channels, data.image_size[0])
+    net = build_retrain_network(cfg, data.channels, data.image_size)
     try:
         net.load_state_dict(state["stateful"]["net"])
     except (KeyError, RuntimeError) as exc:

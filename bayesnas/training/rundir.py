@@ -8,14 +8,18 @@
     RUN_DIR/genotype.json          the derived cell (derive-cell)
 
 Every file is replaced atomically, so a run killed at any moment leaves the previous
-complete version of each file in place. Checkpoints hold only tensors and plain Python
+complete version of each file in place. A file is replaced, never written through, so a
+symlink planted in the folder does not redirect a write; a subfolder (``tensorboard/``)
+must be a real folder inside it. While a session trains, its process holds
+``RUN/.lock`` (``flock``; the file is removed when the session ends): a second process
+given the same folder is refused instead of racing on its files. Checkpoints hold only tensors and plain Python
 data (numbers, strings, None, lists, tuples, dicts) and are read with
 ``torch.load(weights_only=True)``: a checkpoint that holds anything else, such as a
 crafted pickle whose loading would run code, is refused with a :class:`RunError`.
 """
 import csv
 import datetime
-import json
+import fcntl
 import os
 import pickle
 
@@ -23,8 +27,8 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import RunError
-from ..fileio import atomic_path, write_json
+from ..errors import RunError, WriteError
+from ..fileio import atomic_path, check_regular_file, make_folder, read_json, write_json
 
 #: 2: plain data only (format 1 held numpy arrays, which need the unsafe pickle loader)
 CHECKPOINT_FORMAT = 2
@@ -41,6 +45,11 @@ def default_run_path(kind, root="runs"):
         path = os.path.join(root, f"{kind}-{stamp}-{n}")
     return path
 
+
+#: held by the process of a training session (see the module docstring)
+LOCK_FILE = ".lock"
+# realpath of a run folder -> the descriptor of its lock file, for the folders this process holds
+_HELD = {}
 
 # metrics.csv columns that hold text; every other column reads back as floats
 TEXT_COLUMNS = ("genotype",)
@@ -64,24 +73,79 @@ class RunDirectory:
         run = cls(path)
         if os.path.exists(run.file("config.json")) or os.path.exists(run.file("checkpoint_last.pt")):
             raise RunError(f"{path}: already holds a run; use --resume {path} to continue it, or choose another --out")
-        if os.path.exists(path) and not os.path.isdir(path):
+        if os.path.lexists(path) and not os.path.isdir(path):
             raise RunError(f"{path}: exists and is not a folder")
-        os.makedirs(path, exist_ok=True)
+        make_folder(path)
+        run.lock()
+        if os.path.exists(run.file("config.json")):  # another process created it first
+            run.unlock()
+            raise RunError(f"{path}: already holds a run; use --resume {path} to continue it, or choose another --out")
         write_json(run.file("config.json"), config)
         return run
+
+    def subfolder(self, name, create=True):
+        """``RUN/<name>``, made a real folder inside the run (not a symlink, not a file); with
+        ``create`` False only checked, so a session can refuse it before writing anything."""
+        path = self.file(name)
+        if not create:
+            if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+                raise RunError(f"{path}: is {'a symlink' if os.path.islink(path) else 'not a folder'}; bayesnas "
+                               f"writes {name}/ only as a real folder inside {self.path}: remove it or choose "
+                               f"another folder")
+            return path
+        return make_folder(path, inside=self.path, error=RunError)
+
+    def lock(self):
+        """Hold ``RUN/.lock`` for this process until :meth:`unlock` (again in the same process: no-op).
+
+        Raises:
+            RunError when another process holds it (a session training in this folder).
+        """
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            return
+        path = self.file(LOCK_FILE)
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                raise WriteError(f"{path}: cannot create the lock file ({exc.strerror or exc})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise RunError(f"{self.path}: in use by another process{f' (pid {holder})' if holder else ''} that "
+                               f"holds {LOCK_FILE}; wait for it to end, or choose another folder") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the holder removed it between our open and our lock: take the new one
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        _HELD[key] = fd
+
+    def unlock(self):
+        """Give up ``RUN/.lock`` (removing it) if this process holds it."""
+        fd = _HELD.pop(os.path.realpath(self.path), None)
+        if fd is not None:
+            try:
+                os.remove(self.file(LOCK_FILE))
+            except OSError:
+                pass
+            os.close(fd)
 
     def config(self):
         """The resolved configuration (dict)."""
         path = self.file("config.json")
         if not os.path.isdir(self.path):
             raise RunError(f"{self.path}: no such run folder")
-        try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            raise RunError(f"{path}: missing; expected the resolved config of a run") from None
-        except json.JSONDecodeError as exc:
-            raise RunError(f"{path}: not valid JSON ({exc})") from None
+        if not os.path.lexists(path):
+            raise RunError(f"{path}: missing; expected the resolved config of a run")
+        return read_json(path, RunError, "run config (JSON)")
 
     def save_checkpoint(self, state, best=False):
         """Write ``checkpoint_last.pt`` (and first ``checkpoint_best.pt`` when ``best``) atomically.
@@ -104,6 +168,7 @@ class RunDirectory:
         path = self.file(f"checkpoint_{which}.pt")
         if not os.path.exists(path):
             raise RunError(f"{path}: missing; expected a checkpoint written by bayesnas")
+        check_regular_file(path, RunError, "checkpoint")
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError:
@@ -131,11 +196,14 @@ class RunDirectory:
     def read_metrics(self):
         """``metrics.csv`` as a list of dicts: float values, strings in :data:`TEXT_COLUMNS` (empty cells -> None)."""
         path = self.file("metrics.csv")
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             raise RunError(f"{path}: missing; the run has not logged any metrics")
-        with open(path, newline="", encoding="utf-8") as f:
-            return [{k: (None if v in ("", None) else v if k in TEXT_COLUMNS else float(v)) for k, v in row.items()}
-                    for row in csv.DictReader(f)]
+        check_regular_file(path, RunError, "metrics table (CSV)")
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                return [_metrics_row(path, line, row) for line, row in enumerate(csv.DictReader(f), 2)]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise RunError(f"{path}: not a readable CSV table ({exc})") from None
 
     def write_history(self, history):
         """Rewrite ``posterior_history.h5`` atomically.
@@ -161,6 +229,9 @@ class RunDirectory:
         and the search diagnostics: arrays ``[n]``, "genotype" a list of ``n`` strings; each
         None in a file written before fit recorded them (version 1)."""
         path = self.file("posterior_history.h5")
+        if not os.path.lexists(path):
+            raise RunError(f"{path}: missing; expected the edge posterior history of a fit run")
+        check_regular_file(path, RunError, "posterior history (HDF5)")
         try:
             with h5py.File(path, "r") as f:
                 if f.attrs.get("format") != "bayesnas-posterior-history":
@@ -173,11 +244,50 @@ class RunDirectory:
                         history[key] = f[key].asstr()[()].tolist()
                     else:
                         history[key] = f[key][()]
-                return history
-        except FileNotFoundError:
-            raise RunError(f"{path}: missing; expected the edge posterior history of a fit run") from None
-        except (OSError, KeyError) as exc:
+        except (OSError, KeyError, TypeError, ValueError) as exc:
             raise RunError(f"{path}: not a readable posterior history ({exc})") from None
+        _check_history(path, history)
+        return history
+
+
+def _metrics_row(path, line, row):
+    """One row of metrics.csv: floats, strings in TEXT_COLUMNS, None for empty cells; RunError naming the cell."""
+    if None in row:
+        raise RunError(f"{path}, line {line}: more cells than the header has columns")
+    values = {}
+    for key, value in row.items():
+        if value in ("", None):
+            values[key] = None
+        elif key in TEXT_COLUMNS:
+            values[key] = value
+        else:
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise RunError(f"{path}, line {line}: {key}={value[:40]!r}, expected a number") from None
+    if values.get("iteration") is None:
+        raise RunError(f"{path}, line {line}: no iteration, expected one in every row")
+    return values
+
+
+def _check_history(path, history):
+    """RunError naming ``path`` unless the arrays of a posterior history agree: iteration ``[n]``
+    integers, alpha_* ``[n, 14, 10]`` finite, each diagnostic ``n`` long."""
+    iteration = np.asarray(history["iteration"])
+    if iteration.ndim != 1 or not np.issubdtype(iteration.dtype, np.integer):
+        raise RunError(f"{path}: iteration is {iteration.dtype} {list(iteration.shape)}, expected integers [n]")
+    n = len(iteration)
+    for key in ("alpha_normal", "alpha_reduce"):
+        alpha = np.asarray(history[key])
+        if alpha.shape != (n, 14, 10) or not np.issubdtype(alpha.dtype, np.floating):
+            raise RunError(f"{path}: {key} is {alpha.dtype} {list(alpha.shape)}, expected floats [{n}, 14, 10] "
+                           f"(one [edges, ops] table per logged iteration)")
+        if not np.isfinite(alpha).all():
+            raise RunError(f"{path}: {key} holds values that are not finite")
+    for key in HISTORY_DIAGNOSTICS:
+        if history[key] is not None and (np.ndim(history[key]) != 1 or len(history[key]) != n):
+            raise RunError(f"{path}: {key} has shape {list(np.shape(history[key]))}, expected [{n}] "
+                           f"(one per logged iteration)")
 
 
 def _check_plain(obj, where):

@@ -223,6 +223,8 @@ def fit(config=None, out=None, resume=None, progress=True, callbacks=(), tensorb
     """
     if tensorboard:
         summary_writer_class()  # a missing package stops the run before anything is written
+        if (resume or out) is not None:  # and so does a planted RUN/tensorboard (a file, a symlink)
+            RunDirectory(resume if resume is not None else out).subfolder("tensorboard", create=False)
     if command is None:
         command = python_call("bayesnas.training.fit", config=config, out=out, resume=resume,
                               tensorboard=tensorboard or None)
@@ -257,7 +259,7 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
 
     logger = None
     if tensorboard and run is not None:
-        logger = meta_posterior_logger(run.file("tensorboard"), cfg.to_dict(), meta)
+        logger = meta_posterior_logger(run.subfolder("tensorboard"), cfg.to_dict(), meta)
     loop = TrainingLoop(run, {"meta": meta, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", extra={"history": history},
                         on_checkpoint=lambda extra: run.write_history(extra["history"]),
