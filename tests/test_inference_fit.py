@@ -47,7 +47,7 @@ def test_fit_writes_a_complete_run_folder(tmp_path, monkeypatch):
     run = RunDirectory(tmp_path / "run")
     names = sorted(os.listdir(run.path))
     assert names == ["README.md", "checkpoint_best.pt", "checkpoint_last.pt", "config.json", "derived_cell.png",
-                     "metrics.csv", "posterior_history.h5", "sessions.json"]
+                     "log.txt", "metrics.csv", "posterior_history.h5", "sessions.json"]
     assert run.config()["iterations"] == 6
     rows = run.read_metrics()
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
