@@ -120,7 +120,8 @@ def test_retrain_bad_input(tmp_path):
 
 def test_evaluate_bad_input(fit_run, tmp_path):
     assert_one_line_error(invoke("evaluate", tmp_path / "gone"), "gone", "no such run folder")
-    assert_one_line_error(invoke("evaluate", fit_run), "config.json", "unknown setting(s)", "not usable as the config of a retrain run")
+    assert_one_line_error(invoke("evaluate", fit_run), "config.json", "unknown setting(s)",
+                          "not usable as the config of a retrain run")
 
 
 def val_acc_column(path):

@@ -20,7 +20,8 @@ TINY = dict(iterations=3, channels=2, cells=2, tasks=1, ways=2, queries=2, inner
 RETRAIN = dict(iterations=2, channels=2, layers=1, queries=1, inner_steps=1, val_every=2, val_tasks=2, threads=1)
 
 
-pytestmark = pytest.mark.usefixtures("tiny_on_small_data")  # retraining Conv-4 needs 16 pixels or more: RETRAIN keeps the embedded 28x28
+# retraining Conv-4 needs 16 pixels or more: RETRAIN keeps the embedded 28x28
+pytestmark = pytest.mark.usefixtures("tiny_on_small_data")
 
 
 def events(folder):

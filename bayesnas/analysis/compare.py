@@ -40,7 +40,7 @@ import random
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -104,7 +104,7 @@ class CompareRow:
     run_dirs: List[str] = field(default_factory=list)
     accuracies: List[float] = field(default_factory=list, repr=False)
     val_curves: Dict[str, List[List[float]]] = field(default_factory=dict, repr=False)
-    val_rise: float = None
+    val_rise: Optional[float] = None
     iterations: List[int] = field(default_factory=list)
 
 
@@ -161,11 +161,11 @@ class CompareResult:
     eval_seed: int
     out: str
     seconds: float
-    reference: str = None
-    param_target: int = None
+    reference: Optional[str] = None
+    param_target: Optional[int] = None
     param_tolerance: float = PARAM_TOLERANCE
-    max_iterations: int = None
-    extend_by: int = None
+    max_iterations: Optional[int] = None
+    extend_by: Optional[int] = None
     warnings: List[str] = field(default_factory=list)
 
     def to_dict(self):
@@ -452,7 +452,7 @@ class _Job:
     progress: bool
     tensorboard: bool
     command: object
-    max_iterations: int = None
+    max_iterations: Optional[int] = None
     extend_by: int = EXTEND_BY
 
 
@@ -500,10 +500,14 @@ def run_jobs(jobs, workers, threads):
             yield future.result()
 
 
-def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=600, eval_inner_steps=None,
-            eval_seed=0, out=None, baselines=("darts_v2", "conv4"), random_seed=0, json_out=None, progress=True,
-            log=None, tensorboard=False, command=None, match_params=True, param_target=None, workers=1,
-            max_iterations=None, extend_by=EXTEND_BY):
+def compare(genotypes: Any = (), random_cells: int = 5, config: dict | None = None, seeds: Iterable[int] = (0,),
+            eval_tasks: int = 600, eval_inner_steps: int | None = None, eval_seed: int = 0,
+            out: str | os.PathLike | None = None, baselines: Iterable[str] = ("darts_v2", "conv4"),
+            random_seed: int = 0, json_out: str | os.PathLike | None = None, progress: bool = True,
+            log: Callable[[str], Any] | None = None,
+            tensorboard: bool = False, command: str | None = None, match_params: bool = True,
+            param_target: int | None = None, workers: int = 1, max_iterations: int | None = None,
+            extend_by: int = EXTEND_BY) -> CompareResult:
     """Retrain and evaluate every architecture under one budget and seed set; a Table-1-like result.
 
     Args:
@@ -617,7 +621,7 @@ def budget_text(iterations, max_iterations=None, extend_by=None):
             f"(at most {max_iterations})")
 
 
-def format_compare_table(result):
+def format_compare_table(result: CompareResult) -> str:
     """The comparison as a plain-text table (what ``bayesnas compare`` prints).
     """
     c = result.config

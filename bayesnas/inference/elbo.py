@@ -18,7 +18,8 @@ import pyro.poutine as poutine
 import torch
 from torch.distributions import kl_divergence
 
-from .guide import base_guide
+from .guide import TaskPosterior, base_guide
+from .meta import MetaNetwork
 from .model import OBS, THETA, Z_SITES, base_model
 
 
@@ -35,7 +36,8 @@ class ElboTerms(NamedTuple):
         return self.loglik - kl_weight * (self.kl_theta + self.kl_z)
 
 
-def elbo_terms(meta, x, y, q, tau, relaxed=True):
+def elbo_terms(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor, q: TaskPosterior, tau: float,
+               relaxed: bool = True) -> "ElboTerms":
     """One-sample ELBO terms of T tasks with variational parameters ``q``.
 
     Args:

@@ -2,10 +2,13 @@
 """
 import torch
 
+from .guide import TaskPosterior
+from .meta import MetaNetwork
 from .model import TaskNormal, edge_prior
 
 
-def predictive(meta, q, x, samples, tau, relaxed):
+def predictive(meta: MetaNetwork, q: TaskPosterior, x: torch.Tensor, samples: int, tau: float,
+               relaxed: bool) -> torch.Tensor:
     """Posterior predictive class probabilities, one row per draw of (theta, z) from ``q``.
 
     Args: q: TaskPosterior of T tasks; x: ``[T, B, C, H, W]``; samples: S; tau and
