@@ -22,6 +22,10 @@ _EXPORTS = {
 }
 
 
+__all__ = ["__version__", "FitConfig", "RetrainConfig", "fit", "retrain", "load_run", "derive_cell", "evaluate",
+           "compare"]
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         import importlib

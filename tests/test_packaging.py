@@ -38,3 +38,7 @@ def test_ci_runs_the_readme_test_command():
     checks = ci.split("'.[test]' && ", 1)[1]  # CI installs quietly (pip -q); what runs after is the same
     assert checks == "ruff check && mypy && python -m pytest -q tests"
     assert f"pip install -e '.[test]' && {checks}" in readme
+
+
+def test_the_lazy_exports_are_listed():
+    assert sorted(bayesnas.__all__) == sorted(["__version__", *bayesnas._EXPORTS])

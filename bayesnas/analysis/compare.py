@@ -87,7 +87,10 @@ class CompareRow:
     seed's validation accuracy by iteration from its ``metrics.csv``,
     ``{"<seed>": [[iteration, val_acc], ...]}``; val_rise: :func:`validation_rise` of those
     curves (None: too short to tell); iterations: each seed's training budget (the configured
-    one, or more when the comparison trains until the plateau, :func:`train_to_plateau`).
+    one, or more when the comparison trains until the plateau, :func:`train_to_plateau`);
+    kind: "searched" (a genotype given), "baseline" (a named architecture) or "random" (a cell
+    drawn from the search space), set by :func:`compare` from where the row came from, never
+    from its label.
     """
 
     label: str
@@ -106,6 +109,7 @@ class CompareRow:
     val_curves: Dict[str, List[List[float]]] = field(default_factory=dict, repr=False)
     val_rise: Optional[float] = None
     iterations: List[int] = field(default_factory=list)
+    kind: str = "searched"
 
 
 def validation_rise(curves, window=PLATEAU_WINDOW, lag=PLATEAU_LAG):
@@ -575,7 +579,8 @@ def compare(genotypes: Any = (), random_cells: int = 5, config: dict | None = No
             log(f"{done['label']} seed {done['seed']}: {100 * done['accuracy']:.2f}% ± {100 * done['ci95']:.2f}% "
                 f"({done['train_seconds']:.0f} s training)")
     rows, reference_accs = [], None
-    for (label, arch), (channels, _) in zip(archs, widths):
+    first_random = len(archs) - random_cells  # architectures() lists the random cells last
+    for index, ((label, arch), (channels, _)) in enumerate(zip(archs, widths)):
         mine = [runs[(label, seed)] for seed in seeds]
         accs = [r["accuracies"] for r in mine]
         mean, ci, per_task = over_tasks(accs)
@@ -587,7 +592,9 @@ def compare(genotypes: Any = (), random_cells: int = 5, config: dict | None = No
         rows.append(CompareRow(label, arch, mean, ci, diff, diff_ci, sum(r["val_acc"] for r in mine) / len(seeds),
                                mine[-1]["parameters"], channels, sum(r["train_seconds"] for r in mine) / len(seeds),
                                sum(r["eval_seconds"] for r in mine) / len(seeds), [r["path"] for r in mine],
-                               per_task.tolist(), curves, validation_rise(curves), [r["iterations"] for r in mine]))
+                               per_task.tolist(), curves, validation_rise(curves), [r["iterations"] for r in mine],
+                               kind="random" if index >= first_random else
+                               "baseline" if isinstance(arch, str) else "searched"))
     result = CompareResult(rows=rows, config={k: v for k, v in cfg.to_dict().items() if k not in ("arch", "seed")},
                            seeds=seeds, eval_tasks=eval_tasks,
                            eval_inner_steps=cfg.test_inner_steps if eval_inner_steps is None else eval_inner_steps,

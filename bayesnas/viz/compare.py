@@ -20,7 +20,13 @@ KIND_COLOURS = {"searched": "C0", "baseline": "C1", "random": "0.55"}
 
 
 def row_kind(row):
-    """"random" (a cell drawn from the search space), "baseline" (a named architecture) or "searched"."""
+    """"random" (a cell drawn from the search space), "baseline" (a named architecture) or "searched".
+
+    The row's ``kind`` when it has one; a comparison written before rows had it is read by
+    its labels (``random-<n>`` for the random cells).
+    """
+    if "kind" in row:
+        return row["kind"]
     if str(row["label"]).startswith("random-"):
         return "random"
     return "baseline" if isinstance(row["arch"], str) else "searched"
