@@ -33,6 +33,7 @@ def card_text(path):
         return f.read()
 
 
+@pytest.mark.slow
 def test_card_of_a_finished_fit(tmp_path):
     run = tmp_path / "run"
     result = fit(FitConfig(**TINY), out=run, progress=False)
@@ -71,6 +72,7 @@ def test_card_of_a_finished_fit(tmp_path):
     assert "tensorboard --logdir" not in text  # no event files in this run
 
 
+@pytest.mark.slow
 def test_card_is_written_when_the_run_is_interrupted_and_a_resume_extends_it(tmp_path):
     run = tmp_path / "run"
 

@@ -207,6 +207,7 @@ def test_no_match_params_trains_every_row_at_the_configured_channels(tmp_path, m
     assert "parameters matched to 29,029 ±10%" in format_compare_table(on)
 
 
+@pytest.mark.slow
 def test_runs_in_worker_processes_give_the_same_table(tmp_path, monkeypatch):
     """Two spawned workers (real, tiny runs) against one process: the same accuracies, curves, widths."""
     cfg = RetrainConfig(iterations=2, tasks=1, channels=2, layers=1, val_every=2, val_tasks=2, checkpoint_every=2,

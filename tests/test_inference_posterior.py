@@ -138,6 +138,7 @@ def test_samples_follow_the_posterior_through_the_derivation():
     assert a == b
 
 
+@pytest.mark.slow
 def test_plots_are_figures_and_save_atomically(tmp_path):
     post = random_posterior(seed=6)
     fig = post.plot(path=tmp_path / "edges.png")

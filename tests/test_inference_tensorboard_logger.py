@@ -39,6 +39,7 @@ def hparams_of(acc):
     return plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
 
 
+@pytest.mark.slow
 def test_fit_logs_every_metric_the_posterior_summaries_images_and_the_config(tmp_path):
     result = fit(FitConfig(**TINY), out=tmp_path / "run", progress=False, tensorboard=True)
     acc = events(tmp_path / "run" / "tensorboard")
@@ -71,6 +72,7 @@ def test_fit_logs_every_metric_the_posterior_summaries_images_and_the_config(tmp
     assert hp["batch_tasks"].string_value == "true" and hp["low_memory"].string_value == "false"
 
 
+@pytest.mark.slow
 def test_a_resumed_run_appends_without_duplicate_steps(tmp_path):
     def kill_at_3(iteration, row):
         if iteration == 3:

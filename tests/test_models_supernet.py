@@ -226,6 +226,7 @@ def test_cuda_fused_equals_reference_and_second_order():
     assert out.shape == (5, 5) and out.device.type == "cuda"
 
 
+@pytest.mark.slow
 def test_tasks_as_a_batch_equal_one_call_per_task_through_second_order():
     """T tasks in one call (task-major channels, T-fold groups) == T separate calls, exactly
     in float64, for the outputs and for the gradients of a gradient (theta and z)."""
