@@ -4,7 +4,15 @@ The main entry points are re-exported here and imported on first use, so
 ``import bayesnas`` (and the command line's ``--help``) stays light.
 """
 
+from typing import TYPE_CHECKING, Any
+
+#: the package version: the one place it is written (pyproject.toml reads it from here)
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports on first use
+    from .analysis import compare, derive_cell, evaluate, load_run
+    from .config import FitConfig, RetrainConfig
+    from .training import fit, retrain
 
 _EXPORTS = {
     "FitConfig": "bayesnas.config", "RetrainConfig": "bayesnas.config",
@@ -14,7 +22,11 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name):
+__all__ = ["__version__", "FitConfig", "RetrainConfig", "fit", "retrain", "load_run", "derive_cell", "evaluate",
+           "compare"]
+
+
+def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         import importlib
 

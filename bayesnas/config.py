@@ -132,12 +132,14 @@ def check_settings(cfg):
         if value is None and field.default is None:
             continue
         if field.type is int:
-            check(isinstance(value, int) and not isinstance(value, bool), f"{field.name}={value!r}: expected an integer")
+            check(isinstance(value, int) and not isinstance(value, bool),
+                  f"{field.name}={value!r}: expected an integer")
         if field.type is float:
             check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
                   f"{field.name}={value!r}: expected a finite number")
         if "choices" in meta:
-            check(value in meta["choices"], f"{field.name}={value!r}: expected {' or '.join(map(repr, meta['choices']))}")
+            check(value in meta["choices"],
+                  f"{field.name}={value!r}: expected {' or '.join(map(repr, meta['choices']))}")
         if "min" in meta:
             low, strict = meta["min"], meta["min_open"]
             what = "an integer" if field.type is int else "a number"
@@ -233,7 +235,7 @@ class FitConfig(TaskSettings):
                                       "about 2.3x the cost per iteration", flag="--first-order/--second-order")
     batch_tasks: bool = setting(True, "run a meta-batch's tasks as one batched supernet call (task-major channels, "
                                       "the same function in float64). Off: one call and one backward per task, "
-                                      "whose results are bitwise equal across process counts")
+                                      "whose results agree across process counts (tested to rtol 1e-4)")
     low_memory: bool = setting(False, "memory-bounded SVI step: one task at a time (backward per task) and inner "
                                       "steps recomputed in the outer backward; same values and gradients, peak "
                                       "memory of one task's query pass plus one inner step instead of T tasks "

@@ -1,14 +1,18 @@
 """User-facing errors.
 
-Every mistake a user can make (a missing file, an impossible few-shot setting, an
-invalid genotype, a bad flag) raises a subclass of :class:`BayesNASError` whose message
-names the input and what was expected. The CLI turns these into one line on stderr and
-a non-zero exit; Python users catch them like any exception.
+The mistakes bayesnas checks for (a missing file, an impossible few-shot setting, an
+invalid genotype, a bad flag), and the conditions a user must act on (a run whose loss
+became non-finite, a write that failed), raise a subclass of :class:`BayesNASError`
+whose message names the input or file and what was expected. The CLI turns these into
+one line on stderr and a non-zero exit; Python users catch them like any exception. A
+mistake that is not checked may still surface as another exception.
 """
 
 
 class BayesNASError(Exception):
-    """Base class of every error caused by user input rather than by a bug."""
+    """Base class of the errors bayesnas reports as one line: checked user input, and
+    conditions the user must act on (:class:`NonFiniteLossError`, :class:`WriteError`);
+    any other exception is unchecked input or a bug."""
 
 
 class DataError(BayesNASError):

@@ -12,7 +12,6 @@ both are clearly above their null; a setting whose gradient is at the null canno
 decides the architecture, however concentrated the posterior ends.
 """
 import argparse
-import json
 import sys
 import time
 

@@ -43,7 +43,8 @@ from bayesnas.training.retrain import task_accuracies  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 #: name -> (what build_network takes, channels matched to ~16.9k parameters in the committed compare)
-NETWORKS = {"darts_v2": ("darts_v2", 20), "base_seed0": (os.path.join(RESULTS, "base_omniglot_seed0_genotype.json"), 11),
+NETWORKS = {"darts_v2": ("darts_v2", 20),
+            "base_seed0": (os.path.join(RESULTS, "base_omniglot_seed0_genotype.json"), 11),
             "base_seed1": (os.path.join(RESULTS, "base_omniglot_seed1_genotype.json"), 8), "conv4": ("conv4", 25)}
 SETTINGS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1)}
 
@@ -186,7 +187,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.threshold = operations.CHANNELS_LAST_POOL_MIN
     torch.set_num_threads(args.threads)
-    result = {"torch": torch.__version__, "threads": args.threads, "machine": platform.processor() or platform.machine(),
+    result = {"torch": torch.__version__, "threads": args.threads,
+              "machine": platform.processor() or platform.machine(),
               "channels_last_pool_min": args.threshold, "steps": args.steps, "queries": args.queries,
               "inductor_cache": "warm" if args.warm_cache else "cold"}
     if args.pooling:

@@ -107,7 +107,8 @@ def main(argv=None):
     for tasks in [int(t) for t in args.tasks.split(",") if t]:
         rows.append(measure(cfg, data, tasks))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "layout_sources"}), flush=True)
-    result = {"torch": torch.__version__, "threads": args.threads, "machine": platform.processor() or platform.machine(),
+    result = {"torch": torch.__version__, "threads": args.threads,
+              "machine": platform.processor() or platform.machine(),
               "config": "configs/omniglot_cpu.json", "first_order": cfg.first_order, "rows": rows}
     if args.json:
         write_json(args.json, result)

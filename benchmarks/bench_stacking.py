@@ -78,7 +78,10 @@ def loop_meta_loss(net, params, sx, sy, qx, qy):
 
 
 def grouped_conv4(params, x, groups, conv):
-    """Conv-4 over ``groups`` weight sets at once: params name -> ``[G, *shape]``, x ``[G, B, C, H, W]`` -> ``[G, B, n]``."""
+    """Conv-4 over ``groups`` weight sets at once.
+
+    params: name -> ``[G, *shape]``; x ``[G, B, C, H, W]`` -> ``[G, B, n]``.
+    """
     B = x.shape[1]
     h = x.transpose(0, 1).reshape(B, groups * x.shape[2], *x.shape[3:])
     for i in range(4):
@@ -97,7 +100,8 @@ def grouped_meta_loss(stacked, sx, sy, qx, qy, conv):
     G = S * T
 
     def mean_ce(logits, y):
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(G, -1).mean(1)
+        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
+        return losses.view(G, -1).mean(1)
 
     fast = {k: v.unsqueeze(1).expand(S, T, *v.shape[1:]).reshape(G, *v.shape[1:]) for k, v in stacked.items()}
     inner = mean_ce(grouped_conv4(fast, sx.reshape(G, *sx.shape[2:]), G, conv), sy).sum()
@@ -128,7 +132,8 @@ def correctness():
                 return loop_meta_loss(net, p, sx, sy, qx, qy).item()
             fd = (at(1e-6) - at(-1e-6)) / 2e-6
             checks.append({"coordinate": list(idx), "finite_difference": fd,
-                           "autograd_loop": by_loop["0.weight"][idx].item(), "torch_func": by_func["0.weight"][idx].item()})
+                           "autograd_loop": by_loop["0.weight"][idx].item(),
+                           "torch_func": by_func["0.weight"][idx].item()})
         rows.append({"batch_norm": with_bn, "checks": checks,
                      "max_abs_func_minus_loop": max((by_func[k] - by_loop[k]).abs().max().item() for k in params),
                      "max_abs_loop_minus_fd": max(abs(c["autograd_loop"] - c["finite_difference"]) for c in checks),
@@ -258,7 +263,8 @@ def main(argv=None):
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = {"torch": torch.__version__, "threads": args.threads, "machine": platform.processor() or platform.machine(),
+    result = {"torch": torch.__version__, "threads": args.threads,
+              "machine": platform.processor() or platform.machine(),
               "correctness": correctness(), "speed": speed(args, open_data(None))}
     if args.json:
         write_json(args.json, result)

@@ -163,7 +163,8 @@ def parse_iterations(text, settings=tuple(SETTINGS)):
             return dict.fromkeys(settings, int(text))
         given = {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(",") if part.strip())}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected N or SETTING=N,... (settings {', '.join(SETTINGS)})")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected N or SETTING=N,... (settings {', '.join(SETTINGS)})") from None
     unknown = [k for k in given if k not in SETTINGS]
     if unknown:
         raise argparse.ArgumentTypeError(f"{','.join(unknown)}: not a setting; expected some of {', '.join(SETTINGS)}")
@@ -196,7 +197,8 @@ def parse_args(argv=None):
     parser.add_argument("--figures", action="store_true",
                         help="with --table: also draw each setting beside the JSON (JSON_<setting>.png)")
     parser.add_argument("--val-every", type=int, default=None,
-                        help="validate (one point of the learning curve) every N iterations [default: once, at the end]")
+                        help="validate (one point of the learning curve) every N iterations "
+                             "[default: once, at the end]")
     parser.add_argument("--tasks", type=int, default=2, help="tasks per meta-batch")
     parser.add_argument("--inner-steps", type=int, default=1, help="second-order inner steps in training")
     parser.add_argument("--eval-inner-steps", type=int, default=3, help="inner steps at validation/test time")

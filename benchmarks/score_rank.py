@@ -54,30 +54,30 @@ def _previous(path, args):
     old = json.load(open(path))
     if (old.get("tasks"), old.get("seed"), old.get("samples")) != (args.tasks, args.seed, args.samples):
         return {}
-    return {e["run"]: {l: s for l, s in e["scores"].items() if "arch" in s} for e in old.get("runs", [])}
+    return {e["run"]: {lab: s for lab, s in e["scores"].items() if "arch" in s} for e in old.get("runs", [])}
 
 
 def main(args):
     torch.set_num_threads(args.threads)
     cells = retrained_cells(args.compare, args.setting, args.pool)
-    archs = {l: r["arch"] for l, r in cells.items()}
+    archs = {lab: r["arch"] for lab, r in cells.items()}
     for label, arch in architectures((), args.random_cells, ()):
         archs.setdefault(label, arch)
     labels, retrained = sorted(archs), sorted(cells)
     report = {"command": " ".join(["python", *sys.argv]), "setting": args.setting, "tasks": args.tasks,
               "seed": args.seed, "samples": args.samples, "torch": torch.__version__, "threads": args.threads,
               "machine": platform.processor() or platform.machine(),
-              "cells": {l: {"val_acc": cells[l]["val_acc"], "test_acc": cells[l]["accuracy"],
-                            "parameters": cells[l].get("parameters")} for l in retrained},
+              "cells": {lab: {"val_acc": cells[lab]["val_acc"], "test_acc": cells[lab]["accuracy"],
+                            "parameters": cells[lab].get("parameters")} for lab in retrained},
               "runs": []}
     previous = _previous(args.json, args)
     for run in args.run:
         t0 = time.perf_counter()
-        old = {l: s for l, s in previous.get(run, {}).items() if l in archs and s["arch"] == archs[l]}
-        todo = [l for l in labels if l not in old]
+        old = {lab: s for lab, s in previous.get(run, {}).items() if lab in archs and s["arch"] == archs[lab]}
+        todo = [lab for lab in labels if lab not in old]
         scores = dict(old)
         if todo:
-            result = score_cells(run, {l: archs[l] for l in todo}, tasks=args.tasks, seed=args.seed,
+            result = score_cells(run, {lab: archs[lab] for lab in todo}, tasks=args.tasks, seed=args.seed,
                                  samples=args.samples)
             scores.update({s.label: {"arch": archs[s.label], "loglik": s.mean_loglik, "loglik_ci95": s.loglik_ci95,
                                      "accuracy": s.mean_accuracy, "accuracy_ci95": s.accuracy_ci95,
@@ -86,9 +86,9 @@ def main(args):
                  "iteration": next(iter(scores.values()))["iteration"], "scores": scores,
                  "correlated_over": retrained}
         for score in ("loglik", "accuracy"):
-            x = [scores[l][score] for l in retrained]
+            x = [scores[lab][score] for lab in retrained]
             for target, key in (("val", "val_acc"), ("test", "test_acc")):
-                r = rank_correlation(x, [report["cells"][l][key] for l in retrained])
+                r = rank_correlation(x, [report["cells"][lab][key] for lab in retrained])
                 entry[f"{score}_vs_{target}"] = r._asdict()
         report["runs"].append(entry)
         print(f"{run} (iteration {entry['iteration']}, {entry['seconds']:.0f} s, {len(labels)} cells scored, "

@@ -83,7 +83,7 @@ def test_score_cells_pairs_tasks_and_labels_random_cells_like_compare(fit_run):
     labels = [s.label for s in result.scores]
     assert labels == ["darts_v2", "random-1", "random-2"]
     assert result.scores[1].genotype == architectures((), 2, ())[0][1]
-    assert all(len(s.loglik) == 4 and all(l <= 0 for l in s.loglik) for s in result.scores)
+    assert all(len(s.loglik) == 4 and all(v <= 0 for v in s.loglik) for s in result.scores)
     again = score_cells(fit_run, {"again": "darts_v2"}, tasks=4, batch=2, samples=1)
     assert again.scores[0].loglik == result.scores[0].loglik
     with pytest.raises(ConfigError, match="Conv-4 is not a cell"):

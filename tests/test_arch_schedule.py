@@ -31,6 +31,7 @@ def test_bad_schedule_settings_are_clear_errors():
         FitConfig(arch_warmup=-1).validate()
 
 
+@pytest.mark.slow
 def test_alpha_stays_at_its_initial_value_through_the_warmup_and_moves_after(tmp_path, small_omniglot):
     tiny = dict(data=small_omniglot, channels=2, cells=3, queries=2, inner_steps=1, val_every=4,
                 checkpoint_every=4, val_tasks=2, val_samples=2, log_every=2, threads=1, arch_lr=0.1)

@@ -1,6 +1,7 @@
 """The benchmark tooling: FLOP counts of grouped convolutions and the bench command's JSON."""
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -38,6 +39,7 @@ def test_slope_is_the_least_squares_slope():
     assert abs(bench_fit.slope([1, 2, 3], [1.0, 3.0, 2.0]) - 0.5) < 1e-12
 
 
+@pytest.mark.slow
 def test_bench_command_writes_its_figures(tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench_fit.main(["--config", "default", "--tasks", "1", "--inner-steps", "1", "--iterations", "1", "--warmup", "0",
@@ -53,6 +55,7 @@ def test_bench_command_writes_its_figures(tmp_path, capsys):
     assert ours["peak_memory_mb"] > ours["baseline_mb"] > 0
 
 
+@pytest.mark.slow
 def test_sweep_reports_tasks_per_second_and_memory_per_meta_batch_size(tmp_path):
     out = tmp_path / "sweep.json"
     bench_fit.main(["--config", "default", "--sweep-tasks", "1,2", "--inner-steps", "1", "--iterations", "1",
@@ -68,6 +71,7 @@ def test_sweep_reports_tasks_per_second_and_memory_per_meta_batch_size(tmp_path)
     assert bench_fit.CONFIGS["defaults"] == bench_fit.FitConfig()
 
 
+@pytest.mark.slow
 def test_flops_extrapolated_from_one_task_equal_the_whole_iteration_count():
     import argparse
 
@@ -87,6 +91,7 @@ def test_flops_extrapolated_from_one_task_equal_the_whole_iteration_count():
     assert estimate["total"] == whole > 0
 
 
+@pytest.mark.slow
 def test_compare_script_budget_per_setting_extends_runs_and_prints_markdown(tmp_path, capsys):
     import pytest
 

@@ -120,6 +120,7 @@ def test_config_file_accepts_integers_for_numbers_and_null_for_optional_settings
     assert resolve_config(FitConfig, config_file=str(cfg)).kl_weight == 1
 
 
+@pytest.mark.slow
 def test_fit_and_resume_with_tensorboard_record_their_command_lines(tmp_path, monkeypatch):
     import shlex
     import sys
@@ -145,6 +146,7 @@ def fit_config_of(tmp_path, name, *flags):
     return json.load(open(tmp_path / name / "config.json"))
 
 
+@pytest.mark.slow
 def test_rotation_flags_override_the_default_both_ways(tmp_path):
     mini = mini_imagenet_file(tmp_path)
     assert fit_config_of(tmp_path, "mini", "--data", mini)["rotations"] is False

@@ -27,10 +27,10 @@ def test_inspect_prints_table_entropies_cells_and_writes_plots(run_dir):
     run = bayesnas.load_run(run_dir)
     post = run.edge_posterior()
     # every edge of both cells, with its entropy and its two best ops, as the library says
-    for cell, h in zip(("normal", "reduce"), post.entropy()):
+    for cell in ("normal", "reduce"):
         assert f"{cell} cell: op probabilities per edge" in out
     first = post.top(2)[:2]
-    line = next(l for l in out.splitlines() if l.strip().startswith(f"{state_name(0)} -> n0"))
+    line = next(row for row in out.splitlines() if row.strip().startswith(f"{state_name(0)} -> n0"))
     assert f"{float(post.entropy().normal[0]):.3f}" in line
     assert f"{first[0].op} {first[0].prob:.3f}" in line and f"{first[1].op} {first[1].prob:.3f}" in line
     assert len(re.findall(r"^\s+\S+ -> n\d", out, re.M)) == 2 * 14
@@ -49,8 +49,8 @@ def test_inspect_sorting_calibration_and_no_plots(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "1 posterior sample" in result.output and "2 samples averaged" in result.output
     assert "plots:" not in result.output and not (tmp_path / "plots").exists()
-    entropies = [float(l.split()[3]) for l in result.output.splitlines()
-                 if re.match(r"^\s+\S+ -> n\d", l)][:14]
+    entropies = [float(row.split()[3]) for row in result.output.splitlines()
+                 if re.match(r"^\s+\S+ -> n\d", row)][:14]
     assert entropies == sorted(entropies)
 
 

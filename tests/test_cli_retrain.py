@@ -120,7 +120,8 @@ def test_retrain_bad_input(tmp_path):
 
 def test_evaluate_bad_input(fit_run, tmp_path):
     assert_one_line_error(invoke("evaluate", tmp_path / "gone"), "gone", "no such run folder")
-    assert_one_line_error(invoke("evaluate", fit_run), "config.json", "unknown setting(s)", "not usable as the config of a retrain run")
+    assert_one_line_error(invoke("evaluate", fit_run), "config.json", "unknown setting(s)",
+                          "not usable as the config of a retrain run")
 
 
 def val_acc_column(path):
@@ -129,6 +130,7 @@ def val_acc_column(path):
         return [[int(float(r["iteration"])), float(r["val_acc"])] for r in csv.DictReader(f) if r["val_acc"]]
 
 
+@pytest.mark.slow
 def test_compare_tiny_budget(fit_run, tmp_path):
     invoke("derive-cell", fit_run, "--no-plot")
     out = tmp_path / "cmp"
@@ -172,6 +174,7 @@ def test_compare_tiny_budget(fit_run, tmp_path):
     assert "vs fit (paired)" in result.output and table["reference"] == "fit"
 
 
+@pytest.mark.slow
 def test_compare_target_no_width_meets_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "cmp"
     assert_one_line_error(invoke("compare", "--baselines", "conv4", "--random-cells", "0", "--param-target", "10",
@@ -190,6 +193,7 @@ def test_compare_target_no_width_meets_is_one_line_and_writes_nothing(tmp_path):
     assert result.exit_code == 2 and "drop --no-match-params" in result.output
 
 
+@pytest.mark.slow
 def test_compare_no_match_params_keeps_equal_channels(tmp_path):
     out = tmp_path / "cmp"
     result = invoke("compare", "--baselines", "darts_v2,conv4", "--random-cells", "0", "--eval-tasks", "2",

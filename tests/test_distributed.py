@@ -25,11 +25,14 @@ def final_state(path):
     return RunDirectory(path).load_checkpoint()["stateful"]["meta"]
 
 
+@pytest.mark.slow
 def test_two_ranks_with_half_the_tasks_each_equal_one_rank_with_all(tmp_path, small_omniglot):
     # batch_tasks false: one call and one backward per task on both sides, the tasks'
-    # gradients summed in task order, so equal float32 rounding and equal parameters; with
-    # batching (or one backward over both tasks) the rounding differs and Adam's normalised
-    # steps amplify it (test_models_supernet checks batching exactly in float64)
+    # gradients summed in task order. In one process the split is bitwise equal (the next
+    # test); across processes the all-reduce and the averaged metrics are not shown to be,
+    # so the parameters are compared to rtol 1e-4. With batching (or one backward over both
+    # tasks) the rounding differs and Adam's normalised steps amplify it
+    # (test_models_supernet checks batching exactly in float64)
     config = tmp_path / "config.json"
     config.write_text('{"batch_tasks": false}')
     data = ["--data", small_omniglot, "--config", str(config)]
@@ -52,6 +55,7 @@ def test_two_ranks_with_half_the_tasks_each_equal_one_rank_with_all(tmp_path, sm
     assert out_two.count("run folder:") == 1
 
 
+@pytest.mark.slow
 def test_split_meta_batch_gives_bitwise_equal_gradients_in_one_process(small_omniglot):
     """What the 2-rank test relies on, without processes: with batch_tasks false, the
     meta-gradient of 2 tasks equals the average of the two 1-task shares' gradients exactly."""
@@ -89,11 +93,12 @@ def test_split_meta_batch_gives_bitwise_equal_gradients_in_one_process(small_omn
     assert whole.abs().max() > 0
 
 
+@pytest.mark.slow
 def test_killing_one_rank_stops_the_job_and_the_last_checkpoint_loads(tmp_path, small_omniglot):
     out = tmp_path / "run"
     args = ["fit", "--iterations", "400", "--tasks", "2", "--channels", "2", "--queries", "2", "--inner-steps", "1",
-            "--val-every", "400", "--checkpoint-every", "1", "--threads", "1", "--device", "cpu", "--quiet", "--data", small_omniglot,
-            "--out", str(out)]
+            "--val-every", "400", "--checkpoint-every", "1", "--threads", "1", "--device", "cpu", "--quiet",
+            "--data", small_omniglot, "--out", str(out)]
     job = torchrun(2, *args)
     checkpoint = out / "checkpoint_last.pt"
     deadline = time.time() + 240
@@ -118,6 +123,7 @@ def test_killing_one_rank_stops_the_job_and_the_last_checkpoint_loads(tmp_path, 
     assert state["iteration"] >= 1
 
 
+@pytest.mark.slow
 def test_retrain_and_evaluate_split_across_two_ranks_match_one(tmp_path):
     # Conv-4 needs 16 pixels or more: the embedded 28x28 data
     args = ["--iterations", "3", "--tasks", "2", "--channels", "4", "--queries", "2", "--inner-steps", "1",

@@ -107,6 +107,25 @@ def test_compare_with_two_seeds_reports_intervals_over_tasks(tmp_path, monkeypat
     assert validation_rise(saved["rows"][0]["val_curves"], window=1, lag=2) == pytest.approx(0.25)
 
 
+def test_row_kinds_come_from_where_a_row_came_from_not_its_label(tmp_path, monkeypatch):
+    from bayesnas.models import named_genotype, save_genotype
+    from bayesnas.viz.compare import random_median, row_kind
+
+    mine = tmp_path / "random-x.json"  # a user's searched cell that happens to be named like a random one
+    save_genotype(named_genotype("darts_v2"), mine)
+    fake_runs(monkeypatch, {"random-x": [[0.9, 0.9]], "conv4": [[0.5, 0.5]], "random-1": [[0.3, 0.3]]})
+    result = compare(genotypes=[str(mine)], random_cells=1, baselines=("conv4",), config=RetrainConfig(),
+                     seeds=[0], eval_tasks=2, out=tmp_path / "cmp", progress=False, match_params=False)
+    assert [(r.label, r.kind) for r in result.rows] == [("random-x", "searched"), ("conv4", "baseline"),
+                                                        ("random-1", "random")]
+    saved = json.load(open(tmp_path / "cmp" / "compare.json"))
+    assert [row_kind(r) for r in saved["rows"]] == ["searched", "baseline", "random"]
+    assert random_median(saved["rows"]) == pytest.approx(0.3)  # the user's cell is not a random cell
+    for row in saved["rows"]:  # a comparison written before rows had a kind: read by the labels
+        del row["kind"]
+    assert [row_kind(r) for r in saved["rows"]] == ["random", "baseline", "random"]
+
+
 def test_validation_rise_compares_the_last_window_with_one_lag_earlier():
     curve = [[it, v] for it, v in zip(range(50, 1201, 50), [0.1 * min(i, 8) for i in range(1, 25)])]
     # rises to 0.8 at iteration 400, flat after: over 1100-1200 vs 800-900 nothing moved
@@ -188,6 +207,7 @@ def test_no_match_params_trains_every_row_at_the_configured_channels(tmp_path, m
     assert "parameters matched to 29,029 ±10%" in format_compare_table(on)
 
 
+@pytest.mark.slow
 def test_runs_in_worker_processes_give_the_same_table(tmp_path, monkeypatch):
     """Two spawned workers (real, tiny runs) against one process: the same accuracies, curves, widths."""
     cfg = RetrainConfig(iterations=2, tasks=1, channels=2, layers=1, val_every=2, val_tasks=2, checkpoint_every=2,

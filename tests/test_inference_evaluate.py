@@ -48,6 +48,7 @@ def run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_is_seeded_paired_and_writes_json(run, tmp_path):
     a = evaluate(run, tasks=40, json_out=tmp_path / "e.json")
     assert a.tasks == 40 and len(a.accuracies) == 40 and a.checkpoint == "best"
@@ -97,6 +98,7 @@ def test_a_run_that_selected_on_the_test_classes_is_evaluated_with_a_warning(tmp
     assert format_evaluation(result).splitlines()[-1] == f"warning: {TEST_SELECTION_WARNING}"
 
 
+@pytest.mark.slow
 def test_a_saved_evaluation_is_reused_only_while_tasks_and_checkpoint_are_unchanged(run, tmp_path):
     import shutil
 

@@ -30,6 +30,7 @@ def gaussian_kl(mu_q, sigma_q, mu_p, sigma_p):
     return per_weight.sum(-1)
 
 
+@pytest.mark.slow
 def test_fit_writes_a_complete_run_folder(tmp_path, monkeypatch):
     import bayesnas.training.search as svi
 
@@ -47,7 +48,7 @@ def test_fit_writes_a_complete_run_folder(tmp_path, monkeypatch):
     run = RunDirectory(tmp_path / "run")
     names = sorted(os.listdir(run.path))
     assert names == ["README.md", "checkpoint_best.pt", "checkpoint_last.pt", "config.json", "derived_cell.png",
-                     "metrics.csv", "posterior_history.h5", "sessions.json"]
+                     "log.txt", "metrics.csv", "posterior_history.h5", "sessions.json"]
     assert run.config()["iterations"] == 6
     rows = run.read_metrics()
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -71,6 +72,7 @@ def test_fit_writes_a_complete_run_folder(tmp_path, monkeypatch):
     assert torch.equal(meta.mu, result.meta.mu)
 
 
+@pytest.mark.slow
 def test_fit_logs_search_diagnostics_in_metrics_and_history(tmp_path):
     """Every logged step's diagnostics, in metrics.csv and the history, are those of the
     history's alpha at that iteration: entropy and top-op probability over the 28 edges,
@@ -106,6 +108,7 @@ def test_fit_logs_search_diagnostics_in_metrics_and_history(tmp_path):
     assert [rows[i]["genotype_changed"] for i in (2, 4, 6)] == changed[1:]
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_and_resume_after_a_kill_matches(tmp_path):
     full = fit(FitConfig(**TINY), out=tmp_path / "full", progress=False)
 
@@ -134,6 +137,7 @@ def test_same_seed_same_result_and_resume_after_a_kill_matches(tmp_path):
     assert history["top_prob_mean"].tolist() == history_full["top_prob_mean"].tolist()
 
 
+@pytest.mark.slow
 def test_resume_can_extend_the_number_of_iterations(tmp_path):
     fit(FitConfig(**dict(TINY, iterations=2)), out=tmp_path / "run", progress=False)
     result = fit(FitConfig(**dict(TINY, iterations=4)), resume=tmp_path / "run", progress=False)
@@ -144,6 +148,7 @@ def test_resume_can_extend_the_number_of_iterations(tmp_path):
     assert history["genotype_changed"].tolist() == [0] + [int(a != b) for a, b in zip(genotypes, genotypes[1:])]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     import bayesnas.training.search as svi
 
@@ -181,6 +186,7 @@ def test_bad_settings_and_folders_are_clear_errors(tmp_path):
         fit(resume=tmp_path / "c", progress=False)
 
 
+@pytest.mark.slow
 def test_validation_adapts_with_the_training_kl_weight(tmp_path, monkeypatch):
     """The guide's mean step depends on the KL weight: validating with another weight than
     training's would score a different posterior (a bug once: validation used 1.0)."""
@@ -198,6 +204,7 @@ def test_validation_adapts_with_the_training_kl_weight(tmp_path, monkeypatch):
     assert seen and all(w == 0.25 for w in seen)
 
 
+@pytest.mark.slow
 def test_search_on_a_smaller_proxy_image_size(tmp_path):
     from bayesnas import load_run
 
@@ -247,6 +254,7 @@ def test_without_a_val_split_fit_refuses_unless_told_to_select_on_test(tmp_path)
         FitConfig(**dict(TINY, select_on="train")).validate()
 
 
+@pytest.mark.slow
 def test_the_reference_supernet_is_a_switch_of_the_same_search(tmp_path):
     """FitConfig(supernet="reference") searches with the plain supernet: same parameters, same function."""
     from bayesnas.models import SearchNetwork

@@ -98,6 +98,7 @@ def test_inner_loop_lowers_the_support_loss():
     assert after < 0.8 * before
 
 
+@pytest.mark.slow
 def test_conv4_learns_omniglot_5_way_1_shot_well_above_chance(tmp_path):
     # one thread: two contend badly on two cores whenever anything else runs (docs/design.md §5)
     cfg = RetrainConfig(arch="conv4", channels=16, iterations=40, queries=5, val_every=40, val_tasks=60,
@@ -107,6 +108,7 @@ def test_conv4_learns_omniglot_5_way_1_shot_well_above_chance(tmp_path):
     assert val > 0.40, val  # chance is 0.20; 60 validation tasks of held-out characters (measured: 0.51)
 
 
+@pytest.mark.slow
 def test_run_folder_resume_and_reload(tmp_path):
     cfg = RetrainConfig(arch="darts_v2", channels=2, layers=1, queries=1, inner_steps=1, iterations=4,
                         val_every=2, val_tasks=2, checkpoint_every=2, threads=1)

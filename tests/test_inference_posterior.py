@@ -6,8 +6,8 @@ import torch
 
 from bayesnas.inference import MetaNetwork
 from bayesnas.analysis.derive import derive_genotype
-from bayesnas.analysis.posterior import (AdaptedPosterior, EdgePosterior, EdgeRow, PerCell, PosteriorHistory, Prediction,
-                                         _entropy, expected_calibration_error)
+from bayesnas.analysis.posterior import (AdaptedPosterior, EdgePosterior, EdgeRow, PerCell, PosteriorHistory,
+                                         Prediction, _entropy, expected_calibration_error)
 from bayesnas.models.genotypes import state_name, EDGES, edge_index
 from bayesnas.models.operations import OPS
 from tests.toy import ChannelSelectNet, channel_tasks
@@ -138,6 +138,7 @@ def test_samples_follow_the_posterior_through_the_derivation():
     assert a == b
 
 
+@pytest.mark.slow
 def test_plots_are_figures_and_save_atomically(tmp_path):
     post = random_posterior(seed=6)
     fig = post.plot(path=tmp_path / "edges.png")

@@ -10,6 +10,7 @@ from bayesnas.training.search import make_optimiser, svi_step
 from tests.toy import ChannelSelectNet, channel_tasks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,iterations,min_acc", [("gumbel", 150, 0.55), ("softmax", 60, 0.7)])
 def test_alpha_concentrates_on_the_op_that_carries_the_signal(variant, iterations, min_acc):
     torch.manual_seed(0)

@@ -20,7 +20,8 @@ TINY = dict(iterations=3, channels=2, cells=2, tasks=1, ways=2, queries=2, inner
 RETRAIN = dict(iterations=2, channels=2, layers=1, queries=1, inner_steps=1, val_every=2, val_tasks=2, threads=1)
 
 
-pytestmark = pytest.mark.usefixtures("tiny_on_small_data")  # retraining Conv-4 needs 16 pixels or more: RETRAIN keeps the embedded 28x28
+# retraining Conv-4 needs 16 pixels or more: RETRAIN keeps the embedded 28x28
+pytestmark = pytest.mark.usefixtures("tiny_on_small_data")
 
 
 def events(folder):
@@ -38,6 +39,7 @@ def hparams_of(acc):
     return plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
 
 
+@pytest.mark.slow
 def test_fit_logs_every_metric_the_posterior_summaries_images_and_the_config(tmp_path):
     result = fit(FitConfig(**TINY), out=tmp_path / "run", progress=False, tensorboard=True)
     acc = events(tmp_path / "run" / "tensorboard")
@@ -70,6 +72,7 @@ def test_fit_logs_every_metric_the_posterior_summaries_images_and_the_config(tmp
     assert hp["batch_tasks"].string_value == "true" and hp["low_memory"].string_value == "false"
 
 
+@pytest.mark.slow
 def test_a_resumed_run_appends_without_duplicate_steps(tmp_path):
     def kill_at_3(iteration, row):
         if iteration == 3:

@@ -52,6 +52,7 @@ def _saved_bytes(fn):
     return total[0]
 
 
+@pytest.mark.slow
 def test_checkpointed_guide_memory_does_not_grow_with_inner_steps():
     cfg = FitConfig(channels=2, cells=2, ways=3, shots=1, queries=2, first_order=False)
     sampler, _ = task_samplers(cfg, load_default(), torch.device("cpu"))
@@ -69,6 +70,7 @@ def test_checkpointed_guide_memory_does_not_grow_with_inner_steps():
     assert ckpt4 < 4 * ckpt1 + 1e6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["gumbel", "softmax"])
 def test_low_memory_svi_step_equals_the_default_step(variant):
     # batch_tasks off: one call and one backward per task on both sides, so the only

@@ -226,6 +226,7 @@ def test_cuda_fused_equals_reference_and_second_order():
     assert out.shape == (5, 5) and out.device.type == "cuda"
 
 
+@pytest.mark.slow
 def test_tasks_as_a_batch_equal_one_call_per_task_through_second_order():
     """T tasks in one call (task-major channels, T-fold groups) == T separate calls, exactly
     in float64, for the outputs and for the gradients of a gradient (theta and z)."""
@@ -348,7 +349,7 @@ def test_reduction_cell_reads_two_copies_of_the_previous_output():
     fixed = NetworkFromGenotype(named_genotype("darts_v2"), in_channels=2, num_classes=3, C=2, layers=3).double()
     for net, args in ((fused, (x, zn, zr)), (reference, (x, zn, zr)), (fixed, (x,))):
         seen = {}
-        hooks = [cell.register_forward_pre_hook(lambda module, cell_args, i=i: seen.setdefault(i, cell_args))
+        hooks = [cell.register_forward_pre_hook(lambda module, cell_args, i=i, seen=seen: seen.setdefault(i, cell_args))
                  for i, cell in enumerate(net.cells)]
         with torch.no_grad():
             net(*args)

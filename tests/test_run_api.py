@@ -210,5 +210,6 @@ def test_missing_files_and_foreign_checkpoints_fail_clearly(run_dir, tmp_path):
     # the config of another command
     copy = broken_copy(run_dir, tmp_path, "retrain")
     (copy / "config.json").write_text('{"genotype": "darts_v2", "iterations": 3}')
-    with pytest.raises(RunError, match="config.json: unknown setting.s. genotype; .*not usable as the config of a fit run"):
+    with pytest.raises(RunError,
+                       match="config.json: unknown setting.s. genotype; .*not usable as the config of a fit run"):
         bayesnas.load_run(copy)

@@ -43,6 +43,7 @@ def test_resume_with_a_wrongly_typed_config_value_is_one_line(tmp_path):
     assert json.loads(config.read_text())["iterations"] == "many"  # nothing rewritten
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_resumes_exactly(tmp_path):
     config = FitConfig(**dict(TINY, iterations=3, checkpoint_every=3, val_every=3))
     full = fit(config, out=tmp_path / "full", progress=False)
@@ -59,6 +60,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_exactly(tmp_path):
     assert torch.equal(resumed.meta.alpha_normal, full.meta.alpha_normal)
 
 
+@pytest.mark.slow
 def test_killed_between_the_best_and_the_last_checkpoint_the_pair_stays_consistent(tmp_path, monkeypatch):
     """``last`` never records a best score that ``best`` does not hold, and resuming repairs the rest."""
     full = fit(FitConfig(**TINY), out=tmp_path / "full", progress=False)
@@ -98,6 +100,7 @@ def test_killed_between_the_best_and_the_last_checkpoint_the_pair_stays_consiste
     assert torch.equal(run.load_checkpoint("best")["stateful"]["meta"]["mu"], full_best["stateful"]["meta"]["mu"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", [errno.ENOSPC, errno.EROFS], ids=["disk-full", "read-only"])
 def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure):
     real_torch_save = torch.save
@@ -138,6 +141,7 @@ def test_a_read_only_folder_is_one_clear_error(tmp_path, monkeypatch):
         run.save_checkpoint({"iteration": 1})
 
 
+@pytest.mark.slow
 def test_extending_a_finished_run_keeps_the_temperature_continuous(tmp_path):
     config = FitConfig(**dict(TINY, iterations=4, tau_start=1.0, tau_end=0.25))
     fit(config, out=tmp_path / "run", progress=False)

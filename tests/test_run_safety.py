@@ -17,8 +17,8 @@ from bayesnas.training.search import fit, load_fit
 
 FIT = ["--iterations", "2", "--channels", "2", "--cells", "2", "--queries", "1", "--inner-steps", "1",
        "--val-every", "1", "--val-tasks", "2", "--threads", "1", "--quiet"]
-RETRAIN = ["--iterations", "2", "--channels", "2", "--layers", "1", "--queries", "1", "--inner-steps", "1", "--val-every", "1",
-           "--val-tasks", "2", "--threads", "1", "--quiet"]
+RETRAIN = ["--iterations", "2", "--channels", "2", "--layers", "1", "--queries", "1", "--inner-steps", "1",
+           "--val-every", "1", "--val-tasks", "2", "--threads", "1", "--quiet"]
 
 
 def invoke(*args):

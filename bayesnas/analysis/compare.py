@@ -40,7 +40,7 @@ import random
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -90,7 +90,10 @@ class CompareRow:
     seed's validation accuracy by iteration from its ``metrics.csv``,
     ``{"<seed>": [[iteration, val_acc], ...]}``; val_rise: :func:`validation_rise` of those
     curves (None: too short to tell); iterations: each seed's training budget (the configured
-    one, or more when the comparison trains until the plateau, :func:`train_to_plateau`).
+    one, or more when the comparison trains until the plateau, :func:`train_to_plateau`);
+    kind: "searched" (a genotype given), "baseline" (a named architecture) or "random" (a cell
+    drawn from the search space), set by :func:`compare` from where the row came from, never
+    from its label.
     """
 
     label: str
@@ -107,8 +110,9 @@ class CompareRow:
     run_dirs: List[str] = field(default_factory=list)
     accuracies: List[float] = field(default_factory=list, repr=False)
     val_curves: Dict[str, List[List[float]]] = field(default_factory=dict, repr=False)
-    val_rise: float = None
+    val_rise: Optional[float] = None
     iterations: List[int] = field(default_factory=list)
+    kind: str = "searched"
 
 
 def validation_rise(curves, window=PLATEAU_WINDOW, lag=PLATEAU_LAG):
@@ -166,13 +170,13 @@ class CompareResult:
     eval_seed: int
     out: str
     seconds: float
-    reference: str = None
-    param_target: int = None
+    reference: Optional[str] = None
+    param_target: Optional[int] = None
     param_tolerance: float = PARAM_TOLERANCE
-    max_iterations: int = None
-    extend_by: int = None
+    max_iterations: Optional[int] = None
+    extend_by: Optional[int] = None
     warnings: List[str] = field(default_factory=list)
-    pool: dict = None
+    pool: Optional[dict] = None
 
     def to_dict(self):
         """JSON-ready: every field, and each row also as ``name`` and ``paired_difference``
@@ -458,7 +462,7 @@ class _Job:
     progress: bool
     tensorboard: bool
     command: object
-    max_iterations: int = None
+    max_iterations: Optional[int] = None
     extend_by: int = EXTEND_BY
 
 
@@ -511,10 +515,15 @@ def run_jobs(jobs, workers, threads):
             yield future.result()
 
 
-def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=600, eval_inner_steps=None,
-            eval_seed=0, out=None, baselines=("darts_v2", "conv4"), random_seed=0, json_out=None, progress=True,
-            log=None, tensorboard=False, command=None, match_params=True, param_target=None, workers=1,
-            max_iterations=None, extend_by=EXTEND_BY, pool=None, save_pool=None):
+def compare(genotypes: Any = (), random_cells: int = 5, config: dict | None = None, seeds: Iterable[int] = (0,),
+            eval_tasks: int = 600, eval_inner_steps: int | None = None, eval_seed: int = 0,
+            out: str | os.PathLike | None = None, baselines: Iterable[str] = ("darts_v2", "conv4"),
+            random_seed: int = 0, json_out: str | os.PathLike | None = None, progress: bool = True,
+            log: Callable[[str], Any] | None = None,
+            tensorboard: bool = False, command: str | None = None, match_params: bool = True,
+            param_target: int | None = None, workers: int = 1, max_iterations: int | None = None,
+            extend_by: int = EXTEND_BY, pool: str | os.PathLike | dict | None = None,
+            save_pool: str | os.PathLike | None = None) -> CompareResult:
     """Retrain and evaluate every architecture under one budget and seed set; a Table-1-like result.
 
     Args:
@@ -596,7 +605,8 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
             log(f"{done['label']} seed {done['seed']}: {100 * done['accuracy']:.2f}% ± {100 * done['ci95']:.2f}% "
                 f"({done['train_seconds']:.0f} s training)")
     rows, reference_accs = [], None
-    for (label, arch), (channels, _) in zip(archs, widths):
+    first_random = len(archs) - random_cells  # architectures() lists the random cells last
+    for index, ((label, arch), (channels, _)) in enumerate(zip(archs, widths)):
         if label in pooled:
             continue
         mine = [runs[(label, seed)] for seed in seeds]
@@ -610,7 +620,9 @@ def compare(genotypes=(), random_cells=5, config=None, seeds=(0,), eval_tasks=60
         rows.append(CompareRow(label, arch, mean, ci, diff, diff_ci, sum(r["val_acc"] for r in mine) / len(seeds),
                                mine[-1]["parameters"], channels, sum(r["train_seconds"] for r in mine) / len(seeds),
                                sum(r["eval_seconds"] for r in mine) / len(seeds), [r["path"] for r in mine],
-                               per_task.tolist(), curves, validation_rise(curves), [r["iterations"] for r in mine]))
+                               per_task.tolist(), curves, validation_rise(curves), [r["iterations"] for r in mine],
+                               kind="random" if index >= first_random else
+                               "baseline" if isinstance(arch, str) else "searched"))
     pool_summary = None
     if pool is not None:
         standings = [standing(r.label, r.accuracies, pool)._asdict() for r in rows]
@@ -665,7 +677,7 @@ def _pool_row(row, difference, difference_ci95):
                       row.get("val_acc", float("nan")), row.get("parameters", 0), row.get("channels", 0),
                       row.get("train_seconds", 0.0), row.get("eval_seconds", 0.0), list(row.get("run_dirs", [])),
                       list(row["accuracies"]), dict(row.get("val_curves", {})), row.get("val_rise"),
-                      list(row.get("iterations", [])))
+                      list(row.get("iterations", [])), kind="random")
 
 
 def _check_plateau_budget(max_iterations, extend_by, iterations):
@@ -687,7 +699,7 @@ def budget_text(iterations, max_iterations=None, extend_by=None):
             f"(at most {max_iterations})")
 
 
-def format_compare_table(result):
+def format_compare_table(result: CompareResult) -> str:
     """The comparison as a plain-text table (what ``bayesnas compare`` prints).
     """
     c = result.config

@@ -11,8 +11,9 @@ Usage::
     cell = derive_cell("runs/fit-a")
     print(format_edges_table(cell.table))
 """
+import logging
 import os
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
@@ -23,10 +24,14 @@ from ..errors import ConfigError
 from ..fileio import write_json
 from ..models import CELL_TYPES, NUM_EDGES, NUM_OPS, OPS, Genotype, save_genotype
 from ..models.derivation import ChosenEdge, chosen_edges_table, derive_genotype, format_edges_table
+from ..training.card import fit_cell_warning
+from ..training.diagnostics import undecided_warning
 from ..training.search import load_fit_state
 from ..viz.cells import plot_genotype
 from .evidence import derive_by_evidence
 from .posterior import AdaptedPosterior
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ChosenEdge", "DerivedCell", "chosen_edges_table", "derive_cell", "derive_genotype",
            "format_edges_table", "task_edge_probs"]
@@ -39,7 +44,8 @@ class DerivedCell(NamedTuple):
     probs_reduce: the ``[14, 10]`` probabilities it came from; genotype_path: the JSON
     written; plot_path: the picture written (None without a plot); task_seed: the task's
     seed (None for the meta-level alpha); task_split: the split of that task (None for
-    the meta-level alpha).
+    the meta-level alpha); warning: why the cell is noise (alpha never stepped, or the
+    posterior barely left its prior), None when nothing says so; it is logged too.
     """
 
     genotype: Genotype
@@ -50,6 +56,7 @@ class DerivedCell(NamedTuple):
     plot_path: Optional[str]
     task_seed: Optional[int]
     task_split: Optional[str] = None
+    warning: Optional[str] = None
     evidence: Optional[Any] = None
 
 
@@ -57,22 +64,25 @@ def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="val
     """Edge probabilities adapted to one task's support set: ``([14, 10], [14, 10])``.
 
     The task is task 0 of a sampler over ``which_split`` (the validation classes by
-    default) seeded with ``task_seed`` (the fit run's ways and shots); the guide takes the run's ``inner_steps`` with the
-    temperature and KL weight of the training schedule at ``iteration`` (default: the
+    default) seeded with ``task_seed`` (the fit run's ways and shots); the guide takes the
+    run's ``inner_steps`` with the temperature and KL weight of the training schedule at ``iteration`` (default: the
     run's last), exactly as :meth:`bayesnas.Run.task_posterior` does. The guide's own
     randomness is seeded with ``task_seed`` too, so the same seed always gives the same
     probabilities.
     """
     iteration = cfg.iterations if iteration is None else max(int(iteration), 1)
-    sampler = TaskSampler(data.split(held_out_split(data, which_split)), cfg.ways, cfg.shots, cfg.queries, seed=int(task_seed),
-                          device=meta.mu.device, image_size=cfg.image_size)
+    sampler = TaskSampler(data.split(held_out_split(data, which_split)), cfg.ways, cfg.shots, cfg.queries,
+                          seed=int(task_seed), device=meta.mu.device, image_size=cfg.image_size)
     task = sampler.task(0)
     post = AdaptedPosterior.from_schedule(meta, cfg, iteration, task.support_x, task.support_y, seed=int(task_seed))
     return tuple(p.detach() for p in post.probs)
 
 
-def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task_split="val", by="alpha",
-                evidence_tasks=20, finetune=0, prior="alpha", seed=0, progress=None):
+def derive_cell(run_dir: str | os.PathLike, task_seed: int | None = None, out: str | os.PathLike | None = None,
+                plot: bool | str | os.PathLike = True, which: str = "last",
+                task_split: str | None = "val", by: str = "alpha", evidence_tasks: int = 20, finetune: int = 0,
+                prior: str = "alpha", seed: int = 0, progress: Optional[Callable[[int, int], None]] = None
+                ) -> DerivedCell:
     """Derive the cell of a ``bayesnas fit`` run, write it as JSON and draw it.
 
     Args:
@@ -118,6 +128,12 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task
     else:
         pn, pr = task_edge_probs(meta, cfg, data, task_seed, iteration=state["iteration"], which_split=task_split)
         default_name = f"genotype-task{int(task_seed)}{'-test' if task_split == 'test' else ''}.json"
+    if task_seed is None:
+        warning = fit_cell_warning(cfg.to_dict(), state)
+    else:  # a task's posterior starts from alpha: one never stepped is no prior to adapt
+        warning = undecided_warning(int(state["iteration"]), cfg.arch_warmup, cfg.arch_lr)
+    if warning is not None:
+        logger.warning("%s: %s", os.fspath(run_dir), warning)
     genotype = derive_genotype(pn, pr)
     table = chosen_edges_table(pn, pr, genotype)
     path = os.fspath(out) if out is not None else os.path.join(os.fspath(run_dir), default_name)
@@ -129,7 +145,7 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task
         plot_genotype(genotype, path=plot_path, table=table,
                       title=f"{os.path.basename(os.path.normpath(os.fspath(run_dir)))}: {where}")
     return DerivedCell(genotype, table, pn.detach().cpu(), pr.detach().cpu(), path, plot_path, task_seed,
-                       task_split)
+                       task_split, warning)
 
 
 #: the values of derive_cell's ``by``
@@ -157,4 +173,5 @@ def _derive_by_evidence(run_dir, out, plot, which, tasks, finetune, prior, seed,
         plot_path = os.path.splitext(path)[0] + ".png" if plot is True else os.fspath(plot)
         plot_genotype(result.genotype, path=plot_path, table=table,
                       title=f"{os.path.basename(os.path.normpath(os.fspath(run_dir)))}: by held-out evidence")
-    return DerivedCell(result.genotype, table, probs["normal"], probs["reduce"], path, plot_path, None, None, result)
+    return DerivedCell(result.genotype, table, probs["normal"], probs["reduce"], path, plot_path, None, None,
+                       evidence=result)

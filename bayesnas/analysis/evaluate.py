@@ -18,7 +18,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import List
+from typing import Any, List
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from ..training.rundir import RunDirectory
 Z_95 = 1.96
 
 
-def mean_confidence_interval(values, z=Z_95):
+def mean_confidence_interval(values: Any, z: float = Z_95) -> tuple[float, float]:
     """Mean of ``values`` and the half-width of its normal-approximation confidence interval.
 
     ``half_width = z * std / sqrt(n)`` with the sample standard deviation (``ddof=1``);
@@ -98,8 +98,9 @@ class Evaluation:
         return asdict(self)
 
 
-def evaluate(run_dir, tasks=600, inner_steps=None, split="test", seed=0, json_out=None, which="best",
-             device=None, threads=0, progress=False):
+def evaluate(run_dir: str | os.PathLike, tasks: int = 600, inner_steps: int | None = None, split: str = "test",
+             seed: int = 0, json_out: str | os.PathLike | None = None, which: str = "best",
+             device: str | None = None, threads: int = 0, progress: bool = False) -> "Evaluation":
     """Accuracy of a retrained network on ``tasks`` seeded tasks of held-out classes.
 
     Args:
@@ -151,7 +152,9 @@ def _checkpoint(run_dir, which):
     return which
 
 
-def previous_evaluation(json_path, run_dir, tasks=600, inner_steps=None, split="test", seed=0, which="best"):
+def previous_evaluation(json_path: str | os.PathLike, run_dir: str | os.PathLike, tasks: int = 600,
+                        inner_steps: int | None = None, split: str = "test", seed: int = 0,
+                        which: str = "best") -> "Evaluation | None":
     """The :class:`Evaluation` saved at ``json_path`` if it is what :func:`evaluate` would return now.
 
     It is when it evaluated the same tasks (``tasks``, ``split``, ``seed``), with the same
@@ -212,7 +215,7 @@ def _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, spli
     return result
 
 
-def format_evaluation(result):
+def format_evaluation(result: "Evaluation") -> str:
     """A plain-text table of an :class:`Evaluation` (what ``bayesnas evaluate`` prints).
     """
     setting = f"{result.ways}-way {result.shots}-shot"

@@ -1,14 +1,45 @@
-"""Plain-text tables of a fit run's edge posterior: what ``bayesnas inspect`` prints.
+"""Plain-text tables of a fit run's edge posterior, and a run's summary: what ``bayesnas inspect`` prints.
 """
 import math
+import os
 
 from ..models.derivation import format_edges_table
 from ..models.genotypes import CELL_TYPES, node_lines, state_name
+from ..training.rundir import RunDirectory
 from .compare import format_compare_table
 from .evaluate import format_evaluation
 
-__all__ = ["format_posterior_table", "format_derived_cells", "format_diagnostics_table", "format_calibration",
-           "format_edges_table", "format_evaluation", "format_compare_table"]
+__all__ = ["format_run_summary", "format_posterior_table", "format_derived_cells", "format_diagnostics_table",
+           "format_calibration", "format_edges_table", "format_evaluation", "format_compare_table"]
+
+
+def format_run_summary(card, rows=None):
+    """A few lines on a run: what it is, how far it got, its last and best validation, its warnings.
+
+    Args:
+        card: the run's :class:`~bayesnas.training.card.RunCard` (the whole card is ``card.markdown``).
+        rows: its ``metrics.csv`` rows (default: read from the folder; none when it has no file).
+    """
+    if rows is None:
+        path = os.path.join(card.path, "metrics.csv")
+        rows = RunDirectory(card.path).read_metrics() if os.path.exists(path) else []
+    checkpoint = ("no checkpoint yet" if card.checkpoint_iteration is None
+                  else f"last checkpoint at iteration {card.checkpoint_iteration}")
+    lines = [f"{card.kind} run {card.path}: {card.status}; iteration {card.iteration} of {card.iterations}, "
+             f"{checkpoint}"]
+    scored = [r for r in rows if r.get("val_acc") is not None]
+    if scored:
+        best = max(scored, key=lambda r: r["val_acc"])
+        last = scored[-1]
+        lines.append(f"validation accuracy: last {last['val_acc']:.4g} (iteration {int(last['iteration'])}), "
+                     f"best {best['val_acc']:.4g} (iteration {int(best['iteration'])})")
+    if card.evaluation is not None:
+        e = card.evaluation
+        lines.append(f"evaluation: {100 * e['accuracy']:.2f}% ± {100 * e['ci95']:.2f}% (95% CI) over {e['tasks']} "
+                     f"{e['split']} tasks")
+    lines += [f"warning: {w}" for w in card.warnings]
+    lines.append(f"run card: {os.path.join(card.path, 'README.md')} (--card prints it)")
+    return "\n".join(lines)
 
 
 def format_posterior_table(posterior, top=3, sort_by="edge"):

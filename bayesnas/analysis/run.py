@@ -33,7 +33,7 @@ from .posterior import AdaptedPosterior, EdgePosterior, PosteriorHistory, expect
 CHECKPOINTS = ("last", "best")
 
 
-def load_run(path, device="cpu"):
+def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Run":
     """Open the run folder ``path`` written by ``bayesnas fit`` (or :func:`bayesnas.training.fit`).
 
     Checks at once that the folder holds a fit config, a readable last checkpoint of the

@@ -7,13 +7,21 @@ from .options import config_options, run_options
 
 
 @click.command("fit")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder to create [default: runs/fit-<time>].")
-@click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue the run in this folder from its last checkpoint.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder to create [default: runs/fit-<time>].")
+@click.option("--resume", type=click.Path(file_okay=False), default=None,
+              help="Continue the run in this folder from its last checkpoint.")
 @run_options("FitConfig")
 @config_options(FitConfig)
 @user_errors
 def fit_command(out, resume, config_file, quiet, tensorboard, **flags):
-    """Meta-train BASE (weights and cell architecture) by SVI and write a run folder."""
+    """Meta-train BASE (weights and cell architecture) by SVI and write a run folder.
+
+    Each validation logs val_acc, the query accuracy on held-out tasks, and val_elbo, the
+    query ELBO per point with both KL terms at full weight. The training loss is the
+    negative ELBO with the KL terms tempered by --kl-weight, so val_elbo sits far below
+    -loss (e.g. -330 beside loss 1.9): follow val_elbo over iterations, not against loss.
+    """
     from ..training import fit
 
     if resume is not None:

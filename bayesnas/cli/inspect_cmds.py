@@ -1,4 +1,5 @@
-"""``bayesnas inspect``: print a run's card; for a fit run its edge posterior and derived cells, and write its plots."""
+"""``bayesnas inspect``: a run's summary (or its whole card); for a fit run its edge posterior and derived cells,
+and its plots."""
 import math
 import os
 
@@ -21,6 +22,7 @@ from .options import SEED
               help="Rows of the search-diagnostics table, evenly spaced over training (0 = every logged step).")
 @click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", help="Plot file format.")
 @click.option("--no-plots", is_flag=True, help="Print only; write no files (not even the refreshed run card).")
+@click.option("--card", "whole_card", is_flag=True, help="Print the whole run card instead of its summary.")
 @click.option("--calibration", "calibration_tasks", type=click.IntRange(min=0), default=0,
               help="Also adapt to this many held-out tasks and report the ECE of one posterior sample "
                    "vs --samples averaged (0 = skip).")
@@ -28,27 +30,30 @@ from .options import SEED
               help="Posterior samples averaged (with --calibration).")
 @click.option("--seed", type=SEED, default=0, help="Seed of the calibration tasks and samples.")
 @user_errors
-def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plots, calibration_tasks, samples, seed):
-    """Print the run card of a fit or retrain run (RUN/README.md, refreshed); for a fit run also its edge
-    posterior (top ops and entropy per edge, derived cells, how decided it got over training) and plots."""
+def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plots, whole_card, calibration_tasks,
+                    samples, seed):
+    """Summarise a fit or retrain run (--card: print its whole run card RUN/README.md, refreshed either way);
+    for a fit run also its edge posterior (top ops and entropy per edge, derived cells, how decided it got
+    over training) and plots."""
     from ..analysis import load_run
     from ..analysis.report import (format_calibration, format_derived_cells, format_diagnostics_table,
-                                   format_posterior_table)
+                                   format_posterior_table, format_run_summary)
     from ..training.card import build_run_card, write_run_card
 
     if history_rows == 1:
         raise click.BadParameter("expected 0 (every logged step) or at least 2 (the first and the last)",
                                  param_hint="--history-rows")
     card = build_run_card(run_dir) if no_plots else write_run_card(run_dir)
+    head = card.markdown if whole_card else format_run_summary(card)
     if card.kind != "fit":
-        click.echo(card.markdown)
+        click.echo(head)
         return
     run = load_run(run_dir)
     post = run.edge_posterior(which)
     history = run.posterior_history()  # read (and checked) before anything is printed
     cfg = run.config
-    click.echo(card.markdown)
-    click.echo(f"run {run.path}: {which} checkpoint at iteration {run.checkpoint_iteration(which)}/{cfg.iterations}, "
+    click.echo(head)
+    click.echo(f"\nrun {run.path}: {which} checkpoint at iteration {run.checkpoint_iteration(which)}/{cfg.iterations}, "
                f"{cfg.variant}, tau {post.tau:.3g}")
     click.echo(format_posterior_table(post, top=top, sort_by=sort_by))
     click.echo("\n" + format_derived_cells(post.derive()))

@@ -1,10 +1,11 @@
 """Click options built from the config dataclasses: one flag per field, none hand-copied.
 
 A field ``inner_lr_mu`` becomes ``--inner-lr-mu``; a bool field ``rotations`` becomes
-``--rotations/--no-rotations`` (a field may name its own spelling: ``--first-order/--second-order``). The type, the choices and the lower bound come from the
-field (its ``metadata``, see :func:`bayesnas.config.setting`), the help text too, followed
-by the default. Every option defaults to None, which means "not given": the config file
-and then the dataclass's own default decide (CLI > config file > defaults).
+``--rotations/--no-rotations`` (a field may name its own spelling: ``--first-order/--second-order``).
+The type, the choices and the lower bound come from the field (its ``metadata``, see
+:func:`bayesnas.config.setting`), the help text too, followed by the default. Every option
+defaults to None, which means "not given": the config file and then the dataclass's own
+default decide (CLI > config file > defaults).
 """
 import dataclasses
 
@@ -62,9 +63,12 @@ def run_options(kind):
     options = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                      help=f"JSON file of {kind} settings (flags override it)."),
-        click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.option("--quiet", is_flag=True,
+                     help="No progress bar and no log lines (validation scores, warnings) on the console; "
+                          "RUN/log.txt gets them either way."),
         click.option("--tensorboard", is_flag=True,
-                     help="Also write TensorBoard event files to RUN/tensorboard/ (pip install 'bayesnas[tensorboard]')."),
+                     help="Also write TensorBoard event files to RUN/tensorboard/ "
+                          "(pip install 'bayesnas[tensorboard]')."),
     ]
 
     def decorate(func):

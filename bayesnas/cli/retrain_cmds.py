@@ -21,8 +21,8 @@ def retrain_command(arch, out, resume, config_file, quiet, tensorboard, **flags)
     from ..training import retrain
 
     if resume is not None:
-        result = retrain(arch, resume_overrides(flags, config_file), resume=resume, progress=not quiet, tensorboard=tensorboard,
-                         command=cli_command())
+        result = retrain(arch, resume_overrides(flags, config_file), resume=resume, progress=not quiet,
+                         tensorboard=tensorboard, command=cli_command())
     else:
         if arch is None:
             raise click.UsageError("give GENOTYPE (a genotype JSON file or fit run folder), conv4 or darts_v2")

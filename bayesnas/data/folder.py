@@ -198,6 +198,7 @@ def _read_images(classes: Dict[str, Dict[str, List[Path]]], channels, size, inve
                         first = (path, found)
                         channels = found
                     elif mode is None and found != channels:
+                        assert first is not None  # set with channels, from the first image
                         raise DataError(f"{path} is {_KIND[found]} but {first[0]} is {_KIND[channels]}; "
                                         f"pass channels 1 or 3 (--channels) to convert every image")
                     if size is None:

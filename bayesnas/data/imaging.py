@@ -90,8 +90,9 @@ def check_size(size, what="size"):
 
 def _grey_palette(img: Image.Image) -> bool:
     palette = img.getpalette() if img.mode in ("P", "PA") else None
-    return bool(palette) and all(palette[i] == palette[i + 1] == palette[i + 2]
-                                 for i in range(0, len(palette) - 2, 3))
+    if not palette:
+        return False
+    return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
 
 
 def resize(img: Image.Image, size: int) -> np.ndarray:

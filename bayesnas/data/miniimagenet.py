@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..errors import DataError
 from ..fileio import read_json
 from . import imaging
-from .store import ClassRecord, SPLITS, open_dataset, printable_name, write_dataset
+from .store import SPLITS, ClassRecord, FewShotData, open_dataset, printable_name, write_dataset
 
 LAYOUTS = (
     "(a) Ravi & Larochelle: images/ with train.csv, val.csv, test.csv",
@@ -38,7 +38,8 @@ LAYOUTS = (
 )
 
 
-def import_miniimagenet(path, out, size: int = 84, progress: bool = True):
+def import_miniimagenet(path: str | os.PathLike, out: str | os.PathLike, size: int = 84,
+                        progress: bool = True) -> FewShotData:
     """Import the miniImageNet folder ``path`` (layout auto-detected) into ``out``.
 
     Args:

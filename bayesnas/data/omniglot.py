@@ -174,7 +174,7 @@ def _read_characters(inputs: List[_Input], size, progress):
     """Decode every character once: ``{(alphabet, character): images uint8 [n, size, size, 1]}``."""
     total = sum(len(files) for source in inputs for files in source.folders.values())
     characters = {}
-    origin = {}                      # (alphabet, character) -> (where, digest of the originals)
+    origin: Dict[tuple, tuple] = {}  # (alphabet, character) -> (where, digest of the originals)
     with tqdm(total=total, desc="Omniglot", unit="img", disable=None if progress else True) as bar:
         for source in inputs:
             for alphabet, character, where in sorted(source.folders):

@@ -21,6 +21,7 @@ Example:
 import re
 
 from ..errors import ConfigError, DataError
+from .store import FewShotData
 
 #: The values of a config's ``select_on``.
 SELECT_ON = ("val", "test")
@@ -32,7 +33,7 @@ TEST_SELECTION_WARNING = ("this run validated on the test classes (select_on='te
 _OMNIGLOT = re.compile(r"(embedded )?omniglot\b", re.IGNORECASE)  # matched at the start of the source
 
 
-def default_rotations(data):
+def default_rotations(data: FewShotData) -> bool:
     """Whether training tasks add rotated classes by default: True for an Omniglot file.
 
     Args:
@@ -41,7 +42,7 @@ def default_rotations(data):
     return bool(_OMNIGLOT.match(data.source or ""))
 
 
-def resolve_rotations(rotations, data):
+def resolve_rotations(rotations: bool | None, data: FewShotData) -> bool:
     """``rotations`` as given (True/False), or :func:`default_rotations` of ``data`` when None."""
     return default_rotations(data) if rotations is None else bool(rotations)
 
@@ -56,7 +57,7 @@ def held_out_split(data, split=None):
     return split
 
 
-def selection_split(data, select_on="val"):
+def selection_split(data: FewShotData, select_on: str = "val") -> str:
     """The split that validates during training and picks ``checkpoint_best.pt``.
 
     Args:

@@ -16,13 +16,16 @@ inverted on import (ink 255 on a 0 background); natural images are stored as RGB
 import dataclasses
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
 
 from ..errors import DataError
 from ..fileio import atomic_path, check_regular_file
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "bayesnas-fewshot"
 VERSION = 1
@@ -50,7 +53,8 @@ class ClassRecord:
     images: np.ndarray
 
 
-def write_dataset(path, splits: Dict[str, List[ClassRecord]], source: str, image_size, channels: int):
+def write_dataset(path: str | os.PathLike, splits: Dict[str, List[ClassRecord]], source: str, image_size: Sequence[int],
+                  channels: int) -> None:
     """Write ``splits`` to a new bayesnas-fewshot file at ``path``, atomically.
 
     Everything is validated before anything is written; on any error ``path`` is left as it
@@ -182,7 +186,7 @@ class SplitData:
         name: the split's name; ``path``: the file it came from (used in error messages).
     """
 
-    def __init__(self, images, counts: Sequence[int], class_names: Sequence[str],
+    def __init__(self, images, counts: "Sequence[int] | torch.Tensor", class_names: Sequence[str],
                  groups: Sequence[str], name: str = "train", path: str = "<memory>"):
         import torch
 
@@ -210,7 +214,8 @@ class SplitData:
 
     @property
     def image_size(self) -> Tuple[int, int]:
-        return tuple(self.images.shape[2:])
+        height, width = self.images.shape[2:]
+        return height, width
 
     @property
     def channels(self) -> int:
@@ -306,7 +311,7 @@ class FewShotData:
         return f"FewShotData({self.path!r}, splits={self.splits}, image_size={self.image_size})"
 
 
-def open_dataset(path) -> FewShotData:
+def open_dataset(path: str | os.PathLike) -> FewShotData:
     """Open and validate a bayesnas-fewshot HDF5 file (metadata only; pixels load per split).
 
     Raises :class:`DataError` naming the file when it is missing, not HDF5, written by
@@ -447,7 +452,7 @@ def default_data_path() -> Path:
     return Path(__file__).resolve().parent / "embedded" / EMBEDDED_NAME
 
 
-def open_data(path=None) -> FewShotData:
+def open_data(path: str | os.PathLike | None = None) -> FewShotData:
     """Open the data file ``path``, or the embedded Omniglot file when ``path`` is None."""
     return open_dataset(path if path is not None else default_data_path())
 

@@ -6,14 +6,18 @@ estimate on its SUPPORT set; the mean's step is the proximal step of the Gaussia
 (:func:`mean_step_size`). Held-out tasks (validation, inspection, derivation) take the
 same steps first-order, with nothing kept for an outer gradient (:func:`adapt_held_out`).
 """
+from typing import Optional, Tuple
+
 import torch
 
 from .elbo import elbo_terms
 from .guide import TaskPosterior, prior_posterior
+from .meta import MetaNetwork
 from .unroll import unrolled_steps
 
 
-def mean_step_size(lr, sigma, kl_weight, n_support):
+def mean_step_size(lr: float | torch.Tensor, sigma: torch.Tensor, kl_weight: float,
+                   n_support: int) -> torch.Tensor:
     """Per-weight step size of the guide's mean: ``lr / (1 + lr * kl_weight / (n_s * sigma^2))``.
 
     The Gaussian KL adds curvature ``kl_weight / (n_s * sigma_i^2)`` to weight i of the
@@ -26,8 +30,10 @@ def mean_step_size(lr, sigma, kl_weight, n_support):
     return lr / (1 + lr * kl_weight / (n_support * sigma**2))
 
 
-def adapt(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, first_order=False,
-          checkpoint=False, edge_weights=None, edge_kl="relaxed"):
+def adapt(meta: MetaNetwork, support_x: torch.Tensor, support_y: torch.Tensor, steps: int, tau: float,
+          relaxed: bool = True, kl_weight: float = 1.0, first_order: bool = False,
+          checkpoint: bool = False, edge_weights: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+          edge_kl: str = "relaxed") -> TaskPosterior:
     """Task posteriors by N unrolled gradient-ascent steps on each task's support ELBO.
 
     The objective of a step is ``(log p(y_s | x_s, theta, z) - kl_weight * KL(q || p)) / n_s``
@@ -40,7 +46,9 @@ def adapt(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, f
         support_x: ``[T, n_s, C, H, W]``; support_y: ``[T, n_s]``.
         steps: N, the number of inner steps (0 gives the prior, KL exactly 0).
         tau: temperature; relaxed: Gumbel (True) or softmax (False) variant.
-        first_order: detach the inner gradients (cheaper, not the BASE default).
+        kl_weight: the weight of the KL term in each step's objective (1: the task's ELBO).
+        first_order: detach the inner gradients (cheaper; the paper's BASE is second order,
+            while :class:`~bayesnas.config.FitConfig` defaults to first order on a CPU budget).
         checkpoint: recompute each step in the outer backward instead of keeping its
             graph (memory-bounded mode, see :func:`~bayesnas.inference.unroll.unrolled_steps`).
         edge_weights: a fixed architecture ``(z_normal, z_reduce)``, each ``[T, 14, 10]``
@@ -66,8 +74,10 @@ def adapt(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, f
                                           first_order=first_order, maximize=True, checkpoint=checkpoint))
 
 
-def adapt_held_out(meta, support_x, support_y, steps, tau, relaxed=True, kl_weight=1.0, edge_weights=None,
-                   edge_kl="relaxed"):
+def adapt_held_out(meta: MetaNetwork, support_x: torch.Tensor, support_y: torch.Tensor, steps: int, tau: float,
+                   relaxed: bool = True, kl_weight: float = 1.0,
+                   edge_weights: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                   edge_kl: str = "relaxed") -> TaskPosterior:
     """:func:`adapt` for tasks that only predict: first-order steps, a detached TaskPosterior.
 
     First-order steps give the same posterior as training's second-order ones (the

@@ -21,13 +21,14 @@ Usage::
     terms = elbo_terms(meta, query_x, query_y, q, tau=1.0)
     loss = -terms.elbo().mean()
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Tuple
 
 import pyro.poutine as poutine
 import torch
 from torch.distributions import kl_divergence
 
-from .guide import base_guide
+from .guide import TaskPosterior, base_guide
+from .meta import MetaNetwork
 from .model import OBS, THETA, Z_SITES, base_model
 
 #: the edge KL's forms: the Monte-Carlo relaxed-categorical KL, or the closed-form categorical KL
@@ -58,7 +59,9 @@ class ElboTerms(NamedTuple):
         return self.loglik - kl_weight * (self.kl_theta + self.kl_z)
 
 
-def elbo_terms(meta, x, y, q, tau, relaxed=True, edge_weights=None, edge_kl="relaxed"):
+def elbo_terms(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor, q: TaskPosterior, tau: float,
+               relaxed: bool = True, edge_weights: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+               edge_kl: str = "relaxed") -> "ElboTerms":
     """One-sample ELBO terms of T tasks with variational parameters ``q``.
 
     Args:

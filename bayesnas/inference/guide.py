@@ -13,6 +13,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 
+from .meta import MetaNetwork
 from .model import THETA, Z_SITES, TaskNormal, edge_prior
 
 
@@ -36,7 +37,7 @@ class TaskPosterior(NamedTuple):
         return self.phi_normal.softmax(-1), self.phi_reduce.softmax(-1)
 
 
-def prior_posterior(meta, num_tasks, support_x=None):
+def prior_posterior(meta: MetaNetwork, num_tasks: int, support_x: torch.Tensor | None = None) -> "TaskPosterior":
     """The guide's starting point: W broadcast to ``num_tasks`` tasks (plus h_V(D_t) if learned)."""
     d = meta.mu.numel()
     phi_normal = meta.alpha_normal.expand(num_tasks, *meta.alpha_normal.shape)
@@ -48,11 +49,15 @@ def prior_posterior(meta, num_tasks, support_x=None):
     return TaskPosterior(meta.mu.expand(num_tasks, d), meta.rho.expand(num_tasks, d), phi_normal, phi_reduce)
 
 
-def base_guide(meta, x, y, tau, q, relaxed=True):
+def base_guide(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor | None, tau: float, q: TaskPosterior,
+               relaxed: bool = True) -> None:
     """Pyro guide: samples theta (and log z when ``relaxed``) from the task posteriors ``q``.
 
-    Same signature as :func:`~bayesnas.inference.model.base_model` plus ``q``; x and y are
-    unused (the data already entered through ``q``) but keep the two signatures aligned.
+    Its first four arguments are those of :func:`~bayesnas.inference.model.base_model`; x
+    and y are unused (the data already entered through ``q``). The rest differ (``q`` and
+    ``relaxed`` here, ``z_normal`` and ``z_reduce`` there), so the two are not called with
+    one argument list as Pyro's ELBOs call a model and guide: bind them first, e.g.
+    ``lambda: base_guide(meta, x, y, tau, q)`` (as tests/test_inference_elbo.py does).
     """
     num_tasks = q.mu.shape[0]
     with pyro.plate("tasks", num_tasks, dim=-1):

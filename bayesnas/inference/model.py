@@ -27,6 +27,8 @@ import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical as _TorchExpRelaxedCategorical
 
+from .meta import MetaNetwork
+
 #: Pyro site names, in the order the model samples them.
 THETA = "theta"
 Z_SITES = ("log_z_normal", "log_z_reduce")
@@ -114,7 +116,8 @@ def edge_prior(alpha, tau, num_tasks):
                                  logits=alpha).expand([num_tasks, alpha.shape[-2]]).to_event(1)
 
 
-def base_model(meta, x, y, tau, z_normal=None, z_reduce=None):
+def base_model(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor | None, tau: float,
+               z_normal: torch.Tensor | None = None, z_reduce: torch.Tensor | None = None) -> torch.Tensor:
     """Pyro model of eq. (1) over a meta-batch of tasks.
 
     Args:

@@ -1,11 +1,16 @@
 """The posterior predictive: class probabilities averaged over draws of (theta, z) from q.
 """
+from typing import Optional, Tuple
+
 import torch
 
+from .guide import TaskPosterior
+from .meta import MetaNetwork
 from .model import TaskNormal, edge_prior
 
 
-def predictive(meta, q, x, samples, tau, relaxed, edge_weights=None):
+def predictive(meta: MetaNetwork, q: TaskPosterior, x: torch.Tensor, samples: int, tau: float,
+               relaxed: bool, edge_weights: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Posterior predictive class probabilities, one row per draw of (theta, z) from ``q``.
 
     Args: q: TaskPosterior of T tasks; x: ``[T, B, C, H, W]``; samples: S; tau and

@@ -23,13 +23,16 @@ during the outer backward (``torch.utils.checkpoint``, non-reentrant, random sta
 restored), which costs one more forward and backward per step and gives the same values
 and gradients.
 """
+from typing import Any, Callable
+
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from ..errors import NonFiniteLossError
 
 
-def unrolled_steps(objective, params, steps, lr, first_order=False, maximize=False, checkpoint=False):
+def unrolled_steps(objective: Callable[[dict, int], torch.Tensor], params: dict, steps: int, lr: Any,
+                   first_order: bool = False, maximize: bool = False, checkpoint: bool = False) -> dict:
     """Take ``steps`` differentiable gradient steps on ``objective``.
 
     Args:

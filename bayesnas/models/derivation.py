@@ -79,7 +79,7 @@ def _cell_choice(probs):
     return chosen
 
 
-def derive_genotype(probs_normal, probs_reduce):
+def derive_genotype(probs_normal: torch.Tensor, probs_reduce: torch.Tensor) -> Genotype:
     """The genotype of two cells' edge probabilities by the paper's rule (module docstring).
 
     Args:
@@ -98,7 +98,8 @@ def derive_genotype(probs_normal, probs_reduce):
     return Genotype(cells[0], list(concat), cells[1], list(concat))
 
 
-def chosen_edges_table(probs_normal, probs_reduce, genotype=None):
+def chosen_edges_table(probs_normal: torch.Tensor, probs_reduce: torch.Tensor,
+                       genotype: Genotype | None = None) -> list["ChosenEdge"]:
     """The kept edges with their probabilities: 16 :class:`ChosenEdge` rows (normal cell first).
 
     Args:
@@ -120,7 +121,7 @@ def chosen_edges_table(probs_normal, probs_reduce, genotype=None):
     return rows
 
 
-def format_edges_table(rows):
+def format_edges_table(rows: list["ChosenEdge"]) -> str:
     """A plain-text table of :class:`ChosenEdge` rows (what ``bayesnas derive-cell`` prints).
     """
     lines = [f"{'cell':<7} {'node':>4}  {'source':<8} {'op':<14} {'prob':>6}"]

@@ -98,7 +98,7 @@ class ParamLayout:
             params[name].copy_(value)
 
 
-def count_parameters(module, trainable_only=False):
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of scalar parameters of ``module`` (only those requiring grad if asked).
     """
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -21,6 +21,7 @@ True
 import os
 import random
 from collections import namedtuple
+from typing import Any
 
 from ..errors import GenotypeError
 from ..fileio import read_json, write_json
@@ -29,7 +30,7 @@ from .operations import OPS
 STEPS = 4
 
 
-def cell_edges(steps=STEPS):
+def cell_edges(steps: int = STEPS) -> list[tuple[int, int]]:
     """The ``(source, target_node)`` pair of every edge of a cell, in edge-index order.
 
     ``source`` is a state (0, 1: cell inputs; ``j >= 2``: intermediate node ``j - 2``),
@@ -38,7 +39,7 @@ def cell_edges(steps=STEPS):
     return [(j, k) for k in range(steps) for j in range(k + 2)]
 
 
-def num_edges(steps=STEPS):
+def num_edges(steps: int = STEPS) -> int:
     """Edges of a cell with ``steps`` intermediate nodes: ``steps * (steps + 3) // 2`` (14 for 4)."""
     return steps * (steps + 3) // 2
 
@@ -51,7 +52,7 @@ CELL_TYPES = ("normal", "reduce")
 CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
 
 
-def edge_index(source, node, steps=STEPS):
+def edge_index(source: int, node: int, steps: int = STEPS) -> int:
     """Row of the architecture tensor for the edge ``source -> node`` (``offset_node + source``).
     """
     if not 0 <= node < steps or not 0 <= source <= node + 1:
@@ -59,7 +60,7 @@ def edge_index(source, node, steps=STEPS):
     return node * (node + 3) // 2 + source
 
 
-def state_name(state):
+def state_name(state: int) -> str:
     """Display name of a cell state: 0 -> ``c_{k-2}``, 1 -> ``c_{k-1}``, ``j >= 2`` -> ``n{j-2}``."""
     return ("c_{k-2}", "c_{k-1}")[state] if state < 2 else f"n{state - 2}"
 
@@ -140,7 +141,7 @@ def _check_cell(pairs, concat, which, source, steps):
         raise GenotypeError(f"{label}: repeated state in {list(concat)}")
 
 
-def validate_genotype(g, source="<genotype>", steps=STEPS):
+def validate_genotype(g: Any, source: str = "<genotype>", steps: int = STEPS) -> "Genotype":
     """Check ``g`` and return it; raise :class:`GenotypeError` naming ``source`` otherwise.
 
     Checks: 8 pairs per cell; every op known and not ``none``; each input index in
@@ -154,7 +155,7 @@ def validate_genotype(g, source="<genotype>", steps=STEPS):
     return g
 
 
-def genotype_to_dict(g):
+def genotype_to_dict(g: "Genotype") -> dict:
     """A JSON-ready dict: ``{"normal": [[op, input], ...], "normal_concat": [...], ...}``.
     """
     return {
@@ -165,7 +166,7 @@ def genotype_to_dict(g):
     }
 
 
-def genotype_from_dict(d, source="<genotype>"):
+def genotype_from_dict(d: Any, source: str = "<genotype>") -> "Genotype":
     """Inverse of :func:`genotype_to_dict`; validates, errors name ``source``.
 
     Pairs become tuples and lists stay lists, so the result compares equal to the
@@ -190,14 +191,14 @@ def genotype_from_dict(d, source="<genotype>"):
     return validate_genotype(g, source)
 
 
-def save_genotype(g, path):
+def save_genotype(g: "Genotype", path: str | os.PathLike) -> None:
     """Validate ``g`` and write it to ``path`` as JSON, atomically (temp file, then rename).
     """
     validate_genotype(g, source=os.fspath(path))
     write_json(path, genotype_to_dict(g))
 
 
-def load_genotype(path):
+def load_genotype(path: str | os.PathLike) -> "Genotype":
     """Read and validate a genotype JSON file written by :func:`save_genotype`.
 
     A missing file, invalid JSON, missing keys or an invalid cell raise
@@ -209,7 +210,7 @@ def load_genotype(path):
     return genotype_from_dict(read_json(path, GenotypeError, "genotype JSON file"), source=path)
 
 
-def random_genotype(rng=None, steps=STEPS):
+def random_genotype(rng: random.Random | int | None = None, steps: int = STEPS) -> "Genotype":
     """Draw a valid genotype uniformly from the space.
 
     Each node gets two distinct input states (uniform over unordered pairs, listed in
@@ -232,7 +233,7 @@ def random_genotype(rng=None, steps=STEPS):
     return Genotype(cell(), list(concat), cell(), list(concat))
 
 
-def named_genotype(name):
+def named_genotype(name: str) -> "Genotype":
     """The published genotype called ``name`` (case-insensitive): ``"darts_v2"``.
     """
     key = str(name).strip().lower()
@@ -242,7 +243,7 @@ def named_genotype(name):
     return NAMED_GENOTYPES[key]
 
 
-def genotype_string(g):
+def genotype_string(g: "Genotype") -> str:
     """A genotype on one line, e.g. for a column of ``metrics.csv``.
 
     Each cell lists its nodes as ``nK=op(source)+op(source)`` (sources are states: 0, 1
@@ -264,7 +265,7 @@ def genotype_string(g):
 BASELINES = ("conv4",) + tuple(sorted(NAMED_GENOTYPES))
 
 
-def arch_config(spec):
+def arch_config(spec: Any) -> str | dict:
     """The JSON-ready form of an architecture: ``"conv4"``, ``"darts_v2"`` or a genotype dict.
 
     Args:
@@ -294,6 +295,6 @@ def arch_config(spec):
                         f"{', '.join(BASELINES)}")
 
 
-def arch_label(arch):
+def arch_label(arch: Any) -> str:
     """A short display name of an architecture config value: the name, or "genotype"."""
     return arch if isinstance(arch, str) else "genotype"

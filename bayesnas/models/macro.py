@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from .operations import FactorizedReduce, ReLUConvBN, batch_norm
 
 
-def reduction_indices(layers):
+def reduction_indices(layers: int) -> list[int]:
     """Indices of the reduction cells among ``layers`` cells.
 
     Cells ``layers // 3`` and ``2 * layers // 3``, except that cell 0 is never a reduction

@@ -77,8 +77,8 @@ class NetworkFromGenotype(nn.Module):
         return self.classifier(s1.mean((2, 3)))
 
 
-def build_network(name_or_genotype, in_channels=1, num_classes=5, image_size=28, C=16, layers=5,
-                  hidden=64):
+def build_network(name_or_genotype: str | Genotype, in_channels: int = 1, num_classes: int = 5, image_size: int = 28,
+                  C: int = 16, layers: int = 5, hidden: int = 64) -> torch.nn.Module:
     """Build the network to retrain: ``"conv4"``, a named genotype, a Genotype, or a JSON path.
 
     ``"conv4"`` gives :class:`~bayesnas.models.conv4.Conv4` (``hidden`` channels; ``C`` and

@@ -46,7 +46,7 @@ DIL_KERNELS = {"dil_conv_3x3": 3, "dil_conv_5x5": 5}
 DILATION = 2
 
 
-def batch_norm(C, affine):
+def batch_norm(C: int, affine: bool) -> nn.Module:
     """BatchNorm over ``C`` channels that always uses the current batch's statistics.
 
     Shapes: ``[B, C, H, W] -> [B, C, H, W]``. No running statistics are kept, so train and
@@ -219,7 +219,7 @@ def _check_op_name(name):
         raise GenotypeError(f"unknown operation {name!r}: expected one of {', '.join(OPS)}")
 
 
-def make_op(name, C, stride, affine):
+def make_op(name: str, C: int, stride: int, affine: bool) -> nn.Module:
     """Build the operation ``name`` on ``C`` channels (``stride`` 1 or 2).
 
     Shapes: ``[B, C, H, W] -> [B, C, ceil(H/stride), ceil(W/stride)]``. ``affine`` gives

@@ -132,7 +132,7 @@ def copy_parameters(src, dst):
             used_f.add(name)
     if len(reference.cells) != len(fused.cells):
         raise ValueError("the two networks have a different number of cells")
-    for c, (rcell, fcell) in enumerate(zip(reference.cells, fused.cells)):
+    for c, fcell in enumerate(fused.cells):
         for (fname, pos), nname in _edge_param_map(fcell, fused.steps).items():
             fp = f_params[f"cells.{c}.{fname}"]
             rp = r_params[f"cells.{c}.{nname}"]

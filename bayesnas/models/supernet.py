@@ -60,7 +60,7 @@ DW_OPS = SEP_OPS + DIL_OPS
 _OP_INDEX = {name: i for i, name in enumerate(OPS)}
 
 
-def source_major(steps=STEPS):
+def source_major(steps: int = STEPS) -> list[int]:
     """Edge indices in source-major order: all edges leaving state 0, then state 1, ...
 
     Position ``p`` of a fused edge parameter holds edge ``source_major(steps)[p]``.
@@ -71,7 +71,7 @@ def source_major(steps=STEPS):
 SOURCE_MAJOR = source_major(STEPS)
 
 
-def edge_batches(steps=STEPS):
+def edge_batches(steps: int = STEPS) -> list[tuple[list[int], int, int]]:
     """The fused cell's edge batches: ``(sources, edges_per_source, first_position)``.
 
     Batch 0 is the edges leaving the two cell inputs; batch ``b >= 1`` the edges leaving
@@ -204,7 +204,7 @@ class SearchCell(nn.Module):
         its own, so tasks never mix. Results of convolutions are reshaped, never viewed:
         on CPU they may be channels-last.
         """
-        (B, T, m), n = (x.shape[0], *W.shape[:2]), S * W.shape[1]
+        B, (T, m), n = x.shape[0], W.shape[:2], S * W.shape[1]
         r = conv_input(F.relu(x))  # feeds 6 or 8 convolutions
         stage1, (Ho, Wo) = self._depthwise_stage(r, params, S, m, T, stride)
         sep, dil = self._separable_stage(stage1, params, n, T, (Ho, Wo))

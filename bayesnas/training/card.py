@@ -16,12 +16,12 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import logging
 import math
 import os
 import platform
 import shlex
-import sys
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -34,8 +34,11 @@ from ..models.derivation import chosen_edges_table, derive_genotype, format_edge
 from ..models.genotypes import CELL_TYPES, node_lines
 from ..viz.cells import plot_genotype
 from ..viz.posterior import save_figure
+from .diagnostics import undecided_warning
 from .loop import read_run_config
 from .rundir import RunDirectory
+
+logger = logging.getLogger(__name__)
 
 CARD = "README.md"
 SESSIONS = "sessions.json"
@@ -229,13 +232,17 @@ def recorded_session(run_dir, loop, command, device, data_path, processes=1):
             record.update(ended=_now(), status=status, checkpoint_iteration=loop.last_checkpoint,
                           reached_iteration=int(loop.rows[-1]["iteration"]) if loop.rows else loop.start)
             write_json(path, sessions)
+            logger.info("session %s at iteration %d", status, record["reached_iteration"])
             try:
-                write_run_card(run_dir)
+                card = write_run_card(run_dir)
             except Exception as card_error:
                 if status == "finished":
                     raise
                 # raising here would hide the error that stopped the run, which is what the user must see
-                print(f"warning: {RunDirectory(run_dir).file(CARD)} not written: {card_error}", file=sys.stderr)
+                logger.warning("%s not written: %s", RunDirectory(run_dir).file(CARD), card_error)
+            else:
+                for warning in card.warnings:
+                    logger.warning("%s", warning)
         finally:
             RunDirectory(run_dir).unlock()  # taken when the session created or resumed the folder
 
@@ -247,7 +254,9 @@ class RunCard(NamedTuple):
     reached; iterations: planned; checkpoint_iteration: the last checkpoint's (None:
     none yet); sessions: the records of ``sessions.json``; data_sha256: the data file's
     hash; genotype: the derived cell (fit) or trained one (retrain; None for a named
-    baseline); evaluation: the dict of ``RUN/evaluation.json`` or None; markdown: the card.
+    baseline); evaluation: the dict of ``RUN/evaluation.json`` or None; markdown: the card;
+    warnings: what a reader must know first (a fit whose derived cell is noise:
+    :func:`~bayesnas.training.diagnostics.undecided_warning`), also on the card.
     """
 
     path: str
@@ -261,6 +270,7 @@ class RunCard(NamedTuple):
     genotype: object
     evaluation: Optional[dict]
     markdown: str
+    warnings: Tuple[str, ...] = ()
 
 
 def run_kind(config, config_path="config.json"):
@@ -307,15 +317,19 @@ def build_run_card(run_dir):
                 "bytes": os.path.getsize(data_path)}
 
     genotype = evaluation = None
+    warnings = []
     if kind == "fit" and state is not None:
         genotype = derive_genotype(*_alpha_probs(state))
+        warning = fit_cell_warning(config, state)
+        if warning is not None:
+            warnings.append(f"derived cell: {warning}")
     elif kind == "retrain" and isinstance(config["arch"], dict):
         genotype = genotype_from_dict(config["arch"], source=run.file("config.json"))
     if kind == "retrain" and os.path.lexists(run.file(EVALUATION)):
         evaluation = read_evaluation(run.file(EVALUATION))
 
     sections = [
-        _header(run.path, kind, config, status, iteration, checkpoint_iteration),
+        _header(run.path, kind, config, status, iteration, checkpoint_iteration, warnings),
         _made_by(sessions),
         _environment(last),
         _data_section(config, data, sessions),
@@ -325,7 +339,17 @@ def build_run_card(run_dir):
     ]
     markdown = "\n\n".join(s for s in sections if s) + "\n"
     return RunCard(run.path, kind, status, iteration, config["iterations"], checkpoint_iteration, sessions,
-                   data["sha256"], genotype, evaluation, markdown)
+                   data["sha256"], genotype, evaluation, markdown, tuple(warnings))
+
+
+def fit_cell_warning(config, state):
+    """:func:`~bayesnas.training.diagnostics.undecided_warning` for the meta-level alpha of a fit
+    checkpoint ``state``, with the run's ``config`` (a dict; settings it lacks take their defaults)."""
+    defaults = FitConfig()
+    probs = _alpha_probs(state)
+    top = float(torch.cat([p.max(-1).values for p in probs]).mean())
+    return undecided_warning(int(state["iteration"]), config.get("arch_warmup", defaults.arch_warmup),
+                             config.get("arch_lr", defaults.arch_lr), top)
 
 
 def write_run_card(run_dir):
@@ -352,7 +376,7 @@ def _data_path(config):
     return os.fspath(default_data_path())
 
 
-def _header(path, kind, config, status, iteration, checkpoint_iteration):
+def _header(path, kind, config, status, iteration, checkpoint_iteration, warnings=()):
     what = "a BASE search (`bayesnas fit`)" if kind == "fit" else "a MAML retraining (`bayesnas retrain`)"
     checkpoint = ("no checkpoint yet" if checkpoint_iteration is None
                   else f"last checkpoint at iteration {checkpoint_iteration}")
@@ -364,6 +388,7 @@ def _header(path, kind, config, status, iteration, checkpoint_iteration):
         "",
         f"- status: {status}",
         f"- iterations: {iteration} of {config['iterations']} reached; {checkpoint}",
+        *(f"- **warning**: {warning}" for warning in warnings),
     ])
 
 

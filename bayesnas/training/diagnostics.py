@@ -1,6 +1,7 @@
-"""How decided a search's meta-level edge posterior is: what ``fit`` records at every logged step.
+"""How decided a search's meta-level edge posterior is: what ``fit`` records at every logged step,
+and whether a cell derived from it means anything (:func:`undecided_warning`).
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -43,9 +44,38 @@ def search_diagnostics(logits_normal, logits_reduce, previous=None):
     ``previous``: the genotype string of the last logged step (None: none, so unchanged).
     """
     logits = [edge_logits(logits_normal, "logits_normal"), edge_logits(logits_reduce, "logits_reduce")]
-    edge_entropy = torch.cat([entropy(l.log_softmax(-1)) for l in logits])
-    probs = [l.softmax(-1) for l in logits]
+    edge_entropy = torch.cat([entropy(x.log_softmax(-1)) for x in logits])
+    probs = [x.softmax(-1) for x in logits]
     top = torch.cat([p.max(-1).values for p in probs])
     genotype = genotype_string(derive_genotype(*probs))
     return SearchDiagnostics(float(edge_entropy.mean()), float(edge_entropy.max()), float(top.mean()), genotype,
                              int(previous is not None and genotype != previous))
+
+
+#: below this mean top-op probability (uniform: 0.1) the edge posterior has not left its prior
+UNDECIDED_TOP_PROB = 0.11
+
+
+def undecided_warning(iteration, arch_warmup, arch_lr, top_prob_mean=None) -> Optional[str]:
+    """Why a cell derived at ``iteration`` from a fit run's alpha is noise, or None when nothing says so.
+
+    alpha starts near uniform (``1e-3 * randn``) and is not stepped during the first
+    ``arch_warmup`` iterations (nor ever with ``arch_lr`` 0): a run that stops there derives
+    its cell from a uniform posterior, by its tiny initial noise. ``top_prob_mean`` (the mean
+    over the 28 edges of the most probable op's probability; uniform 0.1) below
+    :data:`UNDECIDED_TOP_PROB` says the posterior has barely left its prior.
+
+    >>> undecided_warning(3, arch_warmup=20, arch_lr=0.1)[:36]
+    'alpha was never stepped (iteration 3'
+    >>> undecided_warning(500, arch_warmup=20, arch_lr=0.1, top_prob_mean=0.2) is None
+    True
+    """
+    if iteration <= arch_warmup or arch_lr == 0:
+        why = (f"iteration {iteration}, within the architecture warm-up of {arch_warmup} iterations"
+               if arch_lr != 0 else "arch_lr is 0")
+        return (f"alpha was never stepped ({why}): the edge posterior is its near-uniform start, and a cell "
+                f"derived from it is noise; train past --arch-warmup before deriving a cell")
+    if top_prob_mean is not None and top_prob_mean < UNDECIDED_TOP_PROB:
+        return (f"the edge posterior has barely left its prior (mean top-op probability {top_prob_mean:.3f}, "
+                f"uniform 0.100): a cell derived from it is close to noise; train longer")
+    return None

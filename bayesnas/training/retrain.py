@@ -16,11 +16,14 @@ Usage::
     cfg, net, data = load_retrain("runs/retrain-darts")
 """
 import dataclasses
+import os
 from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+from tqdm.auto import tqdm
 
 from ..config import RetrainConfig
 from ..data import open_data
@@ -32,6 +35,7 @@ from ..models import arch_config, arch_label, build_network, count_parameters, g
 from ..rng import seed_everything
 from .card import python_call, recorded_session
 from .distributed import distributed, requested_device
+from .logs import LOG_FILE, session_log
 from .loop import (TrainingLoop, backward_per_task, process_device, read_run_config, session_config, session_run,
                    task_samplers)
 from .rundir import RunDirectory
@@ -75,7 +79,8 @@ def adapt_task(net, params, support_x, support_y, steps, lr, first_order=False, 
     return unrolled_steps(support_loss, params, steps, lr, first_order=first_order, checkpoint=checkpoint)
 
 
-def maml_loss(net, params, batch, steps, lr, first_order=False, checkpoint=False):
+def maml_loss(net: torch.nn.Module, params: dict, batch: Any, steps: int, lr: float, first_order: bool = False,
+              checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The MAML objective of a meta-batch: mean query cross-entropy after adaptation.
 
     Args:
@@ -97,7 +102,8 @@ def maml_loss(net, params, batch, steps, lr, first_order=False, checkpoint=False
     return torch.stack(losses).mean(), torch.stack(accs).mean()
 
 
-def maml_step(net, optimiser, batch, cfg, reduce_gradients=None):
+def maml_step(net: torch.nn.Module, optimiser: torch.optim.Optimizer, batch: Any, cfg: RetrainConfig,
+              reduce_gradients: Callable | None = None) -> dict:
     """One meta-iteration: adapt on each task's support set, step the meta-parameters on the query loss.
 
     Args:
@@ -177,8 +183,10 @@ class RetrainResult:
     parameters: int
 
 
-def retrain(arch=None, config=None, out=None, resume=None, progress=True, callbacks=(), tensorboard=False,
-            command=None):
+def retrain(arch: Any = None, config: RetrainConfig | dict | None = None, out: str | os.PathLike | None = None,
+            resume: str | os.PathLike | None = None, progress: bool = True,
+            callbacks: Iterable[Callable[[int, dict], Any]] = (), tensorboard: bool = False,
+            command: str | None = None) -> "RetrainResult":
     """Meta-train a fixed network with second-order MAML and write a run folder.
 
     Args:
@@ -189,7 +197,8 @@ def retrain(arch=None, config=None, out=None, resume=None, progress=True, callba
         out: run folder to create (default: a new ``runs/retrain-<time>``).
         resume: an existing retrain run folder to continue from its last checkpoint (its
             own config is used; ``config`` may only raise ``iterations``).
-        progress: show a progress bar; callbacks: ``(iteration, row)`` hooks.
+        progress: show a progress bar and the log lines (validation scores, warnings) beside
+            it; they go to ``RUN/log.txt`` either way. callbacks: ``(iteration, row)`` hooks.
         tensorboard: also write every metric to TensorBoard event files in
             ``RUN/tensorboard/`` (needs ``pip install 'bayesnas[tensorboard]'``).
         command: the command line recorded in the run card (default: this Python call).
@@ -251,11 +260,15 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
 
     def validate(iteration):
         mine = ctx.strided(cfg.val_tasks)
-        accs = task_accuracies(net, val_sampler, mine, cfg.test_inner_steps, cfg.inner_lr) if mine else torch.zeros(0)
+        with tqdm(total=len(mine), desc="validate", unit="task", leave=False, disable=not (progress and ctx.is_main),
+                  dynamic_ncols=True) as bar:
+            accs = (task_accuracies(net, val_sampler, mine, cfg.test_inner_steps, cfg.inner_lr,
+                                    progress=lambda done: bar.update(done - bar.n)) if mine else torch.zeros(0))
         totals = ctx.mean_of({"sum": accs.sum().item(), "count": float(len(mine))})
         return {"val_acc": totals["sum"] / totals["count"]}
 
-    with recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size):
+    with session_log(run.file(LOG_FILE) if run is not None else None, console=progress, rank=ctx.rank), \
+            recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size):
         rows = loop.run(step, validate)
     train_seconds = sum(r.get("seconds") or 0.0 for r in rows)
     return RetrainResult(net=net, config=cfg, rows=rows, run_dir=run.path if run is not None else None,
@@ -263,7 +276,8 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
                          train_seconds=train_seconds, parameters=count_parameters(net, trainable_only=True))
 
 
-def load_retrain(run_dir, which="best", device="cpu"):
+def load_retrain(run_dir: str | os.PathLike, which: str = "best",
+                 device: str | torch.device = "cpu") -> tuple[RetrainConfig, torch.nn.Module, Any]:
     """Rebuild a retrain run's meta-trained network from its folder.
 
     Args:

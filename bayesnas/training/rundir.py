@@ -20,6 +20,7 @@ crafted pickle whose loading would run code, is refused with a :class:`RunError`
 import csv
 import datetime
 import fcntl
+import math
 import os
 import pickle
 
@@ -49,10 +50,25 @@ def default_run_path(kind, root="runs"):
 #: held by the process of a training session (see the module docstring)
 LOCK_FILE = ".lock"
 # realpath of a run folder -> the descriptor of its lock file, for the folders this process holds
-_HELD = {}
+_HELD: dict[str, int] = {}
 
 # metrics.csv columns that hold text; every other column reads back as floats
 TEXT_COLUMNS = ("genotype",)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def metric_text(value):
+    """A ``metrics.csv`` cell: a float as the shortest text that reads back as the same float32.
+
+    The metrics are float32 computations: ``0.26``, not ``0.25999999046325684``. Values
+    beyond float32's range keep their full text; anything else is written as it is.
+
+    >>> metric_text(0.25999999046325684), metric_text(0.5477225575051661), metric_text(3), metric_text(None)
+    ('0.26', '0.5477226', 3, None)
+    """
+    if isinstance(value, float) and (not math.isfinite(value) or abs(value) <= _FLOAT32_MAX):
+        return str(np.float32(value))
+    return value
 # The search diagnostics in posterior_history.h5 (version 2 on), with their stored types.
 HISTORY_DIAGNOSTICS = {"edge_entropy_mean": np.float64, "edge_entropy_max": np.float64,
                        "top_prob_mean": np.float64, "genotype": h5py.string_dtype(), "genotype_changed": np.int8}
@@ -183,7 +199,8 @@ class RunDirectory:
         return state
 
     def write_metrics(self, rows):
-        """Rewrite ``metrics.csv`` from ``rows`` (list of dicts) atomically."""
+        """Rewrite ``metrics.csv`` from ``rows`` (list of dicts) atomically, floats at float32 precision
+        (:func:`metric_text`)."""
         fields = []
         for row in rows:
             fields.extend(k for k in row if k not in fields)
@@ -191,7 +208,7 @@ class RunDirectory:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, fieldnames=fields)
                 writer.writeheader()
-                writer.writerows(rows)
+                writer.writerows({k: metric_text(v) for k, v in row.items()} for row in rows)
 
     def read_metrics(self):
         """``metrics.csv`` as a list of dicts: float values, strings in :data:`TEXT_COLUMNS` (empty cells -> None)."""

@@ -10,9 +10,12 @@ Usage::
     result = fit(FitConfig(iterations=20), out="runs/demo")
     result.meta.alpha_normal.softmax(-1)     # meta-level edge probabilities [14, 10]
 """
+import os
 from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 import torch
+from tqdm.auto import tqdm
 
 from ..config import FitConfig
 from ..data import open_data
@@ -26,6 +29,7 @@ from ..rng import seed_everything, seeded
 from .card import python_call, recorded_session
 from .diagnostics import SearchDiagnostics, search_diagnostics
 from .distributed import DistributedContext, distributed, requested_device
+from .logs import LOG_FILE, session_log
 from .loop import (TrainingLoop, backward_per_task, check_finite, process_device, read_run_config, session_config,
                    session_run, task_samplers)
 from .rundir import RunDirectory
@@ -71,19 +75,22 @@ def meta_batch_indices(cfg, first, ctx):
     return list(range(first + start, first + stop)), task_share(cfg.tasks, start, stop)
 
 
-def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None, kl_weight=1.0):
+def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None, kl_weight=1.0, progress=False):
     """Mean query accuracy and query ELBO per point over the first tasks of ``sampler``.
 
     Tasks go in meta-batches of ``cfg.tasks`` (``num_tasks`` rounded up to a multiple),
     split across processes like training. Uses its own RNG (forked, seeded) so that
     validating never changes the training streams. ``tau`` and ``kl_weight`` should be
-    the training schedule's (the guide's mean step depends on the KL weight).
+    the training schedule's (the guide's mean step depends on the KL weight). ``progress``:
+    a transient tqdm bar over the tasks (rank 0 only).
     """
     ctx = ctx or DistributedContext(device=meta.mu.device)
     relaxed = cfg.variant == "gumbel"
     acc_sum = elbo_sum = 0.0
     count = 0
-    with seeded(seed, meta.mu.device):
+    total = -(-num_tasks // cfg.tasks) * cfg.tasks
+    with seeded(seed, meta.mu.device), tqdm(total=total, desc="validate", unit="task", leave=False,
+                                            disable=not (progress and ctx.is_main), dynamic_ncols=True) as bar:
         for first in range(0, num_tasks, cfg.tasks):
             indices, share = meta_batch_indices(cfg, first, ctx)
             batch = sampler.batch(indices)
@@ -96,11 +103,13 @@ def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None, kl_weight
             acc_sum += (probs.argmax(-1) == batch.query_y).float().mean(-1).sum().item()
             elbo_sum += (terms.elbo(1.0) / batch.query_y.shape[1]).sum().item()
             count += len(indices)
+            bar.update(cfg.tasks)
     totals = ctx.mean_of({"acc": acc_sum / count, "elbo": elbo_sum / count})
     return totals["acc"], totals["elbo"]
 
 
-def svi_step(meta, optimiser, batch, cfg, iteration, reduce_gradients=None):
+def svi_step(meta: MetaNetwork, optimiser: torch.optim.Optimizer, batch: Any, cfg: FitConfig, iteration: int,
+             reduce_gradients: Callable | None = None) -> dict:
     """One SVI iteration on a meta-batch: adapt the guide on the support sets, step W on the query ELBO.
 
     Args:
@@ -202,7 +211,10 @@ class FitResult:
     seconds: float
 
 
-def fit(config=None, out=None, resume=None, progress=True, callbacks=(), tensorboard=False, command=None):
+def fit(config: FitConfig | dict | None = None, out: str | os.PathLike | None = None,
+        resume: str | os.PathLike | None = None, progress: bool = True,
+        callbacks: Iterable[Callable[[int, dict], Any]] = (), tensorboard: bool = False,
+        command: str | None = None) -> "FitResult":
     """Meta-train BASE by SVI and write a run folder.
 
     Args:
@@ -211,7 +223,8 @@ def fit(config=None, out=None, resume=None, progress=True, callbacks=(), tensorb
         out: run folder to create (default: a new ``runs/fit-<time>``).
         resume: an existing run folder to continue from its last checkpoint (its own
             config is used; ``config`` may only raise ``iterations``).
-        progress: show a progress bar; callbacks: ``(iteration, row)`` hooks.
+        progress: show a progress bar and the log lines (validation scores, warnings) beside
+            it; they go to ``RUN/log.txt`` either way. callbacks: ``(iteration, row)`` hooks.
         tensorboard: also write TensorBoard event files to ``RUN/tensorboard/`` (needs
             ``pip install 'bayesnas[tensorboard]'``): every metric, the mean edge entropy
             and top-op probability, the posterior heatmap and derived cell at each validation.
@@ -284,16 +297,19 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
 
     def validate(iteration):
         acc, elbo = evaluate_tasks(meta, cfg, val_sampler, cfg.val_tasks, temperature(cfg, iteration),
-                                   seed=cfg.seed + 12345, ctx=ctx, kl_weight=kl_weight(cfg, iteration))
+                                   seed=cfg.seed + 12345, ctx=ctx, kl_weight=kl_weight(cfg, iteration),
+                                   progress=progress)
         return {"val_acc": acc, "val_elbo": elbo}
 
-    with recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size):
+    with session_log(run.file(LOG_FILE) if run is not None else None, console=progress, rank=ctx.rank), \
+            recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size):
         rows = loop.run(step, validate)
     return FitResult(meta=meta, config=cfg, rows=rows, run_dir=run.path if run is not None else None,
                      seconds=loop.elapsed)
 
 
-def load_fit(run_dir, which="last", device="cpu"):
+def load_fit(run_dir: str | os.PathLike, which: str = "last",
+             device: str | torch.device = "cpu") -> tuple[FitConfig, MetaNetwork, Any]:
     """Rebuild a fit run's MetaNetwork from its folder.
 
     Args:

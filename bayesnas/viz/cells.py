@@ -12,9 +12,12 @@ Usage::
     fig = plot_genotype(cell.genotype, table=cell.table, path="runs/a/genotype.pdf")
     fig.axes[1].get_title()          # 'reduction cell'
 """
+import os
+from typing import Any, Sequence
+
 import numpy as np
 
-from ..models.genotypes import CELL_TITLES, CELL_TYPES, state_name
+from ..models.genotypes import CELL_TITLES, CELL_TYPES, Genotype, state_name
 from .posterior import save_figure
 
 # One colour per kind of op: identity, pooling, separable, dilated, factorised.
@@ -38,7 +41,8 @@ def _arc(x0, x1, side):
     return x0 + half + half * np.cos(theta), side * 0.35 * (x1 - x0) * np.sin(theta)
 
 
-def plot_cell(ax, pairs, concat, title=None, probs=None):
+def plot_cell(ax: Any, pairs: Sequence[tuple[str, int]], concat: Sequence[int], title: str | None = None,
+              probs: Sequence[float] | None = None) -> Any:
     """Draw one cell on the matplotlib axes ``ax`` as an arc diagram.
 
     The states lie on a line (``c_{k-2}``, ``c_{k-1}``, ``n0`` .. ``n3``); each kept edge
@@ -88,7 +92,8 @@ def plot_cell(ax, pairs, concat, title=None, probs=None):
         ax.set_title(title)
 
 
-def plot_genotype(genotype, path=None, table=None, title=None):
+def plot_genotype(genotype: Genotype, path: str | os.PathLike | None = None, table: Sequence | None = None,
+                  title: str | None = None) -> Any:
     """Both cells of ``genotype`` side by side; saved to ``path`` when given.
 
     Args:

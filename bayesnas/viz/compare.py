@@ -8,6 +8,9 @@ Usage::
 
     fig = plot_comparison(json.load(open("runs/compare/compare.json")), path="compare.png")
 """
+import os
+from typing import Any
+
 import numpy as np
 
 from .posterior import save_figure
@@ -17,7 +20,13 @@ KIND_COLOURS = {"searched": "C0", "baseline": "C1", "random": "0.55"}
 
 
 def row_kind(row):
-    """"random" (a cell drawn from the search space), "baseline" (a named architecture) or "searched"."""
+    """"random" (a cell drawn from the search space), "baseline" (a named architecture) or "searched".
+
+    The row's ``kind`` when it has one; a comparison written before rows had it is read by
+    its labels (``random-<n>`` for the random cells).
+    """
+    if "kind" in row:
+        return row["kind"]
     if str(row["label"]).startswith("random-"):
         return "random"
     return "baseline" if isinstance(row["arch"], str) else "searched"
@@ -63,7 +72,7 @@ def _label_ends(ax, ends, gap=0.035):
     ax.set_xlim(right=x_right * 1.14)
 
 
-def plot_comparison(result, path=None, title=None):
+def plot_comparison(result: dict, path: str | os.PathLike | None = None, title: str | None = None) -> Any:
     """Two panels: each architecture's test accuracy with its 95% CI (the dashed line: the median
     of the random cells), and its validation accuracy over training (mean over seeds).
 
