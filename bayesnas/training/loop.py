@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import time
 
 import torch
@@ -23,7 +24,7 @@ from ..data import TaskSampler, resolve_rotations, selection_split
 from ..device import resolve_device
 from ..errors import ConfigError, NonFiniteLossError, RunError
 from ..fileio import write_json
-from ..rng import capture_rng, restore_rng, rng_states, set_rng_states
+from ..rng import capture_rng, restore_rng, rng_states, same_rng, set_rng_states
 from .rundir import RunDirectory, default_run_path
 
 
@@ -144,6 +145,32 @@ def task_samplers(cfg, data, device):
     return train, val
 
 
+def rank_rng(saved, rank, world_size):
+    """The RNG state process ``rank`` of ``world_size`` resumes from, and a note when it is not its own.
+
+    ``saved``: a checkpoint's ``"rng"``, a list with one state per process of the run that
+    wrote it (older checkpoints: one dict, rank 0's). The same number of processes: each its
+    own. Another number: rank 0's for every process. fit and retrain draw identically on
+    every rank (see :func:`~bayesnas.inference.model.task_share`), so when the saved
+    states are all equal the run still continues exactly, and the note says so.
+    """
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) == world_size:
+        return states[rank], None
+    if not isinstance(saved, list):
+        why = "an older checkpoint holds rank 0's only"
+    elif all(same_rng(states[0], s) for s in states[1:]):
+        why = f"the {len(states)} saved ones are equal, so the run continues as it would have"
+    else:
+        why = f"the {len(states)} saved ones differ, so random draws differ from an uninterrupted run"
+    return states[0], (f"resumed with {_processes(world_size)} from a checkpoint of {_processes(len(states))}: "
+                       f"each process restores rank 0's random streams; {why}")
+
+
+def _processes(n):
+    return f"{n} process" + ("es" if n != 1 else "")
+
+
 def check_finite(loss, what):
     """Raise NonFiniteLossError naming ``what`` unless the scalar ``loss`` is finite."""
     if not torch.isfinite(loss):
@@ -198,10 +225,13 @@ class TrainingLoop:
         logger: an object with ``log(iteration, row, validated)`` and ``close()`` (e.g. a
             :class:`~bayesnas.training.tensorboard_logger.TensorBoardLogger`), told every
             row before the callbacks and closed when :meth:`run` ends, however it ends.
+        device: the device this process trains on (its GPU's random stream is checkpointed).
+        ctx: the :class:`~bayesnas.training.distributed.DistributedContext`; a checkpoint
+            holds every rank's random streams, and each rank resumes from its own.
     """
 
     def __init__(self, run, stateful, iterations, val_every=50, checkpoint_every=25, score_key="val_acc",
-                 extra=None, on_checkpoint=None, progress=True, desc="train", callbacks=(), logger=None):
+                 extra=None, on_checkpoint=None, progress=True, desc="train", callbacks=(), logger=None, device=None, ctx=None):
         self.run_dir = run
         self.stateful = stateful
         self.iterations = int(iterations)
@@ -214,10 +244,13 @@ class TrainingLoop:
         self.desc = desc
         self.callbacks = list(callbacks)
         self.logger = logger
+        self.device = device if device is not None else torch.device("cpu")
+        self.ctx = ctx
         self.start = 0
         self.rows = []
         self.best = -math.inf
         self.last_checkpoint = None
+        self.resume_notes = []
 
     def resume(self, state):
         """Load a checkpoint dict written by this loop: modules, optimisers, RNG, metrics, extra."""
@@ -230,22 +263,31 @@ class TrainingLoop:
         self.rows = list(state["rows"])
         self.best = state["best"]
         self.extra.update(state.get("extra", {}))
-        restore_rng(state["rng"])
+        rank, world = (self.ctx.rank, self.ctx.world_size) if self.ctx is not None else (0, 1)
+        rng, note = rank_rng(state["rng"], rank, world)
+        device_note = restore_rng(rng, self.device)
         self.last_checkpoint = self.start
+        self.resume_notes = [n for n in (note, device_note) if n is not None]
+        if rank == 0:
+            for line in self.resume_notes:
+                print(f"note: {line}", file=sys.stderr)
 
     def _checkpoint(self, iteration, best):
-        if self.run_dir is None:
-            return
+        # on every rank (each holds the same parameters), before the collective that gathers the streams
         for name, obj in self.stateful.items():
             if isinstance(obj, torch.nn.Module) and not all(torch.isfinite(p).all() for p in obj.parameters()):
                 raise self._non_finite(iteration, f"the parameters of '{name}' are not finite")
+        rng = capture_rng(self.device)
+        rng = self.ctx.gather_objects(rng) if self.ctx is not None else [rng]
+        if self.run_dir is None:
+            return
         state = {
             "iteration": iteration,
             "stateful": {k: v.state_dict() for k, v in self.stateful.items()},
             "rows": self.rows,
             "best": self.best,
             "extra": self.extra,
-            "rng": capture_rng(),
+            "rng": rng,
         }
         self.run_dir.save_checkpoint(state, best=best)
         if self.on_checkpoint is not None:

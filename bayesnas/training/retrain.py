@@ -222,7 +222,7 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
     device = process_device(ctx, cfg)
     data = open_data(cfg.data)
     train_sampler, val_sampler = task_samplers(cfg, data, device)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, device)
     net = build_retrain_network(cfg, data.channels, data.image_size[0]).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.meta_lr)
 
@@ -233,7 +233,8 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
         logger = TensorBoardLogger(run.file("tensorboard"), hparams=cfg.to_dict())
     loop = TrainingLoop(run, {"net": net, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", progress=progress and ctx.is_main,
-                        desc=f"retrain {arch_label(cfg.arch)}", callbacks=callbacks, logger=logger)
+                        desc=f"retrain {arch_label(cfg.arch)}", callbacks=callbacks, logger=logger,
+                        device=device, ctx=ctx)
     if state is not None:
         loop.resume(state)
 

@@ -236,7 +236,7 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
     device = process_device(ctx, cfg)
     data = open_data(cfg.data)
     train_sampler, val_sampler = task_samplers(cfg, data, device)
-    seed_everything(cfg.seed)  # the same on every rank: see task_share
+    seed_everything(cfg.seed, device)  # the same on every rank: see task_share
     meta = build_meta_network(cfg, data.channels).to(device)
     optimiser = make_optimiser(meta, cfg)
 
@@ -261,7 +261,8 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
     loop = TrainingLoop(run, {"meta": meta, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", extra={"history": history},
                         on_checkpoint=lambda extra: run.write_history(extra["history"]),
-                        progress=progress and ctx.is_main, desc="fit", callbacks=callbacks, logger=logger)
+                        progress=progress and ctx.is_main, desc="fit", callbacks=callbacks, logger=logger,
+                        device=device, ctx=ctx)
     if state is not None:
         loop.resume(state)
         history = _with_diagnostics(loop.extra["history"])
