@@ -13,6 +13,7 @@ import torch
 
 if os.environ.get("BAYESNAS_TEST_CUDA") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything asks torch for a GPU
+os.environ.setdefault("BAYESNAS_VALIDATE", "1")  # distributions check their arguments (inference.model.validate_args)
 torch.set_num_threads(1)
 
 

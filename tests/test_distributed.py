@@ -1,5 +1,6 @@
 """Several processes with torch.distributed (gloo on loopback, launched by torchrun)."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,24 +174,26 @@ def kill_rank_1_after_a_checkpoint(job, out, iterations):
 
 def test_a_killed_two_process_run_resumes_with_two_and_with_one_process(tmp_path, small_omniglot):
     """Each rank's checkpoint holds its own random streams. Resumed with 2 processes, each
-    rank restores its own: parameters and metrics equal an uninterrupted 2-process run bitwise.
-    Resumed with 1 process, rank 0's streams are restored (every rank's are equal: task_share
-    makes all ranks draw the noise of the whole meta-batch), and the result equals the
-    uninterrupted run to the tolerance the 1-versus-2-process test holds (the all-reduce
-    sums the task gradients in another float32 order than one process does)."""
+    rank restores its own; resumed with 1, rank 0's (every rank's are equal: task_share makes
+    all ranks draw the noise of the whole meta-batch), and the one line says so. With
+    batch_tasks false (one backward per task, as the 1-versus-2-process test) both end with
+    the uninterrupted 2-process run's parameters bitwise (measured on this CPU: the
+    all-reduce's sum of two halves divided by 2 rounds as one process's sum of the two
+    tasks' shares). The logged losses and accuracies of the 2-process resume are equal too;
+    one process logs float32 sums where two log the float64 mean of their halves: loss to
+    1e-6 relative, validation accuracy to 1e-7 (measured: one float32 rounding, 7e-9)."""
     config = tmp_path / "config.json"
     config.write_text('{"batch_tasks": false}')
     iterations = 8
     args = ["fit", *ARGS, "--data", small_omniglot, "--config", str(config), "--checkpoint-every", "1"]
     args[args.index("--iterations") + 1] = str(iterations)
     full = torchrun(2, *args, "--out", str(tmp_path / "full"))
-    assert full.wait(timeout=300) == 0, full.communicate()[0]
+    out_full = full.communicate(timeout=300)[0]
+    assert full.returncode == 0, out_full
     killed = tmp_path / "killed"
     kill_rank_1_after_a_checkpoint(torchrun(2, *args, "--out", str(killed)), killed, iterations)
     state = RunDirectory(killed).load_checkpoint()
     assert len(state["rng"]) == 2 and all(s["device"] == "cpu" for s in state["rng"])
-    import shutil
-
     shutil.copytree(killed, tmp_path / "killed1")
     expected = final_state(tmp_path / "full")
     rows_full = RunDirectory(tmp_path / "full").read_metrics()
@@ -204,15 +207,15 @@ def test_a_killed_two_process_run_resumes_with_two_and_with_one_process(tmp_path
         assert [r["iteration"] for r in rows] == list(range(1, iterations + 1))
         if n == 2:
             assert notes == [], output
-            for key in expected:
-                assert torch.equal(got[key], expected[key]), key
-            assert [r["loss"] for r in rows] == [r["loss"] for r in rows_full]
-            assert [r["val_acc"] for r in rows] == [r["val_acc"] for r in rows_full]
         else:
             assert notes == ["note: resumed with 1 process from a checkpoint of 2 processes: each process restores "
                              "rank 0's random streams; the 2 saved ones are equal, so the run continues as it would "
                              "have"], output
-            for key in ("mu", "rho", "alpha_normal", "alpha_reduce"):
-                torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
-            for ra, rb in zip(rows, rows_full):
-                assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
+        for key in expected:
+            assert torch.equal(got[key], expected[key]), (n, key)
+        if n == 2:
+            assert [r["loss"] for r in rows] == [r["loss"] for r in rows_full]
+            assert [r["val_acc"] for r in rows] == [r["val_acc"] for r in rows_full]
+        else:
+            assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in rows_full], rel=1e-6)
+            assert [r["val_acc"] for r in rows] == pytest.approx([r["val_acc"] for r in rows_full], abs=1e-7)

@@ -21,6 +21,7 @@ from ..data.protocol import held_out_split
 from ..errors import ConfigError
 from ..models import Genotype, save_genotype
 from ..models.derivation import ChosenEdge, chosen_edges_table, derive_genotype, format_edges_table
+from ..training.loop import run_device
 from ..training.search import load_fit_state
 from ..viz.cells import plot_genotype
 from .posterior import AdaptedPosterior
@@ -67,7 +68,7 @@ def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="val
     return tuple(p.detach() for p in post.probs)
 
 
-def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task_split="val"):
+def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task_split="val", device=None):
     """Derive the cell of a ``bayesnas fit`` run, write it as JSON and draw it.
 
     Args:
@@ -82,6 +83,8 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task
         which: the fit checkpoint to read, "last" or "best".
         task_split: the split of the ``task_seed`` task: "val" (default; deriving a cell
             is model selection) or "test".
+        device: where the task posterior is adapted (default: where the run trains, a run
+            made on the CPU on the CPU; :func:`~bayesnas.training.loop.run_device`).
 
     Returns:
         :class:`DerivedCell`.
@@ -89,6 +92,7 @@ def derive_cell(run_dir, task_seed=None, out=None, plot=True, which="last", task
     if task_split not in SELECT_ON:
         raise ConfigError(f"task_split={task_split!r}: expected one of {', '.join(SELECT_ON)}")
     cfg, meta, data, state = load_fit_state(run_dir, which=which)
+    meta = meta.to(run_device(run_dir, device))
     if task_seed is None:
         with torch.no_grad():
             pn, pr = meta.alpha_normal.softmax(-1), meta.alpha_reduce.softmax(-1)

@@ -26,23 +26,28 @@ from .common import user_errors
 @click.option("--samples", type=click.IntRange(min=1), default=8,
               help="Posterior samples averaged (with --calibration).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the calibration tasks and samples.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N, where --calibration adapts its tasks "
+                                             "[default: the device the run trains on].")
 @user_errors
-def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plots, calibration_tasks, samples, seed):
+def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plots, calibration_tasks, samples, seed,
+                    device):
     """Print the run card of a fit or retrain run (RUN/README.md, refreshed); for a fit run also its edge
     posterior (top ops and entropy per edge, derived cells, how decided it got over training) and plots."""
     from ..analysis import load_run
     from ..analysis.report import (format_calibration, format_derived_cells, format_diagnostics_table,
                                    format_posterior_table)
     from ..training.card import build_run_card, write_run_card
+    from ..training.loop import run_device
 
     if history_rows == 1:
         raise click.BadParameter("expected 0 (every logged step) or at least 2 (the first and the last)",
                                  param_hint="--history-rows")
+    where = run_device(run_dir, device)  # a device this machine lacks is an error before anything is written
     card = build_run_card(run_dir) if no_plots else write_run_card(run_dir)
     click.echo(card.markdown)
     if card.kind != "fit":
         return
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=str(where))
     post = run.edge_posterior(which)
     history = run.posterior_history()
     cfg = run.config

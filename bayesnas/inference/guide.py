@@ -13,7 +13,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from .model import THETA, Z_SITES, TaskNormal, edge_prior
+from .model import THETA, Z_SITES, TaskNormal, edge_prior, validate_args
 
 
 class TaskPosterior(NamedTuple):
@@ -56,7 +56,7 @@ def base_guide(meta, x, y, tau, q, relaxed=True):
     """
     num_tasks = q.mu.shape[0]
     with pyro.plate("tasks", num_tasks, dim=-1):
-        pyro.sample(THETA, TaskNormal(q.mu, q.sigma).to_event(1))
+        pyro.sample(THETA, TaskNormal(q.mu, q.sigma, validate_args=validate_args()).to_event(1))
         if relaxed:
             pyro.sample(Z_SITES[0], edge_prior(q.phi_normal, tau, num_tasks))
             pyro.sample(Z_SITES[1], edge_prior(q.phi_reduce, tau, num_tasks))

@@ -2,7 +2,7 @@
 """
 import torch
 
-from .model import TaskNormal, edge_prior
+from .model import TaskNormal, edge_prior, validate_args
 
 
 def predictive(meta, q, x, samples, tau, relaxed):
@@ -16,7 +16,7 @@ def predictive(meta, q, x, samples, tau, relaxed):
     probs = []
     with torch.no_grad():
         for _ in range(samples):
-            theta = TaskNormal(q.mu, q.sigma).rsample()
+            theta = TaskNormal(q.mu, q.sigma, validate_args=validate_args()).rsample()
             if relaxed:
                 z_n = edge_prior(q.phi_normal, tau, num_tasks).rsample().exp()
                 z_r = edge_prior(q.phi_reduce, tau, num_tasks).rsample().exp()

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -21,10 +22,12 @@ from tqdm.auto import tqdm
 
 from ..config import from_dict, resolve_config
 from ..data import TaskSampler, resolve_rotations, selection_split
-from ..device import resolve_device
+from ..device import determinism, resolve_device
 from ..errors import ConfigError, NonFiniteLossError, RunError
 from ..fileio import write_json
+from ..inference.unroll import require_finite
 from ..rng import capture_rng, restore_rng, rng_states, same_rng, set_rng_states
+from .distributed import requested_device
 from .rundir import RunDirectory, default_run_path
 
 
@@ -92,10 +95,58 @@ def session_config(ctx, cls, config, resume):
     """
     if resume is not None:
         requested = config.get("iterations") if isinstance(config, dict) else getattr(config, "iterations", None)
-        return ctx.on_main(lambda: resume_run(RunDirectory(resume), cls, requested))
+        cfg, state = ctx.on_main(lambda: resume_run(RunDirectory(resume), cls, requested))
+        device = resume_device(resume, config)
+        if ctx.is_main and device == "cpu" and cfg.device == "auto" and torch.cuda.is_available():
+            print(f"note: {resume} was made on the CPU and continues there (--device cuda moves it)", file=sys.stderr)
+        return dataclasses.replace(cfg, device=device), state
     cfg = dataclasses.replace(config) if isinstance(config, cls) else resolve_config(cls, overrides=config or {})
     cfg.validate()
     return cfg, None
+
+
+def resume_device(resume, config=None):
+    """The device setting a resumed run trains with.
+
+    ``config`` (what the resume was called with: a dict of the settings given, or a config
+    dataclass, whose default "auto" counts as not given) may name it: the user's
+    ``--device``. Otherwise the run's own setting, except
+    that "auto" keeps the device type of the run's last session, so that a run made on the
+    CPU stays there on a GPU machine (a GPU run resumed where there is none goes to the CPU,
+    as "auto" says). The folder's problems are left to the resume itself to report.
+    """
+    requested = requested_device(config)
+    if requested is not None and (isinstance(config, dict) or requested != "auto"):
+        return requested
+    run = RunDirectory(resume)
+    try:
+        saved = run.config().get("device", "auto")
+    except (RunError, AttributeError):
+        return "auto"
+    if saved != "auto":
+        return saved
+    from .card import read_sessions
+
+    try:
+        sessions = read_sessions(run.path)
+    except RunError:
+        sessions = []
+    return "cpu" if sessions and str(sessions[-1].get("device")) == "cpu" else "auto"
+
+
+def run_device(run_dir, device=None):
+    """The torch.device to read or evaluate the run in ``run_dir`` on.
+
+    ``device`` when given (a device this machine lacks is a ConfigError naming it); else the
+    one the run trains on when resumed (:func:`resume_device`: a run made on the CPU stays
+    there), or, when this machine lacks that one, what "auto" picks here.
+    """
+    if device is not None:
+        return resolve_device(device)
+    try:
+        return resolve_device(resume_device(run_dir))
+    except ConfigError:
+        return resolve_device("auto")
 
 
 def session_run(ctx, cfg, out, resume, kind):
@@ -106,6 +157,44 @@ def session_run(ctx, cfg, out, resume, kind):
     if resume is not None:
         return RunDirectory(resume) if ctx.is_main else None
     return create_run_on_main(ctx, out, kind, cfg.to_dict())
+
+
+def folder_contents(path):
+    """The names in folder ``path`` (None: it does not exist), to tell later what a session added."""
+    return set(os.listdir(path)) if os.path.isdir(path) else None
+
+
+def discard_new_run(path, before):
+    """Remove what a new session wrote to ``path`` (``before``: :func:`folder_contents` before it began).
+
+    For a run that could not take its first iteration (a setting the device cannot honour):
+    nothing of it is left, and the same folder can be used again.
+    """
+    if before is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in set(os.listdir(path)) - before:
+        target = os.path.join(path, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            os.remove(target)
+
+
+@contextlib.contextmanager
+def training_session(cfg, run, resume, before, loop):
+    """The block that runs ``loop``, under ``cfg.deterministic`` (:func:`~bayesnas.device.determinism`).
+
+    A :class:`ConfigError` raised before the first iteration of a new run (an op without a
+    deterministic kernel) removes the run folder's new files: nothing is left written.
+    """
+    try:
+        with determinism(cfg.deterministic):
+            yield
+    except ConfigError:
+        if run is not None and resume is None and not loop.rows:
+            discard_new_run(run.path, before)
+        raise
 
 
 def continuable(path, cfg):
@@ -172,9 +261,29 @@ def _processes(n):
 
 
 def check_finite(loss, what):
-    """Raise NonFiniteLossError naming ``what`` unless the scalar ``loss`` is finite."""
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"{what} is {loss.item()}")
+    """Raise NonFiniteLossError naming ``what`` unless the scalar ``loss`` is finite (or, inside
+    :func:`~bayesnas.inference.unroll.deferred_finite_checks`, record the check for one read per step)."""
+    require_finite(loss, what)
+
+
+def read_step(metrics, checks):
+    """The step's metrics as floats, and its deferred finiteness checks, in one host sync.
+
+    Args:
+        metrics: dict name -> scalar tensor (or float); checks: the step's
+            :class:`~bayesnas.inference.unroll.FiniteChecks`.
+
+    Returns:
+        dict name -> float. Raises the NonFiniteLossError of the first failed check.
+    """
+    names = [k for k, v in metrics.items() if torch.is_tensor(v)]
+    parts = [checks.values()] + [metrics[k].detach().reshape(1).to(torch.float64) for k in names]
+    device = next((p.device for p in parts if p.numel()), torch.device("cpu"))
+    values = torch.cat([p.to(device) for p in parts]).tolist()
+    count = len(checks.whats)
+    checks.raise_first(values[:count])
+    read = dict(zip(names, values[count:]))
+    return {k: read[k] if k in read else v for k, v in metrics.items()}
 
 
 def backward_per_task(num_tasks, task_loss, what, rng_device=None, context=None):
