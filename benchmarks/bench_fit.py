@@ -141,6 +141,8 @@ def settings(args):
         cfg.inner_steps = args.inner_steps
     if args.second_order:
         cfg.first_order = False
+    if args.data:
+        cfg.data = args.data
     return cfg
 
 
@@ -177,6 +179,8 @@ def child_memory(args, impl, inner_steps=None):
         cmd.append("--second-order")
     if args.tasks:
         cmd += ["--tasks", str(args.tasks)]
+    if args.data:
+        cmd += ["--data", args.data]
     steps = inner_steps if inner_steps is not None else args.inner_steps
     if steps is not None:
         cmd += ["--inner-steps", str(steps)]
@@ -386,6 +390,7 @@ def main(argv=None):
                              "memory at each T in a fresh process (the JSON's 'sweep')")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data", default=None, help="HDF5 data file instead of the config's (e.g. 84x84 images)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", choices=IMPLS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

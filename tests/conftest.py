@@ -1,7 +1,19 @@
 """Test-wide settings: one torch thread (the suite's tensors are tiny, and two threads on a
-busy 2-core machine spend more time synchronising than computing)."""
+busy 2-core machine spend more time synchronising than computing); the CPU only, wherever the
+suite runs.
+
+The suite checks numbers measured on the CPU; on a GPU machine ``device="auto"`` would move
+runs (and the torchrun jobs the tests start, which inherit the environment) to CUDA. So the
+GPUs are hidden unless ``BAYESNAS_TEST_CUDA=1``; the tests marked ``cuda`` run only then, on
+a machine that has one (``BAYESNAS_TEST_CUDA=1 pytest -m cuda tests``), and skip elsewhere.
+"""
+import os
+
 import torch
 
+if os.environ.get("BAYESNAS_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything asks torch for a GPU
+os.environ.setdefault("BAYESNAS_VALIDATE", "1")  # distributions check their arguments (inference.model.validate_args)
 torch.set_num_threads(1)
 
 
@@ -49,3 +61,20 @@ def tiny_fit_run(tmp_path_factory, small_omniglot):
                     val_tasks=2, val_samples=1, threads=1)
     fit(cfg, out=str(out), progress=False)
     return str(out)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers",
+                            "cuda: needs a CUDA device; runs only with BAYESNAS_TEST_CUDA=1 on a GPU machine")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    why = ("needs a CUDA device (run with BAYESNAS_TEST_CUDA=1 on a GPU machine)"
+           if os.environ.get("BAYESNAS_TEST_CUDA") == "1" or not torch.backends.cuda.is_built()
+           else "needs a CUDA device; GPUs are hidden from the suite unless BAYESNAS_TEST_CUDA=1")
+    skip = pytest.mark.skip(reason=why)
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

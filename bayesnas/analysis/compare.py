@@ -493,8 +493,29 @@ def _run(job):
             "iterations": iterations, "process": os.getpid()}
 
 
-def _set_threads(threads):
+def worker_gpus(workers, device, gpu_count):
+    """The GPU index each of ``workers`` worker processes runs on, or None for each on the CPU.
+
+    ``device`` (the runs' setting) "cuda", or "auto" on a machine with GPUs: round robin
+    over the ``gpu_count`` visible GPUs (worker i on GPU i mod count); "cuda:N": every
+    worker on N, as asked; "cpu", or "auto" without GPUs: None.
+
+    >>> worker_gpus(3, "cuda", 2), worker_gpus(2, "cuda:1", 4), worker_gpus(2, "cpu", 4)
+    ([0, 1, 0], [1, 1], None)
+    """
+    name = str(device).strip().lower()
+    if name == "cpu" or gpu_count < 1 or not (name == "auto" or name.startswith("cuda")):
+        return None
+    if name.startswith("cuda:"):
+        return [int(name.split(":", 1)[1])] * workers
+    return [i % gpu_count for i in range(workers)]
+
+
+def _init_worker(threads, gpus):
+    """A worker's setup: its torch threads and, from the queue ``gpus``, the GPU "cuda" means in it."""
     torch.set_num_threads(threads)
+    if gpus is not None:
+        torch.cuda.set_device(gpus.get())
 
 
 def run_jobs(jobs, workers, threads):
@@ -502,15 +523,25 @@ def run_jobs(jobs, workers, threads):
 
     Runs are independent (each seeds itself and writes its own folder), so they are the
     same either way. A worker takes ``threads`` torch threads, or an equal share of the
-    CPU cores when that is 0.
+    CPU cores when that is 0. On CUDA the workers spread over the visible GPUs
+    (:func:`worker_gpus`): "cuda" in a worker means its own GPU (the runs' configs, and
+    so their folders, are the same whichever GPU ran them).
     """
     if workers == 1:
         for job in jobs:
             yield _run(job)
         return
     share = threads or max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_set_threads, initargs=(share,)) as pool:
+    context = multiprocessing.get_context("spawn")
+    gpus = None
+    assigned = worker_gpus(workers, jobs[0].config.device if jobs else "cpu",
+                           torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if assigned is not None:
+        gpus = context.Queue()
+        for index in assigned:
+            gpus.put(index)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                             initargs=(share, gpus)) as pool:
         for future in as_completed([pool.submit(_run, job) for job in jobs]):
             yield future.result()
 

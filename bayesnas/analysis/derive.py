@@ -26,6 +26,7 @@ from ..models import CELL_TYPES, NUM_EDGES, NUM_OPS, OPS, Genotype, save_genotyp
 from ..models.derivation import ChosenEdge, chosen_edges_table, derive_genotype, format_edges_table
 from ..training.card import fit_cell_warning
 from ..training.diagnostics import undecided_warning
+from ..training.loop import run_device
 from ..training.search import load_fit_state
 from ..viz.cells import plot_genotype
 from .evidence import derive_by_evidence
@@ -81,8 +82,8 @@ def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="val
 def derive_cell(run_dir: str | os.PathLike, task_seed: int | None = None, out: str | os.PathLike | None = None,
                 plot: bool | str | os.PathLike = True, which: str = "last",
                 task_split: str | None = "val", by: str = "alpha", evidence_tasks: int = 20, finetune: int = 0,
-                prior: str = "alpha", seed: int = 0, progress: Optional[Callable[[int, int], None]] = None
-                ) -> DerivedCell:
+                prior: str = "alpha", seed: int = 0, progress: Optional[Callable[[int, int], None]] = None,
+                device: str | None = None) -> DerivedCell:
     """Derive the cell of a ``bayesnas fit`` run, write it as JSON and draw it.
 
     Args:
@@ -104,6 +105,8 @@ def derive_cell(run_dir: str | os.PathLike, task_seed: int | None = None, out: s
             posteriors reported against ``prior``; written to ``RUN_DIR/genotype-evidence.json``
             by default, every decision to ``evidence.json`` beside it).
         progress: optional ``callable(done, total)`` (evidence derivation).
+        device: where the task posterior (or the evidence) is computed (default: where the
+            run trains, a run made on the CPU on the CPU; :func:`~bayesnas.training.loop.run_device`).
 
     Returns:
         :class:`DerivedCell`.
@@ -116,10 +119,12 @@ def derive_cell(run_dir: str | os.PathLike, task_seed: int | None = None, out: s
         if task_seed is not None:
             raise ConfigError("by='evidence' scores many validation tasks; it takes no task_seed")
         check_seed(seed, "seed")
-        return _derive_by_evidence(run_dir, out, plot, which, evidence_tasks, finetune, prior, seed, progress)
+        return _derive_by_evidence(run_dir, out, plot, which, evidence_tasks, finetune, prior, seed, progress,
+                                   run_device(run_dir, device))
     if task_seed is not None:
         check_seed(task_seed, "task_seed")
     cfg, meta, data, state = load_fit_state(run_dir, which=which)
+    meta = meta.to(run_device(run_dir, device))
     if task_seed is None:
         with torch.no_grad():
             pn, pr = meta.alpha_normal.softmax(-1), meta.alpha_reduce.softmax(-1)
@@ -152,9 +157,9 @@ def derive_cell(run_dir: str | os.PathLike, task_seed: int | None = None, out: s
 DERIVATIONS = ("alpha", "evidence")
 
 
-def _derive_by_evidence(run_dir, out, plot, which, tasks, finetune, prior, seed, progress):
+def _derive_by_evidence(run_dir, out, plot, which, tasks, finetune, prior, seed, progress, device):
     result = derive_by_evidence(run_dir, tasks=tasks, seed=seed, which=which, prior=prior, finetune=finetune,
-                                progress=progress)
+                                progress=progress, device=device)
     probs = {c: torch.zeros(NUM_EDGES, NUM_OPS, dtype=torch.float64) for c in CELL_TYPES}
     for d in result.decisions:
         for op, p in d.posterior.items():

@@ -32,7 +32,7 @@ from ..fileio import write_json
 from ..models import arch_label, count_parameters
 from ..training.card import file_sha256, read_evaluation
 from ..training.distributed import distributed
-from ..training.loop import read_run_config
+from ..training.loop import read_run_config, run_device
 from ..training.retrain import load_retrain, task_accuracies
 from ..training.rundir import RunDirectory
 
@@ -70,7 +70,8 @@ class Evaluation:
     confidence interval; std: sample standard deviation of the per-task accuracies;
     warnings: protocol warnings about the run (a checkpoint selected on the test classes);
     accuracies: the ``tasks`` per-task accuracies, in task order; checkpoint_sha256,
-    data_sha256: the evaluated files' sha256 (what :func:`previous_evaluation` matches on).
+    data_sha256: the evaluated files' sha256 (what :func:`previous_evaluation` matches on);
+    device: where it was evaluated ("cpu", "cuda:0"; files written before it was recorded: "cpu").
     """
 
     run_dir: str
@@ -93,6 +94,7 @@ class Evaluation:
     accuracies: List[float] = field(repr=False, default_factory=list)
     checkpoint_sha256: str = ""
     data_sha256: str = ""
+    device: str = "cpu"
 
     def to_dict(self):
         return asdict(self)
@@ -113,7 +115,8 @@ def evaluate(run_dir: str | os.PathLike, tasks: int = 600, inner_steps: int | No
         json_out: also write the result as JSON there (atomically).
         which: checkpoint, "best" (by validation accuracy) or "last"; "best" falls back
             to "last" when the run never validated (``result.checkpoint`` says which).
-        device: where to evaluate (default: the run's device setting).
+        device: where to evaluate (default: where the run trains, :func:`~bayesnas.training.loop.run_device`:
+            a run made on the CPU is evaluated on the CPU on a GPU machine too).
         threads: torch CPU threads (0 = leave torch's setting).
         progress: show a progress bar.
 
@@ -140,7 +143,7 @@ def evaluate(run_dir: str | os.PathLike, tasks: int = 600, inner_steps: int | No
     cfg, net, data = load_retrain(run_dir, which=checkpoint, device="cpu")
     files = {"checkpoint_sha256": file_sha256(RunDirectory(run_dir).file(f"checkpoint_{checkpoint}.pt")),
              "data_sha256": file_sha256(data.path)}
-    with distributed(device if device is not None else cfg.device) as ctx:
+    with distributed(device if device is not None else str(run_device(run_dir))) as ctx:
         return _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, split, seed, json_out,
                          progress, files)
 
@@ -154,16 +157,17 @@ def _checkpoint(run_dir, which):
 
 def previous_evaluation(json_path: str | os.PathLike, run_dir: str | os.PathLike, tasks: int = 600,
                         inner_steps: int | None = None, split: str = "test", seed: int = 0,
-                        which: str = "best") -> "Evaluation | None":
+                        which: str = "best", device: str | None = None) -> "Evaluation | None":
     """The :class:`Evaluation` saved at ``json_path`` if it is what :func:`evaluate` would return now.
 
     It is when it evaluated the same tasks (``tasks``, ``split``, ``seed``), with the same
     test-time steps (``inner_steps`` None: the run's), of a checkpoint and data file whose
-    bytes are unchanged (their sha256); else (no file, unreadable, an older file without
-    the hashes, anything different, accuracies that are not one finite value in [0, 1] per
-    task: :func:`~bayesnas.training.card.read_evaluation`) None, and the caller evaluates. Evaluating is
-    deterministic on CPU, so a match is the number evaluating again would give (on CUDA it
-    would differ only in floating-point rounding).
+    bytes are unchanged (their sha256), on the same type of device as ``device`` (default:
+    the run's, as :func:`evaluate` picks it); else (no file, unreadable, an older file
+    without the hashes, anything different, accuracies that are not one finite value in
+    [0, 1] per task: :func:`~bayesnas.training.card.read_evaluation`) None, and the caller
+    evaluates. Evaluating is deterministic on CPU, so a match is the number evaluating again
+    would give; a GPU rounds differently, so a table never mixes CPU and GPU numbers.
     """
     try:
         saved = read_evaluation(json_path)
@@ -178,7 +182,10 @@ def previous_evaluation(json_path: str | os.PathLike, run_dir: str | os.PathLike
         if (saved.get("checkpoint_sha256") != file_sha256(run.file(f"checkpoint_{checkpoint}.pt"))
                 or saved.get("data_sha256") != file_sha256(data_path)):
             return None
-        result = Evaluation(**{f.name: saved[f.name] for f in fields(Evaluation)})
+        if str(saved.get("device", "cpu")).split(":")[0] != run_device(run_dir, device).type:
+            return None
+        result = Evaluation(**{f.name: saved[f.name] if f.name != "device" else saved.get("device", "cpu")
+                               for f in fields(Evaluation)})
     except (OSError, ValueError, KeyError, TypeError, BayesNASError):
         return None
     return result if len(result.accuracies) == tasks else None
@@ -209,6 +216,7 @@ def _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, spli
         parameters=count_parameters(net, trainable_only=True), accuracy=mean, ci95=ci,
         std=float(accs.std(unbiased=True)) if tasks > 1 else 0.0, seconds=seconds,
         warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [], accuracies=accs.tolist(), **files,
+        device=str(dev),
     )
     if json_out is not None:
         write_json(json_out, result.to_dict())

@@ -27,13 +27,17 @@ from .options import SEED
               help="With --by evidence: the prior of the reported op posteriors.")
 @click.option("--seed", type=click.IntRange(min=0, max=2**31 - 1), default=0,
               help="With --by evidence: seed of the tasks, the edge order and the sampling noise.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N, where a --task-seed posterior or the "
+                                             "evidence is computed [default: the device the run trains on].")
 @user_errors
-def derive_cell_command(run_dir, task_seed, task_split, out, no_plot, checkpoint, by, tasks, finetune, prior, seed):
+def derive_cell_command(run_dir, task_seed, task_split, out, no_plot, checkpoint, by, tasks, finetune, prior, seed,
+                        device):
     """Derive the cell of a fit run: the 2 strongest edges per node, each with its best op."""
     from ..analysis.derive import derive_cell, format_edges_table
 
     cell = derive_cell(run_dir, task_seed=task_seed, out=out, plot=not no_plot, which=checkpoint,
-                       task_split=task_split, by=by, evidence_tasks=tasks, finetune=finetune, prior=prior, seed=seed)
+                       task_split=task_split, by=by, evidence_tasks=tasks, finetune=finetune, prior=prior, seed=seed,
+                       device=device)
     click.echo(format_edges_table(cell.table))
     if cell.evidence is not None:
         sure = sum(d.difference - d.ci95 > 0 for d in cell.evidence.decisions)

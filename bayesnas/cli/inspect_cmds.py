@@ -29,9 +29,11 @@ from .options import SEED
 @click.option("--samples", type=click.IntRange(min=1), default=8,
               help="Posterior samples averaged (with --calibration).")
 @click.option("--seed", type=SEED, default=0, help="Seed of the calibration tasks and samples.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N, where --calibration adapts its tasks "
+                                             "[default: the device the run trains on].")
 @user_errors
 def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plots, whole_card, calibration_tasks,
-                    samples, seed):
+                    samples, seed, device):
     """Summarise a fit or retrain run (--card: print its whole run card RUN/README.md, refreshed either way);
     for a fit run also its edge posterior (top ops and entropy per edge, derived cells, how decided it got
     over training) and plots."""
@@ -39,16 +41,18 @@ def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plo
     from ..analysis.report import (format_calibration, format_derived_cells, format_diagnostics_table,
                                    format_posterior_table, format_run_summary)
     from ..training.card import build_run_card, write_run_card
+    from ..training.loop import run_device
 
     if history_rows == 1:
         raise click.BadParameter("expected 0 (every logged step) or at least 2 (the first and the last)",
                                  param_hint="--history-rows")
+    where = run_device(run_dir, device)  # a device this machine lacks is an error before anything is written
     card = build_run_card(run_dir) if no_plots else write_run_card(run_dir)
     head = card.markdown if whole_card else format_run_summary(card)
     if card.kind != "fit":
         click.echo(head)
         return
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=str(where))
     post = run.edge_posterior(which)
     history = run.posterior_history()  # read (and checked) before anything is printed
     cfg = run.config

@@ -49,7 +49,8 @@ def retrain_command(arch, out, resume, config_file, quiet, tensorboard, **flags)
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", help="Checkpoint to evaluate.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the result as JSON.")
-@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the run's].")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the device the run trains on; a "
+                                             "run made on the CPU stays there].")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads [default: torch's].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors

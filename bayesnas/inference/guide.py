@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .meta import MetaNetwork
-from .model import THETA, Z_SITES, TaskNormal, edge_prior
+from .model import THETA, Z_SITES, TaskNormal, edge_prior, validate_args
 
 
 class TaskPosterior(NamedTuple):
@@ -61,7 +61,7 @@ def base_guide(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor | None, tau: 
     """
     num_tasks = q.mu.shape[0]
     with pyro.plate("tasks", num_tasks, dim=-1):
-        pyro.sample(THETA, TaskNormal(q.mu, q.sigma).to_event(1))
+        pyro.sample(THETA, TaskNormal(q.mu, q.sigma, validate_args=validate_args()).to_event(1))
         if relaxed:
             pyro.sample(Z_SITES[0], edge_prior(q.phi_normal, tau, num_tasks))
             pyro.sample(Z_SITES[1], edge_prior(q.phi_reduce, tau, num_tasks))

@@ -20,6 +20,7 @@ Usage::
 """
 import contextlib
 import contextvars
+import os
 
 import pyro
 import pyro.distributions as dist
@@ -72,6 +73,17 @@ def _task_noise(draw, shape):
     return draw(torch.Size((total,)) + shape[1:])[start:stop]
 
 
+def validate_args():
+    """Whether the model's and guide's distributions check their arguments and samples.
+
+    Off by default: each check reads a tensor on the host (110 host syncs per default SVI
+    step, measured by benchmarks/bench_syncs.py), and the training loop checks the
+    finiteness of every loss anyway. On with the environment variable ``BAYESNAS_VALIDATE=1``
+    (the test suite sets it), for debugging a model change.
+    """
+    return os.environ.get("BAYESNAS_VALIDATE") == "1"
+
+
 def gumbel(uniforms):
     """Standard Gumbel noise from uniforms in [0, 1), clamped away from 0 and 1 so it stays finite."""
     finfo = torch.finfo(uniforms.dtype)
@@ -93,6 +105,13 @@ class ExpRelaxedCategorical(_TorchExpRelaxedCategorical, TorchDistributionMixin)
     Its Gumbel noise honours :func:`task_share` (leading batch dimension = tasks).
     """
 
+    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+        # torch's builds its inner Categorical with the global validation default, not ``validate_args``
+        self._categorical = dist.Categorical(probs, logits, validate_args=validate_args)
+        self.temperature = temperature
+        super(_TorchExpRelaxedCategorical, self).__init__(self._categorical.batch_shape,
+                                                          self._categorical.param_shape[-1:], validate_args)
+
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(ExpRelaxedCategorical, _instance)
         return super().expand(batch_shape, _instance=new)
@@ -107,13 +126,14 @@ class ExpRelaxedCategorical(_TorchExpRelaxedCategorical, TorchDistributionMixin)
 
 def weight_prior(meta, num_tasks):
     """p(theta) for ``num_tasks`` tasks: Normal(mu, sigma^2), batch ``[T]``, event ``[D]``."""
-    return dist.Normal(meta.mu, meta.sigma).expand([num_tasks, meta.mu.numel()]).to_event(1)
+    return dist.Normal(meta.mu, meta.sigma, validate_args=validate_args()).expand(
+        [num_tasks, meta.mu.numel()]).to_event(1)
 
 
 def edge_prior(alpha, tau, num_tasks):
     """p(log z) of one cell type: batch ``[T]``, event ``[14, 10]``."""
-    return ExpRelaxedCategorical(torch.as_tensor(tau, dtype=alpha.dtype, device=alpha.device),
-                                 logits=alpha).expand([num_tasks, alpha.shape[-2]]).to_event(1)
+    return ExpRelaxedCategorical(torch.as_tensor(tau, dtype=alpha.dtype, device=alpha.device), logits=alpha,
+                                 validate_args=validate_args()).expand([num_tasks, alpha.shape[-2]]).to_event(1)
 
 
 def base_model(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor | None, tau: float,
@@ -138,5 +158,5 @@ def base_model(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor | None, tau: 
             z_normal = pyro.sample(Z_SITES[0], edge_prior(meta.alpha_normal, tau, num_tasks)).exp()
             z_reduce = pyro.sample(Z_SITES[1], edge_prior(meta.alpha_reduce, tau, num_tasks)).exp()
         logits = meta.forward_tasks(x, theta, z_normal, z_reduce)
-        pyro.sample(OBS, dist.Categorical(logits=logits).to_event(1), obs=y)
+        pyro.sample(OBS, dist.Categorical(logits=logits, validate_args=validate_args()).to_event(1), obs=y)
     return logits

@@ -6,7 +6,7 @@ import torch
 
 from .guide import TaskPosterior
 from .meta import MetaNetwork
-from .model import TaskNormal, edge_prior
+from .model import TaskNormal, edge_prior, validate_args
 
 
 def predictive(meta: MetaNetwork, q: TaskPosterior, x: torch.Tensor, samples: int, tau: float,
@@ -22,7 +22,7 @@ def predictive(meta: MetaNetwork, q: TaskPosterior, x: torch.Tensor, samples: in
     probs = []
     with torch.no_grad():
         for _ in range(samples):
-            theta = TaskNormal(q.mu, q.sigma).rsample()
+            theta = TaskNormal(q.mu, q.sigma, validate_args=validate_args()).rsample()
             if edge_weights is not None:
                 z_n, z_r = edge_weights
             elif relaxed:

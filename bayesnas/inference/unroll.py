@@ -23,12 +23,71 @@ during the outer backward (``torch.utils.checkpoint``, non-reentrant, random sta
 restored), which costs one more forward and backward per step and gives the same values
 and gradients.
 """
+import contextlib
+import contextvars
 from typing import Any, Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from ..errors import NonFiniteLossError
+
+_CHECKS = contextvars.ContextVar("bayesnas_finite_checks", default=None)
+
+
+class FiniteChecks:
+    """Finiteness checks collected on the device, read in one host sync with a step's metrics.
+
+    Reading ``torch.isfinite(x).all()`` in Python waits for the device (a host sync on a
+    GPU); a training step checks its loss once per inner step and once per task. Inside
+    :func:`deferred_finite_checks`, :func:`require_finite` only records the check;
+    :meth:`values` is a tensor to read together with the step's metrics, and
+    :meth:`raise_first` raises the error the first failed check would have raised.
+    """
+
+    def __init__(self):
+        self.whats, self.tensors = [], []
+
+    def add(self, value, what):
+        value = value.detach()
+        self.whats.append(what)
+        # the value's sum is NaN or infinite exactly when one of its entries is not finite
+        self.tensors.append(value.sum().reshape(1).to(torch.float64))
+
+    def values(self, device=None):
+        """``[checks]`` float64: each checked value's sum (non-finite where the check fails)."""
+        if not self.tensors:
+            return torch.zeros(0, dtype=torch.float64, device=device)
+        return torch.cat(self.tensors)
+
+    def raise_first(self, values):
+        """Raise NonFiniteLossError for the first non-finite entry of ``values`` (floats read from :meth:`values`)."""
+        for what, value in zip(self.whats, values):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise NonFiniteLossError(f"{what} is {value} (not finite)")
+
+
+@contextlib.contextmanager
+def deferred_finite_checks():
+    """Collect the :func:`require_finite` checks of the block in a :class:`FiniteChecks` (yielded)."""
+    checks = FiniteChecks()
+    token = _CHECKS.set(checks)
+    try:
+        yield checks
+    finally:
+        _CHECKS.reset(token)
+
+
+def require_finite(value, what):
+    """NonFiniteLossError naming ``what`` unless every entry of ``value`` is finite.
+
+    Checked now (a host sync), or, inside :func:`deferred_finite_checks`, recorded for one read later.
+    """
+    checks = _CHECKS.get()
+    if checks is not None:
+        checks.add(value, what)
+    elif not torch.isfinite(value).all():
+        raise NonFiniteLossError(f"{what} is {value.detach().sum().item()} (not finite)")
 
 
 def unrolled_steps(objective: Callable[[dict, int], torch.Tensor], params: dict, steps: int, lr: Any,
@@ -59,8 +118,7 @@ def unrolled_steps(objective: Callable[[dict, int], torch.Tensor], params: dict,
     def take_step(step, *values):
         current = dict(zip(names, values))
         value = objective(current, step)
-        if not torch.isfinite(value).all():
-            raise NonFiniteLossError(f"inner step {step}: objective is {value.item()} (not finite)")
+        require_finite(value, f"inner step {step}: objective")
         grads = torch.autograd.grad(
             value,
             values,

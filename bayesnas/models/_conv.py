@@ -21,6 +21,7 @@ NCHW, except for strided dilated kernels, where NCHW is 3x faster (measured on t
 ``F.conv2d``: same values, the slower double backward.
 """
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 _aten = torch.ops.aten
@@ -142,3 +143,25 @@ def conv2d(x, w, stride=1, padding=0, dilation=1, groups=1):
     # Converted outside the Function so that the saved input is already in the layout
     # every derivative wants, and the conversion is differentiated like any other op.
     return _Conv.apply(_fmt(x, params), w, params)
+
+
+class Conv2d(nn.Conv2d):
+    """:class:`torch.nn.Conv2d` computed by :func:`conv2d`: the same parameters, state dict and
+    function, with whole-call derivatives of every order (second-order MAML through a grouped
+    convolution then avoids PyTorch's per-group double backward). Padding given as a string
+    or a padding mode other than zeros falls back to nn.Conv2d's own computation.
+    """
+
+    def _conv_forward(self, input, weight, bias):
+        if isinstance(self.padding, str) or self.padding_mode != "zeros":
+            return super()._conv_forward(input, weight, bias)
+        y = conv2d(input, weight, self.stride, self.padding, self.dilation, self.groups)
+        return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
+def use_whole_call_convolutions(module):
+    """Turn every :class:`torch.nn.Conv2d` of ``module`` into a :class:`Conv2d`, in place; returns ``module``."""
+    for m in module.modules():
+        if type(m) is nn.Conv2d:
+            m.__class__ = Conv2d
+    return module

@@ -11,6 +11,7 @@ torch.Size([2, 5])
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ._conv import use_whole_call_convolutions
 from .macro import check_positive
 from .operations import batch_norm
 
@@ -46,7 +47,8 @@ class Conv4(nn.Module):
             layers += [nn.Conv2d(c, hidden, 3, padding=1, bias=False), batch_norm(hidden, affine=True),
                        nn.ReLU(), nn.MaxPool2d(2)]
             c = hidden
-        self.features = nn.Sequential(*layers)
+        # second-order MAML differentiates the convolutions twice: whole-call derivatives (models/_conv.py)
+        self.features = use_whole_call_convolutions(nn.Sequential(*layers))
         self.classifier = nn.Linear(self.flat_features, num_classes)
 
     def forward(self, x):

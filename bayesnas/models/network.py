@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import GenotypeError
+from ._conv import use_whole_call_convolutions
 from .conv4 import Conv4
 from .genotypes import NAMED_GENOTYPES, STEPS, Genotype, load_genotype, named_genotype, validate_genotype
 from .macro import CellPlan, cell_plan, check_positive, make_preprocess, make_stem, reduction_indices
@@ -67,6 +68,9 @@ class NetworkFromGenotype(nn.Module):
                            p.C_pp, p.C_p, p.C, p.reduction, p.reduction_prev) for p in plan]
         self.cells = nn.ModuleList(cells)
         self.classifier = nn.Linear(C_p, num_classes)
+        # second-order MAML differentiates the convolutions twice: PyTorch's double backward of a
+        # grouped (depthwise) one loops over the groups, models/_conv.py's is whole calls
+        use_whole_call_convolutions(self)
 
     def forward(self, x):
         if x.dim() != 4 or x.shape[1] != self.in_channels:

@@ -27,6 +27,7 @@ import torch
 
 from ..config import FitConfig, RetrainConfig
 from ..data import default_data_path
+from ..device import numerics
 from ..errors import RunError
 from ..fileio import atomic_path, check_regular_file, read_json, write_json
 from ..models import NUM_EDGES, NUM_OPS, arch_label, genotype_from_dict
@@ -214,6 +215,7 @@ def recorded_session(run_dir, loop, command, device, data_path, processes=1):
         "status": "running (or killed before it could record its end)",
         "start_iteration": loop.start, "reached_iteration": loop.start, "checkpoint_iteration": loop.last_checkpoint,
         "device": str(device), "threads": torch.get_num_threads(), "processes": int(processes),
+        "numerics": numerics(device),
         "versions": package_versions(),
         "data": {"path": os.path.abspath(data_path), "sha256": file_sha256(data_path),
                  "bytes": os.path.getsize(data_path)},
@@ -422,7 +424,19 @@ def _environment(last):
         "",
         f"- packages: {versions}",
         f"- device: {last['device']}; torch CPU threads: {last['threads']}; processes: {last['processes']}",
+        *_numerics_lines(last.get("numerics")),
     ])
+
+
+def _numerics_lines(n):
+    """The device's name and the settings that decide its float results (sessions before they were recorded: none)."""
+    if not n:
+        return []
+    return [f"- device name: {n['device_name']}; TF32 matmul: {'on' if n['tf32_matmul'] else 'off'}, TF32 cuDNN "
+            f"convolutions: {'on' if n['tf32_cudnn'] else 'off'} (these matter on an Ampere or newer GPU only)",
+            f"- deterministic algorithms: {'on' if n['deterministic'] else 'off'} (cuDNN deterministic "
+            f"{'on' if n['cudnn_deterministic'] else 'off'}, benchmark {'on' if n['cudnn_benchmark'] else 'off'}, "
+            f"CUBLAS_WORKSPACE_CONFIG {n['cublas_workspace'] or 'unset'})"]
 
 
 def _data_section(config, data, sessions):

@@ -14,6 +14,8 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
+import sys
 import time
 
 import torch
@@ -21,11 +23,13 @@ from tqdm.auto import tqdm
 
 from ..config import from_dict, resolve_config
 from ..data import TaskSampler, resolve_rotations, selection_split
-from ..device import resolve_device
+from ..device import determinism, resolve_device
 from ..errors import ConfigError, GenotypeError, NonFiniteLossError, RunError
 from ..fileio import write_json
+from ..inference.unroll import require_finite
 from ..models import BASELINES
-from ..rng import capture_rng, restore_rng, rng_states, set_rng_states
+from ..rng import capture_rng, restore_rng, rng_states, same_rng, set_rng_states
+from .distributed import requested_device
 from .rundir import RunDirectory, default_run_path
 
 logger = logging.getLogger(__name__)
@@ -100,10 +104,58 @@ def session_config(ctx, cls, config, resume):
     """
     if resume is not None:
         requested = config.get("iterations") if isinstance(config, dict) else getattr(config, "iterations", None)
-        return ctx.on_main(lambda: resume_run(RunDirectory(resume), cls, requested))
+        cfg, state = ctx.on_main(lambda: resume_run(RunDirectory(resume), cls, requested))
+        device = resume_device(resume, config)
+        if ctx.is_main and device == "cpu" and cfg.device == "auto" and torch.cuda.is_available():
+            print(f"note: {resume} was made on the CPU and continues there (--device cuda moves it)", file=sys.stderr)
+        return dataclasses.replace(cfg, device=device), state
     cfg = dataclasses.replace(config) if isinstance(config, cls) else resolve_config(cls, overrides=config or {})
     cfg.validate()
     return cfg, None
+
+
+def resume_device(resume, config=None):
+    """The device setting a resumed run trains with.
+
+    ``config`` (what the resume was called with: a dict of the settings given, or a config
+    dataclass, whose default "auto" counts as not given) may name it: the user's
+    ``--device``. Otherwise the run's own setting, except
+    that "auto" keeps the device type of the run's last session, so that a run made on the
+    CPU stays there on a GPU machine (a GPU run resumed where there is none goes to the CPU,
+    as "auto" says). The folder's problems are left to the resume itself to report.
+    """
+    requested = requested_device(config)
+    if requested is not None and (isinstance(config, dict) or requested != "auto"):
+        return requested
+    run = RunDirectory(resume)
+    try:
+        saved = run.config().get("device", "auto")
+    except (RunError, AttributeError):
+        return "auto"
+    if saved != "auto":
+        return saved
+    from .card import read_sessions
+
+    try:
+        sessions = read_sessions(run.path)
+    except RunError:
+        sessions = []
+    return "cpu" if sessions and str(sessions[-1].get("device")) == "cpu" else "auto"
+
+
+def run_device(run_dir, device=None):
+    """The torch.device to read or evaluate the run in ``run_dir`` on.
+
+    ``device`` when given (a device this machine lacks is a ConfigError naming it); else the
+    one the run trains on when resumed (:func:`resume_device`: a run made on the CPU stays
+    there), or, when this machine lacks that one, what "auto" picks here.
+    """
+    if device is not None:
+        return resolve_device(device)
+    try:
+        return resolve_device(resume_device(run_dir))
+    except ConfigError:
+        return resolve_device("auto")
 
 
 def session_run(ctx, cfg, out, resume, kind):
@@ -114,6 +166,44 @@ def session_run(ctx, cfg, out, resume, kind):
     if resume is not None:
         return RunDirectory(resume) if ctx.is_main else None
     return create_run_on_main(ctx, out, kind, cfg.to_dict())
+
+
+def folder_contents(path):
+    """The names in folder ``path`` (None: it does not exist), to tell later what a session added."""
+    return set(os.listdir(path)) if os.path.isdir(path) else None
+
+
+def discard_new_run(path, before):
+    """Remove what a new session wrote to ``path`` (``before``: :func:`folder_contents` before it began).
+
+    For a run that could not take its first iteration (a setting the device cannot honour):
+    nothing of it is left, and the same folder can be used again.
+    """
+    if before is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in set(os.listdir(path)) - before:
+        target = os.path.join(path, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            os.remove(target)
+
+
+@contextlib.contextmanager
+def training_session(cfg, run, resume, before, loop):
+    """The block that runs ``loop``, under ``cfg.deterministic`` (:func:`~bayesnas.device.determinism`).
+
+    A :class:`ConfigError` raised before the first iteration of a new run (an op without a
+    deterministic kernel) removes the run folder's new files: nothing is left written.
+    """
+    try:
+        with determinism(cfg.deterministic):
+            yield
+    except ConfigError:
+        if run is not None and resume is None and not loop.rows:
+            discard_new_run(run.path, before)
+        raise
 
 
 def continuable(path, cfg):
@@ -153,10 +243,56 @@ def task_samplers(cfg, data, device):
     return train, val
 
 
+def rank_rng(saved, rank, world_size):
+    """The RNG state process ``rank`` of ``world_size`` resumes from, and a note when it is not its own.
+
+    ``saved``: a checkpoint's ``"rng"``, a list with one state per process of the run that
+    wrote it (older checkpoints: one dict, rank 0's). The same number of processes: each its
+    own. Another number: rank 0's for every process. fit and retrain draw identically on
+    every rank (see :func:`~bayesnas.inference.model.task_share`), so when the saved
+    states are all equal the run still continues exactly, and the note says so.
+    """
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) == world_size:
+        return states[rank], None
+    if not isinstance(saved, list):
+        why = "an older checkpoint holds rank 0's only"
+    elif all(same_rng(states[0], s) for s in states[1:]):
+        why = f"the {len(states)} saved ones are equal, so the run continues as it would have"
+    else:
+        why = f"the {len(states)} saved ones differ, so random draws differ from an uninterrupted run"
+    return states[0], (f"resumed with {_processes(world_size)} from a checkpoint of {_processes(len(states))}: "
+                       f"each process restores rank 0's random streams; {why}")
+
+
+def _processes(n):
+    return f"{n} process" + ("es" if n != 1 else "")
+
+
 def check_finite(loss, what):
-    """Raise NonFiniteLossError naming ``what`` unless the scalar ``loss`` is finite."""
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"{what} is {loss.item()}")
+    """Raise NonFiniteLossError naming ``what`` unless the scalar ``loss`` is finite (or, inside
+    :func:`~bayesnas.inference.unroll.deferred_finite_checks`, record the check for one read per step)."""
+    require_finite(loss, what)
+
+
+def read_step(metrics, checks):
+    """The step's metrics as floats, and its deferred finiteness checks, in one host sync.
+
+    Args:
+        metrics: dict name -> scalar tensor (or float); checks: the step's
+            :class:`~bayesnas.inference.unroll.FiniteChecks`.
+
+    Returns:
+        dict name -> float. Raises the NonFiniteLossError of the first failed check.
+    """
+    names = [k for k, v in metrics.items() if torch.is_tensor(v)]
+    parts = [checks.values()] + [metrics[k].detach().reshape(1).to(torch.float64) for k in names]
+    device = next((p.device for p in parts if p.numel()), torch.device("cpu"))
+    values = torch.cat([p.to(device) for p in parts]).tolist()
+    count = len(checks.whats)
+    checks.raise_first(values[:count])
+    read = dict(zip(names, values[count:]))
+    return {k: read[k] if k in read else v for k, v in metrics.items()}
 
 
 def backward_per_task(num_tasks, task_loss, what, rng_device=None, context=None):
@@ -210,10 +346,14 @@ class TrainingLoop:
         logger: an object with ``log(iteration, row, validated)`` and ``close()`` (e.g. a
             :class:`~bayesnas.training.tensorboard_logger.TensorBoardLogger`), told every
             row before the callbacks and closed when :meth:`run` ends, however it ends.
+        device: the device this process trains on (its GPU's random stream is checkpointed).
+        ctx: the :class:`~bayesnas.training.distributed.DistributedContext`; a checkpoint
+            holds every rank's random streams, and each rank resumes from its own.
     """
 
     def __init__(self, run, stateful, iterations, val_every=50, checkpoint_every=25, score_key="val_acc",
-                 extra=None, on_checkpoint=None, progress=True, desc="train", callbacks=(), logger=None):
+                 extra=None, on_checkpoint=None, progress=True, desc="train", callbacks=(), logger=None, device=None,
+                 ctx=None):
         self.run_dir = run
         self.stateful = stateful
         self.iterations = int(iterations)
@@ -226,10 +366,13 @@ class TrainingLoop:
         self.desc = desc
         self.callbacks = list(callbacks)
         self.logger = logger
+        self.device = device if device is not None else torch.device("cpu")
+        self.ctx = ctx
         self.start = 0
         self.rows = []
         self.best = -math.inf
         self.last_checkpoint = None
+        self.resume_notes = []
 
     def resume(self, state):
         """Load a checkpoint dict written by this loop: modules, optimisers, RNG, metrics, extra."""
@@ -242,22 +385,31 @@ class TrainingLoop:
         self.rows = list(state["rows"])
         self.best = state["best"]
         self.extra.update(state.get("extra", {}))
-        restore_rng(state["rng"])
+        rank, world = (self.ctx.rank, self.ctx.world_size) if self.ctx is not None else (0, 1)
+        rng, note = rank_rng(state["rng"], rank, world)
+        device_note = restore_rng(rng, self.device)
         self.last_checkpoint = self.start
+        self.resume_notes = [n for n in (note, device_note) if n is not None]
+        if rank == 0:
+            for line in self.resume_notes:
+                print(f"note: {line}", file=sys.stderr)
 
     def _checkpoint(self, iteration, best):
-        if self.run_dir is None:
-            return
+        # on every rank (each holds the same parameters), before the collective that gathers the streams
         for name, obj in self.stateful.items():
             if isinstance(obj, torch.nn.Module) and not all(torch.isfinite(p).all() for p in obj.parameters()):
                 raise self._non_finite(iteration, f"the parameters of '{name}' are not finite")
+        rng = capture_rng(self.device)
+        rng = self.ctx.gather_objects(rng) if self.ctx is not None else [rng]
+        if self.run_dir is None:
+            return
         state = {
             "iteration": iteration,
             "stateful": {k: v.state_dict() for k, v in self.stateful.items()},
             "rows": self.rows,
             "best": self.best,
             "extra": self.extra,
-            "rng": capture_rng(),
+            "rng": rng,
         }
         self.run_dir.save_checkpoint(state, best=best)
         if self.on_checkpoint is not None:

@@ -31,13 +31,14 @@ from ..data.sampler import select_tasks
 from ..device import resolve_device
 from ..errors import ConfigError, RunError
 from ..inference import unrolled_steps
+from ..inference.unroll import deferred_finite_checks
 from ..models import arch_config, arch_label, build_network, count_parameters, genotype_from_dict
 from ..rng import seed_everything
 from .card import python_call, recorded_session
 from .distributed import distributed, requested_device
 from .logs import LOG_FILE, session_log
-from .loop import (TrainingLoop, backward_per_task, process_device, read_run_config, session_config, session_run,
-                   task_samplers)
+from .loop import (TrainingLoop, backward_per_task, folder_contents, process_device, read_run_config, read_step,
+                   resume_device, session_config, session_run, task_samplers, training_session)
 from .rundir import RunDirectory
 from .tensorboard_logger import TensorBoardLogger, summary_writer_class
 
@@ -128,14 +129,15 @@ def maml_step(net: torch.nn.Module, optimiser: torch.optim.Optimizer, batch: Any
         share = part.support_y.shape[0] / num_tasks  # the part's weight in the mean over tasks
         return part_loss * share, part_acc * share
 
-    loss, accs = backward_per_task(len(groups), group_loss, "the query loss")
+    with deferred_finite_checks() as checks:  # read with the metrics: one host sync per step
+        loss, accs = backward_per_task(len(groups), group_loss, "the query loss")
     acc = sum(accs)
     if reduce_gradients is not None:
         reduce_gradients(list(params.values()))
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
-    optimiser.step()
-    return {"loss": loss.item(), "acc": acc.item()}
+    optimiser.step()  # a non-finite loss stops the run at the read below, before any checkpoint
+    return read_step({"loss": loss, "acc": acc}, checks)
 
 
 def task_accuracies(net, sampler, indices, steps, lr, chunk=4, progress=None):
@@ -152,17 +154,21 @@ def task_accuracies(net, sampler, indices, steps, lr, chunk=4, progress=None):
     indices = list(indices)
     start = {k: v.detach().requires_grad_(True) for k, v in meta_parameters(net).items()}
     out = []
-    for first in range(0, len(indices), chunk):
-        batch = sampler.batch(indices[first:first + chunk])
-        for t in range(batch.support_x.shape[0]):
-            with torch.enable_grad():
-                fast = adapt_task(net, start, batch.support_x[t], batch.support_y[t], steps, lr, first_order=True)
-            with torch.no_grad():
-                logits = functional_call(net, fast, (batch.query_x[t],))
-            out.append((logits.argmax(-1) == batch.query_y[t]).double().mean().item())
-        if progress is not None:
-            progress(len(out))
-    return torch.tensor(out, dtype=torch.float64)
+    with deferred_finite_checks() as checks:
+        for first in range(0, len(indices), chunk):
+            batch = sampler.batch(indices[first:first + chunk])
+            for t in range(batch.support_x.shape[0]):
+                with torch.enable_grad():
+                    fast = adapt_task(net, start, batch.support_x[t], batch.support_y[t], steps, lr, first_order=True)
+                with torch.no_grad():
+                    logits = functional_call(net, fast, (batch.query_x[t],))
+                out.append((logits.argmax(-1) == batch.query_y[t]).double().mean().reshape(1))
+            if progress is not None:
+                progress(len(out))
+    # read from the device once, with the inner steps' finiteness checks, not once per task
+    values = torch.cat([checks.values(), *(o.to(checks.values().device) for o in out)]).tolist() if out else []
+    checks.raise_first(values[:len(checks.whats)])
+    return torch.tensor(values[len(checks.whats):], dtype=torch.float64)
 
 
 @dataclass
@@ -217,7 +223,8 @@ def retrain(arch: Any = None, config: RetrainConfig | dict | None = None, out: s
     if command is None:
         command = python_call("bayesnas.training.retrain", arch=arch, config=config, out=out, resume=resume,
                               tensorboard=tensorboard or None)
-    with distributed(requested_device(config)) as ctx:
+    device = resume_device(resume, config) if resume is not None else requested_device(config)
+    with distributed(device) as ctx:
         return _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, command)
 
 
@@ -234,13 +241,14 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
     device = process_device(ctx, cfg)
     data = open_data(cfg.data)
     train_sampler, val_sampler = task_samplers(cfg, data, device)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, device)
     try:
         net = build_retrain_network(cfg, data.channels, data.image_size).to(device)
     except ConfigError as exc:  # the data's images do not fit the network (Conv-4 needs 16 pixels a side)
         raise ConfigError(f"{data.path}: {exc}") from None
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.meta_lr)
 
+    before = folder_contents(out) if out is not None and ctx.is_main else None
     run = session_run(ctx, cfg, out, resume, "retrain")
 
     logger = None
@@ -248,7 +256,8 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
         logger = TensorBoardLogger(run.subfolder("tensorboard"), hparams=cfg.to_dict())
     loop = TrainingLoop(run, {"net": net, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", progress=progress and ctx.is_main,
-                        desc=f"retrain {arch_label(cfg.arch)}", callbacks=callbacks, logger=logger)
+                        desc=f"retrain {arch_label(cfg.arch)}", callbacks=callbacks, logger=logger,
+                        device=device, ctx=ctx)
     if state is not None:
         loop.resume(state)
 
@@ -268,6 +277,7 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
         return {"val_acc": totals["sum"] / totals["count"]}
 
     with session_log(run.file(LOG_FILE) if run is not None else None, console=progress, rank=ctx.rank), \
+            training_session(cfg, run, resume, before, loop), \
             recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size):
         rows = loop.run(step, validate)
     train_seconds = sum(r.get("seconds") or 0.0 for r in rows)

@@ -23,6 +23,7 @@ from ..data.sampler import select_tasks
 from ..errors import RunError
 from ..inference import MetaNetwork, adapt, adapt_held_out, elbo_terms, predictive
 from ..inference.model import current_task_share, task_share
+from ..inference.unroll import deferred_finite_checks
 from ..models import NUM_EDGES, NUM_OPS, SearchNetwork
 from ..models.reference import ReferenceSearchNetwork
 from ..rng import seed_everything, seeded
@@ -30,8 +31,8 @@ from .card import python_call, recorded_session
 from .diagnostics import SearchDiagnostics, search_diagnostics
 from .distributed import DistributedContext, distributed, requested_device
 from .logs import LOG_FILE, session_log
-from .loop import (TrainingLoop, backward_per_task, check_finite, process_device, read_run_config, session_config,
-                   session_run, task_samplers)
+from .loop import (TrainingLoop, backward_per_task, check_finite, folder_contents, process_device, read_run_config,
+                   read_step, resume_device, session_config, session_run, task_samplers, training_session)
 from .rundir import RunDirectory
 from .schedules import arch_lr_factor, kl_weight, temperature
 from .tensorboard_logger import meta_posterior_logger, summary_writer_class
@@ -86,11 +87,12 @@ def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None, kl_weight
     """
     ctx = ctx or DistributedContext(device=meta.mu.device)
     relaxed = cfg.variant == "gumbel"
-    acc_sum = elbo_sum = 0.0
+    acc_sum = elbo_sum = 0.0  # tensors after the first batch: read once, at the end
     count = 0
     total = -(-num_tasks // cfg.tasks) * cfg.tasks
-    with seeded(seed, meta.mu.device), tqdm(total=total, desc="validate", unit="task", leave=False,
-                                            disable=not (progress and ctx.is_main), dynamic_ncols=True) as bar:
+    with seeded(seed, meta.mu.device), deferred_finite_checks() as checks, \
+            tqdm(total=total, desc="validate", unit="task", leave=False, disable=not (progress and ctx.is_main),
+                 dynamic_ncols=True) as bar:
         for first in range(0, num_tasks, cfg.tasks):
             indices, share = meta_batch_indices(cfg, first, ctx)
             batch = sampler.batch(indices)
@@ -100,10 +102,13 @@ def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None, kl_weight
                 with torch.no_grad():
                     terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed, edge_kl=cfg.edge_kl)
                 probs = predictive(meta, q, batch.query_x, cfg.val_samples, tau, relaxed).mean(0)
-            acc_sum += (probs.argmax(-1) == batch.query_y).float().mean(-1).sum().item()
-            elbo_sum += (terms.elbo(1.0) / batch.query_y.shape[1]).sum().item()
+            # each batch's float32 sum added in float64, as Python floats would be
+            acc_sum = acc_sum + (probs.argmax(-1) == batch.query_y).float().mean(-1).sum().double()
+            elbo_sum = elbo_sum + (terms.elbo(1.0) / batch.query_y.shape[1]).sum().double()
             count += len(indices)
             bar.update(cfg.tasks)
+    read = read_step({"acc": acc_sum, "elbo": elbo_sum}, checks)  # one host sync for all the tasks
+    acc_sum, elbo_sum = read["acc"], read["elbo"]
     totals = ctx.mean_of({"acc": acc_sum / count, "elbo": elbo_sum / count})
     return totals["acc"], totals["elbo"]
 
@@ -129,16 +134,17 @@ def svi_step(meta: MetaNetwork, optimiser: torch.optim.Optimizer, batch: Any, cf
     beta = kl_weight(cfg, iteration)
     num_tasks, n_query = batch.query_y.shape
     optimiser.zero_grad(set_to_none=True)
-    if cfg.low_memory or not cfg.batch_tasks:
-        parts, loss = _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint=cfg.low_memory)
-        terms = type(parts[0])(*(torch.cat(t) for t in zip(*parts)))
-    else:
-        q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
-                  kl_weight=beta, first_order=cfg.first_order, edge_kl=cfg.edge_kl)
-        terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed, edge_kl=cfg.edge_kl)
-        loss = -terms.elbo(beta).mean() / n_query
-        check_finite(loss, "the query ELBO")
-        loss.backward()
+    with deferred_finite_checks() as checks:  # read with the metrics below: one host sync per step
+        if cfg.low_memory or not cfg.batch_tasks:
+            parts, loss = _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint=cfg.low_memory)
+            terms = type(parts[0])(*(torch.cat(t) for t in zip(*parts)))
+        else:
+            q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
+                      kl_weight=beta, first_order=cfg.first_order, edge_kl=cfg.edge_kl)
+            terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed, edge_kl=cfg.edge_kl)
+            loss = -terms.elbo(beta).mean() / n_query
+            check_finite(loss, "the query ELBO")
+            loss.backward()
     if reduce_gradients is not None:
         reduce_gradients(meta.meta_parameters())
     arch_factor = arch_lr_factor(cfg, iteration)
@@ -147,18 +153,20 @@ def svi_step(meta: MetaNetwork, optimiser: torch.optim.Optimizer, batch: Any, cf
     arch_group(optimiser, meta)["lr"] = cfg.arch_lr * arch_factor
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(meta.meta_parameters(), cfg.grad_clip)
+    # a non-finite loss is raised after the step, at the one read: the step may have made the
+    # parameters non-finite, but the run stops here and the last good checkpoint is kept
     optimiser.step()
-    return {
-        "loss": loss.item(),
-        "loglik": (terms.loglik.mean() / n_query).item(),
-        "kl_theta": terms.kl_theta.mean().item(),
-        "kl_z": terms.kl_z.mean().item(),
-        "acc": (terms.logits.argmax(-1) == batch.query_y).float().mean().item(),
+    return read_step({
+        "loss": loss,
+        "loglik": terms.loglik.mean() / n_query,
+        "kl_theta": terms.kl_theta.mean(),
+        "kl_z": terms.kl_z.mean(),
+        "acc": (terms.logits.argmax(-1) == batch.query_y).float().mean(),
         "tau": tau,
         "kl_weight": beta,
         "arch_lr": cfg.arch_lr * arch_factor,
-        "sigma_mean": meta.sigma.mean().item(),
-    }
+        "sigma_mean": meta.sigma.mean(),
+    }, checks)
 
 
 def _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint):
@@ -242,7 +250,8 @@ def fit(config: FitConfig | dict | None = None, out: str | os.PathLike | None = 
         command = python_call("bayesnas.training.fit", config=config, out=out, resume=resume,
                               tensorboard=tensorboard or None)
     # the process group needs a device type (gloo or nccl) before the config of a resumed run is read
-    with distributed(requested_device(config)) as ctx:
+    device = resume_device(resume, config) if resume is not None else requested_device(config)
+    with distributed(device) as ctx:
         return _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command)
 
 
@@ -251,10 +260,11 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
     device = process_device(ctx, cfg)
     data = open_data(cfg.data)
     train_sampler, val_sampler = task_samplers(cfg, data, device)
-    seed_everything(cfg.seed)  # the same on every rank: see task_share
+    seed_everything(cfg.seed, device)  # the same on every rank: see task_share
     meta = build_meta_network(cfg, data.channels).to(device)
     optimiser = make_optimiser(meta, cfg)
 
+    before = folder_contents(out) if out is not None and ctx.is_main else None
     run = session_run(ctx, cfg, out, resume, "fit")
 
     history = {"iteration": [], "alpha_normal": [], "alpha_reduce": [], **{k: [] for k in SearchDiagnostics._fields}}
@@ -276,7 +286,8 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
     loop = TrainingLoop(run, {"meta": meta, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", extra={"history": history},
                         on_checkpoint=lambda extra: run.write_history(extra["history"]),
-                        progress=progress and ctx.is_main, desc="fit", callbacks=callbacks, logger=logger)
+                        progress=progress and ctx.is_main, desc="fit", callbacks=callbacks, logger=logger,
+                        device=device, ctx=ctx)
     if state is not None:
         loop.resume(state)
         history = _with_diagnostics(loop.extra["history"])
@@ -302,6 +313,7 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
         return {"val_acc": acc, "val_elbo": elbo}
 
     with session_log(run.file(LOG_FILE) if run is not None else None, console=progress, rank=ctx.rank), \
+            training_session(cfg, run, resume, before, loop), \
             recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size):
         rows = loop.run(step, validate)
     return FitResult(meta=meta, config=cfg, rows=rows, run_dir=run.path if run is not None else None,
