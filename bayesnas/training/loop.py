@@ -25,7 +25,7 @@ from ..config import from_dict, resolve_config
 from ..data import TaskSampler, resolve_rotations, selection_split
 from ..device import determinism, resolve_device
 from ..errors import ConfigError, GenotypeError, NonFiniteLossError, RunError
-from ..fileio import write_json
+from ..fileio import read_json, write_json
 from ..inference.unroll import require_finite
 from ..models import BASELINES
 from ..rng import capture_rng, restore_rng, rng_states, same_rng, set_rng_states
@@ -134,13 +134,14 @@ def resume_device(resume, config=None):
         return "auto"
     if saved != "auto":
         return saved
-    from .card import read_sessions
-
+    # sessions.json read loosely here (training.card checks it in full, and imports this module)
+    path = run.file("sessions.json")
     try:
-        sessions = read_sessions(run.path)
+        sessions = read_json(path, RunError, "JSON list of session records") if os.path.lexists(path) else []
     except RunError:
         sessions = []
-    return "cpu" if sessions and str(sessions[-1].get("device")) == "cpu" else "auto"
+    last = sessions[-1] if isinstance(sessions, list) and sessions else None
+    return "cpu" if isinstance(last, dict) and str(last.get("device")) == "cpu" else "auto"
 
 
 def run_device(run_dir, device=None):
