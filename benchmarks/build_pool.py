@@ -7,12 +7,14 @@
 ``compare.json`` files (``CompareResult.to_dict()``) of further random cells retrained under
 the same protocol (a difference is refused, naming it). The pool then serves
 ``bayesnas compare --pool FILE``: a new cell is placed among the pool's cells without
-retraining them.
+retraining them. ``--standings JSON`` also places the setting's other rows (searched cells,
+DARTS_V2, Conv-4) in the pool (:func:`bayesnas.analysis.pool.standing`) and writes them there.
 """
 import argparse
 import json
 
-from bayesnas.analysis.pool import pool_from_results, save_pool
+from bayesnas.analysis.pool import format_standings, pool_from_results, save_pool, standing
+from bayesnas.fileio import write_json
 
 
 def main(args):
@@ -27,6 +29,13 @@ def main(args):
     save_pool(pool, args.out)
     print(f"{args.out}: {len(pool['rows'])} random cells: "
           + ", ".join(f"{r['label']} {100 * r['accuracy']:.2f}%" for r in pool["rows"]))
+    if args.standings:
+        pooled = {r["label"] for r in pool["rows"]}
+        others = [r for result in results for r in result["rows"] if r["label"] not in pooled]
+        standings = [standing(r["label"], r["accuracies"], pool) for r in others]
+        print(format_standings(standings))
+        write_json(args.standings, {"pool": args.out, "setting": args.setting,
+                                    "standings": [s._asdict() for s in standings]})
     return pool
 
 
@@ -36,6 +45,7 @@ def parse(argv=None):
     p.add_argument("--setting", default="5-way 1-shot")
     p.add_argument("--extra", action="append", default=[], help="a compare.json of more random cells (repeat)")
     p.add_argument("--out", required=True)
+    p.add_argument("--standings", default=None, help="also write the other rows' standings in the pool here")
     return p.parse_args(argv)
 
 

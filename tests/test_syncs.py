@@ -100,8 +100,8 @@ def test_a_nan_step_still_stops_fit_naming_the_iteration(tmp_path, small_omniglo
 
     real = svi.elbo_terms
 
-    def poisoned(meta, x, y, q, tau, relaxed=True):  # training's query ELBO goes NaN from iteration 2
-        terms = real(meta, x, y, q, tau, relaxed)
+    def poisoned(meta, x, y, q, tau, relaxed=True, **kw):  # training's query ELBO goes NaN from iteration 2
+        terms = real(meta, x, y, q, tau, relaxed, **kw)
         if torch.is_grad_enabled() and calls.append(1) is None and len(calls) >= 2:
             return terms._replace(loglik=terms.loglik * float("nan"))
         return terms
