@@ -5,7 +5,8 @@
 
 ``--compare`` is the comparison benchmark's report (one result per setting); ``--extra`` takes
 ``compare.json`` files (``CompareResult.to_dict()``) of further random cells retrained under
-the same protocol (a difference is refused, naming it). The pool then serves
+the same protocol (a difference is refused, naming it); a row labelled ``random-N`` there
+counts as a random cell when it holds the N-th cell of compare's random stream (seed 0). The pool then serves
 ``bayesnas compare --pool FILE``: a new cell is placed among the pool's cells without
 retraining them. ``--standings JSON`` also places the setting's other rows (searched cells,
 DARTS_V2, Conv-4) in the pool (:func:`bayesnas.analysis.pool.standing`) and writes them there.
@@ -13,6 +14,7 @@ DARTS_V2, Conv-4) in the pool (:func:`bayesnas.analysis.pool.standing`) and writ
 import argparse
 import json
 
+from bayesnas.analysis.compare import architectures
 from bayesnas.analysis.pool import format_standings, pool_from_results, save_pool, standing
 from bayesnas.fileio import write_json
 
@@ -24,7 +26,15 @@ def main(args):
         results += [s["result"] for s in report["settings"] if s["name"] == args.setting]
         if not results:
             raise SystemExit(f"{args.compare}: no setting {args.setting!r}")
-    results += [json.load(open(path)) for path in args.extra]
+    for path in args.extra:
+        result = json.load(open(path))
+        for row in result["rows"]:
+            # cells retrained by giving compare the random stream's cells as genotypes (to train only some
+            # of them) are labelled searched there: they are random cells when they are the stream's own
+            stream = dict(architectures((), random_cells=int(row["label"].split("-")[-1]), baselines=()))
+            if row["label"].startswith("random-") and stream.get(row["label"]) == row["arch"]:
+                row["kind"] = "random"
+        results.append(result)
     pool = pool_from_results(results)
     save_pool(pool, args.out)
     print(f"{args.out}: {len(pool['rows'])} random cells: "

@@ -98,3 +98,14 @@ def test_a_pool_of_another_protocol_is_refused_before_anything_is_written(tmp_pa
                                        str(tmp_path / "cli")])
     assert result.exit_code != 0 and "missing.json" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "cli").exists()
+
+
+def test_a_setting_added_after_a_pool_was_made_counts_as_its_default(tmp_path, monkeypatch):
+    result = _pool_compare(tmp_path, monkeypatch, cells=2).to_dict()
+    older = json.loads(json.dumps(result))
+    del older["config"]["deterministic"]  # a compare.json written before the setting existed
+    assert len(pool_from_results([older, result])["rows"]) == 2
+    changed = json.loads(json.dumps(result))
+    changed["config"]["deterministic"] = True
+    with pytest.raises(ConfigError, match="config.deterministic False vs True"):
+        pool_from_results([result, changed])

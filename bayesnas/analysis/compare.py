@@ -689,10 +689,7 @@ def _pool_for(pool, protocol, archs):
     else:
         pool = check_pool(pool)
     source = path or "pool"
-    # a setting added to RetrainConfig after the pool was made counts as its default there
-    defaults = {f.name: f.default for f in dataclasses.fields(RetrainConfig)}
-    theirs = {**pool["protocol"], "config": {**defaults, **pool["protocol"]["config"]}}
-    diff = protocol_differences(protocol_of(protocol), protocol_of(theirs))
+    diff = protocol_differences(protocol_of(protocol), pool["protocol"])
     if diff:
         raise ConfigError(f"{source}: made under another protocol than this comparison: {'; '.join(diff)}")
     for label, arch in archs:

@@ -19,11 +19,13 @@ Usage::
     save_pool(pool, "pool.json")
     standing(accuracies_of_my_cell, load_pool("pool.json"))
 """
+import dataclasses
 import math
 from typing import List, NamedTuple
 
 import numpy as np
 
+from ..config import RetrainConfig
 from ..errors import ConfigError
 from ..fileio import read_json, write_json
 from .evaluate import mean_confidence_interval
@@ -48,13 +50,19 @@ def protocol_of(result):
 
 
 def protocol_differences(a, b):
-    """The protocol keys (and config fields) on which protocols ``a`` and ``b`` differ, as text."""
+    """The protocol keys (and config fields) on which protocols ``a`` and ``b`` differ, as text.
+
+    A config field one side lacks was added to :class:`~bayesnas.config.RetrainConfig` after
+    that side was made, and counts as its default.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(RetrainConfig)}
     out = []
     for key in PROTOCOL_KEYS:
         if key == "config":
             for name in sorted(set(a["config"]) | set(b["config"])):
-                if a["config"].get(name) != b["config"].get(name):
-                    out.append(f"config.{name} {a['config'].get(name)!r} vs {b['config'].get(name)!r}")
+                mine, theirs = (c.get(name, defaults.get(name)) for c in (a["config"], b["config"]))
+                if mine != theirs:
+                    out.append(f"config.{name} {mine!r} vs {theirs!r}")
         elif a.get(key) != b.get(key):
             out.append(f"{key} {a.get(key)!r} vs {b.get(key)!r}")
     return out
