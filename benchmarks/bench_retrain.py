@@ -22,6 +22,8 @@ import sys
 import time
 
 import torch
+
+from bayesnas.fileio import write_json
 import torch.nn as nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,12 +95,10 @@ def main(argv=None):
     result = {"command": "python benchmarks/bench_retrain.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "threads": args.threads, "device": "cpu", "machine": platform.machine(), "torch": torch.__version__,
               "archs": {name: measure(arch, args) for name, arch in archs.items()}}
-    text = json.dumps(result, indent=1)
-    print(text)
+    print(json.dumps(result, indent=1))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+        write_json(args.json, result)  # atomic, as every JSON bayesnas writes
     return result
 
 

@@ -18,6 +18,8 @@ import sys
 import numpy as np
 import torch
 
+from bayesnas.fileio import write_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -133,12 +135,10 @@ def main(argv=None):
         print(args.path)
         return args.path
     result = kill_resume(args) if args.command == "kill-resume" else resume_on(args)
-    text = json.dumps(result, indent=1)
-    print(text)
+    print(json.dumps(result, indent=1))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+        write_json(args.json, result)  # atomic, as every JSON bayesnas writes
     return result
 
 
