@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from bayesnas.analysis.evidence import evidence_derivation
 from bayesnas.cli.main import main
 from bayesnas.inference import MetaNetwork
-from bayesnas.models import OPS, load_genotype
+from bayesnas.models import OPS, genotype_to_dict, load_genotype
 from tests.test_analysis_score import _Batch
 from tests.toy import ChannelSelectNet, channel_tasks
 
@@ -64,4 +64,52 @@ def test_derive_cell_by_evidence_writes_the_genotype_and_every_decision(tiny_fit
     decision = next(d for d in saved["decisions"] if d["cell"] == "reduce" and d["edge"] == 6)
     assert decision["op"] == "sep_conv_3x3" and decision["difference"] == pytest.approx(1.0)
     bad = CliRunner().invoke(main, ["derive-cell", tiny_fit_run, "--by", "evidence", "--task-seed", "3"])
+    assert bad.exit_code != 0 and "takes no task_seed" in bad.output and "Traceback" not in bad.output
+
+
+def test_derive_cell_by_score_keeps_the_candidate_the_scores_favour(tiny_fit_run, monkeypatch, tmp_path):
+    import bayesnas.analysis.score as score
+    from bayesnas.analysis.compare import architectures
+    from bayesnas.analysis.derive import score_candidates
+
+
+    cells = score_candidates(tiny_fit_run, 6, seed=3)
+    assert list(cells)[:2] == ["alpha", "candidate-1"] and len(cells) == 7
+    assert cells == score_candidates(tiny_fit_run, 6, seed=3) != score_candidates(tiny_fit_run, 6, seed=4)
+    pool = [json.dumps(a, sort_keys=True) for _, a in architectures((), 10, (), 0)]
+    assert not any(json.dumps(c, sort_keys=True) in pool for c in cells.values())
+
+    # a known score: a cell is worth its number of sep_conv_3x3 edges in the normal cell (per task, + noise
+    # that is the same for every cell); the kept cell must be the candidate with the most
+    def fake_scores(meta, z_normal, z_reduce, task_batches, *args):
+        n = sum(b.support_x.shape[0] for b in task_batches)
+        count = float(z_normal[:, OPS.index("sep_conv_3x3")].sum())
+        acc = torch.full((n,), count / 8) + 0.001 * torch.arange(n)
+        return -acc, acc
+
+    monkeypatch.setattr(score, "architecture_scores", fake_scores)
+    out = tmp_path / "cell.json"
+    result = CliRunner().invoke(main, ["derive-cell", tiny_fit_run, "--by", "score", "--candidates", "6", "--tasks",
+                                       "3", "--seed", "3", "--no-plot", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "best of 7 cells" in result.output
+    counts = {label: sum(op == "sep_conv_3x3" for op, _ in c["normal"]) for label, c in cells.items()}
+    saved = json.loads((tmp_path / "score.json").read_text())
+    assert counts[saved["kept"]] == max(counts.values())
+    assert genotype_to_dict(load_genotype(out)) == cells[saved["kept"]]
+    assert len(saved["scores"]) == 7 and all(len(s["accuracy"]) == 3 for s in saved["scores"])
+    second = sorted(counts.values())[-2]
+    assert saved["difference"] == pytest.approx((max(counts.values()) - second) / 8)
+
+
+def test_derive_cell_by_score_scores_for_real(tiny_fit_run, tmp_path):
+    from bayesnas.analysis import derive_cell
+
+    cell = derive_cell(tiny_fit_run, by="score", candidates=2, evidence_tasks=2, out=tmp_path / "g.json", plot=False)
+    scores = {s.label: s for s in cell.scores.scores}
+    assert set(scores) == {"alpha", "candidate-1", "candidate-2"}
+    best = max(scores.values(), key=lambda s: (s.mean_accuracy, s.mean_loglik))
+    assert genotype_to_dict(cell.genotype) == best.genotype
+    assert all(0.0 <= a <= 1.0 for s in scores.values() for a in s.accuracy)
+    bad = CliRunner().invoke(main, ["derive-cell", tiny_fit_run, "--by", "score", "--task-seed", "1"])
     assert bad.exit_code != 0 and "takes no task_seed" in bad.output and "Traceback" not in bad.output

@@ -13,6 +13,7 @@ Usage::
 """
 import logging
 import os
+import random
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
@@ -22,7 +23,8 @@ from ..data import SELECT_ON, TaskSampler
 from ..data.protocol import held_out_split
 from ..errors import ConfigError
 from ..fileio import write_json
-from ..models import CELL_TYPES, NUM_EDGES, NUM_OPS, OPS, Genotype, save_genotype
+from ..models import CELL_TYPES, NUM_EDGES, NUM_OPS, OPS, Genotype, genotype_from_dict, genotype_to_dict, save_genotype
+from ..models.genotypes import random_genotype
 from ..models.derivation import ChosenEdge, chosen_edges_table, derive_genotype, format_edges_table
 from ..training.card import fit_cell_warning
 from ..training.diagnostics import undecided_warning
@@ -30,12 +32,14 @@ from ..training.loop import run_device
 from ..training.search import load_fit_state
 from ..viz.cells import plot_genotype
 from .evidence import derive_by_evidence
+from .evaluate import mean_confidence_interval
 from .posterior import AdaptedPosterior
+from .score import cell_edge_weights, score_cells
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChosenEdge", "DerivedCell", "chosen_edges_table", "derive_cell", "derive_genotype",
-           "format_edges_table", "task_edge_probs"]
+__all__ = ["ChosenEdge", "DerivedCell", "chosen_edges_table", "derive_by_score", "derive_cell", "derive_genotype",
+           "format_edges_table", "score_candidates", "task_edge_probs"]
 
 
 class DerivedCell(NamedTuple):
@@ -46,7 +50,11 @@ class DerivedCell(NamedTuple):
     written; plot_path: the picture written (None without a plot); task_seed: the task's
     seed (None for the meta-level alpha); task_split: the split of that task (None for
     the meta-level alpha); warning: why the cell is noise (alpha never stepped, or the
-    posterior barely left its prior), None when nothing says so; it is logged too.
+    posterior barely left its prior), None when nothing says so; it is logged too;
+    evidence: the :class:`~bayesnas.analysis.evidence.EvidenceDerivation` (``by="evidence"``);
+    scores: the candidates' :class:`~bayesnas.analysis.score.ScoreResult` (``by="score"``,
+    whose cell has no edge probabilities: ``table`` is empty and the probabilities are
+    the cell's one-hot edge weights).
     """
 
     genotype: Genotype
@@ -59,6 +67,7 @@ class DerivedCell(NamedTuple):
     task_split: Optional[str] = None
     warning: Optional[str] = None
     evidence: Optional[Any] = None
+    scores: Optional[Any] = None
 
 
 def task_edge_probs(meta, cfg, data, task_seed, iteration=None, which_split="val"):
@@ -83,7 +92,7 @@ def derive_cell(run_dir: str | os.PathLike, task_seed: int | None = None, out: s
                 plot: bool | str | os.PathLike = True, which: str = "last",
                 task_split: str | None = "val", by: str = "alpha", evidence_tasks: int = 20, finetune: int = 0,
                 prior: str = "alpha", seed: int = 0, progress: Optional[Callable[[int, int], None]] = None,
-                device: str | None = None) -> DerivedCell:
+                device: str | None = None, candidates: int = 50) -> DerivedCell:
     """Derive the cell of a ``bayesnas fit`` run, write it as JSON and draw it.
 
     Args:
@@ -98,13 +107,17 @@ def derive_cell(run_dir: str | os.PathLike, task_seed: int | None = None, out: s
         which: the fit checkpoint to read, "last" or "best".
         task_split: the split of the ``task_seed`` task: "val" (default; deriving a cell
             is model selection) or "test".
-        by: "alpha" (the paper's rule on alpha's probabilities) or "evidence" (every op and
+        by: "alpha" (the paper's rule on alpha's probabilities), "evidence" (every op and
             edge chosen by the held-out log-likelihood of the adapted meta-network,
             :func:`~bayesnas.analysis.evidence.derive_by_evidence`, on ``evidence_tasks``
             validation tasks drawn with ``seed``, ``finetune`` SVI steps after each decision,
             posteriors reported against ``prior``; written to ``RUN_DIR/genotype-evidence.json``
-            by default, every decision to ``evidence.json`` beside it).
-        progress: optional ``callable(done, total)`` (evidence derivation).
+            by default, every decision to ``evidence.json`` beside it) or "score"
+            (weight-sharing random search, :func:`derive_by_score`: the alpha cell and
+            ``candidates`` random cells scored on ``evidence_tasks`` validation tasks, the most
+            accurate kept; ``RUN_DIR/genotype-score.json`` and ``score.json``).
+        progress: optional ``callable(done, total)`` (evidence derivation, score derivation).
+        candidates: with ``by="score"``, how many random cells are scored beside alpha's.
         device: where the task posterior (or the evidence) is computed (default: where the
             run trains, a run made on the CPU on the CPU; :func:`~bayesnas.training.loop.run_device`).
 
@@ -121,6 +134,12 @@ def derive_cell(run_dir: str | os.PathLike, task_seed: int | None = None, out: s
         check_seed(seed, "seed")
         return _derive_by_evidence(run_dir, out, plot, which, evidence_tasks, finetune, prior, seed, progress,
                                    run_device(run_dir, device))
+    if by == "score":
+        if task_seed is not None:
+            raise ConfigError("by='score' scores cells on many validation tasks; it takes no task_seed")
+        check_seed(seed, "seed")
+        return derive_by_score(run_dir, candidates=candidates, tasks=evidence_tasks, seed=seed, out=out, plot=plot,
+                               which=which, progress=progress, device=device)
     if task_seed is not None:
         check_seed(task_seed, "task_seed")
     cfg, meta, data, state = load_fit_state(run_dir, which=which)
@@ -154,7 +173,71 @@ def derive_cell(run_dir: str | os.PathLike, task_seed: int | None = None, out: s
 
 
 #: the values of derive_cell's ``by``
-DERIVATIONS = ("alpha", "evidence")
+DERIVATIONS = ("alpha", "evidence", "score")
+
+
+def score_candidates(run_dir, candidates, seed=0, which="last"):
+    """The cells :func:`derive_by_score` scores: ``{"alpha": alpha's cell, "candidate-1": ..., ...}``.
+
+    The random cells are drawn uniformly from the space (two distinct inputs per node, a
+    non-``none`` op on each) from a stream of their own seeded by ``seed``: not compare's
+    random-cell stream, so a searched cell is never one of the comparison's random cells by
+    construction.
+    """
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 0:
+        raise ConfigError(f"candidates={candidates!r}: expected an integer >= 0")
+    _, meta, _, _ = load_fit_state(run_dir, which=which)
+    with torch.no_grad():
+        alpha_cell = derive_genotype(meta.alpha_normal.softmax(-1), meta.alpha_reduce.softmax(-1))
+    cells = {"alpha": genotype_to_dict(alpha_cell)}
+    rng = random.Random(f"bayesnas-score-candidates-{int(seed)}")
+    for i in range(candidates):
+        cells[f"candidate-{i + 1}"] = genotype_to_dict(random_genotype(rng))
+    return cells
+
+
+def derive_by_score(run_dir, candidates=50, tasks=50, seed=0, out=None, plot=True, which="last", progress=None,
+                    device=None):
+    """Weight-sharing random search: the candidate cell the meta-network scores best.
+
+    Every cell of :func:`score_candidates` (alpha's cell and ``candidates`` random cells)
+    fixes the supernet's architecture and is scored on the same ``tasks`` validation tasks
+    (:func:`~bayesnas.analysis.score.score_cells`, tasks and sampling noise seeded by
+    ``seed``); the cell with the highest mean query accuracy is kept (ties: log-likelihood).
+    Accuracy, not log-likelihood, because it ranked retrained cells better on validation
+    (docs/search_experiments.md). Writes the genotype (default ``RUN_DIR/genotype-score.json``)
+    and ``score.json`` beside it: every candidate's per-task scores, and the kept cell's paired
+    difference from the runner-up with its 95% CI over tasks.
+
+    Returns:
+        :class:`DerivedCell` whose ``scores`` is the :class:`~bayesnas.analysis.score.ScoreResult`.
+    """
+    cells = score_candidates(run_dir, candidates, seed, which)
+    result = score_cells(run_dir, cells, tasks=tasks, split="val", seed=seed, which=which,
+                         device=run_device(run_dir, device), progress=progress)
+    ranked = sorted(result.scores, key=lambda s: (s.mean_accuracy, s.mean_loglik), reverse=True)
+    best = ranked[0]
+    runner_up = ranked[1] if len(ranked) > 1 else None
+    difference = ci95 = None
+    if runner_up is not None:
+        diff = torch.tensor(best.accuracy, dtype=torch.float64) - torch.tensor(runner_up.accuracy, dtype=torch.float64)
+        difference, ci95 = mean_confidence_interval(diff)
+    genotype = genotype_from_dict(best.genotype)
+    path = os.fspath(out) if out is not None else os.path.join(os.fspath(run_dir), "genotype-score.json")
+    save_genotype(genotype, path)
+    write_json(os.path.join(os.path.dirname(os.path.abspath(path)), "score.json"), {
+        "genotype": os.path.basename(path), "kept": best.label, "by": "accuracy",
+        "runner_up": None if runner_up is None else runner_up.label, "difference": difference, "ci95": ci95,
+        **result.to_dict()})
+    plot_path = None
+    if plot:
+        plot_path = os.path.splitext(path)[0] + ".png" if plot is True else os.fspath(plot)
+        plot_genotype(genotype, path=plot_path,
+                      title=f"{os.path.basename(os.path.normpath(os.fspath(run_dir)))}: best of "
+                            f"{len(cells)} scored cells ({best.label})")
+    # no edge probabilities: the cell's own one-hot edge weights stand in for them, and no table
+    z_normal, z_reduce = cell_edge_weights(genotype)
+    return DerivedCell(genotype, [], z_normal, z_reduce, path, plot_path, None, None, scores=result)
 
 
 def _derive_by_evidence(run_dir, out, plot, which, tasks, finetune, prior, seed, progress, device):
