@@ -100,7 +100,7 @@ def resume_overrides(overrides, config_file=None):
         a dict of those two given, e.g. ``{"iterations": N}`` or ``{}``.
 
     Raises:
-        ConfigError naming the rule when anything else is given.
+        ConfigError: naming the rule, when anything else is given.
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     if sorted(set(given) - {"iterations", "device"}) or config_file:
@@ -199,7 +199,7 @@ class FitConfig(TaskSettings):
     The paper's search: 10,000 iterations, 2 tasks per iteration, 4 inner steps, 5-way. The
     defaults temper the weight KL (kl_weight 0.001, sigma_init 0.01) and take first-order
     meta-gradients so that a plain ``bayesnas fit`` learns in minutes on a CPU; the paper's
-    untempered, second-order objective is ``kl_weight=1.0, first_order=False`` (README,
+    untempered, second-order objective is ``kl_weight=1.0, first_order=False`` (docs/model.md,
     "Choosing the KL weight").
     """
 

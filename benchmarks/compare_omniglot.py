@@ -14,7 +14,7 @@ target (``--param-target``; default the largest row's count at ``--channels``;
 ``--no-match-params`` trains every row at ``--channels``). With several ``--seeds``,
 accuracies are averaged over the seeds per test task before the mean and 95% CI over tasks
 are taken, and the "vs" column is each architecture's paired per-task difference from the
-first (README, "Protocol rules"). Prints one table per setting and writes everything, with
+first (docs/protocol.md). Prints one table per setting and writes everything, with
 the budget, the learning curves and wall times, as JSON.
 
 ``--protocol`` runs issue 12's comparison: the three settings, 600 test tasks, at least 5
@@ -28,7 +28,7 @@ a larger budget on the same ``--out`` and every run continues where it stopped, 
 finished run's saved evaluation is reused. ``--max-iterations`` (same forms) trains each run
 until it has plateaued instead: ``--iterations`` first, then ``--extend-by`` more at a time
 while its val rise is above 0.02, up to that cap; each row's ``iterations`` says what it got.
-``--table JSON`` prints a report's tables as Markdown (the README's): a summary of every
+``--table JSON`` prints a report's tables as Markdown (docs/results.md's): a summary of every
 setting's accuracies, the random-cell median and how many searched cells are above it, then
 one table per setting.
 

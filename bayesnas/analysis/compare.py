@@ -562,11 +562,15 @@ def compare(genotypes: Any = (), random_cells: int = 5, config: dict | None = No
         random_cells: R random cells from the same space.
         config: the shared :class:`RetrainConfig` (its ``arch`` and ``seed`` are set per run).
         seeds: training seeds; every architecture is trained once per seed.
-        eval_tasks, eval_inner_steps, eval_seed: the test tasks (same for all) and test-time steps.
+        eval_tasks: the number of test tasks (the same tasks for every row).
+        eval_inner_steps: test-time adaptation steps.
+        eval_seed: seed of the test tasks.
         out: folder of the runs and of ``compare.json`` (default: a new ``runs/compare-<time>``).
         baselines: named architectures to include ("darts_v2", "conv4").
-        random_seed: seed of the random cells; json_out: also write the JSON there.
-        progress: progress bars; log: optional ``callable(str)`` told when each run ends.
+        random_seed: seed of the random cells.
+        json_out: also write the JSON there.
+        progress: progress bars.
+        log: optional ``callable(str)`` told when each run ends.
         tensorboard: every retrain run writes TensorBoard event files to its own
             ``OUT/<label>-seed<S>/tensorboard/``.
         command: the command line recorded in each run's card (default: the retrain call).

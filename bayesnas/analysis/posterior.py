@@ -72,8 +72,9 @@ class EdgePosterior:
     """A posterior over the edge operations of both cell types (relaxed categorical per edge).
 
     Args:
-        logits_normal, logits_reduce: ``[14, 10]`` unnormalised log-probabilities (alpha
-            for the meta-level posterior, phi for a task's).
+        logits_normal: ``[14, 10]`` unnormalised log-probabilities of the normal cell
+            (alpha for the meta-level posterior, phi for a task's).
+        logits_reduce: the same for the reduction cell.
         tau: temperature of the relaxed categorical; the default of :meth:`sample`.
         label: a short description, used in plot titles and ``repr``.
 
@@ -283,10 +284,13 @@ class AdaptedPosterior(EdgePosterior):
 
         Args:
             meta: a trained :class:`~bayesnas.inference.meta.MetaNetwork`.
-            support_x: ``[n, C, H, W]`` (any input the supernet takes, one task);
-                support_y: ``[n]`` labels 0..ways-1.
+            support_x: ``[n, C, H, W]`` (any input the supernet takes, one task).
+            support_y: ``[n]`` labels 0..ways-1.
             steps: N unrolled steps (0 gives the meta-level posterior itself).
-            tau, relaxed, kl_weight, edge_kl: as in training (the run's config gives them).
+            tau: temperature, as in training (the run's config gives it, as the next three).
+            relaxed: relaxed-categorical edge variables (the Gumbel variant), as in training.
+            kl_weight: weight of the KL terms, as in training.
+            edge_kl: the edge KL, as in training.
             samples: default S of :meth:`predict`.
             seed: seed the reparameterised samples of the steps (None: global RNG).
 

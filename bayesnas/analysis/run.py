@@ -42,7 +42,8 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Ru
     naming the file.
 
     Args:
-        path: the run folder; device: where task posteriors are computed ("cpu", "cuda", "auto").
+        path: the run folder.
+        device: where task posteriors are computed ("cpu", "cuda", "auto").
 
     Returns:
         :class:`Run`.
@@ -185,12 +186,14 @@ class Run:
         """The posterior q(theta, z | D) of a new task, by the guide's unrolled steps on its support set.
 
         Args:
-            support_x: ``[n, C, H, W]`` images in [0, 1]; support_y: ``[n]`` labels 0..ways-1.
+            support_x: ``[n, C, H, W]`` images in [0, 1].
+            support_y: ``[n]`` labels 0..ways-1.
             steps: unrolled steps (default: the run's ``inner_steps``, as in training).
             samples: default number of posterior samples of ``.predict``.
             tau: temperature (default: the schedule's value at the checkpoint; the KL
                 weight is the schedule's too, so the steps are those of training).
-            which: "last" or "best" checkpoint; seed: seed the steps' samples.
+            which: "last" or "best" checkpoint.
+            seed: seed the steps' samples.
 
         Returns:
             :class:`~bayesnas.analysis.posterior.AdaptedPosterior`: the EdgePosterior API
@@ -246,10 +249,13 @@ class Run:
         not reuse the noise the guide's steps were fitted to.
 
         Args:
-            tasks: number of tasks (indices 0..tasks-1 of :meth:`task_sampler`);
-            samples: S; split: as in :meth:`task_sampler`; bins: ECE bins;
+            tasks: number of tasks (indices 0..tasks-1 of :meth:`task_sampler`).
+            samples: S, posterior samples averaged per prediction.
+            split: as in :meth:`task_sampler`.
+            bins: ECE bins.
             seed: seeds the task stream, the steps' samples and the posterior samples
-            (the same seed gives the same result); progress: a tqdm bar.
+                (the same seed gives the same result).
+            progress: show a tqdm bar.
 
         Returns:
             :class:`Calibration`.

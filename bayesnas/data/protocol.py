@@ -61,15 +61,16 @@ def selection_split(data: FewShotData, select_on: str = "val") -> str:
     """The split that validates during training and picks ``checkpoint_best.pt``.
 
     Args:
-        data: the opened data file; select_on: "val" (the rule) or "test" (explicit
-            opt-in for a file without validation classes).
+        data: the opened data file.
+        select_on: "val" (the rule) or "test" (explicit opt-in for a file without
+            validation classes).
 
     Returns:
         the split name, ``select_on`` itself.
 
     Raises:
-        DataError naming the file when it has no such split; ConfigError for another
-        ``select_on``.
+        DataError: naming the file, when it has no such split.
+        ConfigError: for another ``select_on``.
     """
     if select_on not in SELECT_ON:
         raise ConfigError(f"select_on={select_on!r}: expected one of {', '.join(SELECT_ON)}")

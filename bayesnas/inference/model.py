@@ -145,8 +145,9 @@ def base_model(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor | None, tau: 
         x: images ``[T, B, C, H, W]``.
         y: labels ``[T, B]`` (observed), or None to sample them.
         tau: temperature of the relaxed categorical.
-        z_normal, z_reduce: ``[T, 14, 10]`` fixed edge weights (softmax variant); when
-            None (Gumbel variant) they are sampled from the relaxed categorical prior.
+        z_normal: ``[T, 14, 10]`` fixed edge weights of the normal cell (softmax variant);
+            when None (Gumbel variant) they are sampled from the relaxed categorical prior.
+        z_reduce: the same for the reduction cell.
 
     Returns:
         logits ``[T, B, ways]``.

@@ -83,9 +83,10 @@ def derive_genotype(probs_normal: torch.Tensor, probs_reduce: torch.Tensor) -> G
     """The genotype of two cells' edge probabilities by the paper's rule (module docstring).
 
     Args:
-        probs_normal, probs_reduce: ``[14, 10]`` tensors (or arrays) of per-edge operation
+        probs_normal: ``[14, 10]`` tensor (or array) of the normal cell's per-edge operation
             probabilities, edges in ``bayesnas.models.EDGES`` order, ops in ``OPS`` order.
             Each row must be a distribution (one-hot rows are fine).
+        probs_reduce: the same for the reduction cell.
 
     Returns:
         a :class:`~bayesnas.models.genotypes.Genotype` with 8 ``(op, source)`` pairs per
@@ -103,7 +104,8 @@ def chosen_edges_table(probs_normal: torch.Tensor, probs_reduce: torch.Tensor,
     """The kept edges with their probabilities: 16 :class:`ChosenEdge` rows (normal cell first).
 
     Args:
-        probs_normal, probs_reduce: ``[14, 10]`` edge probabilities, as for :func:`derive_genotype`.
+        probs_normal: ``[14, 10]`` edge probabilities of the normal cell, as for :func:`derive_genotype`.
+        probs_reduce: the same for the reduction cell.
         genotype: the genotype whose edges to list (default: the one derived from these
             probabilities); ``prob`` is the probability of its op on its edge.
 

@@ -85,10 +85,14 @@ def maml_loss(net: torch.nn.Module, params: dict, batch: Any, steps: int, lr: fl
     """The MAML objective of a meta-batch: mean query cross-entropy after adaptation.
 
     Args:
-        net, params: as for :func:`adapt_task`.
+        net: the network, as for :func:`adapt_task`.
+        params: its parameters, as for :func:`adapt_task`.
         batch: ``support_x [T, n_s, C, H, W]``, ``support_y [T, n_s]``, ``query_x [T, n_q, ...]``,
             ``query_y [T, n_q]`` (a sampler's Task batch).
-        steps, lr, first_order, checkpoint: the inner loop (see :func:`adapt_task`).
+        steps: inner steps (see :func:`adapt_task`).
+        lr: inner step size.
+        first_order: detach the inner gradients.
+        checkpoint: recompute each inner step in the outer backward.
 
     Returns:
         ``(loss, accuracy)``: scalar tensors, means over the T tasks; ``loss`` is

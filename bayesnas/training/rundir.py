@@ -115,7 +115,7 @@ class RunDirectory:
         """Hold ``RUN/.lock`` for this process until :meth:`unlock` (again in the same process: no-op).
 
         Raises:
-            RunError when another process holds it (a session training in this folder).
+            RunError: when another process holds it (a session training in this folder).
         """
         key = os.path.realpath(self.path)
         if key in _HELD:

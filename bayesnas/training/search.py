@@ -325,7 +325,8 @@ def load_fit(run_dir: str | os.PathLike, which: str = "last",
     """Rebuild a fit run's MetaNetwork from its folder.
 
     Args:
-        run_dir: a folder written by :func:`fit`; which: "last" or "best" checkpoint.
+        run_dir: a folder written by :func:`fit`.
+        which: "last" or "best" checkpoint.
 
     Returns:
         ``(config, meta, data)``: the FitConfig, the MetaNetwork in eval-ready state on

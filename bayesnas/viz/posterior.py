@@ -59,7 +59,10 @@ def plot_edge_posterior(probs, genotype=None, path=None, title=None, annotate=Tr
 
     Args:
         probs: ``(normal, reduce)`` op probabilities ``[14, 10]`` each (an EdgePosterior's
-            ``.probs``); path: also save there; title: the figure's title;
+            ``.probs``).
+        genotype: the genotype whose chosen ops are outlined (default: derived from ``probs``).
+        path: also save there.
+        title: the figure's title.
         annotate: write each probability in its cell.
 
     Returns:
@@ -109,7 +112,9 @@ def plot_posterior_history(history, path=None, title=None):
 
     Args:
         history: a :class:`~bayesnas.analysis.posterior.PosteriorHistory`
-            (``iteration [n]``, ``probs`` per cell ``[n, 14, 10]``); path: also save there.
+            (``iteration [n]``, ``probs`` per cell ``[n, 14, 10]``).
+        path: also save there.
+        title: the figure's title.
 
     Returns:
         ``matplotlib.figure.Figure`` (28 panels with data).
@@ -163,7 +168,9 @@ def plot_search_diagnostics(history, path=None, title=None):
     tick at every logged iteration where the derived genotype changed.
 
     Args:
-        history: a :class:`~bayesnas.analysis.posterior.PosteriorHistory`; path: also save there.
+        history: a :class:`~bayesnas.analysis.posterior.PosteriorHistory`.
+        path: also save there.
+        title: the figure's title.
 
     Returns:
         ``matplotlib.figure.Figure`` with two axes.
