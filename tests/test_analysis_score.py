@@ -102,3 +102,27 @@ def test_score_cells_command_prints_a_table_and_writes_json(fit_run, tmp_path):
     assert saved["tasks"] == 3 and len(saved["scores"]) == 3
     bad = CliRunner().invoke(main, ["score-cells", fit_run, "conv4"])
     assert bad.exit_code != 0 and "Conv-4 is not a cell" in bad.output and "Traceback" not in bad.output
+
+
+def test_scores_are_the_same_with_the_discrete_path_on_and_off(fit_run, monkeypatch):
+    """score_tasks computes only the kept edges of each cell (SearchCell.forward_discrete) by default;
+    computing every op of every edge gives the same per-task scores up to float32 rounding."""
+    from bayesnas.analysis.compare import architectures
+    from bayesnas.analysis.score import held_out
+    from bayesnas.models import SearchCell
+
+    calls = []
+    original = SearchCell.forward_discrete
+    monkeypatch.setattr(SearchCell, "forward_discrete", lambda self, *a: calls.append(1) or original(self, *a))
+    h = held_out(fit_run, tasks=3, batch=2)
+    cells = [("darts_v2", genotype_to_dict(DARTS_V2)), architectures((), 1, ())[0]]
+    args = (h.meta, cells, h.task_batches, h.cfg.inner_steps, h.tau, h.kl_weight)
+    fast = score_tasks(*args, samples=2, discrete=True)
+    assert calls  # the sparse path ran
+    calls.clear()
+    fused = score_tasks(*args, samples=2, discrete=False)
+    assert not calls
+    for a, b in zip(fast, fused):
+        assert a.accuracy == b.accuracy
+        assert np.allclose(a.loglik, b.loglik, rtol=0, atol=1e-4), (a.label, a.loglik, b.loglik)
+        assert a.loglik != pytest.approx([0.0] * len(a.loglik))

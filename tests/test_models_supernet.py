@@ -365,3 +365,129 @@ def test_reduction_cell_reads_two_copies_of_the_previous_output():
                 else:
                     assert torch.isnan(out).all()
     assert [c.reduction for c in fused.cells] == [False, True, True]
+
+
+def test_sparse_edges_reads_one_nonzero_op_per_row_the_same_in_every_task():
+    from bayesnas.models import sparse_edges
+
+    z = torch.zeros(NUM_EDGES, NUM_OPS)
+    z[:, OPS.index("none")] = 1.0
+    z[3] = 0.0
+    z[3, OPS.index("sep_conv_5x5")] = 0.7  # any value: it is the multiplier
+    z[5, OPS.index("skip_connect")] = 1.0  # with a weight on none too: none contributes nothing
+    assert sparse_edges(z) == ((3, OPS.index("sep_conv_5x5")), (5, OPS.index("skip_connect")))
+    assert sparse_edges(z.expand(3, -1, -1)) == sparse_edges(z)
+    two = z.clone()
+    two[3, OPS.index("max_pool_3x3")] = 0.1
+    assert sparse_edges(two) is None  # a mixture on edge 3
+    assert sparse_edges(torch.stack([z, two])) is None
+    other = z.clone()
+    other[3] = 0.0
+    other[3, OPS.index("dil_conv_3x3")] = 1.0
+    assert sparse_edges(torch.stack([z, other])) is None  # a different cell per task: the fused path
+    assert sparse_edges(torch.zeros(2, NUM_EDGES, NUM_OPS)) == ()
+
+
+def discrete_z(op, seed, T):
+    """``[T, 14, 10]``: every edge one-hot on ``op`` but a few edges on none and one on another op;
+    the values are not all 1 (they are the multipliers)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.zeros(NUM_EDGES, NUM_OPS, dtype=torch.float64)
+    ops = torch.full((NUM_EDGES,), op)
+    ops[torch.randperm(NUM_EDGES, generator=g)[:4]] = 0
+    ops[int(torch.randint(NUM_EDGES, (1,), generator=g))] = int(torch.randint(1, NUM_OPS, (1,), generator=g))
+    z[torch.arange(NUM_EDGES), ops] = 0.5 + torch.rand(NUM_EDGES, generator=g, dtype=torch.float64)
+    return z.expand(T, -1, -1).clone()
+
+
+def discrete_against_fused(net, theta, layout, x, zn, zr, second_order=False):
+    """(output, d/dtheta, d/dz_normal, d/dz_reduce) of the fused and of the discrete path."""
+    results = []
+    for discrete in (False, True):
+        z = [t.clone().requires_grad_() for t in (zn, zr)]
+        out = functional_call(net, layout.unflatten(theta), (x, *z), {"discrete": discrete})
+        loss = out.pow(2).sum() + out.sum()
+        if second_order:
+            g, = torch.autograd.grad(loss, theta, create_graph=True)
+            loss = g.pow(2).sum()
+        results.append((out.detach(), *torch.autograd.grad(loss, [theta, *z])))
+    return results
+
+
+@pytest.mark.parametrize("op", range(1, NUM_OPS), ids=OPS[1:])
+@pytest.mark.parametrize("T", [1, 3])
+def test_discrete_path_equals_fused_for_every_op(op, T, monkeypatch):
+    """One-hot edge weights (normal and reduction cells, every op, with skipped edges and values that
+    are not 1): the sparse path's logits and gradients w.r.t. the parameters equal the fused path's
+    in float64, and so do the gradients w.r.t. the kept entries of z (the others are 0 there)."""
+    from bayesnas.models import ParamLayout, SearchCell
+
+    calls = []
+    original = SearchCell.forward_discrete
+    monkeypatch.setattr(SearchCell, "forward_discrete", lambda self, *a: calls.append(1) or original(self, *a))
+    torch.manual_seed(op)
+    net = SearchNetwork(in_channels=2, num_classes=3, C=3, layers=3).double()  # odd C: uneven factorized reduce
+    layout = ParamLayout.from_module(net)
+    theta = (layout.flatten(net).detach() + 0.05 * torch.randn(T, layout.numel, dtype=torch.float64))
+    theta.requires_grad_()
+    x = torch.randn(T, 4, 2, 7, 7, dtype=torch.float64)  # odd size: reductions 7 -> 4 -> 2
+    zn, zr = discrete_z(op, op, T), discrete_z(op, 100 + op, T)
+    fused, sparse = discrete_against_fused(net, theta, layout, x, zn, zr)
+    assert len(calls) == 3  # every cell took the sparse path
+    assert_close(sparse[0], fused[0], "logits", tol=1e-12)
+    assert_close(sparse[1], fused[1], "d/dtheta", tol=1e-10)
+    assert fused[1].abs().sum() > 0
+    for z, a, b, what in ((zn, sparse[2], fused[2], "d/dz_normal"), (zr, sparse[3], fused[3], "d/dz_reduce")):
+        kept = z.ne(0)
+        kept[..., OPS.index("none")] = False
+        assert_close(a[kept], b[kept], what, tol=1e-10)
+        assert not a[~kept].any()
+
+
+def test_discrete_cells_second_order_and_fallbacks(monkeypatch):
+    """DARTS_V2 on 3 tasks through a gradient of a gradient (what the guide's steps differentiate); inside
+    discrete_cells() the sparse path is the default, and z that does not qualify takes the fused path."""
+    from bayesnas.analysis.score import cell_edge_weights
+    from bayesnas.models import DARTS_V2, ParamLayout, SearchCell, discrete_cells
+
+    calls = []
+    original = SearchCell.forward_discrete
+    monkeypatch.setattr(SearchCell, "forward_discrete", lambda self, *a: calls.append(1) or original(self, *a))
+    torch.manual_seed(0)
+    net = SearchNetwork(in_channels=2, num_classes=3, C=2, layers=3).double()
+    layout = ParamLayout.from_module(net)
+    T = 3
+    theta = (layout.flatten(net).detach() + 0.05 * torch.randn(T, layout.numel, dtype=torch.float64))
+    theta.requires_grad_()
+    x = torch.randn(T, 4, 2, 8, 8, dtype=torch.float64)
+    zn, zr = (z.double().expand(T, -1, -1) for z in cell_edge_weights(DARTS_V2))
+    fused, sparse = discrete_against_fused(net, theta, layout, x, zn, zr, second_order=True)
+    assert len(calls) == 3
+    assert_close(sparse[0], fused[0], "logits", tol=1e-12)
+    assert_close(sparse[1], fused[1], "d/dtheta (second order)", tol=1e-10)
+
+    params = layout.unflatten(theta.detach())
+    mixed = torch.softmax(torch.randn(T, NUM_EDGES, NUM_OPS, dtype=torch.float64), -1)
+    per_task = zr.clone()
+    per_task[1, 0] = per_task[1, 0].roll(1)  # task 1's reduction cell differs
+    calls.clear()
+    with discrete_cells():
+        out = functional_call(net, params, (x, zn, zr))
+        assert len(calls) == 3
+        functional_call(net, params, (x, zn, mixed))
+        functional_call(net, params, (x, zn, per_task))
+        assert len(calls) == 3 + 1 + 1  # the normal cell only
+        functional_call(net, params, (x, zn, zr), {"discrete": False})
+        assert len(calls) == 5
+    functional_call(net, params, (x, zn, zr))  # outside: z is not read
+    assert len(calls) == 5
+    assert_close(out, fused[0], "logits in discrete_cells()", tol=1e-12)
+    grads = []
+    for discrete in (True, False):  # one task, the module's own parameters
+        out = net(x[0], zn[0], zr[0], discrete=discrete)
+        params = list(net.parameters())
+        # a parameter tensor no kept edge reads is unused (None) on the sparse path: zero on the fused one
+        g = torch.autograd.grad(out.pow(2).sum(), params, allow_unused=True)
+        grads.append((out.detach(), *(torch.zeros_like(p) if d is None else d for p, d in zip(params, g))))
+    for a, b in zip(*grads):
+        assert_close(a, b, "one task", tol=1e-10)

@@ -14,7 +14,7 @@ from .macro import reduction_indices
 from .network import FixedCell, NetworkFromGenotype, build_network
 from .operations import (NUM_OPS, OPS, Conv7x1_1x7, DilConv, FactorizedReduce, ReLUConvBN,
                          SepConv, Zero, batch_norm, make_op)
-from .supernet import SOURCE_MAJOR, SearchCell, SearchNetwork, edge_batches, source_major
+from .supernet import SOURCE_MAJOR, SearchCell, SearchNetwork, discrete_cells, edge_batches, source_major, sparse_edges
 
 __all__ = [
     "OPS", "NUM_OPS", "make_op", "batch_norm", "Zero", "ReLUConvBN", "FactorizedReduce",
@@ -25,7 +25,7 @@ __all__ = [
     "state_name", "BASELINES", "arch_config", "arch_label",
     "ChosenEdge", "chosen_edges_table", "derive_genotype", "format_edges_table",
     "reduction_indices",
-    "SearchNetwork", "SearchCell", "SOURCE_MAJOR", "source_major", "edge_batches",
+    "SearchNetwork", "SearchCell", "SOURCE_MAJOR", "source_major", "edge_batches", "discrete_cells", "sparse_edges",
     "NetworkFromGenotype", "FixedCell", "Conv4", "build_network",
     "ParamLayout", "count_parameters",
 ]

@@ -25,6 +25,13 @@ This one computes the same function with a few dozen calls per cell:
   matrix product of a ``[targets, outputs]`` mixing matrix gathered from ``z`` with all
   op outputs. ``none`` contributes nothing and is skipped.
 
+Discrete cells (weight-sharing evaluation: :mod:`bayesnas.analysis.score`) have a sparse
+path: when asked (``forward(..., discrete=True)`` or inside :func:`discrete_cells`) and
+every edge row of a cell type's ``z`` has at most one nonzero entry besides ``none``, the
+same op in every task (:func:`sparse_edges`), the cells compute only those edges' ops, on
+slices of the same fused parameters, each output times its ``z`` entry
+(:meth:`SearchCell.forward_discrete`): the same function, about a tenth of the work.
+
 Edge parameters are stacked over the 14 edges in source-major order (:data:`SOURCE_MAJOR`
 maps positions to edge indices), one tensor per (op, conv): ``sep_conv_5x5_dw1`` is
 ``[14, C, 1, 5, 5]``. :mod:`bayesnas.models.reference` holds the straightforward
@@ -39,8 +46,11 @@ Example:
 >>> net(torch.randn(4, 1, 16, 16), z, z).shape
 torch.Size([4, 5])
 """
+import contextlib
+import contextvars
 import functools
 import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -48,9 +58,9 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ._conv import conv2d, conv_input
-from .genotypes import STEPS, edge_index, num_edges
+from .genotypes import STEPS, cell_edges, edge_index, num_edges
 from .macro import CellPlan, cell_plan, check_positive, make_preprocess, make_stem, reduction_indices
-from .operations import (DIL_KERNELS, DILATION, NUM_OPS, OPS, SEP_KERNELS, FactorizedReduce, max_pool_3x3,
+from .operations import (DIL_KERNELS, DILATION, NUM_OPS, OPS, POOL_OPS, SEP_KERNELS, FactorizedReduce, max_pool_3x3,
                          shift_to_odd_pixels)
 
 SEP_OPS = tuple(SEP_KERNELS)
@@ -58,6 +68,52 @@ DIL_OPS = tuple(DIL_KERNELS)
 # Ops with a first depthwise stage, in the channel order of the fused tensors.
 DW_OPS = SEP_OPS + DIL_OPS
 _OP_INDEX = {name: i for i, name in enumerate(OPS)}
+_NONE = _OP_INDEX["none"]
+_DISCRETE = contextvars.ContextVar("bayesnas_discrete_cells", default=False)
+
+#: a cell type's kept edges for the sparse path: ``((edge, op index), ...)``, edge-index order
+KeptEdges = tuple[tuple[int, int], ...]
+
+
+@contextlib.contextmanager
+def discrete_cells(enabled: bool = True):
+    """Inside this block, :class:`SearchNetwork` forwards look for discrete edge weights.
+
+    A forward called without ``discrete=`` (as the inference code calls it, through
+    ``torch.func.functional_call``) then reads its ``z`` values (:func:`sparse_edges`: one
+    small host read per cell type) and takes the sparse path for a cell type whose ``z``
+    qualifies, the fused one otherwise. Outside (the default, and what training uses) ``z``
+    is never inspected. ``enabled=False`` turns an enclosing block off.
+
+    >>> with discrete_cells():
+    ...     pass  # score fixed cells here
+    """
+    token = _DISCRETE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _DISCRETE.reset(token)
+
+
+def sparse_edges(z: torch.Tensor) -> Optional[KeptEdges]:
+    """The ``(edge, op)`` pairs the sparse path computes for edge weights ``z``, or None.
+
+    ``z [E, 10]`` or ``[T, E, 10]`` qualifies when every edge row has at most one nonzero
+    entry apart from ``none`` (which contributes nothing whatever its weight), at the same
+    op in every task; the pairs are those nonzero entries (rows with none are skipped edges).
+    Reads ``z`` on the host.
+
+    >>> z = torch.zeros(14, 10); z[:, 0] = 1.0; z[3, 4] = 1.0
+    >>> sparse_edges(z)
+    ((3, 4),)
+    """
+    nonzero = z.detach().ne(0)
+    nonzero[..., _NONE] = False
+    nonzero = nonzero.reshape(-1, *z.shape[-2:]).cpu()
+    pattern = nonzero[0]
+    if not torch.equal(nonzero, pattern.expand_as(nonzero)) or bool((pattern.sum(-1) > 1).any()):
+        return None
+    return tuple((int(e), int(o)) for e, o in pattern.nonzero().tolist())
 
 
 def source_major(steps: int = STEPS) -> list[int]:
@@ -310,6 +366,105 @@ class SearchCell(nn.Module):
             nodes.append(node.reshape(B, T * C, Ho, Wo))
         return _task_cat(nodes[-self.multiplier:], T)
 
+    def forward_discrete(self, s0, s1, z, kept):
+        """The cell computing only the ``kept`` edges (:func:`sparse_edges`), each with its one op.
+
+        ``s0``, ``s1`` as in :meth:`forward`; ``z [T, edges, 10]`` the edge weights of the
+        cell type; ``kept`` ``((edge, op), ...)``. Node k is ``sum z[:, e, op] * op(state)``
+        over its kept edges (zeros if none): :meth:`forward`'s value whenever ``z`` is zero
+        off ``kept`` (``none`` aside), since the fused mixture's other terms are then zero
+        times an op output. Each op reads its edge's slice of the fused parameters and
+        computes what the fused batch computes for that edge (the same ReLU, strides,
+        paddings, BatchNorms with batch statistics); states no kept edge reads are not
+        computed. Gradients w.r.t. the parameters are the fused path's (exact zeros where it
+        skips; ``torch.autograd.grad(..., allow_unused=True)`` gives None for a tensor
+        nothing reads). Gradients w.r.t. ``z`` are the fused path's on the ``kept`` entries
+        and zero elsewhere (the fused path's are the skipped ops' outputs there).
+        """
+        T, steps = z.shape[0], self.steps
+        if self.reduction:
+            s0 = s1
+        raw = ((self.pre0, s0), (self.pre1, s1))
+        states, relu, shared = {}, {}, {}
+        position = {e: p for p, e in enumerate(source_major(steps))}
+        edges = cell_edges(steps)
+
+        def state(i):
+            if i not in states:
+                states[i] = _task_module(*raw[i], T) if i < 2 else nodes[i - 2]
+            return states[i]
+
+        def op_output(source, e, op):
+            x = state(source)
+            stride = 2 if self.reduction and source < 2 else 1
+            if OPS[op] in POOL_OPS or (OPS[op] == "skip_connect" and stride == 1):
+                if (source, op) not in shared:  # no parameters: one output per source
+                    shared[source, op] = self._discrete_parameter_free(x, OPS[op], stride)
+                return shared[source, op]
+            if source not in relu:
+                relu[source] = conv_input(F.relu(x))  # shared by the convolutions of this source
+            return self._discrete_op(relu[source], OPS[op], position[e], stride, T)
+
+        B, C = s1.shape[0], self.C
+        H, W = s1.shape[-2:]
+        size = (-(-H // 2), -(-W // 2)) if self.reduction else (H, W)
+        nodes = []
+        for k in range(steps):
+            node = None
+            for e, op in kept:
+                source, target = edges[e]
+                if target != k:
+                    continue
+                y = op_output(source, e, op)
+                term = (y.reshape(B, T, -1) * z[:, e, op, None]).reshape(B, T * C, *y.shape[-2:])
+                node = term if node is None else node + term
+            nodes.append(s1.new_zeros(B, T * C, *size) if node is None else node)
+        return _task_cat(nodes[-self.multiplier:], T)
+
+    def _discrete_parameter_free(self, x, op, stride):
+        """The identity, or a pooling with its BatchNorm, of a source ``[B, T*C, H, W]``."""
+        if op == "skip_connect":
+            return x
+        y = max_pool_3x3(x, stride) if op == "max_pool_3x3" else F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+        return F.batch_norm(y, None, None, training=True)
+
+    def _edge_weight(self, name, position, T):
+        """Edge parameter ``name`` at fused position ``position``: ``[T, *shape]``."""
+        p = getattr(self, name)
+        return p[:, position] if p.dim() == 6 else p[position][None]
+
+    def _discrete_op(self, r, op, position, stride, T):
+        """One edge's op with parameters on ``r = relu(source)`` ``[B, T*C, H, W]`` -> ``[B, T*C, H', W']``."""
+        B, C = r.shape[0], self.C
+
+        def weight(name):
+            return self._edge_weight(name, position, T)
+
+        def pointwise(y, name):
+            # a matrix product per task, as the fused stages compute it
+            Ho, Wo = y.shape[-2:]
+            y = torch.matmul(weight(name).reshape(T, C, C), y.reshape(B, T, C, Ho * Wo))
+            return F.batch_norm(y.view(B, T * C, Ho, Wo), None, None, training=True)
+
+        if op == "skip_connect":  # strided: a factorized reduce
+            a = conv2d(r, weight("skip_connect_fr_a").reshape(-1, C, 1, 1), stride=2, groups=T)
+            b = conv2d(shift_to_odd_pixels(r), weight("skip_connect_fr_b").reshape(-1, C, 1, 1), stride=2, groups=T)
+            return F.batch_norm(_task_cat([a, b], T), None, None, training=True)
+        if op == "conv_7x1_1x7":
+            y = conv2d(r, weight("conv_7x1_1x7_w1x7").reshape(T * C, C, 1, 7), stride=(1, stride), padding=(0, 3),
+                       groups=T)
+            y = conv2d(y, weight("conv_7x1_1x7_w7x1").reshape(T * C, C, 7, 1), stride=(stride, 1), padding=(3, 0),
+                       groups=T)
+            return F.batch_norm(y, None, None, training=True)
+        k, d = _kernel_of(op)
+        y = conv2d(r, weight(_dw1_name(op)).reshape(T * C, 1, k, k), stride=stride, padding=d * (k - 1) // 2,
+                   dilation=d, groups=T * C)
+        y = pointwise(y, _pw1_name(op))
+        if op in DIL_KERNELS:
+            return y
+        y = conv2d(conv_input(F.relu(y)), weight(f"{op}_dw2").reshape(T * C, 1, k, k), padding=k // 2, groups=T * C)
+        return pointwise(y, f"{op}_pw2")
+
 
 def _task_cat(states, T):
     """Concatenate task-major states ``[B, T*C_i, H, W]`` channel-wise within each task."""
@@ -390,7 +545,7 @@ class SearchNetwork(nn.Module):
         flat = torch.cat([z.reshape(*lead, -1), z.new_zeros(*lead, 1)], -1)
         return [flat[..., getattr(self, f"_mix_{int(reduction)}_{b}")] for b in range(self.steps)]
 
-    def forward(self, x, z_normal, z_reduce):
+    def forward(self, x, z_normal, z_reduce, discrete: Optional[bool] = None):
         """Logits of one task, or of T tasks at once.
 
         One task: ``x [B, C, H, W]``, ``z_* [14, 10]``, the module's own parameters ->
@@ -399,6 +554,12 @@ class SearchNetwork(nn.Module):
         tensor, task t's weights in row t -> ``[T, B, classes]``. The T tasks run as one
         network whose channels are task-major and whose convolutions have T times the
         groups: the same function as T separate calls, in a T-th of the calls.
+
+        ``discrete``: True reads ``z`` and takes the sparse path for each cell type whose
+        ``z`` qualifies (:func:`sparse_edges`; the same value, computing only the kept
+        edges' ops: :meth:`SearchCell.forward_discrete`), the fused one for the others;
+        False never reads ``z``; None (default) is True inside :func:`discrete_cells`,
+        else False. Inside ``torch.func`` transforms the fused path is always taken.
         """
         batched = x.dim() == 5
         T = x.shape[0] if batched else 1
@@ -418,12 +579,21 @@ class SearchNetwork(nn.Module):
             x = x.transpose(0, 1).reshape(x.shape[1], T * self.in_channels, *x.shape[-2:])
         s = conv2d(x, _task_weight(stem_w, T), padding=1, groups=T)
         s0 = s1 = F.batch_norm(s, None, None, training=True)
-        mix = {}
+        if discrete is None:
+            discrete = _DISCRETE.get()
+        kept, mix = {}, {}
+        if discrete and not torch._C._are_functorch_transforms_active():  # vmap cannot read values
+            kept = {False: sparse_edges(z_normal), True: sparse_edges(z_reduce)}
         for cell in self.cells:
-            if cell.reduction not in mix:
-                z = z_reduce if cell.reduction else z_normal
-                mix[cell.reduction] = self.mixing_matrices(z if batched else z[None], cell.reduction)
-            s0, s1 = s1, cell(s0, s1, mix[cell.reduction])
+            red = cell.reduction
+            z = z_reduce if red else z_normal
+            z = z if batched else z[None]
+            if kept.get(red) is not None:
+                s0, s1 = s1, cell.forward_discrete(s0, s1, z, kept[red])
+                continue
+            if red not in mix:
+                mix[red] = self.mixing_matrices(z, red)
+            s0, s1 = s1, cell(s0, s1, mix[red])
         B = s1.shape[0]
         features = s1.mean((2, 3)).view(B, T, -1)                      # [B, T, C_p]
         w, bias = self.classifier.weight, self.classifier.bias
