@@ -27,3 +27,26 @@ def cli_command(argv=None):
     """
     argv = sys.argv if argv is None else argv
     return shlex.join(["bayesnas", *argv[1:]])
+
+
+class ProgressBar:
+    """A ``progress(done, total)`` callable for the library's long loops, drawn as a tqdm bar on
+    stderr (``with ProgressBar("score", "cell") as progress: f(..., progress=progress)``)."""
+
+    def __init__(self, desc, unit):
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def __call__(self, done, total):
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False

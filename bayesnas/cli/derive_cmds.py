@@ -1,7 +1,7 @@
 """``bayesnas derive-cell``: derive a fit run's cell, write it as JSON and draw it."""
 import click
 
-from .common import user_errors
+from .common import ProgressBar, user_errors
 from .options import SEED
 
 
@@ -43,9 +43,10 @@ def derive_cell_command(run_dir, task_seed, task_split, out, no_plot, checkpoint
 
     if tasks is None:
         tasks = 50 if by == "score" else 20
-    cell = derive_cell(run_dir, task_seed=task_seed, out=out, plot=not no_plot, which=checkpoint,
-                       task_split=task_split, by=by, evidence_tasks=tasks, finetune=finetune, prior=prior, seed=seed,
-                       device=device, candidates=candidates)
+    with ProgressBar(f"derive by {by}", "scoring") as progress:
+        cell = derive_cell(run_dir, task_seed=task_seed, out=out, plot=not no_plot, which=checkpoint,
+                           task_split=task_split, by=by, evidence_tasks=tasks, finetune=finetune, prior=prior,
+                           seed=seed, device=device, candidates=candidates, progress=progress)
     if cell.scores is None:  # a scored cell has no edge probabilities to show
         click.echo(format_edges_table(cell.table))
     if cell.evidence is not None:

@@ -1,7 +1,7 @@
 """``bayesnas score-cells``: score discrete cells with a fit run's meta-network on the same held-out tasks."""
 import click
 
-from .common import user_errors
+from .common import ProgressBar, user_errors
 from .options import SEED
 
 
@@ -35,8 +35,10 @@ def score_cells_command(run_dir, cells, random_cells, random_seed, tasks, split,
     from ..analysis.score import format_scores, score_cells
     from ..fileio import write_json
 
-    result = score_cells(run_dir, list(cells), tasks=tasks, split=split, seed=seed, samples=samples, batch=batch,
-                         which=which, device=device, random_cells=random_cells, random_seed=random_seed)
+    with ProgressBar("score", "cell") as progress:
+        result = score_cells(run_dir, list(cells), tasks=tasks, split=split, seed=seed, samples=samples, batch=batch,
+                             which=which, device=device, random_cells=random_cells, random_seed=random_seed,
+                             progress=progress)
     click.echo(format_scores(result))
     best = result.best()
     click.echo(f"best: {best.label} (query log-likelihood {best.mean_loglik:.4f})")
