@@ -71,12 +71,17 @@ def _check_type(field, value, source):
         raise ConfigError(f"{source}: {field.name}={value!r}: expected {_TYPE_NAMES[kind]}")
 
 
-def setting(default, help, choices=None, min=None, min_open=False, flag=None, max=None):
+def setting(default, help, choices=None, min=None, min_open=False, flag=None, max=None, each=None):
     """A config field: its default, its help text, and (for the CLI and validate) choices and bounds.
 
     ``flag``: the CLI's spelling when it is not ``--field-name`` (``--on/--off`` for a bool).
+    ``each``: for a ``tuple`` field, what one item is: a ``(type, noun)`` pair such as
+    ``(int, "seed")``; the choices and bounds then hold for each item, each item may appear
+    once, and the CLI takes the items comma-separated (``--seeds 0,1,2``).
     """
     metadata = {"help": help}
+    if each is not None:
+        metadata["each"] = tuple(each)
     if flag is not None:
         metadata["flag"] = flag
     if choices is not None:
@@ -122,33 +127,49 @@ def check(condition, message):
 
 
 def check_settings(cfg):
-    """Check every field of a config dataclass against its declaration (:func:`setting`).
+    """Check every field of a config dataclass against its declaration (:func:`setting`)."""
+    for field in dataclasses.fields(cfg):
+        check_field(field, getattr(cfg, field.name))
+
+
+def check_field(field, value):
+    """Check one value of a config field against its declaration (:func:`setting`).
 
     An integer field holds an integer (not a bool), a number field a finite number, a field
     with choices one of them, a field with bounds a value within them. None passes where
     None is the default (it means "decide from the data" or "the same as another setting").
+    A tuple field with ``each`` holds a list or tuple whose items pass those checks, each once.
     """
-    for field in dataclasses.fields(cfg):
-        value, meta = getattr(cfg, field.name), field.metadata
-        if value is None and field.default is None:
-            continue
-        if field.type is int:
-            check(isinstance(value, int) and not isinstance(value, bool),
-                  f"{field.name}={value!r}: expected an integer")
-        if field.type is float:
-            check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-                  f"{field.name}={value!r}: expected a finite number")
-        if "choices" in meta:
-            check(value in meta["choices"],
-                  f"{field.name}={value!r}: expected {' or '.join(map(repr, meta['choices']))}")
-        if "min" in meta:
-            low, strict = meta["min"], meta["min_open"]
-            what = "an integer" if field.type is int else "a number"
-            check(value > low if strict else value >= low,
-                  f"{field.name}={value!r}: expected {what} {'>' if strict else '>='} {low}")
-        if "max" in meta:
-            what = "an integer" if field.type is int else "a number"
-            check(value <= meta["max"], f"{field.name}={value!r}: expected {what} <= {meta['max']}")
+    meta = field.metadata
+    if value is None and field.default is None:
+        return
+    if "each" in meta:
+        kind, noun = meta["each"]
+        check(isinstance(value, (list, tuple)), f"{field.name}={value!r}: expected a list of {noun}s")
+        for item in value:
+            _check_value(field.name, kind, meta, item)
+        check(len(set(value)) == len(value),
+              f"{field.name}={list(value)}: expected each {noun} once")
+        return
+    _check_value(field.name, field.type, meta, value)
+
+
+def _check_value(name, kind, meta, value):
+    if kind is int:
+        check(isinstance(value, int) and not isinstance(value, bool), f"{name}={value!r}: expected an integer")
+    if kind is float:
+        check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+              f"{name}={value!r}: expected a finite number")
+    if "choices" in meta:
+        check(value in meta["choices"], f"{name}={value!r}: expected {' or '.join(map(repr, meta['choices']))}")
+    if "min" in meta:
+        low, strict = meta["min"], meta["min_open"]
+        what = "an integer" if kind is int else "a number"
+        check(value > low if strict else value >= low,
+              f"{name}={value!r}: expected {what} {'>' if strict else '>='} {low}")
+    if "max" in meta:
+        what = "an integer" if kind is int else "a number"
+        check(value <= meta["max"], f"{name}={value!r}: expected {what} <= {meta['max']}")
 
 
 #: the largest seed a user may give: torch.manual_seed takes 0 .. 2**64 - 1, and runs derive
@@ -330,3 +351,50 @@ class RetrainConfig(TaskSettings):
     def extended(self, iterations):
         """This config with its budget raised to ``iterations`` (MAML has no schedule to keep)."""
         return dataclasses.replace(self, iterations=iterations)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareSettings:
+    """Every setting of ``bayesnas compare`` besides the shared :class:`RetrainConfig`: what is
+    compared (the rows), on which test tasks and seeds, at which widths, for how long.
+
+    The ``compare`` command builds one flag per field, as ``fit`` does from :class:`FitConfig`;
+    :func:`bayesnas.analysis.compare.compare` takes an instance (or the fields as keywords).
+
+    >>> s = resolve_config(CompareSettings, overrides={"seeds": [0, 1], "random_cells": 2})
+    >>> s.seeds, s.random_cells, s.eval_tasks
+    ([0, 1], 2, 600)
+    """
+
+    random_cells: int = setting(5, "random cells from the search space (each node: two distinct inputs, a "
+                                   "non-'none' op on each, as derive-cell keeps)", min=0)
+    baselines: tuple = setting(("darts_v2", "conv4"), "named architectures, comma-separated ('' for none)",
+                               each=(str, "baseline"))
+    seeds: tuple = setting((0,), "training seeds, comma-separated; every architecture is trained once per seed",
+                           min=0, max=MAX_SEED, each=(int, "seed"))
+    eval_tasks: int = setting(600, "test tasks per run (the same seeded tasks for every run)", min=1)
+    eval_seed: int = setting(0, "seed of the test tasks", min=0, max=MAX_SEED)
+    random_seed: int = setting(0, "seed of the random cells", min=0, max=MAX_SEED)
+    match_params: bool = setting(True, "choose each architecture's width so its trainable parameters are within "
+                                       "±10% of param_target; off: every row at channels")
+    param_target: int = setting(None, "trainable parameters every row is matched to (None: the largest row's count "
+                                      "at channels)", min=1)
+    workers: int = setting(1, "runs trained and evaluated at once, one process each (each with threads torch "
+                              "threads, or an equal share of the cores when threads is 0); same results as one at "
+                              "a time", min=1)
+    max_iterations: int = setting(None, "train every run until validation has plateaued: iterations first, then "
+                                        "extend_by more at a time while its val rise is above 0.02, at most this "
+                                        "many (None: a fixed budget)", min=1)
+    extend_by: int = setting(200, "with max_iterations: iterations added at a time", min=1)
+
+    def validate(self):
+        # before the per-field checks: the library's message says why a seed may appear once
+        check(isinstance(self.seeds, (list, tuple)) and len(self.seeds) > 0
+              and len(set(map(repr, self.seeds))) == len(self.seeds),
+              f"seeds={self.seeds}: expected at least one seed, each once (a seed's runs share one folder)")
+        check_settings(self)
+        check(self.match_params or self.param_target is None,
+              f"param_target={self.param_target}: a parameter target needs matching on (drop --no-match-params)")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
