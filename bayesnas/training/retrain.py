@@ -37,8 +37,9 @@ from ..rng import seed_everything
 from .card import python_call, recorded_session
 from .distributed import distributed, requested_device
 from .logs import LOG_FILE, session_log
-from .loop import (TrainingLoop, backward_per_task, folder_contents, process_device, read_run_config, read_step,
-                   resume_device, session_config, session_run, task_samplers, training_session)
+from .loop import (Callback, TrainingLoop, backward_per_task, data_config, folder_contents, process_device,
+                   read_run_config, read_step, resume_device, session_config, session_run, task_samplers,
+                   training_session)
 from .rundir import RunDirectory
 from .tensorboard_logger import TensorBoardLogger, summary_writer_class
 
@@ -191,7 +192,7 @@ class RetrainResult:
 
 def retrain(arch: Any = None, config: RetrainConfig | dict | None = None, out: str | os.PathLike | None = None,
             resume: str | os.PathLike | None = None, progress: bool = True,
-            callbacks: Iterable[Callable[[int, dict], Any]] = (), tensorboard: bool = False,
+            callbacks: Iterable[Callback | Callable[[int, dict], Any]] = (), tensorboard: bool = False,
             command: str | None = None) -> "RetrainResult":
     """Meta-train a fixed network with second-order MAML and write a run folder.
 
@@ -204,7 +205,9 @@ def retrain(arch: Any = None, config: RetrainConfig | dict | None = None, out: s
         resume: an existing retrain run folder to continue from its last checkpoint (its
             own config is used; ``config`` may only raise ``iterations``).
         progress: show a progress bar and the log lines (validation scores, warnings) beside
-            it; they go to ``RUN/log.txt`` either way. callbacks: ``(iteration, row)`` hooks.
+            it; they go to ``RUN/log.txt`` either way.
+        callbacks: :class:`~bayesnas.training.loop.Callback` objects, or ``(iteration, row)``
+            callables told each step.
         tensorboard: also write every metric to TensorBoard event files in
             ``RUN/tensorboard/`` (needs ``pip install 'bayesnas[tensorboard]'``).
         command: the command line recorded in the run card (default: this Python call).
@@ -240,6 +243,7 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
     cfg, state = session_config(ctx, RetrainConfig, config, resume)
     device = process_device(ctx, cfg)
     data = open_data(cfg.data)
+    cfg = data_config(cfg, data)
     train_sampler, val_sampler = task_samplers(cfg, data, device)
     seed_everything(cfg.seed, device)
     try:
@@ -256,8 +260,8 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
         logger = TensorBoardLogger(run.subfolder("tensorboard"), hparams=cfg.to_dict())
     loop = TrainingLoop(run, {"net": net, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", progress=progress and ctx.is_main,
-                        desc=f"retrain {arch_label(cfg.arch)}", callbacks=callbacks, logger=logger,
-                        device=device, ctx=ctx)
+                        desc=f"retrain {arch_label(cfg.arch)}",
+                        callbacks=([logger] if logger is not None else []) + list(callbacks), device=device, ctx=ctx)
     if state is not None:
         loop.resume(state)
 

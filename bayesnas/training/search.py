@@ -31,8 +31,9 @@ from .card import python_call, recorded_session
 from .diagnostics import SearchDiagnostics, search_diagnostics
 from .distributed import DistributedContext, distributed, requested_device
 from .logs import LOG_FILE, session_log
-from .loop import (TrainingLoop, backward_per_task, check_finite, folder_contents, process_device, read_run_config,
-                   read_step, resume_device, session_config, session_run, task_samplers, training_session)
+from .loop import (Callback, TrainingLoop, backward_per_task, check_finite, data_config, folder_contents,
+                   process_device, read_run_config, read_step, resume_device, session_config, session_run,
+                   task_samplers, training_session)
 from .rundir import RunDirectory
 from .schedules import arch_lr_factor, kl_weight, temperature
 from .tensorboard_logger import meta_posterior_logger, summary_writer_class
@@ -221,7 +222,7 @@ class FitResult:
 
 def fit(config: FitConfig | dict | None = None, out: str | os.PathLike | None = None,
         resume: str | os.PathLike | None = None, progress: bool = True,
-        callbacks: Iterable[Callable[[int, dict], Any]] = (), tensorboard: bool = False,
+        callbacks: Iterable[Callback | Callable[[int, dict], Any]] = (), tensorboard: bool = False,
         command: str | None = None) -> "FitResult":
     """Meta-train BASE by SVI and write a run folder.
 
@@ -232,7 +233,9 @@ def fit(config: FitConfig | dict | None = None, out: str | os.PathLike | None = 
         resume: an existing run folder to continue from its last checkpoint (its own
             config is used; ``config`` may only raise ``iterations``).
         progress: show a progress bar and the log lines (validation scores, warnings) beside
-            it; they go to ``RUN/log.txt`` either way. callbacks: ``(iteration, row)`` hooks.
+            it; they go to ``RUN/log.txt`` either way.
+        callbacks: :class:`~bayesnas.training.loop.Callback` objects, or ``(iteration, row)``
+            callables told each step.
         tensorboard: also write TensorBoard event files to ``RUN/tensorboard/`` (needs
             ``pip install 'bayesnas[tensorboard]'``): every metric, the mean edge entropy
             and top-op probability, the posterior heatmap and derived cell at each validation.
@@ -259,6 +262,7 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
     cfg, state = session_config(ctx, FitConfig, config, resume)
     device = process_device(ctx, cfg)
     data = open_data(cfg.data)
+    cfg = data_config(cfg, data)
     train_sampler, val_sampler = task_samplers(cfg, data, device)
     seed_everything(cfg.seed, device)  # the same on every rank: see task_share
     meta = build_meta_network(cfg, data.channels).to(device)
@@ -283,11 +287,10 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
     logger = None
     if tensorboard and run is not None:
         logger = meta_posterior_logger(run.subfolder("tensorboard"), cfg.to_dict(), meta)
+    watchers = ([logger] if logger is not None else []) + [HistoryWriter(run)] + list(callbacks)
     loop = TrainingLoop(run, {"meta": meta, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
                         checkpoint_every=cfg.checkpoint_every, score_key="val_acc", extra={"history": history},
-                        on_checkpoint=lambda extra: run.write_history(extra["history"]),
-                        progress=progress and ctx.is_main, desc="fit", callbacks=callbacks, logger=logger,
-                        device=device, ctx=ctx)
+                        progress=progress and ctx.is_main, desc="fit", callbacks=watchers, device=device, ctx=ctx)
     if state is not None:
         loop.resume(state)
         history = _with_diagnostics(loop.extra["history"])
@@ -318,6 +321,16 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
         rows = loop.run(step, validate)
     return FitResult(meta=meta, config=cfg, rows=rows, run_dir=run.path if run is not None else None,
                      seconds=loop.elapsed)
+
+
+class HistoryWriter(Callback):
+    """Writes the posterior history (``posterior_history.pt``) beside every checkpoint of a fit run."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def on_checkpoint(self, iteration, extra):
+        self.run.write_history(extra["history"])
 
 
 def load_fit(run_dir: str | os.PathLike, which: str = "last",
