@@ -25,7 +25,8 @@ def test_shared_settings_have_one_declaration_of_their_bounds():
     fit, retrain = FitConfig(), RetrainConfig()
     assert (fit.threads, retrain.threads) == (1, 0)
     assert (fit.checkpoint_every, retrain.checkpoint_every) == (20, 50)
-    assert (fit.iterations, retrain.iterations) == (200, 500) and (fit.first_order, retrain.first_order) == (True, False)
+    assert (fit.iterations, retrain.iterations) == (200, 500)
+    assert (fit.first_order, retrain.first_order) == (True, False)
     for cls in (FitConfig, RetrainConfig):  # the seed is bounded alike in both
         with pytest.raises(ConfigError, match="seed=-1: expected an integer >= 0"):
             cls(seed=-1).validate()
