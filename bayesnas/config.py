@@ -48,7 +48,7 @@ def from_dict(cls, values, source="<dict>"):
         raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
     for name, value in values.items():
         _check_type(fields[name], value, source)
-    cfg = cls(**values)
+    cfg = cls(**values).resolved()
     cfg.validate()
     return cfg
 
@@ -71,12 +71,17 @@ def _check_type(field, value, source):
         raise ConfigError(f"{source}: {field.name}={value!r}: expected {_TYPE_NAMES[kind]}")
 
 
-def setting(default, help, choices=None, min=None, min_open=False, flag=None, max=None):
+def setting(default, help, choices=None, min=None, min_open=False, flag=None, max=None, each=None):
     """A config field: its default, its help text, and (for the CLI and validate) choices and bounds.
 
     ``flag``: the CLI's spelling when it is not ``--field-name`` (``--on/--off`` for a bool).
+    ``each``: for a ``tuple`` field, what one item is: a ``(type, noun)`` pair such as
+    ``(int, "seed")``; the choices and bounds then hold for each item, each item may appear
+    once, and the CLI takes the items comma-separated (``--seeds 0,1,2``).
     """
     metadata = {"help": help}
+    if each is not None:
+        metadata["each"] = tuple(each)
     if flag is not None:
         metadata["flag"] = flag
     if choices is not None:
@@ -122,33 +127,49 @@ def check(condition, message):
 
 
 def check_settings(cfg):
-    """Check every field of a config dataclass against its declaration (:func:`setting`).
+    """Check every field of a config dataclass against its declaration (:func:`setting`)."""
+    for field in dataclasses.fields(cfg):
+        check_field(field, getattr(cfg, field.name))
+
+
+def check_field(field, value):
+    """Check one value of a config field against its declaration (:func:`setting`).
 
     An integer field holds an integer (not a bool), a number field a finite number, a field
     with choices one of them, a field with bounds a value within them. None passes where
     None is the default (it means "decide from the data" or "the same as another setting").
+    A tuple field with ``each`` holds a list or tuple whose items pass those checks, each once.
     """
-    for field in dataclasses.fields(cfg):
-        value, meta = getattr(cfg, field.name), field.metadata
-        if value is None and field.default is None:
-            continue
-        if field.type is int:
-            check(isinstance(value, int) and not isinstance(value, bool),
-                  f"{field.name}={value!r}: expected an integer")
-        if field.type is float:
-            check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-                  f"{field.name}={value!r}: expected a finite number")
-        if "choices" in meta:
-            check(value in meta["choices"],
-                  f"{field.name}={value!r}: expected {' or '.join(map(repr, meta['choices']))}")
-        if "min" in meta:
-            low, strict = meta["min"], meta["min_open"]
-            what = "an integer" if field.type is int else "a number"
-            check(value > low if strict else value >= low,
-                  f"{field.name}={value!r}: expected {what} {'>' if strict else '>='} {low}")
-        if "max" in meta:
-            what = "an integer" if field.type is int else "a number"
-            check(value <= meta["max"], f"{field.name}={value!r}: expected {what} <= {meta['max']}")
+    meta = field.metadata
+    if value is None and field.default is None:
+        return
+    if "each" in meta:
+        kind, noun = meta["each"]
+        check(isinstance(value, (list, tuple)), f"{field.name}={value!r}: expected a list of {noun}s")
+        for item in value:
+            _check_value(field.name, kind, meta, item)
+        check(len(set(value)) == len(value),
+              f"{field.name}={list(value)}: expected each {noun} once")
+        return
+    _check_value(field.name, field.type, meta, value)
+
+
+def _check_value(name, kind, meta, value):
+    if kind is int:
+        check(isinstance(value, int) and not isinstance(value, bool), f"{name}={value!r}: expected an integer")
+    if kind is float:
+        check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+              f"{name}={value!r}: expected a finite number")
+    if "choices" in meta:
+        check(value in meta["choices"], f"{name}={value!r}: expected {' or '.join(map(repr, meta['choices']))}")
+    if "min" in meta:
+        low, strict = meta["min"], meta["min_open"]
+        what = "an integer" if kind is int else "a number"
+        check(value > low if strict else value >= low,
+              f"{name}={value!r}: expected {what} {'>' if strict else '>='} {low}")
+    if "max" in meta:
+        what = "an integer" if kind is int else "a number"
+        check(value <= meta["max"], f"{name}={value!r}: expected {what} <= {meta['max']}")
 
 
 #: the largest seed a user may give: torch.manual_seed takes 0 .. 2**64 - 1, and runs derive
@@ -186,14 +207,59 @@ class TaskSettings:
                                     "evaluate and compare warn", choices=SELECT_ON)
 
     def validate(self):
+        """ConfigError naming the first setting out of its declared type, choices or bounds."""
         check_settings(self)
+
+    def resolved(self):
+        """A new config with each setting in its canonical form (the receiver is never changed)."""
+        return dataclasses.replace(self)
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
 
+def redefault(cls, name, default, help=None, flag=None):
+    """The field ``name`` of dataclass ``cls`` declared again with another default (and help), its
+    choices and bounds kept: how a config states a default of its own for a shared setting."""
+    declared = {f.name: f for f in dataclasses.fields(cls)}[name]
+    metadata = dict(declared.metadata)
+    if help is not None:
+        metadata["help"] = help
+    if flag is not None:
+        metadata["flag"] = flag
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass
-class FitConfig(TaskSettings):
+class SessionSettings(TaskSettings):
+    """The settings every training session has, ``fit``'s and ``retrain``'s, declared once.
+
+    Their bounds and checks are the same in both configs; where the defaults differ, each config
+    states its own with :func:`redefault` and says why (a search supernet and a retrained network
+    differ in size and cost per iteration, and the two defaults were measured separately).
+    """
+
+    tasks: int = setting(2, "tasks per meta-iteration", min=1)
+    inner_steps: int = setting(5, "inner steps on each task's support set", min=0)
+    iterations: int = setting(500, "meta-iterations", min=1)
+    channels: int = setting(16, "the network's width", min=1)
+    first_order: bool = setting(False, "first-order meta-gradient (detached inner gradients)")
+    low_memory: bool = setting(False, "memory-bounded step: backward one task at a time, inner steps recomputed in "
+                                      "the outer backward (same gradients; memory independent of tasks and inner "
+                                      "steps)")
+    meta_lr: float = setting(1e-3, "Adam step size of the meta-parameters", min=0, min_open=True)
+    grad_clip: float = setting(10.0, "max global norm of the meta-gradient (0 = no clipping)", min=0)
+    val_every: int = setting(50, "iterations between validations", min=1)
+    val_tasks: int = setting(40, "validation tasks", min=1)
+    checkpoint_every: int = setting(50, "iterations between checkpoints", min=1)
+    seed: int = setting(0, "seed of the task streams and of the initial parameters", min=0, max=MAX_SEED)
+    device: str = setting("auto", DEVICE_HELP)
+    deterministic: bool = setting(False, DETERMINISTIC_HELP)
+    threads: int = setting(0, "torch CPU threads (0 = torch's default)", min=0)
+
+
+@dataclasses.dataclass
+class FitConfig(SessionSettings):
     """Every setting of ``bayesnas fit`` (defaults: a CPU-sized version of the paper's search).
 
     The paper's search: 10,000 iterations, 2 tasks per iteration, 4 inner steps, 5-way. The
@@ -206,10 +272,11 @@ class FitConfig(TaskSettings):
     image_size: int = setting(None, "search on images resized to this size (None: the data's own); a smaller proxy "
                                     "costs about the pixel ratio less, and the derived cell is retrained at full size",
                               min=1, max=MAX_IMAGE_SIZE)
-    tasks: int = setting(2, "T, tasks per meta-iteration", min=1)
-    inner_steps: int = setting(4, "N, unrolled steps of the guide", min=0)
-    iterations: int = setting(200, "meta-iterations", min=1)
-    channels: int = setting(4, "C of the search supernet", min=1)
+    # a search supernet costs many times a retrained network per iteration: a shorter, narrower default
+    tasks: int = redefault(SessionSettings, "tasks", 2, "T, tasks per meta-iteration")
+    inner_steps: int = redefault(SessionSettings, "inner_steps", 4, "N, unrolled steps of the guide")
+    iterations: int = redefault(SessionSettings, "iterations", 200)
+    channels: int = redefault(SessionSettings, "channels", 4, "C of the search supernet")
     cells: int = setting(3, "cells of the search supernet", min=1)
     supernet: str = setting("fused", "the supernet's implementation: 'fused' (a few large calls per cell) or "
                                      "'reference' (one module per op per edge, as DARTS writes it: the same "
@@ -234,21 +301,25 @@ class FitConfig(TaskSettings):
     inner_lr_rho: float = setting(0.1, "inner step size of the weight scales", min=0, min_open=True)
     inner_lr_alpha: float = setting(1.0, "inner step size of the edge logits", min=0, min_open=True)
     learn_inner_lr: bool = setting(False, "meta-learn the three inner step sizes")
-    first_order: bool = setting(True, "drop the second-order terms of the meta-gradient (the inner gradients are "
-                                      "detached); off (--second-order) is the paper's full unrolled meta-gradient, "
-                                      "about 2.3x the cost per iteration", flag="--first-order/--second-order")
+    # first-order by default: the search learns in minutes on a CPU (the class docstring)
+    first_order: bool = redefault(SessionSettings, "first_order", True,
+                                  "drop the second-order terms of the meta-gradient (the inner gradients are "
+                                  "detached); off (--second-order) is the paper's full unrolled meta-gradient, "
+                                  "about 2.3x the cost per iteration", flag="--first-order/--second-order")
     batch_tasks: bool = setting(True, "run a meta-batch's tasks as one batched supernet call (task-major channels, "
                                       "the same function in float64). Off: one call and one backward per task, "
                                       "whose results agree across process counts (tested to rtol 1e-4)")
-    low_memory: bool = setting(False, "memory-bounded SVI step: one task at a time (backward per task) and inner "
-                                      "steps recomputed in the outer backward; same values and gradients, peak "
-                                      "memory of one task's query pass plus one inner step instead of T tasks "
-                                      "times N steps")
+    low_memory: bool = redefault(SessionSettings, "low_memory", False,
+                                 "memory-bounded SVI step: one task at a time (backward per task) and inner steps "
+                                 "recomputed in the outer backward; same values and gradients, peak memory of one "
+                                 "task's query pass plus one inner step instead of T tasks times N steps")
     set_encoder: bool = setting(False, "start the edge logits phi at alpha + h_V(support set)")
     kl_weight: float = setting(0.001, "weight of the KL terms (1 = the full ELBO, the paper; smaller tempers them)",
                                min=0)
     kl_anneal: int = setting(0, "iterations of linear warm-up of the KL weight from 0 (0 = none)", min=0)
-    meta_lr: float = setting(3e-3, "Adam step size of mu, sigma (and h_V, inner step sizes)", min=0, min_open=True)
+    # mu and sigma of every weight learn at a larger step than a retrained network's weights
+    meta_lr: float = redefault(SessionSettings, "meta_lr", 3e-3, "Adam step size of mu, sigma (and h_V, inner step "
+                                                                  "sizes)")
     arch_lr: float = setting(0.1, "Adam step size of alpha (short CPU runs; DARTS used 3e-4 over far longer runs)",
                              min=0, min_open=True)
     arch_warmup: int = setting(20, "iterations at the start in which alpha is not stepped (the weights learn first, "
@@ -256,18 +327,16 @@ class FitConfig(TaskSettings):
     arch_schedule: str = setting("cosine", "alpha's step size after the warm-up: 'constant' (arch_lr) or 'cosine' "
                                              "(arch_lr decayed to 0 by a half cosine over the rest of "
                                              "schedule_iterations, or of iterations)", choices=ARCH_SCHEDULES)
-    grad_clip: float = setting(10.0, "max global norm of the meta-gradient (0 = no clipping)", min=0)
-    val_every: int = setting(50, "iterations between validations", min=1)
-    val_tasks: int = setting(20, "validation tasks", min=1)
+    # a search validates often to draw its learning curve: fewer tasks per validation
+    val_tasks: int = redefault(SessionSettings, "val_tasks", 20)
     val_samples: int = setting(4, "posterior samples averaged per validation prediction", min=1)
     log_every: int = setting(10, "iterations between entries of the edge-posterior history", min=1)
-    checkpoint_every: int = setting(20, "iterations between checkpoints", min=1)
-    seed: int = setting(0, "seed of the task streams and of the initial parameters", min=0, max=MAX_SEED)
-    device: str = setting("auto", DEVICE_HELP)
-    deterministic: bool = setting(False, DETERMINISTIC_HELP)
-    threads: int = setting(1, "torch CPU threads (0 = torch's default). 1 by default: two threads measured "
-                              "1.0-1.2x faster on an idle 2-core machine but contend badly when anything else "
-                              "runs (docs/design.md §5)", min=0)
+    # its default run is 200 iterations: a checkpoint every 20 keeps a killed run's loss small
+    checkpoint_every: int = redefault(SessionSettings, "checkpoint_every", 20)
+    threads: int = redefault(SessionSettings, "threads", 1,
+                             "torch CPU threads (0 = torch's default). 1 by default: two threads measured 1.0-1.2x "
+                             "faster on an idle 2-core machine but contend badly when anything else runs "
+                             "(docs/design.md §5)")
 
     @property
     def schedule_span(self):
@@ -285,7 +354,7 @@ class FitConfig(TaskSettings):
 
 
 @dataclasses.dataclass
-class RetrainConfig(TaskSettings):
+class RetrainConfig(SessionSettings):
     """Every setting of ``bayesnas retrain`` (defaults: CPU-sized, the paper's MAML settings).
 
     The paper retrains with second-order MAML, 5 inner steps and 2 tasks per
@@ -293,34 +362,30 @@ class RetrainConfig(TaskSettings):
     shrink the network and the run (docs/benchmarks.md has their measured cost).
     """
 
-    queries: int = setting(15, "query images per class", min=1)  # the MAML paper's 15 (TaskSettings: 5)
+    queries: int = redefault(TaskSettings, "queries", 15)  # the MAML paper's 15
     arch: object = setting("conv4", "'conv4', 'darts_v2', or a genotype as a dict (genotype JSON)")
-    tasks: int = setting(2, "tasks per meta-batch", min=1)
-    inner_steps: int = setting(5, "MAML inner steps", min=0)
+    tasks: int = redefault(SessionSettings, "tasks", 2, "tasks per meta-batch")
+    inner_steps: int = redefault(SessionSettings, "inner_steps", 5, "MAML inner steps")
     inner_lr: float = setting(0.4, "MAML inner step size (the MAML paper's Omniglot step size)", min=0, min_open=True)
     eval_inner_steps: int = setting(None, "inner steps at validation/test time; None = inner_steps", min=0)
-    first_order: bool = setting(False, "first-order MAML (detached inner gradients)")
-    low_memory: bool = setting(False, "memory-bounded step: backward one task at a time, inner steps recomputed in "
-                                      "the outer backward (same gradients; memory independent of tasks and inner "
-                                      "steps)")
-    iterations: int = setting(500, "meta-iterations", min=1)
-    channels: int = setting(16, "Conv-4 filters, or the first cell's channels C of a genotype network", min=1)
+    first_order: bool = redefault(SessionSettings, "first_order", False, "first-order MAML (detached inner "
+                                                                         "gradients)")
+    channels: int = redefault(SessionSettings, "channels", 16, "Conv-4 filters, or the first cell's channels C of "
+                                                               "a genotype network")
     layers: int = setting(3, "cells of a genotype network (reductions at 1/3 and 2/3); Conv-4 ignores it", min=1)
-    meta_lr: float = setting(1e-3, "Adam step size of the meta-parameters", min=0, min_open=True)
-    grad_clip: float = setting(10.0, "max global norm of the meta-gradient (0 = no clipping)", min=0)
-    val_every: int = setting(50, "iterations between validations", min=1)
-    val_tasks: int = setting(40, "validation tasks", min=1)
-    checkpoint_every: int = setting(50, "iterations between checkpoints", min=1)
-    seed: int = setting(0, "seed of the task streams and of the initial parameters", min=0, max=MAX_SEED)
-    device: str = setting("auto", DEVICE_HELP)
-    deterministic: bool = setting(False, DETERMINISTIC_HELP)
-    threads: int = setting(0, "torch CPU threads (0 = torch's default)", min=0)
 
     def validate(self):
         from .models.genotypes import arch_config  # a genotype file or run folder is read here
 
-        self.arch = arch_config(self.arch)
+        arch_config(self.arch)  # a GenotypeError names what is wrong with it
         check_settings(self)
+
+    def resolved(self):
+        """A new config whose ``arch`` is in config form ("conv4", "darts_v2" or a genotype dict): a
+        genotype file or fit run folder is read here, once."""
+        from .models.genotypes import arch_config
+
+        return dataclasses.replace(self, arch=arch_config(self.arch))
 
     @property
     def test_inner_steps(self):
@@ -330,3 +395,54 @@ class RetrainConfig(TaskSettings):
     def extended(self, iterations):
         """This config with its budget raised to ``iterations`` (MAML has no schedule to keep)."""
         return dataclasses.replace(self, iterations=iterations)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareSettings:
+    """Every setting of ``bayesnas compare`` besides the shared :class:`RetrainConfig`: what is
+    compared (the rows), on which test tasks and seeds, at which widths, for how long.
+
+    The ``compare`` command builds one flag per field, as ``fit`` does from :class:`FitConfig`;
+    :func:`bayesnas.analysis.compare.compare` takes an instance (or the fields as keywords).
+
+    >>> s = resolve_config(CompareSettings, overrides={"seeds": [0, 1], "random_cells": 2})
+    >>> s.seeds, s.random_cells, s.eval_tasks
+    ([0, 1], 2, 600)
+    """
+
+    random_cells: int = setting(5, "random cells from the search space (each node: two distinct inputs, a "
+                                   "non-'none' op on each, as derive-cell keeps)", min=0)
+    baselines: tuple = setting(("darts_v2", "conv4"), "named architectures, comma-separated ('' for none)",
+                               each=(str, "baseline"))
+    seeds: tuple = setting((0,), "training seeds, comma-separated; every architecture is trained once per seed",
+                           min=0, max=MAX_SEED, each=(int, "seed"))
+    eval_tasks: int = setting(600, "test tasks per run (the same seeded tasks for every run)", min=1)
+    eval_seed: int = setting(0, "seed of the test tasks", min=0, max=MAX_SEED)
+    random_seed: int = setting(0, "seed of the random cells", min=0, max=MAX_SEED)
+    match_params: bool = setting(True, "choose each architecture's width so its trainable parameters are within "
+                                       "±10% of param_target; off: every row at channels")
+    param_target: int = setting(None, "trainable parameters every row is matched to (None: the largest row's count "
+                                      "at channels)", min=1)
+    workers: int = setting(1, "runs trained and evaluated at once, one process each (each with threads torch "
+                              "threads, or an equal share of the cores when threads is 0); same results as one at "
+                              "a time", min=1)
+    max_iterations: int = setting(None, "train every run until validation has plateaued: iterations first, then "
+                                        "extend_by more at a time while its val rise is above 0.02, at most this "
+                                        "many (None: a fixed budget)", min=1)
+    extend_by: int = setting(200, "with max_iterations: iterations added at a time", min=1)
+
+    def validate(self):
+        # before the per-field checks: the library's message says why a seed may appear once
+        check(isinstance(self.seeds, (list, tuple)) and len(self.seeds) > 0
+              and len(set(map(repr, self.seeds))) == len(self.seeds),
+              f"seeds={self.seeds}: expected at least one seed, each once (a seed's runs share one folder)")
+        check_settings(self)
+        check(self.match_params or self.param_target is None,
+              f"param_target={self.param_target}: a parameter target needs matching on (drop --no-match-params)")
+
+    def resolved(self):
+        """A new settings object (all of its settings are in canonical form already)."""
+        return dataclasses.replace(self)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)

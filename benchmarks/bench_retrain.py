@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bayesnas.config import RetrainConfig  # noqa: E402
+from bayesnas.config import RetrainConfig, resolve_config  # noqa: E402
 from bayesnas.data import open_data  # noqa: E402
 from bayesnas.models._conv import Conv2d  # noqa: E402
 from bayesnas.models.genotypes import genotype_to_dict, random_genotype  # noqa: E402
@@ -47,12 +47,8 @@ def plain_copy(net):
 
 
 def measure(arch, args):
-    cfg = RetrainConfig(arch=arch)
-    if args.channels:
-        cfg.channels = args.channels
-    if args.inner_steps is not None:
-        cfg.inner_steps = args.inner_steps
-    cfg.validate()
+    given = {"channels": args.channels or None, "inner_steps": args.inner_steps}
+    cfg = resolve_config(RetrainConfig, overrides=dict(given, arch=arch))
     data = open_data(cfg.data)
     sampler, _ = task_samplers(cfg, data, torch.device("cpu"))
     torch.manual_seed(0)

@@ -37,17 +37,20 @@ Without ``--protocol`` the default budget is sized to finish in well under an ho
 the numbers compare architectures at a small budget, not at convergence.
 """
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import sys
 import time
 
+import click
 import torch
 
-from bayesnas.analysis.compare import (EXTEND_BY, PLATEAU_LAG, PLATEAU_RISE, PLATEAU_WINDOW, budget_text, compare,
+from bayesnas.analysis.compare import (PLATEAU_LAG, PLATEAU_RISE, PLATEAU_WINDOW, budget_text, compare,
                                        format_compare_table, validation_rise)
-from bayesnas.config import RetrainConfig
+from bayesnas.cli.options import config_options
+from bayesnas.config import CompareSettings, RetrainConfig, resolve_config
 from bayesnas.fileio import write_json
 from bayesnas.viz import plot_comparison
 from bayesnas.viz.compare import random_median, row_kind
@@ -60,30 +63,50 @@ PROTOCOL = {"settings": ["5w1s", "5w5s", "20w1s"], "eval_tasks": 600, "random_ce
             "json": os.path.join("benchmarks", "results", "compare_omniglot.json")}
 #: the defaults without --protocol
 QUICK = {"settings": ["5w1s", "5w5s"], "eval_tasks": 100, "random_cells": 2}
+#: this script's budget where RetrainConfig's defaults are larger (a flag of the same name overrides it);
+#: val_every and checkpoint_every default to each setting's iterations: one validation, at the end
+BUDGET = {"queries": 5, "tasks": 2, "inner_steps": 1, "eval_inner_steps": 3, "channels": 8, "layers": 2,
+          "val_tasks": 20, "threads": 1, "device": "cpu"}
+#: RetrainConfig fields set per run or per setting, not by a flag of their own
+PER_SETTING = ("arch", "seed", "ways", "shots", "iterations")
+RETRAIN_FIELDS = {f.name for f in dataclasses.fields(RetrainConfig)} - set(PER_SETTING)
+COMPARE_FIELDS = {f.name for f in dataclasses.fields(CompareSettings)} - {"max_iterations"}
+
+
+def settings_of(args):
+    """Each setting of the run as ``(key, RetrainConfig, CompareSettings)``: one config and one
+    settings object resolved from the flags (over :data:`BUDGET` and the protocol's defaults),
+    then each setting's task shape and budget put in."""
+    defaults = PROTOCOL if args.protocol else QUICK
+    given = {k: v for k, v in vars(args).items() if v is not None}  # None: the flag was not given
+    config = resolve_config(RetrainConfig, overrides={**BUDGET, **{k: given[k] for k in RETRAIN_FIELDS & set(given)}})
+    chosen = resolve_config(CompareSettings, overrides={
+        "random_cells": defaults["random_cells"], "eval_tasks": defaults["eval_tasks"],
+        **{k: given[k] for k in COMPARE_FIELDS & set(given)}})
+    for key in args.settings:
+        iterations = args.iterations[key]
+        cfg = dataclasses.replace(config, ways=SETTINGS[key]["ways"], shots=SETTINGS[key]["shots"],
+                                  iterations=iterations, val_every=args.val_every or iterations,
+                                  checkpoint_every=args.checkpoint_every or args.val_every or iterations)
+        yield key, cfg, dataclasses.replace(chosen, max_iterations=args.max_iterations.get(key))
 
 
 def main(args):
-    torch.set_num_threads(args.threads)
+    runs = list(settings_of(args))
+    threads, device = runs[0][1].threads, runs[0][1].device
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    report = {"torch": torch.__version__, "torch_threads": args.threads, "device": args.device,
+    first = runs[0][2]
+    report = {"torch": torch.__version__, "torch_threads": threads, "device": device,
               "machine": platform.processor() or platform.machine(), "genotypes": args.genotype,
-              "protocol": args.protocol, "match_params": args.match_params, "eval_tasks": args.eval_tasks,
+              "protocol": args.protocol, "match_params": first.match_params, "eval_tasks": first.eval_tasks,
               "settings": []}
     path = args.json or (PROTOCOL["json"] if args.protocol else os.path.join(args.out, "compare_omniglot.json"))
-    for key in args.settings:
+    for key, cfg, chosen in runs:
         setting = SETTINGS[key]
-        cfg = RetrainConfig(ways=setting["ways"], shots=setting["shots"], queries=args.queries, tasks=args.tasks,
-                            inner_steps=args.inner_steps, eval_inner_steps=args.eval_inner_steps,
-                            iterations=args.iterations[key], channels=args.channels, layers=args.layers,
-                            val_every=args.val_every or args.iterations[key], val_tasks=args.val_tasks,
-                            checkpoint_every=args.val_every or args.iterations[key], device=args.device,
-                            threads=args.threads)
         out = os.path.join(args.out, f"{setting['ways']}way{setting['shots']}shot")
         start = time.perf_counter()
-        result = compare(args.genotype, random_cells=args.random_cells, config=cfg, seeds=args.seeds,
-                         eval_tasks=args.eval_tasks, out=out, progress=args.progress, log=print,
-                         match_params=args.match_params, param_target=args.param_target, workers=args.workers,
-                         max_iterations=args.max_iterations.get(key), extend_by=args.extend_by)
+        result = compare(args.genotype, config=cfg, settings=chosen, out=out, progress=args.progress, log=print)
         wall = time.perf_counter() - start
         print(f"\n== {setting['name']} (wall {wall:.0f} s) ==")
         print(format_compare_table(result))
@@ -94,7 +117,7 @@ def main(args):
         print(f"picture: {figure_path(path, key)}")
         write_json(path, report)  # a long run keeps each finished setting
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    print(f"total wall time {report['wall_seconds']:.0f} s, {args.threads} torch thread(s), {args.device}")
+    print(f"total wall time {report['wall_seconds']:.0f} s, {threads} torch thread(s), {device}")
     write_json(path, report)
     print(f"json: {path}")
     return report
@@ -163,97 +186,95 @@ def parse_iterations(text, settings=tuple(SETTINGS)):
             return dict.fromkeys(settings, int(text))
         given = {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(",") if part.strip())}
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected N or SETTING=N,... (settings {', '.join(SETTINGS)})") from None
+        raise click.BadParameter(f"{text!r}: expected N or SETTING=N,... (settings {', '.join(SETTINGS)})") from None
     unknown = [k for k in given if k not in SETTINGS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"{','.join(unknown)}: not a setting; expected some of {', '.join(SETTINGS)}")
+        raise click.BadParameter(f"{','.join(unknown)}: not a setting; expected some of {', '.join(SETTINGS)}")
     return given
 
 
+def _budgets(ctx, param, value):
+    return {} if value is None else parse_iterations(value)
+
+
+@click.command(help=__doc__.replace("\n\n    python", "\n\n\b\n    python", 1),  # \b: the usage lines unwrapped
+               context_settings={"max_content_width": 120})
+@click.option("--protocol", is_flag=True,
+              help=f"issue 12's comparison: settings {','.join(PROTOCOL['settings'])}, {PROTOCOL['eval_tasks']} test "
+                   f"tasks, >= {PROTOCOL['random_cells']} random cells, matched parameters, >= "
+                   f"{PROTOCOL['genotypes']} --genotype, JSON {PROTOCOL['json']}")
+@click.option("--genotype", multiple=True,
+              help="a searched cell: genotype JSON or fit run folder (repeatable; the first is the reference of the "
+                   "paired differences)")
+@click.option("--settings", default=None,
+              help=f"comma-separated, among {', '.join(SETTINGS)} [default: {','.join(QUICK['settings'])}; "
+                   f"--protocol: all]")
+@click.option("--iterations", default="100", callback=_budgets,
+              help="meta-iterations of every run: N, or per setting 5w1s=N,5w5s=N,20w1s=N [default: 100]")
+@click.option("--max-iterations", default=None, callback=_budgets,
+              help="train every run until validation has plateaued: --iterations first, then --extend-by more at a "
+                   "time while its val rise is above 0.02, at most this many (N, or per setting 5w1s=N,...; a "
+                   "setting without one keeps its fixed --iterations)")
+@click.option("--table", metavar="JSON", default=None, help="print the report JSON's tables as Markdown and exit")
+@click.option("--figures", is_flag=True,
+              help="with --table: also draw each setting beside the JSON (JSON_<setting>.png)")
+@click.option("--out", default="runs/compare-omniglot", help="folder of the runs (reused when rerun)")
+@click.option("--json", default=None,
+              help=f"the report [default: OUT/compare_omniglot.json; --protocol: {PROTOCOL['json']}]")
+@click.option("--progress", is_flag=True, help="progress bars")
+@config_options(CompareSettings, skip=("max_iterations",),
+                defaults={"random_cells": QUICK["random_cells"], "eval_tasks": QUICK["eval_tasks"]})
+@config_options(RetrainConfig, skip=PER_SETTING,
+                defaults={**BUDGET, "val_every": "each setting's iterations", "checkpoint_every": "val_every"})
+def options(**params):
+    """The flags: this script's own, then one per CompareSettings and RetrainConfig field."""
+    return params
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocol", action="store_true",
-                        help=f"issue 12's comparison: settings {','.join(PROTOCOL['settings'])}, "
-                             f"{PROTOCOL['eval_tasks']} test tasks, >= {PROTOCOL['random_cells']} random cells, "
-                             f"matched parameters, >= {PROTOCOL['genotypes']} --genotype, JSON {PROTOCOL['json']}")
-    parser.add_argument("--genotype", action="append", default=[],
-                        help="a searched cell: genotype JSON or fit run folder (repeatable; the first is the "
-                             "reference of the paired differences)")
-    parser.add_argument("--settings", type=lambda s: [v.strip() for v in s.split(",") if v.strip()], default=None,
-                        help=f"comma-separated, among {', '.join(SETTINGS)} [default: {','.join(QUICK['settings'])}; "
-                             f"--protocol: all]")
-    parser.add_argument("--random-cells", type=int, default=None,
-                        help=f"[default: {QUICK['random_cells']}; --protocol: {PROTOCOL['random_cells']}]")
-    parser.add_argument("--iterations", type=parse_iterations, default=parse_iterations("100"),
-                        help="meta-iterations of every run: N, or per setting 5w1s=N,5w5s=N,20w1s=N")
-    parser.add_argument("--max-iterations", type=parse_iterations, default={},
-                        help="train every run until validation has plateaued: --iterations first, then --extend-by "
-                             "more at a time while its val rise is above 0.02, at most this many (N, or per setting "
-                             "5w1s=N,...; a setting without one keeps its fixed --iterations)")
-    parser.add_argument("--extend-by", type=int, default=EXTEND_BY, help="with --max-iterations: iterations added "
-                                                                           "at a time")
-    parser.add_argument("--table", metavar="JSON", help="print the report JSON's tables as Markdown and exit")
-    parser.add_argument("--figures", action="store_true",
-                        help="with --table: also draw each setting beside the JSON (JSON_<setting>.png)")
-    parser.add_argument("--val-every", type=int, default=None,
-                        help="validate (one point of the learning curve) every N iterations "
-                             "[default: once, at the end]")
-    parser.add_argument("--tasks", type=int, default=2, help="tasks per meta-batch")
-    parser.add_argument("--inner-steps", type=int, default=1, help="second-order inner steps in training")
-    parser.add_argument("--eval-inner-steps", type=int, default=3, help="inner steps at validation/test time")
-    parser.add_argument("--queries", type=int, default=5)
-    parser.add_argument("--channels", type=int, default=8,
-                        help="Conv-4 filters / first cell's channels (with matching: of the largest row)")
-    parser.add_argument("--layers", type=int, default=2, help="cells of a genotype network")
-    parser.add_argument("--param-target", type=int, default=None,
-                        help="trainable parameters every row is matched to (±10%%) [default: the largest row's "
-                             "count at --channels]")
-    parser.add_argument("--no-match-params", dest="match_params", action="store_false",
-                        help="every row at --channels (unequal parameter counts)")
-    parser.add_argument("--val-tasks", type=int, default=20)
-    parser.add_argument("--eval-tasks", type=int, default=None,
-                        help=f"[default: {QUICK['eval_tasks']}; --protocol: {PROTOCOL['eval_tasks']}]")
-    parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="runs trained and evaluated at once, one process each with --threads threads")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="runs/compare-omniglot", help="folder of the runs (reused when rerun)")
-    parser.add_argument("--json", help=f"the report [default: OUT/compare_omniglot.json; --protocol: "
-                                       f"{PROTOCOL['json']}]")
-    parser.add_argument("--progress", action="store_true", help="progress bars")
-    args = parser.parse_args(argv)
-    if args.table:
+    """The flags as a namespace, checked (a usage error prints and exits 2, as a parser's does)."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        with options.make_context(os.path.basename(__file__), argv) as ctx:
+            args = argparse.Namespace(**ctx.params)
+        args.genotype = list(args.genotype)
+        if not args.table:
+            _check(args)
         return args
+    except click.exceptions.Exit as done:  # --help
+        sys.exit(done.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+def _check(args):
+    """What the flags must agree on; a click.UsageError naming the rule."""
     defaults = PROTOCOL if args.protocol else QUICK
-    for name in ("settings", "random_cells", "eval_tasks"):
-        if getattr(args, name) is None:
-            setattr(args, name, defaults[name])
+    args.settings = ([v.strip() for v in args.settings.split(",") if v.strip()] if args.settings is not None
+                     else list(defaults["settings"]))
     unknown = [s for s in args.settings if s not in SETTINGS]
     if unknown or not args.settings:
-        parser.error(f"--settings {','.join(args.settings)}: expected some of {', '.join(SETTINGS)}")
+        raise click.UsageError(f"--settings {','.join(args.settings)}: expected some of {', '.join(SETTINGS)}")
     missing = [k for k in args.settings if k not in args.iterations]
     if missing:
-        parser.error(f"--iterations: no budget for {','.join(missing)}")
+        raise click.UsageError(f"--iterations: no budget for {','.join(missing)}")
     short = [k for k, m in args.max_iterations.items() if k in args.iterations and m < args.iterations[k]]
     if short:
-        parser.error(f"--max-iterations: below --iterations for {','.join(short)}")
-    if args.extend_by < 1:
-        parser.error(f"--extend-by {args.extend_by}: expected an integer >= 1")
-    if args.param_target is not None and not args.match_params:
-        parser.error("--param-target needs parameter matching: drop --no-match-params")
+        raise click.UsageError(f"--max-iterations: below --iterations for {','.join(short)}")
+    if args.param_target is not None and args.match_params is False:
+        raise click.UsageError("--param-target needs parameter matching: drop --no-match-params")
     if args.protocol:
+        chosen = next(settings_of(args))[2]
         if len(args.genotype) < PROTOCOL["genotypes"]:
-            parser.error(f"--protocol compares BASE cells of at least {PROTOCOL['genotypes']} independent searches: "
-                         f"give --genotype {PROTOCOL['genotypes']} times or more")
-        if args.random_cells < PROTOCOL["random_cells"]:
-            parser.error(f"--protocol draws at least {PROTOCOL['random_cells']} random cells")
-        if args.eval_tasks < PROTOCOL["eval_tasks"]:
-            parser.error(f"--protocol scores at least {PROTOCOL['eval_tasks']} test tasks")
-        if not args.match_params:
-            parser.error("--protocol matches parameter counts: drop --no-match-params")
-    return args
+            raise click.UsageError(f"--protocol compares BASE cells of at least {PROTOCOL['genotypes']} independent "
+                                   f"searches: give --genotype {PROTOCOL['genotypes']} times or more")
+        if chosen.random_cells < PROTOCOL["random_cells"]:
+            raise click.UsageError(f"--protocol draws at least {PROTOCOL['random_cells']} random cells")
+        if chosen.eval_tasks < PROTOCOL["eval_tasks"]:
+            raise click.UsageError(f"--protocol scores at least {PROTOCOL['eval_tasks']} test tasks")
+        if not chosen.match_params:
+            raise click.UsageError("--protocol matches parameter counts: drop --no-match-params")
 
 
 def figure_path(json_path, key):

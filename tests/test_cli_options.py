@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from bayesnas.cli.main import main
-from bayesnas.config import FitConfig, RetrainConfig
+from bayesnas.config import CompareSettings, FitConfig, RetrainConfig
 
 
 def flags_of(command):
@@ -15,7 +15,8 @@ def flags_of(command):
 
 
 @pytest.mark.parametrize("command, cls, skip", [("fit", FitConfig, ()), ("retrain", RetrainConfig, ("arch",)),
-                                                ("compare", RetrainConfig, ("arch", "seed"))])
+                                                ("compare", RetrainConfig, ("arch", "seed")),
+                                                ("compare", CompareSettings, ())])
 def test_every_config_field_is_a_flag_of_its_command(command, cls, skip):
     flags = flags_of(command)
     for field in dataclasses.fields(cls):
@@ -48,6 +49,29 @@ def test_choices_and_ranges_come_from_the_fields():
     assert result.exit_code == 2 and "--inner-lr" in result.output
     help_text = runner.invoke(main, ["fit", "--help"]).output
     assert "--inner-lr-mu" in help_text and "[default: 0.4]" in help_text
+
+
+def test_list_settings_take_comma_separated_items_checked_each():
+    """CompareSettings.seeds and baselines: ``--seeds 0,1``; each item within the field's bounds, each once."""
+    from bayesnas.cli.options import field_option
+
+    seeds = next(f for f in dataclasses.fields(CompareSettings) if f.name == "seeds")
+
+    @field_option(seeds)
+    def echo(seeds):
+        return seeds
+
+    import click
+
+    command = click.command()(echo)
+    assert command.main(["--seeds", "3, 1,2"], standalone_mode=False) == (3, 1, 2)
+    assert command.main([], standalone_mode=False) is None  # not given: the config decides
+    for bad, message in (("0,0", "expected each seed once"), ("0,-1", "seeds=-1: expected an integer >= 0"),
+                         ("1,x", "expected comma-separated seeds")):
+        result = CliRunner().invoke(command, ["--seeds", bad])
+        assert result.exit_code == 2 and message in result.output, result.output
+    help_text = CliRunner().invoke(main, ["compare", "--help"]).output
+    assert "[default: darts_v2,conv4]" in help_text and "--no-match-params" in help_text
 
 
 def torch_after(code):

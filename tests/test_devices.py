@@ -143,7 +143,7 @@ def test_a_saved_evaluation_is_reused_on_the_same_device_type_only(cpu_retrain, 
 def test_compare_workers_spread_over_the_visible_gpus(monkeypatch):
     import queue
 
-    from bayesnas.analysis.compare import _init_worker, worker_gpus
+    from bayesnas.analysis.compare import init_worker, worker_gpus
 
     assert worker_gpus(4, "cuda", 2) == [0, 1, 0, 1]
     assert worker_gpus(3, "auto", 4) == [0, 1, 2]
@@ -155,7 +155,7 @@ def test_compare_workers_spread_over_the_visible_gpus(monkeypatch):
     for index in worker_gpus(3, "cuda", 2):
         gpus.put(index)
     for _ in range(3):  # what three workers' initialisers do
-        _init_worker(1, gpus)
+        init_worker(1, gpus)
     assert chosen == [0, 1, 0]
-    _init_worker(1, None)  # CPU workers: no GPU chosen
+    init_worker(1, None)  # CPU workers: no GPU chosen
     assert chosen == [0, 1, 0]

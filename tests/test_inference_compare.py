@@ -19,6 +19,8 @@ from bayesnas.training.rundir import RunDirectory
 from bayesnas.models import count_parameters, random_genotype
 
 compare_module = importlib.import_module("bayesnas.analysis.compare")  # the package exports compare(), the function
+plateau_module = importlib.import_module("bayesnas.analysis.plateau")  # where a run is trained
+jobs_module = importlib.import_module("bayesnas.analysis.jobs")  # where a run is evaluated and its card written
 
 # 2 seeds x 4 tasks. Per task the seeds average to [0.3, 0.3, 0.7, 0.7]: sample std
 # sqrt(4 * 0.2^2 / 3) = 0.2309401, CI 1.96 * 0.2309401 / sqrt(4) = 0.2263213. Pooling the
@@ -71,9 +73,9 @@ def fake_runs(monkeypatch, accuracies):
         accs = accuracies[label][int(seed)]
         return SimpleNamespace(accuracies=list(accs), accuracy=float(np.mean(accs)), ci95=0.0, seconds=0.5)
 
-    monkeypatch.setattr(compare_module, "_train", fake_train)
-    monkeypatch.setattr(compare_module, "evaluate", fake_evaluate)
-    monkeypatch.setattr(compare_module, "write_run_card", lambda path: None)  # no real run folder
+    monkeypatch.setattr(plateau_module, "_train", fake_train)
+    monkeypatch.setattr(jobs_module, "evaluate", fake_evaluate)
+    monkeypatch.setattr(jobs_module, "write_run_card", lambda path: None)  # no real run folder
     return trained_configs
 
 
@@ -222,7 +224,7 @@ def test_runs_in_worker_processes_give_the_same_table(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="workers=0"):
         compare(out=tmp_path / "none", workers=0, **kwargs)
     # the finished runs are reused (only evaluated again), and the work did leave this process
-    jobs = [compare_module._Job(r.label, r.arch, 0, RetrainConfig(**{**spread.config, "arch": r.arch, "seed": 0,
+    jobs = [compare_module.Job(r.label, r.arch, 0, RetrainConfig(**{**spread.config, "arch": r.arch, "seed": 0,
                                                                      "channels": r.channels}),
                                 r.run_dirs[0], 3, None, 0, False, False, None) for r in spread.rows]
     done = list(compare_module.run_jobs(jobs, 2, 1))
@@ -232,7 +234,7 @@ def test_runs_in_worker_processes_give_the_same_table(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished, evaluated run was evaluated again")
 
-    monkeypatch.setattr(compare_module, "evaluate", refuse)
+    monkeypatch.setattr(jobs_module, "evaluate", refuse)
     rerun = compare(out=tmp_path / "here", **kwargs)
     assert [r.accuracies for r in rerun.rows] == [r.accuracies for r in here.rows]
 
@@ -279,7 +281,7 @@ def plateau_fake(monkeypatch, until=800, every=50):
         open(run.file("checkpoint_last.pt"), "wb").close()
         return SimpleNamespace(rows=rows, train_seconds=1.0, net=build_retrain_network(cfg, 1))
 
-    monkeypatch.setattr(compare_module, "_train", fake_train)
+    monkeypatch.setattr(plateau_module, "_train", fake_train)
     return budgets
 
 
@@ -308,9 +310,9 @@ def test_training_until_the_plateau_extends_a_rising_run_and_stops_when_flat(tmp
 
 def test_compare_until_the_plateau_records_each_rows_budget(tmp_path, monkeypatch):
     budgets = plateau_fake(monkeypatch)
-    monkeypatch.setattr(compare_module, "evaluate", lambda path, tasks, inner_steps, seed, json_out, progress:
+    monkeypatch.setattr(jobs_module, "evaluate", lambda path, tasks, inner_steps, seed, json_out, progress:
                         SimpleNamespace(accuracies=[0.5, 0.7], accuracy=0.6, ci95=0.1, seconds=0.1))
-    monkeypatch.setattr(compare_module, "write_run_card", lambda path: None)
+    monkeypatch.setattr(jobs_module, "write_run_card", lambda path: None)
     result = compare(random_cells=0, baselines=("conv4",), config=RetrainConfig(iterations=400), eval_tasks=2,
                      out=tmp_path / "cmp", progress=False, match_params=False, max_iterations=900, extend_by=300)
     assert budgets == [400, 700, 900] and result.rows[0].iterations == [900]

@@ -10,7 +10,7 @@ from bayesnas.data import open_dataset
 from bayesnas.errors import ConfigError, DataError, NonFiniteLossError, RunError
 from bayesnas.training import RunDirectory, fit
 from bayesnas.training.search import load_fit
-from bayesnas.training.loop import task_samplers
+from bayesnas.training.loop import data_config, task_samplers
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 from tests.toy import Kill
 
@@ -227,7 +227,8 @@ def test_rotations_default_on_for_omniglot_only_and_an_explicit_value_wins(which
     settings = dict(TINY, data=path) if given is None else dict(TINY, data=path, rotations=given)
     cfg = FitConfig(**settings)
     train, val = task_samplers(cfg, open_dataset(path), torch.device("cpu"))
-    assert train.rotations is expected and cfg.rotations is expected  # resolved in place: config.json says it
+    assert train.rotations is expected and cfg.rotations is given  # the config given is left as it was
+    assert data_config(cfg, open_dataset(path)).rotations is expected  # a new one says it: config.json records it
     assert val.rotations is False and val.split.name == "val"
 
 

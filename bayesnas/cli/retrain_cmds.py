@@ -1,7 +1,9 @@
 """``bayesnas retrain``, ``evaluate``, ``compare``: parse, call the library, print."""
+import dataclasses
+
 import click
 
-from ..config import MAX_SEED, RetrainConfig, resolve_config, resume_overrides
+from ..config import CompareSettings, RetrainConfig, resolve_config, resume_overrides
 from .common import cli_command, user_errors
 from .options import SEED, config_options, run_options
 
@@ -67,55 +69,21 @@ def evaluate_command(run_dir, tasks, inner_steps, split, seed, checkpoint, json_
         click.echo(f"json: {json_out}")
 
 
-def _seeds(ctx, param, value):
-    try:
-        seeds = [int(s) for s in value.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or any(not 0 <= s <= MAX_SEED for s in seeds):
-        raise click.BadParameter(f"expected comma-separated integers from 0 to {MAX_SEED}, got {value!r}")
-    if len(set(seeds)) != len(seeds):
-        raise click.BadParameter(f"each seed once, got {value!r} (a seed's runs share one folder)")
-    return seeds
-
-
 @click.command("compare")
 @click.argument("genotypes", nargs=-1, metavar="[GENOTYPE]...")
-@click.option("--random-cells", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Random cells from the search space (each node: two distinct inputs, a non-'none' op on "
-                   "each, as derive-cell keeps).")
-@click.option("--baselines", default="darts_v2,conv4", help="Comma-separated named architectures ('' for none).")
-@click.option("--seeds", default="0", callback=_seeds, help="Comma-separated training seeds.")
-@click.option("--eval-tasks", type=click.IntRange(min=1), default=600, help="Test tasks per run.")
-@click.option("--eval-seed", type=SEED, default=0, help="Seed of the test tasks.")
-@click.option("--random-seed", type=SEED, default=0, help="Seed of the random cells.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder of the runs and compare.json [default: runs/compare-<time>]; reused runs continue.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the table as JSON.")
-@click.option("--match-params/--no-match-params", default=True,
-              help="Choose each architecture's width so its trainable parameters are within ±10% of "
-                   "--param-target; off: every row at --channels [default: on].")
-@click.option("--param-target", type=click.IntRange(min=1), default=None,
-              help="Trainable parameters every row is matched to [default: the largest row's count at --channels].")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Runs trained and evaluated at once, one process each (each with --threads torch threads, "
-                   "or an equal share of the cores when --threads is 0); same results as one at a time.")
-@click.option("--max-iterations", type=click.IntRange(min=1), default=None,
-              help="Train every run until validation has plateaued: --iterations first, then --extend-by more "
-                   "at a time while its val rise is above 0.02, at most this many [default: off, a fixed budget].")
-@click.option("--extend-by", type=click.IntRange(min=1), default=200, show_default=True,
-              help="With --max-iterations: iterations added at a time.")
 @click.option("--pool", type=click.Path(dir_okay=False), default=None,
               help="A pool file of retrained random cells made under this same protocol: its cells join the table "
                    "without retraining, and each other row's percentile in the pool is reported.")
 @click.option("--save-pool", type=click.Path(dir_okay=False), default=None,
               help="Write this comparison's random cells (and --pool's) as a pool file here.")
 @run_options("RetrainConfig")
+@config_options(CompareSettings)
 @config_options(RetrainConfig, skip=("arch", "seed"))
 @user_errors
-def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_seed, random_seed, out, json_out,
-                    tensorboard, match_params, param_target, workers, max_iterations, extend_by, pool, save_pool,
-                    config_file, quiet, eval_inner_steps, **flags):
+def compare_command(genotypes, out, json_out, pool, save_pool, config_file, quiet, tensorboard, **flags):
     """Retrain and evaluate GENOTYPEs, DARTS_V2, Conv-4 and random cells under one budget (Table 1).
 
     Each architecture's width is chosen so its trainable parameter count is within ±10% of one
@@ -123,16 +91,15 @@ def compare_command(genotypes, random_cells, baselines, seeds, eval_tasks, eval_
     """
     from ..analysis.compare import compare, format_compare_table
 
-    if param_target is not None and not match_params:
+    if flags["param_target"] is not None and flags["match_params"] is False:
         raise click.UsageError("--param-target needs parameter matching; drop --no-match-params")
+    names = {f.name for f in dataclasses.fields(CompareSettings)}
+    settings = resolve_config(CompareSettings, overrides={k: v for k, v in flags.items() if k in names})
     config = resolve_config(RetrainConfig, config_file=config_file,
-                            overrides=dict(flags, eval_inner_steps=eval_inner_steps))
-    names = [b.strip() for b in baselines.split(",") if b.strip()]
-    result = compare(list(genotypes), random_cells=random_cells, config=config, seeds=seeds, eval_tasks=eval_tasks,
-                     eval_seed=eval_seed, out=out, baselines=names, random_seed=random_seed, json_out=json_out,
-                     progress=not quiet, log=click.echo, tensorboard=tensorboard, command=cli_command(),
-                     match_params=match_params, param_target=param_target, workers=workers,
-                     max_iterations=max_iterations, extend_by=extend_by, pool=pool, save_pool=save_pool)
+                            overrides={k: v for k, v in flags.items() if k not in names})
+    result = compare(list(genotypes), config=config, settings=settings, out=out, json_out=json_out,
+                     progress=not quiet, log=click.echo, tensorboard=tensorboard, command=cli_command(), pool=pool,
+                     save_pool=save_pool)
     click.echo(format_compare_table(result))
     click.echo(f"json: {json_out or result.out + '/compare.json'}")
     click.echo(f"picture: {result.out}/compare.png")

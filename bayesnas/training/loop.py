@@ -109,7 +109,7 @@ def session_config(ctx, cls, config, resume):
         if ctx.is_main and device == "cpu" and cfg.device == "auto" and torch.cuda.is_available():
             print(f"note: {resume} was made on the CPU and continues there (--device cuda moves it)", file=sys.stderr)
         return dataclasses.replace(cfg, device=device), state
-    cfg = dataclasses.replace(config) if isinstance(config, cls) else resolve_config(cls, overrides=config or {})
+    cfg = config.resolved() if isinstance(config, cls) else resolve_config(cls, overrides=config or {})
     cfg.validate()
     return cfg, None
 
@@ -225,20 +225,25 @@ def continuable(path, cfg):
     return True
 
 
+def data_config(cfg, data):
+    """``cfg`` with the settings the data decides when left to it (``rotations`` None: on for an
+    Omniglot file only) made explicit: a new config, so the run folder records what ran."""
+    return dataclasses.replace(cfg, rotations=resolve_rotations(cfg.rotations, data))
+
+
 def task_samplers(cfg, data, device):
     """Training and validation samplers of a FitConfig or RetrainConfig, under the protocol rules.
 
     Training tasks come from the ``train`` split, validation tasks from the model-selection
     split (:func:`~bayesnas.data.protocol.selection_split`: ``val``; a file without one is a
     DataError naming it unless ``cfg.select_on == "test"``). ``cfg.rotations`` None (auto) is
-    resolved in place from the file (on for Omniglot only), so that the config the run
-    folder records says what ran.
+    decided by the file (on for Omniglot only): :func:`data_config` says so in a new config,
+    the one a run folder records.
     """
     size = getattr(cfg, "image_size", None)
-    cfg.rotations = resolve_rotations(cfg.rotations, data)
     val_split = selection_split(data, cfg.select_on)
     train = TaskSampler(data.split("train"), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed,
-                        rotations=cfg.rotations, device=device, image_size=size)
+                        rotations=resolve_rotations(cfg.rotations, data), device=device, image_size=size)
     val = TaskSampler(data.split(val_split), cfg.ways, cfg.shots, cfg.queries, seed=cfg.seed + 1, device=device,
                       image_size=size)
     return train, val
@@ -327,6 +332,52 @@ def backward_per_task(num_tasks, task_loss, what, rng_device=None, context=None)
     return loss, outputs
 
 
+class Callback:
+    """What a :class:`TrainingLoop` tells the objects that watch a run: the one hook mechanism.
+
+    Each hook does nothing unless a subclass overrides it. The loop calls them in the order
+    of its ``callbacks``: :meth:`on_step` after every iteration (its metrics row complete,
+    validation scores included), :meth:`on_checkpoint` after every checkpoint is written,
+    :meth:`on_end` when :meth:`TrainingLoop.run` ends, however it ends (an exception
+    included). A plain ``callable(iteration, row)`` given as a callback is told each step
+    (:class:`StepFunction`).
+
+    Example (a callback that keeps the validation accuracies)::
+
+        class Scores(Callback):
+            def __init__(self):
+                self.seen = []
+
+            def on_step(self, iteration, row, validated):
+                if validated:
+                    self.seen.append(row["val_acc"])
+    """
+
+    def on_step(self, iteration: int, row: dict, validated: bool) -> None:
+        """After iteration ``iteration``; ``row`` its metrics; ``validated``: it validated."""
+
+    def on_checkpoint(self, iteration: int, extra: dict) -> None:
+        """After the checkpoint of ``iteration`` is written; ``extra`` the method's state saved with it."""
+
+    def on_end(self) -> None:
+        """When the loop stops, however it stops: release what the callback holds."""
+
+
+class StepFunction(Callback):
+    """A plain ``callable(iteration, row)`` as a :class:`Callback`, told every step."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def on_step(self, iteration, row, validated):
+        self.function(iteration, row)
+
+
+def as_callback(hook):
+    """``hook`` as a :class:`Callback`: itself, or a plain callable wrapped in :class:`StepFunction`."""
+    return hook if isinstance(hook, Callback) else StepFunction(hook)
+
+
 class TrainingLoop:
     """Iterate, log, validate and checkpoint; resume from a checkpoint.
 
@@ -339,22 +390,20 @@ class TrainingLoop:
             validates and checkpoints).
         score_key: the validation metric that decides ``best`` (higher is better).
         extra: a dict of state of the method (e.g. a posterior history) saved in
-            checkpoints, as plain data (tensors, numbers, strings, lists, dicts);
-            ``on_checkpoint(extra)`` writes its files.
+            checkpoints, as plain data (tensors, numbers, strings, lists, dicts); a
+            callback's ``on_checkpoint`` writes its files.
         progress: show a tqdm bar; desc: its label (also of the log lines: the start, each
             validation's scores, through :mod:`logging` at INFO).
-        callbacks: callables ``(iteration, row)`` run after each iteration.
-        logger: an object with ``log(iteration, row, validated)`` and ``close()`` (e.g. a
-            :class:`~bayesnas.training.tensorboard_logger.TensorBoardLogger`), told every
-            row before the callbacks and closed when :meth:`run` ends, however it ends.
+        callbacks: :class:`Callback` objects (e.g. a
+            :class:`~bayesnas.training.tensorboard_logger.TensorBoardLogger`) or plain
+            callables ``(iteration, row)``, told of each step, checkpoint and the end, in order.
         device: the device this process trains on (its GPU's random stream is checkpointed).
         ctx: the :class:`~bayesnas.training.distributed.DistributedContext`; a checkpoint
             holds every rank's random streams, and each rank resumes from its own.
     """
 
     def __init__(self, run, stateful, iterations, val_every=50, checkpoint_every=25, score_key="val_acc",
-                 extra=None, on_checkpoint=None, progress=True, desc="train", callbacks=(), logger=None, device=None,
-                 ctx=None):
+                 extra=None, progress=True, desc="train", callbacks=(), device=None, ctx=None):
         self.run_dir = run
         self.stateful = stateful
         self.iterations = int(iterations)
@@ -362,11 +411,9 @@ class TrainingLoop:
         self.checkpoint_every = int(checkpoint_every)
         self.score_key = score_key
         self.extra = extra if extra is not None else {}
-        self.on_checkpoint = on_checkpoint
         self.progress = progress
         self.desc = desc
-        self.callbacks = list(callbacks)
-        self.logger = logger
+        self.callbacks = [as_callback(c) for c in callbacks]
         self.device = device if device is not None else torch.device("cpu")
         self.ctx = ctx
         self.start = 0
@@ -413,8 +460,8 @@ class TrainingLoop:
             "rng": rng,
         }
         self.run_dir.save_checkpoint(state, best=best)
-        if self.on_checkpoint is not None:
-            self.on_checkpoint(self.extra)
+        for callback in self.callbacks:
+            callback.on_checkpoint(iteration, self.extra)
         self.last_checkpoint = iteration
 
     def _non_finite(self, iteration, detail):
@@ -464,10 +511,8 @@ class TrainingLoop:
                                 ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
                     bar.unpause()  # the bar's rate and ETA count training steps, not the validation
                 self.rows.append(row)
-                if self.logger is not None:
-                    self.logger.log(iteration, row, validated)
                 for callback in self.callbacks:
-                    callback(iteration, row)
+                    callback.on_step(iteration, row, validated)
                 if iteration % self.checkpoint_every == 0 or last or is_best:
                     if self.run_dir is not None:
                         self.run_dir.write_metrics(self.rows)
@@ -477,7 +522,7 @@ class TrainingLoop:
                 bar.update(1)
         finally:
             bar.close()
-            if self.logger is not None:
-                self.logger.close()
+            for callback in self.callbacks:
+                callback.on_end()
         self.elapsed = time.perf_counter() - t0
         return self.rows

@@ -33,13 +33,11 @@ from ..errors import ConfigError, RunError
 from ..inference import unrolled_steps
 from ..inference.unroll import deferred_finite_checks
 from ..models import arch_config, arch_label, build_network, count_parameters, genotype_from_dict
-from ..rng import seed_everything
-from .card import python_call, recorded_session
+from .card import python_call
 from .distributed import distributed, requested_device
-from .logs import LOG_FILE, session_log
-from .loop import (TrainingLoop, backward_per_task, folder_contents, process_device, read_run_config, read_step,
-                   resume_device, session_config, session_run, task_samplers, training_session)
+from .loop import Callback, backward_per_task, read_run_config, read_step, resume_device
 from .rundir import RunDirectory
+from .session import Method, run_session
 from .tensorboard_logger import TensorBoardLogger, summary_writer_class
 
 def build_retrain_network(cfg, in_channels, image_size=28):
@@ -195,7 +193,7 @@ class RetrainResult:
 
 def retrain(arch: Any = None, config: RetrainConfig | dict | None = None, out: str | os.PathLike | None = None,
             resume: str | os.PathLike | None = None, progress: bool = True,
-            callbacks: Iterable[Callable[[int, dict], Any]] = (), tensorboard: bool = False,
+            callbacks: Iterable[Callback | Callable[[int, dict], Any]] = (), tensorboard: bool = False,
             command: str | None = None) -> "RetrainResult":
     """Meta-train a fixed network with second-order MAML and write a run folder.
 
@@ -208,7 +206,9 @@ def retrain(arch: Any = None, config: RetrainConfig | dict | None = None, out: s
         resume: an existing retrain run folder to continue from its last checkpoint (its
             own config is used; ``config`` may only raise ``iterations``).
         progress: show a progress bar and the log lines (validation scores, warnings) beside
-            it; they go to ``RUN/log.txt`` either way. callbacks: ``(iteration, row)`` hooks.
+            it; they go to ``RUN/log.txt`` either way.
+        callbacks: :class:`~bayesnas.training.loop.Callback` objects, or ``(iteration, row)``
+            callables told each step.
         tensorboard: also write every metric to TensorBoard event files in
             ``RUN/tensorboard/`` (needs ``pip install 'bayesnas[tensorboard]'``).
         command: the command line recorded in the run card (default: this Python call).
@@ -241,53 +241,49 @@ def _retrain(ctx, arch, config, out, resume, progress, callbacks, tensorboard, c
     elif arch is not None:
         config = (dataclasses.replace(config, arch=arch) if isinstance(config, RetrainConfig)
                   else dict(config or {}, arch=arch))
-    cfg, state = session_config(ctx, RetrainConfig, config, resume)
-    device = process_device(ctx, cfg)
-    data = open_data(cfg.data)
-    train_sampler, val_sampler = task_samplers(cfg, data, device)
-    seed_everything(cfg.seed, device)
-    try:
-        net = build_retrain_network(cfg, data.channels, data.image_size).to(device)
-    except ConfigError as exc:  # the data's images do not fit the network (Conv-4 needs 16 pixels a side)
-        raise ConfigError(f"{data.path}: {exc}") from None
-    optimiser = torch.optim.Adam(net.parameters(), lr=cfg.meta_lr)
+    session = run_session(ctx, RetrainConfig, config, out, resume, "retrain", MamlMethod, progress=progress,
+                          callbacks=callbacks, tensorboard=tensorboard, command=command)
+    net, rows = session.method.net, session.rows
+    return RetrainResult(net=net, config=session.config, rows=rows,
+                         run_dir=session.run.path if session.run is not None else None, seconds=session.loop.elapsed,
+                         train_seconds=sum(r.get("seconds") or 0.0 for r in rows),
+                         parameters=count_parameters(net, trainable_only=True))
 
-    before = folder_contents(out) if out is not None and ctx.is_main else None
-    run = session_run(ctx, cfg, out, resume, "retrain")
 
-    logger = None
-    if tensorboard and run is not None:
-        logger = TensorBoardLogger(run.subfolder("tensorboard"), hparams=cfg.to_dict())
-    loop = TrainingLoop(run, {"net": net, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
-                        checkpoint_every=cfg.checkpoint_every, score_key="val_acc", progress=progress and ctx.is_main,
-                        desc=f"retrain {arch_label(cfg.arch)}", callbacks=callbacks, logger=logger,
-                        device=device, ctx=ctx)
-    if state is not None:
-        loop.resume(state)
+class MamlMethod(Method):
+    """What ``retrain`` trains: a fixed network by MAML."""
 
-    def step(iteration):
+    def __init__(self, ctx, cfg, data, device, train_sampler, val_sampler, progress):
+        self.ctx, self.cfg, self.train_sampler, self.val_sampler, self.progress = (ctx, cfg, train_sampler,
+                                                                                   val_sampler, progress)
+        try:
+            self.net = build_retrain_network(cfg, data.channels, data.image_size).to(device)
+        except ConfigError as exc:  # the data's images do not fit the network (Conv-4 needs 16 pixels a side)
+            raise ConfigError(f"{data.path}: {exc}") from None
+        self.optimiser = torch.optim.Adam(self.net.parameters(), lr=cfg.meta_lr)
+        self.stateful = {"net": self.net, "optimiser": self.optimiser}
+        self.extra = {}
+        self.desc = f"retrain {arch_label(cfg.arch)}"
+
+    def callbacks(self, run, tensorboard):
+        return [TensorBoardLogger(run.subfolder("tensorboard"), hparams=self.cfg.to_dict())] if tensorboard else []
+
+    def step(self, iteration):
+        cfg, ctx = self.cfg, self.ctx
         start, stop = ctx.share(cfg.tasks)
         first = (iteration - 1) * cfg.tasks
-        batch = train_sampler.batch(range(first + start, first + stop))
-        return ctx.mean_of(maml_step(net, optimiser, batch, cfg, reduce_gradients=ctx.average_gradients))
+        batch = self.train_sampler.batch(range(first + start, first + stop))
+        return ctx.mean_of(maml_step(self.net, self.optimiser, batch, cfg, reduce_gradients=ctx.average_gradients))
 
-    def validate(iteration):
+    def validate(self, iteration):
+        cfg, ctx = self.cfg, self.ctx
         mine = ctx.strided(cfg.val_tasks)
-        with tqdm(total=len(mine), desc="validate", unit="task", leave=False, disable=not (progress and ctx.is_main),
-                  dynamic_ncols=True) as bar:
-            accs = (task_accuracies(net, val_sampler, mine, cfg.test_inner_steps, cfg.inner_lr,
+        with tqdm(total=len(mine), desc="validate", unit="task", leave=False,
+                  disable=not (self.progress and ctx.is_main), dynamic_ncols=True) as bar:
+            accs = (task_accuracies(self.net, self.val_sampler, mine, cfg.test_inner_steps, cfg.inner_lr,
                                     progress=lambda done: bar.update(done - bar.n)) if mine else torch.zeros(0))
         totals = ctx.mean_of({"sum": accs.sum().item(), "count": float(len(mine))})
         return {"val_acc": totals["sum"] / totals["count"]}
-
-    with session_log(run.file(LOG_FILE) if run is not None else None, console=progress, rank=ctx.rank), \
-            training_session(cfg, run, resume, before, loop), \
-            recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size):
-        rows = loop.run(step, validate)
-    train_seconds = sum(r.get("seconds") or 0.0 for r in rows)
-    return RetrainResult(net=net, config=cfg, rows=rows, run_dir=run.path if run is not None else None,
-                         seconds=loop.elapsed,
-                         train_seconds=train_seconds, parameters=count_parameters(net, trainable_only=True))
 
 
 def load_retrain(run_dir: str | os.PathLike, which: str = "best",

@@ -26,15 +26,14 @@ from ..inference.model import current_task_share, task_share
 from ..inference.unroll import deferred_finite_checks
 from ..models import NUM_EDGES, NUM_OPS, SearchNetwork
 from ..models.reference import ReferenceSearchNetwork
-from ..rng import seed_everything, seeded
-from .card import python_call, recorded_session
+from ..rng import seeded
+from .card import python_call
 from .diagnostics import SearchDiagnostics, search_diagnostics
 from .distributed import DistributedContext, distributed, requested_device
-from .logs import LOG_FILE, session_log
-from .loop import (TrainingLoop, backward_per_task, check_finite, folder_contents, process_device, read_run_config,
-                   read_step, resume_device, session_config, session_run, task_samplers, training_session)
+from .loop import Callback, backward_per_task, check_finite, read_run_config, read_step, resume_device
 from .rundir import RunDirectory
 from .schedules import arch_lr_factor, kl_weight, temperature
+from .session import Method, run_session
 from .tensorboard_logger import meta_posterior_logger, summary_writer_class
 
 
@@ -221,7 +220,7 @@ class FitResult:
 
 def fit(config: FitConfig | dict | None = None, out: str | os.PathLike | None = None,
         resume: str | os.PathLike | None = None, progress: bool = True,
-        callbacks: Iterable[Callable[[int, dict], Any]] = (), tensorboard: bool = False,
+        callbacks: Iterable[Callback | Callable[[int, dict], Any]] = (), tensorboard: bool = False,
         command: str | None = None) -> "FitResult":
     """Meta-train BASE by SVI and write a run folder.
 
@@ -232,7 +231,9 @@ def fit(config: FitConfig | dict | None = None, out: str | os.PathLike | None = 
         resume: an existing run folder to continue from its last checkpoint (its own
             config is used; ``config`` may only raise ``iterations``).
         progress: show a progress bar and the log lines (validation scores, warnings) beside
-            it; they go to ``RUN/log.txt`` either way. callbacks: ``(iteration, row)`` hooks.
+            it; they go to ``RUN/log.txt`` either way.
+        callbacks: :class:`~bayesnas.training.loop.Callback` objects, or ``(iteration, row)``
+            callables told each step.
         tensorboard: also write TensorBoard event files to ``RUN/tensorboard/`` (needs
             ``pip install 'bayesnas[tensorboard]'``): every metric, the mean edge entropy
             and top-op probability, the posterior heatmap and derived cell at each validation.
@@ -256,21 +257,43 @@ def fit(config: FitConfig | dict | None = None, out: str | os.PathLike | None = 
 
 
 def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
-    cfg, state = session_config(ctx, FitConfig, config, resume)
-    device = process_device(ctx, cfg)
-    data = open_data(cfg.data)
-    train_sampler, val_sampler = task_samplers(cfg, data, device)
-    seed_everything(cfg.seed, device)  # the same on every rank: see task_share
-    meta = build_meta_network(cfg, data.channels).to(device)
-    optimiser = make_optimiser(meta, cfg)
+    session = run_session(ctx, FitConfig, config, out, resume, "fit", SearchMethod, progress=progress,
+                          callbacks=callbacks, tensorboard=tensorboard, command=command)
+    return FitResult(meta=session.method.meta, config=session.config, rows=session.rows,
+                     run_dir=session.run.path if session.run is not None else None, seconds=session.loop.elapsed)
 
-    before = folder_contents(out) if out is not None and ctx.is_main else None
-    run = session_run(ctx, cfg, out, resume, "fit")
 
-    history = {"iteration": [], "alpha_normal": [], "alpha_reduce": [], **{k: [] for k in SearchDiagnostics._fields}}
+class SearchMethod(Method):
+    """What ``fit`` trains: the meta-network by SVI, its alpha history logged as it goes."""
 
-    def record_alpha(iteration):
+    desc = "fit"
+
+    def __init__(self, ctx, cfg, data, device, train_sampler, val_sampler, progress):
+        self.ctx, self.cfg, self.train_sampler, self.val_sampler, self.progress = (ctx, cfg, train_sampler,
+                                                                                   val_sampler, progress)
+        self.meta = build_meta_network(cfg, data.channels).to(device)
+        self.optimiser = make_optimiser(self.meta, cfg)
+        self.stateful = {"meta": self.meta, "optimiser": self.optimiser}
+        self.history = {"iteration": [], "alpha_normal": [], "alpha_reduce": [],
+                        **{k: [] for k in SearchDiagnostics._fields}}
+        self.extra = {"history": self.history}
+
+    def callbacks(self, run, tensorboard):
+        logger = [meta_posterior_logger(run.subfolder("tensorboard"), self.cfg.to_dict(), self.meta)] if tensorboard \
+            else []
+        return logger + [HistoryWriter(run)]
+
+    def resumed(self, loop):
+        self.history = _with_diagnostics(loop.extra["history"])
+        loop.extra["history"] = self.history
+
+    def fresh(self, loop):
+        if not self.history["iteration"]:
+            self.record_alpha(0)
+
+    def record_alpha(self, iteration):
         """Log alpha and its :class:`SearchDiagnostics` in the history; returns the diagnostics as a dict."""
+        history, meta = self.history, self.meta
         history["iteration"].append(iteration)
         history["alpha_normal"].append(meta.alpha_normal.detach().cpu().clone())
         history["alpha_reduce"].append(meta.alpha_reduce.detach().cpu().clone())
@@ -280,44 +303,34 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
             history[key].append(value)
         return diagnostics
 
-    logger = None
-    if tensorboard and run is not None:
-        logger = meta_posterior_logger(run.subfolder("tensorboard"), cfg.to_dict(), meta)
-    loop = TrainingLoop(run, {"meta": meta, "optimiser": optimiser}, cfg.iterations, val_every=cfg.val_every,
-                        checkpoint_every=cfg.checkpoint_every, score_key="val_acc", extra={"history": history},
-                        on_checkpoint=lambda extra: run.write_history(extra["history"]),
-                        progress=progress and ctx.is_main, desc="fit", callbacks=callbacks, logger=logger,
-                        device=device, ctx=ctx)
-    if state is not None:
-        loop.resume(state)
-        history = _with_diagnostics(loop.extra["history"])
-        loop.extra["history"] = history
-    elif not history["iteration"]:
-        record_alpha(0)
-
-    def step(iteration):
+    def step(self, iteration):
+        cfg, ctx = self.cfg, self.ctx
         indices, share = meta_batch_indices(cfg, (iteration - 1) * cfg.tasks, ctx)
         with share:
-            row = svi_step(meta, optimiser, train_sampler.batch(indices), cfg, iteration,
+            row = svi_step(self.meta, self.optimiser, self.train_sampler.batch(indices), cfg, iteration,
                            reduce_gradients=ctx.average_gradients)
         # alpha is the same on every process: its diagnostics (a string among them) need no averaging
         row = ctx.mean_of(row)
         if iteration % cfg.log_every == 0:
-            row.update(record_alpha(iteration))
+            row.update(self.record_alpha(iteration))
         return row
 
-    def validate(iteration):
-        acc, elbo = evaluate_tasks(meta, cfg, val_sampler, cfg.val_tasks, temperature(cfg, iteration),
-                                   seed=cfg.seed + 12345, ctx=ctx, kl_weight=kl_weight(cfg, iteration),
-                                   progress=progress)
+    def validate(self, iteration):
+        cfg = self.cfg
+        acc, elbo = evaluate_tasks(self.meta, cfg, self.val_sampler, cfg.val_tasks, temperature(cfg, iteration),
+                                   seed=cfg.seed + 12345, ctx=self.ctx, kl_weight=kl_weight(cfg, iteration),
+                                   progress=self.progress)
         return {"val_acc": acc, "val_elbo": elbo}
 
-    with session_log(run.file(LOG_FILE) if run is not None else None, console=progress, rank=ctx.rank), \
-            training_session(cfg, run, resume, before, loop), \
-            recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size):
-        rows = loop.run(step, validate)
-    return FitResult(meta=meta, config=cfg, rows=rows, run_dir=run.path if run is not None else None,
-                     seconds=loop.elapsed)
+
+class HistoryWriter(Callback):
+    """Writes the posterior history (``posterior_history.pt``) beside every checkpoint of a fit run."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def on_checkpoint(self, iteration, extra):
+        self.run.write_history(extra["history"])
 
 
 def load_fit(run_dir: str | os.PathLike, which: str = "last",

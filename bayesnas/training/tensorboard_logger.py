@@ -17,6 +17,7 @@ from ..models.derivation import chosen_edges_table, derive_genotype
 from ..viz.cells import plot_genotype
 from ..viz.posterior import figure_to_array, plot_edge_posterior
 from .diagnostics import edge_logits, search_diagnostics
+from .loop import Callback
 
 INSTALL = "pip install 'bayesnas[tensorboard]' (or: pip install tensorboard)"
 
@@ -40,8 +41,8 @@ def hparam_values(config):
             for k, v in config.items()}
 
 
-class TensorBoardLogger:
-    """Writes a training loop's rows to TensorBoard event files (the loop's ``logger``).
+class TensorBoardLogger(Callback):
+    """Writes a training loop's rows to TensorBoard event files: a :class:`~bayesnas.training.loop.Callback`.
 
     Args:
         log_dir: the event folder (``RUN/tensorboard``); a resumed run passes the same one.
@@ -98,6 +99,12 @@ class TensorBoardLogger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+    def on_step(self, iteration, row, validated):
+        self.log(iteration, row, validated)
+
+    def on_end(self):
+        self.close()
 
 
 def edge_posterior_figures(probs, label):
