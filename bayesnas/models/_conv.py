@@ -73,8 +73,13 @@ def _input_grad(g, w, x_shape, params):
 def _weight_grad(x, g, w_shape, params):
     stride, padding, dilation, groups = params
     w_like = g.new_empty(w_shape)
-    return _aten.convolution_backward(_fmt(g, params), _fmt(x, params), w_like, None, stride,
-                                      padding, dilation, False, [0, 0], groups,
+    if g.device.type == "cpu" and groups == 1 and max(stride) > 1 and tuple(w_shape[-2:]) == (1, 1):
+        # oneDNN (torch 2.13) corrupts the heap computing this one in channels-last float32 for
+        # fewer than 8 channels (a crash or a hang, measured); NCHW is exact
+        x, g = x.contiguous(), g.contiguous()
+    else:
+        x, g = _fmt(x, params), _fmt(g, params)
+    return _aten.convolution_backward(g, x, w_like, None, stride, padding, dilation, False, [0, 0], groups,
                                       [False, True, False])[1]
 
 
