@@ -51,6 +51,7 @@ def build_meta_network(cfg, in_channels, net=None):
         set_encoder=cfg.set_encoder,
         in_channels=in_channels,
         batch_tasks=cfg.batch_tasks,
+        precision=cfg.precision,
     )
 
 
@@ -314,7 +315,8 @@ def _fit(ctx, config, out, resume, progress, callbacks, tensorboard, command):
 
     with session_log(run.file(LOG_FILE) if run is not None else None, console=progress, rank=ctx.rank), \
             training_session(cfg, run, resume, before, loop), \
-            recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size):
+            recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size,
+                             cfg.precision):
         rows = loop.run(step, validate)
     return FitResult(meta=meta, config=cfg, rows=rows, run_dir=run.path if run is not None else None,
                      seconds=loop.elapsed)
