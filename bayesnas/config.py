@@ -94,22 +94,24 @@ def setting(default, help, choices=None, min=None, min_open=False, flag=None, ma
 
 
 def resume_overrides(overrides, config_file=None):
-    """The settings a resumed run takes from the command line: ``iterations`` (raise its budget)
-    and ``device`` (move it: by default a run continues on the device it was made on).
+    """The settings a resumed run takes from the command line: ``iterations`` (raise its budget),
+    ``device`` (move it: by default a run continues on the device it was made on) and
+    ``precision`` (by default the run's own).
 
     Args:
         overrides: dict of the settings given (None values: not given); config_file: a
             config file given alongside (refused: a resumed run keeps its own config).
 
     Returns:
-        a dict of those two given, e.g. ``{"iterations": N}`` or ``{}``.
+        a dict of those given, e.g. ``{"iterations": N}`` or ``{}``.
 
     Raises:
         ConfigError: naming the rule, when anything else is given.
     """
     given = {k: v for k, v in overrides.items() if v is not None}
-    if sorted(set(given) - {"iterations", "device"}) or config_file:
-        raise ConfigError("--resume continues a run with its own config; only --iterations and --device may be given")
+    if sorted(set(given) - {"iterations", "device", "precision"}) or config_file:
+        raise ConfigError("--resume continues a run with its own config; only --iterations, --device and "
+                          "--precision may be given")
     return given
 
 
@@ -189,6 +191,11 @@ DEVICE_HELP = "auto, cpu, cuda or cuda:N (auto: CUDA when present)"
 DETERMINISTIC_HELP = ("deterministic algorithms only (torch.use_deterministic_algorithms, cuDNN deterministic, not "
                       "benchmarking, CUBLAS_WORKSPACE_CONFIG): a GPU run then repeats bitwise; slower on a GPU, free "
                       "on a CPU, whose kernels are deterministic already. An op without such a kernel stops the run")
+#: the values of both configs' precision (bayesnas.device.autocast)
+PRECISIONS = ("fp32", "bf16")
+PRECISION_HELP = ("the networks' forward: 'fp32', or 'bf16' (torch.autocast with bfloat16, CPU and CUDA: the "
+                  "convolutions and matmuls in bfloat16; weights, optimiser, KL terms, log-probabilities and "
+                  "losses stay float32). A resumed run keeps its own unless given")
 
 
 @dataclasses.dataclass
@@ -255,6 +262,7 @@ class SessionSettings(TaskSettings):
     seed: int = setting(0, "seed of the task streams and of the initial parameters", min=0, max=MAX_SEED)
     device: str = setting("auto", DEVICE_HELP)
     deterministic: bool = setting(False, DETERMINISTIC_HELP)
+    precision: str = setting("fp32", PRECISION_HELP, choices=PRECISIONS)
     threads: int = setting(0, "torch CPU threads (0 = torch's default)", min=0)
 
 

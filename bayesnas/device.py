@@ -105,3 +105,36 @@ def determinism(enabled):
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
         torch.backends.mkldnn.deterministic = before[4]
+
+
+def check_precision(precision, device):
+    """``precision`` if ``device`` can run it, else a :class:`ConfigError` naming the setting.
+
+    "fp32" runs anywhere; "bf16" on a CPU (in software where the CPU lacks bfloat16
+    instructions) and on a GPU with bfloat16 support (Ampere or newer). The values are
+    :data:`bayesnas.config.PRECISIONS` (config imports no torch, this module no config).
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"--precision bf16: {device_name(device)} has no bfloat16 support; use --precision fp32")
+    return precision
+
+
+def forward_in(precision, device, function, *args):
+    """``function(*args)`` (a network's forward on ``device``) computed in ``precision``.
+
+    "fp32": as it is. "bf16": under ``torch.autocast(device.type, dtype=torch.bfloat16)``
+    (convolutions and matmuls in bfloat16, the float32 parameters cast per call and their
+    gradients returned in float32); a bfloat16 result comes back as float32, so the losses,
+    log-probabilities and KL terms computed from it stay float32. Float64 is left alone, as
+    autocast leaves it.
+
+    Example: ``logits = forward_in("bf16", x.device, net, x)`` (``logits.dtype``: float32).
+    """
+    check_precision(precision, torch.device("cpu"))
+    if precision == "fp32":
+        return function(*args)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        out = function(*args)
+    return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out

@@ -231,9 +231,10 @@ def _report(result, path):
     text = json.dumps(result, indent=1)
     print(text)
     if path:
+        from bayesnas.fileio import write_json  # here, not at the top: a worker imports its own tree's bayesnas
+
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text + "\n")
+        write_json(path, result)
     return result
 
 

@@ -86,7 +86,7 @@ def test_a_gpu_run_resumes_where_auto_points(cpu_fit, tmp_path, gpus):
 
 def test_resume_takes_device_and_iterations_only():
     assert resume_overrides({"iterations": 4, "device": "cpu", "channels": None}) == {"iterations": 4, "device": "cpu"}
-    with pytest.raises(ConfigError, match="only --iterations and --device may be given"):
+    with pytest.raises(ConfigError, match="only --iterations, --device and --precision may be given"):
         resume_overrides({"channels": 3})
 
 

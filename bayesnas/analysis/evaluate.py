@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..config import RetrainConfig, check_seed
 from ..data import TaskSampler, default_data_path
 from ..data.protocol import TEST_SELECTION_WARNING
+from ..device import check_precision
 from ..errors import BayesNASError, ConfigError
 from ..fileio import write_json
 from ..models import arch_label, count_parameters
@@ -71,7 +72,8 @@ class Evaluation:
     warnings: protocol warnings about the run (a checkpoint selected on the test classes);
     accuracies: the ``tasks`` per-task accuracies, in task order; checkpoint_sha256,
     data_sha256: the evaluated files' sha256 (what :func:`previous_evaluation` matches on);
-    device: where it was evaluated ("cpu", "cuda:0"; files written before it was recorded: "cpu").
+    device: where it was evaluated ("cpu", "cuda:0"; files written before it was recorded: "cpu");
+    precision: the network's forward, "fp32" or "bf16" (files written before it was recorded: "fp32").
     """
 
     run_dir: str
@@ -95,6 +97,7 @@ class Evaluation:
     checkpoint_sha256: str = ""
     data_sha256: str = ""
     device: str = "cpu"
+    precision: str = "fp32"
 
     def to_dict(self):
         return asdict(self)
@@ -102,7 +105,8 @@ class Evaluation:
 
 def evaluate(run_dir: str | os.PathLike, tasks: int = 600, inner_steps: int | None = None, split: str = "test",
              seed: int = 0, json_out: str | os.PathLike | None = None, which: str = "best",
-             device: str | None = None, threads: int = 0, progress: bool = False) -> "Evaluation":
+             device: str | None = None, threads: int = 0, progress: bool = False,
+             precision: str | None = None) -> "Evaluation":
     """Accuracy of a retrained network on ``tasks`` seeded tasks of held-out classes.
 
     Args:
@@ -119,6 +123,7 @@ def evaluate(run_dir: str | os.PathLike, tasks: int = 600, inner_steps: int | No
             a run made on the CPU is evaluated on the CPU on a GPU machine too).
         threads: torch CPU threads (0 = leave torch's setting).
         progress: show a progress bar.
+        precision: the network's forward, "fp32" or "bf16" (default: the run's own precision).
 
     A run that selected its checkpoint on the test classes (``select_on="test"`` in its
     config.json) is evaluated all the same, with a warning in ``result.warnings`` (printed
@@ -141,9 +146,12 @@ def evaluate(run_dir: str | os.PathLike, tasks: int = 600, inner_steps: int | No
         torch.set_num_threads(threads)
     checkpoint = _checkpoint(run_dir, which)
     cfg, net, data = load_retrain(run_dir, which=checkpoint, device="cpu")
+    if precision is not None:
+        cfg.precision = check_precision(precision, torch.device("cpu"))
     files = {"checkpoint_sha256": file_sha256(RunDirectory(run_dir).file(f"checkpoint_{checkpoint}.pt")),
              "data_sha256": file_sha256(data.path)}
     with distributed(device if device is not None else str(run_device(run_dir))) as ctx:
+        check_precision(cfg.precision, ctx.device)
         return _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, split, seed, json_out,
                          progress, files)
 
@@ -157,13 +165,15 @@ def _checkpoint(run_dir, which):
 
 def previous_evaluation(json_path: str | os.PathLike, run_dir: str | os.PathLike, tasks: int = 600,
                         inner_steps: int | None = None, split: str = "test", seed: int = 0,
-                        which: str = "best", device: str | None = None) -> "Evaluation | None":
+                        which: str = "best", device: str | None = None,
+                        precision: str | None = None) -> "Evaluation | None":
     """The :class:`Evaluation` saved at ``json_path`` if it is what :func:`evaluate` would return now.
 
     It is when it evaluated the same tasks (``tasks``, ``split``, ``seed``), with the same
     test-time steps (``inner_steps`` None: the run's), of a checkpoint and data file whose
     bytes are unchanged (their sha256), on the same type of device as ``device`` (default:
-    the run's, as :func:`evaluate` picks it); else (no file, unreadable, an older file
+    the run's, as :func:`evaluate` picks it) and in the same ``precision`` (default: the
+    run's); else (no file, unreadable, an older file
     without the hashes, anything different, accuracies that are not one finite value in
     [0, 1] per task: :func:`~bayesnas.training.card.read_evaluation`) None, and the caller
     evaluates. Evaluating is deterministic on CPU, so a match is the number evaluating again
@@ -178,13 +188,16 @@ def previous_evaluation(json_path: str | os.PathLike, run_dir: str | os.PathLike
                   "inner_steps": cfg.test_inner_steps if inner_steps is None else inner_steps}
         if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in wanted.items()):
             return None
+        if saved.get("precision", "fp32") != (precision or cfg.precision):
+            return None
         data_path = cfg.data if cfg.data is not None else default_data_path()
         if (saved.get("checkpoint_sha256") != file_sha256(run.file(f"checkpoint_{checkpoint}.pt"))
                 or saved.get("data_sha256") != file_sha256(data_path)):
             return None
         if str(saved.get("device", "cpu")).split(":")[0] != run_device(run_dir, device).type:
             return None
-        result = Evaluation(**{f.name: saved[f.name] if f.name != "device" else saved.get("device", "cpu")
+        defaults = {"device": "cpu", "precision": "fp32"}  # what files written before them held
+        result = Evaluation(**{f.name: saved.get(f.name, defaults[f.name]) if f.name in defaults else saved[f.name]
                                for f in fields(Evaluation)})
     except (OSError, ValueError, KeyError, TypeError, BayesNASError):
         return None
@@ -201,8 +214,8 @@ def _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, spli
     mine = ctx.strided(tasks)
     with tqdm(total=len(mine), desc=f"evaluate {arch_label(cfg.arch)}", disable=not (progress and ctx.is_main),
               dynamic_ncols=True) as bar:
-        local = task_accuracies(net, sampler, mine, steps, cfg.inner_lr,
-                                progress=lambda done: bar.update(done - bar.n)) if mine else torch.zeros(0)
+        local = task_accuracies(net, sampler, mine, steps, cfg.inner_lr, progress=lambda done: bar.update(done - bar.n),
+                                precision=cfg.precision) if mine else torch.zeros(0)
     accs = torch.zeros(tasks, dtype=torch.float64)
     for indices, values in ctx.gather_objects((mine, local.double().cpu())):
         accs[indices] = values
@@ -216,7 +229,7 @@ def _evaluate(ctx, run_dir, cfg, net, data, checkpoint, tasks, inner_steps, spli
         parameters=count_parameters(net, trainable_only=True), accuracy=mean, ci95=ci,
         std=float(accs.std(unbiased=True)) if tasks > 1 else 0.0, seconds=seconds,
         warnings=[TEST_SELECTION_WARNING] if cfg.select_on == "test" else [], accuracies=accs.tolist(), **files,
-        device=str(dev),
+        device=str(dev), precision=cfg.precision,
     )
     if json_out is not None:
         write_json(json_out, result.to_dict())

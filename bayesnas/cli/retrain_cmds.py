@@ -3,7 +3,7 @@ import dataclasses
 
 import click
 
-from ..config import CompareSettings, RetrainConfig, resolve_config, resume_overrides
+from ..config import PRECISIONS, CompareSettings, RetrainConfig, resolve_config, resume_overrides
 from .common import cli_command, user_errors
 from .options import SEED, config_options, run_options
 
@@ -53,15 +53,18 @@ def retrain_command(arch, out, resume, config_file, quiet, tensorboard, **flags)
               help="Also write the result as JSON.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [default: the device the run trains on; a "
                                              "run made on the CPU stays there].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="The network's forward, fp32 or bf16 (autocast) [default: the run's].")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads [default: torch's].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def evaluate_command(run_dir, tasks, inner_steps, split, seed, checkpoint, json_out, device, threads, quiet):
+def evaluate_command(run_dir, tasks, inner_steps, split, seed, checkpoint, json_out, device, precision, threads,
+                     quiet):
     """Accuracy of a retrained network on held-out classes: mean and 95% CI over seeded tasks."""
     from ..analysis.evaluate import evaluate, format_evaluation
 
     result = evaluate(run_dir, tasks=tasks, inner_steps=inner_steps, split=split, seed=seed, json_out=json_out,
-                      which=checkpoint, device=device, threads=threads, progress=not quiet)
+                      which=checkpoint, device=device, threads=threads, progress=not quiet, precision=precision)
     if result is None:  # a rank other than 0 of a torchrun job: rank 0 reports
         return
     click.echo(format_evaluation(result))

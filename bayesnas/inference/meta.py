@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ..device import forward_in
 from ..models import NUM_EDGES, NUM_OPS, ParamLayout
 
 
@@ -65,10 +66,12 @@ class MetaNetwork(nn.Module):
             alpha + h_V(D_t) instead of alpha.
         batch_tasks: run the tasks of :meth:`forward_tasks` in one call when the supernet
             supports it (``task_batched``); False: one call per task.
+        precision: the supernet's forward, "fp32" or "bf16" (autocast; the logits come
+            back in float32: :func:`~bayesnas.device.forward_in`).
     """
 
     def __init__(self, net, sigma_init=0.05, inner_lr=None, learn_inner_lr=False,
-                 set_encoder=False, in_channels=1, batch_tasks=True):
+                 set_encoder=False, in_channels=1, batch_tasks=True, precision="fp32"):
         super().__init__()
         self.net = net
         for p in self.net.parameters():
@@ -84,6 +87,7 @@ class MetaNetwork(nn.Module):
         )
         self.encoder = SetEncoder(in_channels) if set_encoder else None
         self.batch_tasks = batch_tasks
+        self.precision = precision
 
     @property
     def sigma(self):
@@ -100,7 +104,8 @@ class MetaNetwork(nn.Module):
 
     def forward_task(self, x, theta, z_normal, z_reduce):
         """Logits of one task: x ``[B, C, H, W]``, theta ``[D]``, z ``[14, 10]`` -> ``[B, ways]``."""
-        return functional_call(self.net, self.layout.unflatten(theta), (x, z_normal, z_reduce))
+        return forward_in(self.precision, x.device, functional_call, self.net, self.layout.unflatten(theta),
+                          (x, z_normal, z_reduce))
 
     def forward_tasks(self, x, theta, z_normal, z_reduce):
         """Logits of T tasks: x ``[T, B, C, H, W]``, theta ``[T, D]``, z ``[T, 14, 10]`` -> ``[T, B, ways]``.
@@ -109,5 +114,6 @@ class MetaNetwork(nn.Module):
         SearchNetwork) runs all T in one call; any other network, one call per task.
         """
         if self.batch_tasks and getattr(self.net, "task_batched", False) and x.shape[0] > 1:
-            return functional_call(self.net, self.layout.unflatten(theta), (x, z_normal, z_reduce))
+            return forward_in(self.precision, x.device, functional_call, self.net, self.layout.unflatten(theta),
+                              (x, z_normal, z_reduce))
         return torch.stack([self.forward_task(x[t], theta[t], z_normal[t], z_reduce[t]) for t in range(x.shape[0])])

@@ -191,7 +191,7 @@ def read_evaluation(path):
 
 
 @contextlib.contextmanager
-def recorded_session(run_dir, loop, command, device, data_path, processes=1):
+def recorded_session(run_dir, loop, command, device, data_path, processes=1, precision="fp32"):
     """Record a training session in ``RUN/sessions.json`` and write the run card when it ends.
 
     The block runs the loop; on any exit, finished or by an exception (which is re-raised),
@@ -204,7 +204,7 @@ def recorded_session(run_dir, loop, command, device, data_path, processes=1):
             (its ``start``, ``rows`` and ``last_checkpoint`` are read at the end).
         command: the command line or Python call that started the session.
         device: the torch device trained on; data_path: the data file (its sha256 is recorded).
-        processes: the number of training processes.
+        processes: the number of training processes; precision: the networks' forward ("fp32", "bf16").
     """
     if run_dir is None:
         yield
@@ -215,7 +215,7 @@ def recorded_session(run_dir, loop, command, device, data_path, processes=1):
         "status": "running (or killed before it could record its end)",
         "start_iteration": loop.start, "reached_iteration": loop.start, "checkpoint_iteration": loop.last_checkpoint,
         "device": str(device), "threads": torch.get_num_threads(), "processes": int(processes),
-        "numerics": numerics(device),
+        "numerics": numerics(device), "precision": precision,
         "versions": package_versions(),
         "data": {"path": os.path.abspath(data_path), "sha256": file_sha256(data_path),
                  "bytes": os.path.getsize(data_path)},
@@ -423,7 +423,8 @@ def _environment(last):
         "## Software and hardware (last session)",
         "",
         f"- packages: {versions}",
-        f"- device: {last['device']}; torch CPU threads: {last['threads']}; processes: {last['processes']}",
+        f"- device: {last['device']}; precision: {last.get('precision', 'fp32')}; torch CPU threads: "
+        f"{last['threads']}; processes: {last['processes']}",
         *_numerics_lines(last.get("numerics")),
     ])
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..config import from_dict, resolve_config
 from ..data import TaskSampler, resolve_rotations, selection_split
-from ..device import determinism, resolve_device
+from ..device import check_precision, determinism, resolve_device
 from ..errors import ConfigError, GenotypeError, NonFiniteLossError, RunError
 from ..fileio import read_json, write_json
 from ..inference.unroll import require_finite
@@ -36,13 +36,15 @@ logger = logging.getLogger(__name__)
 
 
 def process_device(ctx, cfg):
-    """Check that ``cfg.tasks`` splits across the processes, set threads, return the device.
+    """Check that ``cfg.tasks`` splits across the processes and the device runs ``cfg.precision``, set threads,
+    return the device.
 
     Alone, the run's own device setting rules (a resumed run keeps its device); under
     torchrun, the device the process group was set up for.
     """
     ctx.share(cfg.tasks)
     device = ctx.device if ctx.active else resolve_device(cfg.device)
+    check_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     return device
@@ -100,7 +102,8 @@ def session_config(ctx, cls, config, resume):
 
     A new run: ``config`` (a ``cls`` or a dict of its fields) resolved and validated, no
     state. A resumed run (``resume``, its folder): the run's own config and last
-    checkpoint (:func:`resume_run`, read on rank 0); ``config`` may only raise the budget.
+    checkpoint (:func:`resume_run`, read on rank 0); ``config`` may only raise the budget and
+    name the device and the precision (a config dataclass's default ones count as not given).
     """
     if resume is not None:
         requested = config.get("iterations") if isinstance(config, dict) else getattr(config, "iterations", None)
@@ -108,7 +111,10 @@ def session_config(ctx, cls, config, resume):
         device = resume_device(resume, config)
         if ctx.is_main and device == "cpu" and cfg.device == "auto" and torch.cuda.is_available():
             print(f"note: {resume} was made on the CPU and continues there (--device cuda moves it)", file=sys.stderr)
-        return dataclasses.replace(cfg, device=device), state
+        precision = config.get("precision") if isinstance(config, dict) else getattr(config, "precision", "fp32")
+        if precision is None or (not isinstance(config, dict) and precision == "fp32"):
+            precision = cfg.precision  # the run's own
+        return dataclasses.replace(cfg, device=device, precision=check_precision(precision, torch.device("cpu"))), state
     cfg = config.resolved() if isinstance(config, cls) else resolve_config(cls, overrides=config or {})
     cfg.validate()
     return cfg, None

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..config import RetrainConfig
 from ..data import open_data
 from ..data.sampler import select_tasks
-from ..device import resolve_device
+from ..device import forward_in, resolve_device
 from ..errors import ConfigError, RunError
 from ..inference import unrolled_steps
 from ..inference.unroll import deferred_finite_checks
@@ -57,7 +57,7 @@ def meta_parameters(net):
     return {name: p for name, p in net.named_parameters() if p.requires_grad}
 
 
-def adapt_task(net, params, support_x, support_y, steps, lr, first_order=False, checkpoint=False):
+def adapt_task(net, params, support_x, support_y, steps, lr, first_order=False, checkpoint=False, precision="fp32"):
     """A task's fast weights: ``steps`` gradient steps on the support cross-entropy.
 
     Args:
@@ -66,6 +66,7 @@ def adapt_task(net, params, support_x, support_y, steps, lr, first_order=False, 
         support_x: ``[n_s, C, H, W]``; support_y: ``[n_s]`` labels.
         steps, lr: inner steps and step size; first_order: detach the inner gradients.
         checkpoint: recompute each inner step in the outer backward (memory-bounded).
+        precision: the network's forward, "fp32" or "bf16" (:func:`~bayesnas.device.forward_in`).
 
     Returns:
         dict name -> tensor of the adapted weights (differentiable w.r.t. ``params``
@@ -73,13 +74,14 @@ def adapt_task(net, params, support_x, support_y, steps, lr, first_order=False, 
     """
 
     def support_loss(p, step):
-        return F.cross_entropy(functional_call(net, p, (support_x,)), support_y)
+        return F.cross_entropy(forward_in(precision, support_x.device, functional_call, net, p, (support_x,)),
+                               support_y)
 
     return unrolled_steps(support_loss, params, steps, lr, first_order=first_order, checkpoint=checkpoint)
 
 
 def maml_loss(net: torch.nn.Module, params: dict, batch: Any, steps: int, lr: float, first_order: bool = False,
-              checkpoint: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              checkpoint: bool = False, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """The MAML objective of a meta-batch: mean query cross-entropy after adaptation.
 
     Args:
@@ -91,6 +93,7 @@ def maml_loss(net: torch.nn.Module, params: dict, batch: Any, steps: int, lr: fl
         lr: inner step size.
         first_order: detach the inner gradients.
         checkpoint: recompute each inner step in the outer backward.
+        precision: the networks' forward precision (:func:`~bayesnas.device.forward_in`).
 
     Returns:
         ``(loss, accuracy)``: scalar tensors, means over the T tasks; ``loss`` is
@@ -98,8 +101,9 @@ def maml_loss(net: torch.nn.Module, params: dict, batch: Any, steps: int, lr: fl
     """
     losses, accs = [], []
     for t in range(batch.support_x.shape[0]):
-        fast = adapt_task(net, params, batch.support_x[t], batch.support_y[t], steps, lr, first_order, checkpoint)
-        logits = functional_call(net, fast, (batch.query_x[t],))
+        fast = adapt_task(net, params, batch.support_x[t], batch.support_y[t], steps, lr, first_order, checkpoint,
+                          precision)
+        logits = forward_in(precision, batch.query_x.device, functional_call, net, fast, (batch.query_x[t],))
         losses.append(F.cross_entropy(logits, batch.query_y[t]))
         accs.append((logits.detach().argmax(-1) == batch.query_y[t]).float().mean())
     return torch.stack(losses).mean(), torch.stack(accs).mean()
@@ -127,7 +131,7 @@ def maml_step(net: torch.nn.Module, optimiser: torch.optim.Optimizer, batch: Any
     def group_loss(g):
         part = select_tasks(batch, groups[g])
         part_loss, part_acc = maml_loss(net, params, part, cfg.inner_steps, cfg.inner_lr, cfg.first_order,
-                                        checkpoint=cfg.low_memory)
+                                        checkpoint=cfg.low_memory, precision=cfg.precision)
         share = part.support_y.shape[0] / num_tasks  # the part's weight in the mean over tasks
         return part_loss * share, part_acc * share
 
@@ -142,13 +146,14 @@ def maml_step(net: torch.nn.Module, optimiser: torch.optim.Optimizer, batch: Any
     return read_step({"loss": loss, "acc": acc}, checks)
 
 
-def task_accuracies(net, sampler, indices, steps, lr, chunk=4, progress=None):
+def task_accuracies(net, sampler, indices, steps, lr, chunk=4, progress=None, precision="fp32"):
     """Query accuracy of each task after ``steps`` first-order inner steps (no meta-gradient).
 
     Args:
         net: the (meta-trained) network; sampler: a TaskSampler; indices: task indices.
         steps, lr: the test-time inner loop; chunk: tasks sampled per batch.
         progress: optional callable ``(n_done)`` for a progress bar.
+        precision: the network's forward, "fp32" or "bf16" (:func:`~bayesnas.device.forward_in`).
 
     Returns:
         float64 tensor ``[len(indices)]`` of per-task query accuracies in [0, 1].
@@ -161,9 +166,11 @@ def task_accuracies(net, sampler, indices, steps, lr, chunk=4, progress=None):
             batch = sampler.batch(indices[first:first + chunk])
             for t in range(batch.support_x.shape[0]):
                 with torch.enable_grad():
-                    fast = adapt_task(net, start, batch.support_x[t], batch.support_y[t], steps, lr, first_order=True)
+                    fast = adapt_task(net, start, batch.support_x[t], batch.support_y[t], steps, lr, first_order=True,
+                                      precision=precision)
                 with torch.no_grad():
-                    logits = functional_call(net, fast, (batch.query_x[t],))
+                    logits = forward_in(precision, batch.query_x.device, functional_call, net, fast,
+                                        (batch.query_x[t],))
                 out.append((logits.argmax(-1) == batch.query_y[t]).double().mean().reshape(1))
             if progress is not None:
                 progress(len(out))
@@ -281,7 +288,8 @@ class MamlMethod(Method):
         with tqdm(total=len(mine), desc="validate", unit="task", leave=False,
                   disable=not (self.progress and ctx.is_main), dynamic_ncols=True) as bar:
             accs = (task_accuracies(self.net, self.val_sampler, mine, cfg.test_inner_steps, cfg.inner_lr,
-                                    progress=lambda done: bar.update(done - bar.n)) if mine else torch.zeros(0))
+                                    progress=lambda done: bar.update(done - bar.n),
+                                    precision=cfg.precision) if mine else torch.zeros(0))
         totals = ctx.mean_of({"sum": accs.sum().item(), "count": float(len(mine))})
         return {"val_acc": totals["sum"] / totals["count"]}
 

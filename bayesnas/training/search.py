@@ -50,6 +50,7 @@ def build_meta_network(cfg, in_channels, net=None):
         set_encoder=cfg.set_encoder,
         in_channels=in_channels,
         batch_tasks=cfg.batch_tasks,
+        precision=cfg.precision,
     )
 
 

@@ -101,6 +101,7 @@ def run_session(ctx, cls, config, out, resume, kind: str, method: Callable[..., 
         trained.fresh(loop)
     with session_log(run.file(LOG_FILE) if run is not None else None, console=progress, rank=ctx.rank), \
             training_session(cfg, run, resume, before, loop), \
-            recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size):
+            recorded_session(run.path if run is not None else None, loop, command, device, data.path, ctx.world_size,
+                             cfg.precision):
         rows = loop.run(trained.step, trained.validate)
     return Session(cfg, trained, run, loop, rows)
