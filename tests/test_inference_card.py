@@ -15,7 +15,8 @@ from bayesnas.config import FitConfig
 from bayesnas.errors import RunError
 from bayesnas.training import RunDirectory, fit
 from bayesnas.analysis import evaluate
-from bayesnas.training.card import build_run_card, python_call, read_sessions
+from bayesnas.training.card import build_run_card
+from bayesnas.training.records import python_call, read_sessions
 from bayesnas.analysis.derive import chosen_edges_table, format_edges_table
 from bayesnas.analysis.posterior import EdgePosterior
 

@@ -103,7 +103,7 @@ def test_a_saved_evaluation_is_reused_only_while_tasks_and_checkpoint_are_unchan
     import shutil
 
     from bayesnas.analysis.evaluate import previous_evaluation
-    from bayesnas.training.card import file_sha256
+    from bayesnas.training.records import file_sha256
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)

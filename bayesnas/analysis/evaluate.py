@@ -30,7 +30,7 @@ from ..data.protocol import TEST_SELECTION_WARNING
 from ..errors import BayesNASError, ConfigError
 from ..fileio import write_json
 from ..models import arch_label, count_parameters
-from ..training.card import file_sha256, read_evaluation
+from ..training.records import file_sha256, read_evaluation
 from ..training.distributed import distributed
 from ..training.loop import read_run_config, run_device
 from ..training.retrain import load_retrain, task_accuracies
@@ -165,7 +165,7 @@ def previous_evaluation(json_path: str | os.PathLike, run_dir: str | os.PathLike
     bytes are unchanged (their sha256), on the same type of device as ``device`` (default:
     the run's, as :func:`evaluate` picks it); else (no file, unreadable, an older file
     without the hashes, anything different, accuracies that are not one finite value in
-    [0, 1] per task: :func:`~bayesnas.training.card.read_evaluation`) None, and the caller
+    [0, 1] per task: :func:`~bayesnas.training.records.read_evaluation`) None, and the caller
     evaluates. Evaluating is deterministic on CPU, so a match is the number evaluating again
     would give; a GPU rounds differently, so a table never mixes CPU and GPU numbers.
     """

@@ -33,7 +33,7 @@ from ..errors import ConfigError, RunError
 from ..inference import unrolled_steps
 from ..inference.unroll import deferred_finite_checks
 from ..models import arch_config, arch_label, build_network, count_parameters, genotype_from_dict
-from .card import python_call
+from .records import python_call
 from .distributed import distributed, requested_device
 from .loop import Callback, backward_per_task, read_run_config, read_step, resume_device
 from .rundir import RunDirectory
