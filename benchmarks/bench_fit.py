@@ -51,13 +51,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bayesnas.config import FitConfig, from_dict, load_config_file  # noqa: E402
+from bayesnas.data import open_data  # noqa: E402
 from bayesnas.device import resolve_device  # noqa: E402
-from bayesnas.training.distributed import init_distributed  # noqa: E402
 from bayesnas.fileio import write_json  # noqa: E402
 from bayesnas.inference.model import task_share  # noqa: E402
-from bayesnas.training.search import build_meta_network, make_optimiser, svi_step  # noqa: E402
-from bayesnas.data import open_data  # noqa: E402
+from bayesnas.training.distributed import init_distributed  # noqa: E402
 from bayesnas.training.loop import task_samplers  # noqa: E402
+from bayesnas.training.search import build_meta_network, make_optimiser, svi_step  # noqa: E402
 from benchmarks.flops import count_flops  # noqa: E402
 
 #: what is timed is second-order meta-training with the paper's objective, independent of
@@ -280,8 +280,8 @@ def maml_conv4(args, device, repeats=5):
     from torch.func import functional_call
 
     from bayesnas.data import TaskSampler
-    from bayesnas.training.retrain import maml_loss, meta_parameters
     from bayesnas.models import Conv4
+    from bayesnas.training.retrain import maml_loss, meta_parameters
 
     steps, lr, tasks = 5, 0.4, 4
     data = open_data(None)

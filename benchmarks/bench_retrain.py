@@ -22,9 +22,9 @@ import sys
 import time
 
 import torch
+import torch.nn as nn
 
 from bayesnas.fileio import write_json
-import torch.nn as nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

@@ -6,8 +6,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bayesnas.analysis.score import (cell_edge_weights, kendall_tau, rank_correlation, score_cells, score_tasks,
-                                     spearman_rho)
+from bayesnas.analysis.score import (
+    cell_edge_weights,
+    kendall_tau,
+    rank_correlation,
+    score_cells,
+    score_tasks,
+    spearman_rho,
+)
 from bayesnas.cli.main import main
 from bayesnas.errors import ConfigError
 from bayesnas.inference import MetaNetwork

@@ -8,10 +8,10 @@ import torch
 from click.testing import CliRunner
 
 import bayesnas
-from bayesnas.cli.main import main
-from bayesnas.training import RunDirectory
 from bayesnas.analysis.posterior import EdgePosterior
-from bayesnas.models.genotypes import state_name, load_genotype
+from bayesnas.cli.main import main
+from bayesnas.models.genotypes import load_genotype, state_name
+from bayesnas.training import RunDirectory
 from tests.test_run_api import tiny_run
 
 

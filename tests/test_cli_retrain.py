@@ -6,12 +6,12 @@ import pytest
 from click.testing import CliRunner
 
 from bayesnas.cli.main import main
-from bayesnas.training.loop import read_run_config
 from bayesnas.config import RetrainConfig
-from bayesnas.training.retrain import build_retrain_network
-from bayesnas.training.rundir import RunDirectory
 from bayesnas.models import count_parameters
 from bayesnas.models.genotypes import load_genotype
+from bayesnas.training.loop import read_run_config
+from bayesnas.training.retrain import build_retrain_network
+from bayesnas.training.rundir import RunDirectory
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
 TINY = ["--iterations", "2", "--channels", "2", "--layers", "1", "--queries", "1", "--inner-steps", "1",

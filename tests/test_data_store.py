@@ -5,9 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from bayesnas.data import (ClassRecord, FewShotData, SplitData, default_data_path, load_default,
-                           open_dataset, write_dataset)
-from bayesnas.data import store
+from bayesnas.data import (
+    ClassRecord,
+    FewShotData,
+    SplitData,
+    default_data_path,
+    load_default,
+    open_dataset,
+    store,
+    write_dataset,
+)
 from bayesnas.errors import DataError, WriteError
 
 

@@ -61,10 +61,10 @@ def test_split_meta_batch_gives_bitwise_equal_gradients_in_one_process(small_omn
     """What the 2-rank test relies on, without processes: with batch_tasks false, the
     meta-gradient of 2 tasks equals the average of the two 1-task shares' gradients exactly."""
     from bayesnas.config import FitConfig
-    from bayesnas.inference.model import task_share
-    from bayesnas.training.search import build_meta_network, svi_step
     from bayesnas.data import open_data
+    from bayesnas.inference.model import task_share
     from bayesnas.training.loop import task_samplers
+    from bayesnas.training.search import build_meta_network, svi_step
 
     cfg = FitConfig(data=small_omniglot, tasks=2, channels=2, queries=2, inner_steps=1,
                     batch_tasks=False, grad_clip=0, first_order=False, arch_warmup=0)

@@ -8,15 +8,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from bayesnas.analysis.compare import (
+    architectures,
+    compare,
+    format_compare_table,
+    matched_channels,
+    over_tasks,
+    paired_difference,
+    row_widths,
+    validation_rise,
+)
+from bayesnas.config import RetrainConfig
 from bayesnas.errors import ConfigError
 from bayesnas.fileio import write_json
-from bayesnas.analysis.compare import (architectures, compare, format_compare_table, matched_channels, over_tasks,
-                                       paired_difference, row_widths, validation_rise)
-from bayesnas.config import RetrainConfig
+from bayesnas.models import count_parameters, random_genotype
 from bayesnas.models.genotypes import arch_config
 from bayesnas.training.retrain import build_retrain_network
 from bayesnas.training.rundir import RunDirectory
-from bayesnas.models import count_parameters, random_genotype
 
 compare_module = importlib.import_module("bayesnas.analysis.compare")  # the package exports compare(), the function
 plateau_module = importlib.import_module("bayesnas.analysis.plateau")  # where a run is trained

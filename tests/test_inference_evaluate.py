@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bayesnas.data.protocol import TEST_SELECTION_WARNING
-from bayesnas.errors import ConfigError, RunError
 from bayesnas.analysis.evaluate import evaluate, format_evaluation, mean_confidence_interval
 from bayesnas.config import RetrainConfig
+from bayesnas.data.protocol import TEST_SELECTION_WARNING
+from bayesnas.errors import ConfigError, RunError
 from bayesnas.training.retrain import retrain
 from tests.data_fixtures import write_fewshot_file
 

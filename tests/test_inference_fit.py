@@ -9,8 +9,8 @@ from bayesnas.config import FitConfig
 from bayesnas.data import open_dataset
 from bayesnas.errors import ConfigError, DataError, NonFiniteLossError, RunError
 from bayesnas.training import RunDirectory, fit
-from bayesnas.training.search import load_fit
 from bayesnas.training.loop import data_config, task_samplers
+from bayesnas.training.search import load_fit
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 from tests.toy import Kill
 

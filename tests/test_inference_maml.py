@@ -7,11 +7,17 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from bayesnas.errors import ConfigError, DataError, GenotypeError, RunError
 from bayesnas.config import RetrainConfig
-from bayesnas.training.retrain import (adapt_task, build_retrain_network, load_retrain, maml_loss, meta_parameters,
-                                      retrain)
-from bayesnas.models.genotypes import arch_config, DARTS_V2, genotype_to_dict, random_genotype, save_genotype
+from bayesnas.errors import ConfigError, DataError, GenotypeError, RunError
+from bayesnas.models.genotypes import DARTS_V2, arch_config, genotype_to_dict, random_genotype, save_genotype
+from bayesnas.training.retrain import (
+    adapt_task,
+    build_retrain_network,
+    load_retrain,
+    maml_loss,
+    meta_parameters,
+    retrain,
+)
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
 

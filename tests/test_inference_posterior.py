@@ -4,11 +4,19 @@ import math
 import pytest
 import torch
 
-from bayesnas.inference import MetaNetwork
 from bayesnas.analysis.derive import derive_genotype
-from bayesnas.analysis.posterior import (AdaptedPosterior, EdgePosterior, EdgeRow, PerCell, PosteriorHistory,
-                                         Prediction, _entropy, expected_calibration_error)
-from bayesnas.models.genotypes import state_name, EDGES, edge_index
+from bayesnas.analysis.posterior import (
+    AdaptedPosterior,
+    EdgePosterior,
+    EdgeRow,
+    PerCell,
+    PosteriorHistory,
+    Prediction,
+    _entropy,
+    expected_calibration_error,
+)
+from bayesnas.inference import MetaNetwork
+from bayesnas.models.genotypes import EDGES, edge_index, state_name
 from bayesnas.models.operations import OPS
 from tests.toy import ChannelSelectNet, channel_tasks
 

@@ -1,18 +1,19 @@
 """The memory-bounded mode (--low-memory): checkpointed inner steps and one task at a time
 give the same values and gradients as the default path, with memory that no longer grows
 with the number of inner steps."""
+from types import SimpleNamespace
+
 import pytest
 import torch
-from types import SimpleNamespace
 
 from bayesnas.config import FitConfig, RetrainConfig
 from bayesnas.data import load_default
 from bayesnas.inference.adapt import adapt
-from bayesnas.training.retrain import build_retrain_network, maml_step
 from bayesnas.inference.model import task_share
-from bayesnas.training.search import build_meta_network, make_optimiser, svi_step
-from bayesnas.training.loop import task_samplers
 from bayesnas.inference.unroll import unrolled_steps
+from bayesnas.training.loop import task_samplers
+from bayesnas.training.retrain import build_retrain_network, maml_step
+from bayesnas.training.search import build_meta_network, make_optimiser, svi_step
 
 
 def test_checkpointed_steps_give_the_same_values_and_second_order_gradients():

@@ -4,8 +4,15 @@ import torch
 from torch.func import functional_call
 
 from bayesnas.errors import ConfigError, GenotypeError
-from bayesnas.models import (DARTS_V2, Conv4, NetworkFromGenotype, build_network, count_parameters,
-                             random_genotype, save_genotype)
+from bayesnas.models import (
+    DARTS_V2,
+    Conv4,
+    NetworkFromGenotype,
+    build_network,
+    count_parameters,
+    random_genotype,
+    save_genotype,
+)
 from bayesnas.models.operations import FactorizedReduce
 
 

@@ -4,8 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from bayesnas.errors import GenotypeError
-from bayesnas.models.operations import (NUM_OPS, OPS, FactorizedReduce, ReLUConvBN, SepConv,
-                                        batch_norm, make_op)
+from bayesnas.models.operations import NUM_OPS, OPS, FactorizedReduce, ReLUConvBN, SepConv, batch_norm, make_op
 
 
 def test_ops_names_and_order():

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import bayesnas
+from bayesnas.analysis.derive import derive_cell
+from bayesnas.analysis.posterior import AdaptedPosterior, EdgePosterior, PosteriorHistory
 from bayesnas.config import FitConfig
 from bayesnas.errors import RunError
 from bayesnas.training import fit
-from bayesnas.analysis.derive import derive_cell
-from bayesnas.analysis.posterior import AdaptedPosterior, EdgePosterior, PosteriorHistory
 from bayesnas.training.search import load_fit
 
 ITERATIONS = 4

@@ -30,9 +30,9 @@ from ..data.protocol import TEST_SELECTION_WARNING
 from ..errors import BayesNASError, ConfigError
 from ..fileio import write_json
 from ..models import arch_label, count_parameters
-from ..training.records import file_sha256, read_evaluation
 from ..training.distributed import distributed
 from ..training.loop import read_run_config, run_device
+from ..training.records import file_sha256, read_evaluation
 from ..training.retrain import load_retrain, task_accuracies
 from ..training.rundir import RunDirectory
 

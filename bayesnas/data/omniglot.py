@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ..errors import ConfigError, DataError
 from ..fileio import check_regular_file
 from . import imaging
-from .store import ClassRecord, SPLITS, open_dataset, write_dataset
+from .store import SPLITS, ClassRecord, open_dataset, write_dataset
 
 SPLIT_BY = ("character", "alphabet")
 LAYOUT = "[top/]<Alphabet>/<character>/<image>.png"

@@ -60,8 +60,17 @@ from ..errors import ConfigError
 from ._conv import conv2d, conv_input
 from .genotypes import STEPS, cell_edges, edge_index, num_edges
 from .macro import CellPlan, cell_plan, check_positive, make_preprocess, make_stem, reduction_indices
-from .operations import (DIL_KERNELS, DILATION, NUM_OPS, OPS, POOL_OPS, SEP_KERNELS, FactorizedReduce, max_pool_3x3,
-                         shift_to_odd_pixels)
+from .operations import (
+    DIL_KERNELS,
+    DILATION,
+    NUM_OPS,
+    OPS,
+    POOL_OPS,
+    SEP_KERNELS,
+    FactorizedReduce,
+    max_pool_3x3,
+    shift_to_odd_pixels,
+)
 
 SEP_OPS = tuple(SEP_KERNELS)
 DIL_OPS = tuple(DIL_KERNELS)

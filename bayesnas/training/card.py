@@ -31,8 +31,20 @@ from ..viz.cells import plot_genotype
 from ..viz.posterior import save_figure
 from .diagnostics import undecided_warning
 from .loop import read_run_config
-from .records import (_COUNT, EVALUATION, SESSIONS, _is_count, _short, data_record, end_session, file_sha256,
-                      python_call, read_evaluation, read_sessions, start_session)
+from .records import (
+    _COUNT,
+    EVALUATION,
+    SESSIONS,
+    _is_count,
+    _short,
+    data_record,
+    end_session,
+    file_sha256,
+    python_call,
+    read_evaluation,
+    read_sessions,
+    start_session,
+)
 from .rundir import RunDirectory
 
 # the records' names are also importable from here, where they lived before training.records

@@ -27,10 +27,10 @@ from ..inference.unroll import deferred_finite_checks
 from ..models import NUM_EDGES, NUM_OPS, SearchNetwork
 from ..models.reference import ReferenceSearchNetwork
 from ..rng import seeded
-from .records import python_call
 from .diagnostics import SearchDiagnostics, search_diagnostics
 from .distributed import DistributedContext, distributed, requested_device
 from .loop import Callback, backward_per_task, check_finite, read_run_config, read_step, resume_device
+from .records import python_call
 from .rundir import RunDirectory
 from .schedules import arch_lr_factor, kl_weight, temperature
 from .session import Method, run_session
