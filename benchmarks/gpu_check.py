@@ -36,7 +36,7 @@ def synthetic_data(path, side=84, classes=(16, 6, 6), images=12, seed=0):
 
     rng = np.random.default_rng(seed)
     splits = {name: [ClassRecord(f"{name}{c:03d}", "", rng.integers(0, 256, (images, side, side, 3), dtype=np.uint8))
-                     for c in range(count)] for name, count in zip(("train", "val", "test"), classes)}
+                     for c in range(count)] for name, count in zip(("train", "val", "test"), classes, strict=True)}
     write_dataset(path, splits, source=f"synthetic {side}x{side} RGB (gpu_check)", image_size=(side, side), channels=3)
     return path
 

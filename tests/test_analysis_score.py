@@ -128,7 +128,7 @@ def test_scores_are_the_same_with_the_discrete_path_on_and_off(fit_run, monkeypa
     calls.clear()
     fused = score_tasks(*args, samples=2, discrete=False)
     assert not calls
-    for a, b in zip(fast, fused):
+    for a, b in zip(fast, fused, strict=True):
         assert a.accuracy == b.accuracy
         assert np.allclose(a.loglik, b.loglik, rtol=0, atol=1e-4), (a.label, a.loglik, b.loglik)
         assert a.loglik != pytest.approx([0.0] * len(a.loglik))

@@ -21,7 +21,7 @@ from bayesnas.errors import DataError, WriteError
 def records(rng, names, counts, shape=(5, 4, 2)):
     return [ClassRecord(name, name.split("/")[0] if "/" in name else "",
                         rng.integers(0, 256, (count, *shape), dtype=np.uint8))
-            for name, count in zip(names, counts)]
+            for name, count in zip(names, counts, strict=True)]
 
 
 @pytest.fixture

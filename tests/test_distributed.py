@@ -50,7 +50,7 @@ def test_two_ranks_with_half_the_tasks_each_equal_one_rank_with_all(tmp_path, sm
     assert not torch.allclose(a["alpha_normal"], torch.zeros_like(a["alpha_normal"]), atol=1e-3)
     rows_a = RunDirectory(tmp_path / "one").read_metrics()
     rows_b = RunDirectory(tmp_path / "two").read_metrics()
-    for ra, rb in zip(rows_a, rows_b):
+    for ra, rb in zip(rows_a, rows_b, strict=True):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
     # only rank 0 wrote: one progress summary, one run folder
     assert out_two.count("run folder:") == 1

@@ -137,7 +137,7 @@ def test_row_kinds_come_from_where_a_row_came_from_not_its_label(tmp_path, monke
 
 
 def test_validation_rise_compares_the_last_window_with_one_lag_earlier():
-    curve = [[it, v] for it, v in zip(range(50, 1201, 50), [0.1 * min(i, 8) for i in range(1, 25)])]
+    curve = [[it, v] for it, v in zip(range(50, 1201, 50), [0.1 * min(i, 8) for i in range(1, 25)], strict=True)]
     # rises to 0.8 at iteration 400, flat after: over 1100-1200 vs 800-900 nothing moved
     assert validation_rise(curve) == pytest.approx(0.0, abs=1e-12)
     # stopped at 500: (0.8 + 0.8) / 2 over (400, 500] against (0.3 + 0.4) / 2 over (100, 200]
@@ -176,7 +176,7 @@ def test_the_default_target_is_the_largest_row_and_widens_the_others():
              for _, a in archs]
     target, widths = row_widths(archs, cfg)
     assert target == max(at_10)
-    for (channels, parameters), own in zip(widths, at_10):
+    for (channels, parameters), own in zip(widths, at_10, strict=True):
         assert channels >= 10 and abs(parameters - target) <= 0.1 * target
         assert channels > 10 or own == target or abs(own - target) <= 0.1 * target
     assert max(c for c, _ in widths) > 10  # the lighter rows were widened
@@ -226,7 +226,7 @@ def test_runs_in_worker_processes_give_the_same_table(tmp_path, monkeypatch):
     here = compare(out=tmp_path / "here", **kwargs)
     spread = compare(out=tmp_path / "spread", workers=2, **kwargs)
     assert [r.label for r in spread.rows] == [r.label for r in here.rows] == ["conv4", "random-1"]
-    for a, b in zip(here.rows, spread.rows):
+    for a, b in zip(here.rows, spread.rows, strict=True):
         assert (a.accuracies, a.val_curves, a.channels, a.parameters) == (b.accuracies, b.val_curves, b.channels,
                                                                            b.parameters)
     with pytest.raises(ConfigError, match="workers=0"):

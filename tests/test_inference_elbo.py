@@ -99,9 +99,9 @@ def test_meta_gradient_is_second_order_and_matches_finite_differences():
     batch = toy_batch(dtype=torch.float64)
     params = {"mu": meta.mu, "alpha_normal": meta.alpha_normal}
     loss = outer_loss(meta, batch, first_order=False)
-    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
     loss_fo = outer_loss(meta, batch, first_order=True)
-    grads_fo = dict(zip(params, torch.autograd.grad(loss_fo, list(params.values()))))
+    grads_fo = dict(zip(params, torch.autograd.grad(loss_fo, list(params.values())), strict=True))
     torch.testing.assert_close(loss, loss_fo)  # same forward value
     assert (grads["mu"] - grads_fo["mu"]).abs().max() > 1e-3 * grads["mu"].abs().max()
 

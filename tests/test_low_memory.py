@@ -35,7 +35,7 @@ def test_checkpointed_steps_give_the_same_values_and_second_order_gradients():
         results.append((outer.detach(), torch.autograd.grad(outer, [w0, shift, lr])))
     (v0, g0), (v1, g1) = results
     assert torch.equal(v0, v1)
-    for a, b in zip(g0, g1):
+    for a, b in zip(g0, g1, strict=True):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
     assert g0[1].abs().sum() > 0 and g0[2].abs() > 0  # the closure and the step size do get gradients
 

@@ -108,6 +108,6 @@ def test_second_order_through_fixed_network():
     params = dict(net.named_parameters())
     loss = torch.nn.functional.cross_entropy(functional_call(net, params, (x,)), y)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-    adapted = {k: p - 0.1 * g for (k, p), g in zip(params.items(), grads)}
+    adapted = {k: p - 0.1 * g for (k, p), g in zip(params.items(), grads, strict=True)}
     torch.nn.functional.cross_entropy(functional_call(net, adapted, (x,)), y).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())

@@ -170,7 +170,7 @@ def test_calibration_adapts_and_predicts_from_independent_random_streams(run, mo
     monkeypatch.setattr(posterior, "predictive", predictive_spy)
     first = run.calibration(tasks=2, samples=2, seed=4)
     assert len(states["adapt"]) == len(states["predict"]) == 2
-    for adapting, predicting in zip(states["adapt"], states["predict"]):
+    for adapting, predicting in zip(states["adapt"], states["predict"], strict=True):
         assert not torch.equal(adapting, predicting)
     assert not torch.equal(states["adapt"][0], states["adapt"][1])
     assert run.calibration(tasks=2, samples=2, seed=4) == first  # still deterministic for a seed

@@ -312,7 +312,7 @@ class SearchCell(nn.Module):
         nC, HW = n * C, Ho * Wo
         *sep1, dil = stage1.split([nC] * len(SEP_OPS) + [len(DIL_OPS) * nC], 2)
         ys = []
-        for t, (op, k) in zip(sep1, SEP_KERNELS.items()):
+        for t, (op, k) in zip(sep1, SEP_KERNELS.items(), strict=True):
             w = params(f"{op}_dw2").reshape(T * nC, 1, k, k)
             y = conv2d(F.relu(t).reshape(B, T * nC, Ho, Wo), w, padding=k // 2, groups=T * nC)
             ys.append(y.reshape(B, T, 1, nC, HW))
