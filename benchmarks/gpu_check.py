@@ -6,7 +6,7 @@ resumed on one device (are the metrics identical?), a run resumed on another dev
         --json benchmarks/results/gpu_check/resume_cuda.json
     python benchmarks/gpu_check.py resume-on --device cpu --run /tmp/kr/full --json gpu_to_cpu.json
 
-Each prints its JSON too. They run on a CPU as well (tests/test_gpu_check.py runs them there).
+Each prints its JSON too. They run on a CPU as well (tests/test_benchmarks_gpu_check.py runs them there).
 """
 import argparse
 import json

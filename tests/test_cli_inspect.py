@@ -12,7 +12,7 @@ from bayesnas.analysis.posterior import EdgePosterior
 from bayesnas.cli.main import main
 from bayesnas.models.genotypes import load_genotype, state_name
 from bayesnas.training import RunDirectory
-from tests.test_run_api import tiny_run
+from tests.run_fixtures import tiny_run
 
 
 @pytest.fixture(scope="module")

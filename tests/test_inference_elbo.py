@@ -4,22 +4,10 @@ import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from bayesnas.inference import MetaNetwork, base_guide, base_model, elbo_terms, prior_posterior
+from bayesnas.inference import base_guide, base_model, elbo_terms, prior_posterior
 from bayesnas.inference.adapt import adapt
 from bayesnas.inference.model import ExpRelaxedCategorical
-from tests.toy import ChannelSelectNet, channel_tasks
-
-
-def make_meta(dtype=torch.float32, **kw):
-    torch.manual_seed(0)
-    meta = MetaNetwork(ChannelSelectNet(), sigma_init=kw.pop("sigma_init", 0.1), **kw)
-    return meta.to(dtype)
-
-
-def toy_batch(num_tasks=2, dtype=torch.float32):
-    g = torch.Generator().manual_seed(1)
-    sx, sy, qx, qy = channel_tasks(num_tasks, generator=g)
-    return sx.to(dtype), sy, qx.to(dtype), qy
+from tests.toy import make_meta, toy_batch
 
 
 def test_zero_inner_steps_gives_the_prior_and_exactly_zero_theta_kl():

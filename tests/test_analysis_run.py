@@ -9,26 +9,9 @@ import torch
 import bayesnas
 from bayesnas.analysis.derive import derive_cell
 from bayesnas.analysis.posterior import AdaptedPosterior, EdgePosterior, PosteriorHistory
-from bayesnas.config import FitConfig
 from bayesnas.errors import RunError
-from bayesnas.training import fit
 from bayesnas.training.search import load_fit
-
-ITERATIONS = 4
-# as small as a real run gets (fit is the slow part of these tests): 2-way, 1 task per
-# iteration, 1 inner step, C=2
-TINY = dict(iterations=ITERATIONS, channels=2, cells=3, tasks=1, ways=2, shots=1, queries=2, inner_steps=1,
-            val_every=2, checkpoint_every=2, val_tasks=2, val_samples=2, log_every=1, threads=1)
-_RUNS = {}
-
-
-def tiny_run(tmp_path_factory):
-    """The folder of one real fit run, made once per test session (test_cli_inspect shares it)."""
-    if "tiny" not in _RUNS:
-        out = tmp_path_factory.mktemp("runs") / "tiny"
-        fit(FitConfig(**TINY), out=str(out), progress=False)
-        _RUNS["tiny"] = str(out)
-    return _RUNS["tiny"]
+from tests.run_fixtures import ITERATIONS, tiny_run
 
 
 @pytest.fixture(scope="module")

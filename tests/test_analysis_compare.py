@@ -25,6 +25,7 @@ from bayesnas.models import count_parameters, random_genotype
 from bayesnas.models.genotypes import arch_config
 from bayesnas.training.retrain import build_retrain_network
 from bayesnas.training.rundir import RunDirectory
+from tests.run_fixtures import fake_runs
 
 compare_module = importlib.import_module("bayesnas.analysis.compare")  # the package exports compare(), the function
 plateau_module = importlib.import_module("bayesnas.analysis.plateau")  # where a run is trained
@@ -61,30 +62,6 @@ def test_paired_difference_is_per_task_on_seed_means():
     assert paired_difference(SEEDS_A, [SEEDS_B[0]])[0] == pytest.approx(np.mean(SEEDS_A, 0).mean() - 0.375)
     with pytest.raises(ConfigError, match="same test tasks"):
         paired_difference(SEEDS_A, [[0.5, 0.5]])
-
-
-def fake_runs(monkeypatch, accuracies):
-    """Replace compare's training and evaluation: each run writes a metrics.csv whose validation
-    accuracy depends on its seed, and scores ``accuracies[label][seed]``. Returns the trained configs."""
-    trained_configs = []
-
-    def fake_train(arch, cfg, path, progress, tensorboard, command):
-        trained_configs.append(cfg)
-        rows = [{"iteration": 1, "loss": 1.5}, {"iteration": 2, "loss": 1.25, "val_acc": 0.25 + cfg.seed / 8},
-                {"iteration": 3, "loss": 1.0}, {"iteration": 4, "loss": 0.75, "val_acc": 0.5 + cfg.seed / 8}]
-        RunDirectory.create(path, cfg.to_dict()).write_metrics(rows)
-        net = build_retrain_network(cfg, 1)
-        return SimpleNamespace(rows=rows, train_seconds=1.0, net=net)
-
-    def fake_evaluate(path, tasks, inner_steps, seed, json_out, progress):
-        label, seed = os.path.basename(path).rsplit("-seed", 1)
-        accs = accuracies[label][int(seed)]
-        return SimpleNamespace(accuracies=list(accs), accuracy=float(np.mean(accs)), ci95=0.0, seconds=0.5)
-
-    monkeypatch.setattr(plateau_module, "_train", fake_train)
-    monkeypatch.setattr(jobs_module, "evaluate", fake_evaluate)
-    monkeypatch.setattr(jobs_module, "write_run_card", lambda path: None)  # no real run folder
-    return trained_configs
 
 
 def test_compare_with_two_seeds_reports_intervals_over_tasks(tmp_path, monkeypatch):
