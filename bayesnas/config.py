@@ -187,6 +187,7 @@ EDGE_KLS = ("relaxed", "categorical")
 ARCH_SCHEDULES = ("constant", "cosine")
 SUPERNETS = ("fused", "reference")
 from .data.protocol import SELECT_ON  # noqa: E402  (the one list of selection splits)
+
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (auto: CUDA when present)"
 DETERMINISTIC_HELP = ("deterministic algorithms only (torch.use_deterministic_algorithms, cuDNN deterministic, not "
                       "benchmarking, CUBLAS_WORKSPACE_CONFIG): a GPU run then repeats bitwise; slower on a GPU, free "

@@ -119,7 +119,7 @@ def same_rng(a, b):
         if torch.is_tensor(x) or torch.is_tensor(y):
             return torch.is_tensor(x) and torch.is_tensor(y) and torch.equal(x, y)
         if isinstance(x, (tuple, list)) and isinstance(y, (tuple, list)):
-            return len(x) == len(y) and all(equal(u, v) for u, v in zip(x, y))
+            return len(x) == len(y) and all(equal(u, v) for u, v in zip(x, y, strict=True))
         return x == y
 
     return equal(flat(a), flat(b))

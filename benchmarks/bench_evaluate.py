@@ -131,7 +131,7 @@ def compile_speed(args, data):
             with torch.enable_grad():
                 p = {k: v.requires_grad_(True) for k, v in p.items()}
                 grads = torch.autograd.grad(F.cross_entropy(functional_call(net, p, (x,)), y), list(p.values()))
-            return {k: (v - 0.4 * g).detach() for (k, v), g in zip(p.items(), grads)}
+            return {k: (v - 0.4 * g).detach() for (k, v), g in zip(p.items(), grads, strict=True)}
 
         def predict(p, x):
             with torch.no_grad():

@@ -51,13 +51,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bayesnas.config import FitConfig, from_dict, load_config_file  # noqa: E402
+from bayesnas.data import open_data  # noqa: E402
 from bayesnas.device import resolve_device  # noqa: E402
-from bayesnas.training.distributed import init_distributed  # noqa: E402
 from bayesnas.fileio import write_json  # noqa: E402
 from bayesnas.inference.model import task_share  # noqa: E402
-from bayesnas.training.search import build_meta_network, make_optimiser, svi_step  # noqa: E402
-from bayesnas.data import open_data  # noqa: E402
+from bayesnas.training.distributed import init_distributed  # noqa: E402
 from bayesnas.training.loop import task_samplers  # noqa: E402
+from bayesnas.training.search import build_meta_network, make_optimiser, svi_step  # noqa: E402
 from benchmarks.flops import count_flops  # noqa: E402
 
 #: what is timed is second-order meta-training with the paper's objective, independent of
@@ -193,7 +193,7 @@ def child_memory(args, impl, inner_steps=None):
 def slope(xs, ys):
     """Least-squares slope of ys against xs."""
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
 def time_impls(args, cfg, ctx, data, sampler):
@@ -280,8 +280,8 @@ def maml_conv4(args, device, repeats=5):
     from torch.func import functional_call
 
     from bayesnas.data import TaskSampler
-    from bayesnas.training.retrain import maml_loss, meta_parameters
     from bayesnas.models import Conv4
+    from bayesnas.training.retrain import maml_loss, meta_parameters
 
     steps, lr, tasks = 5, 0.4, 4
     data = open_data(None)
@@ -316,13 +316,13 @@ def maml_conv4(args, device, repeats=5):
             fast = tuple(params)
             state = sgd.init(fast)
             for _ in range(steps):
-                loss = F.cross_entropy(functional_call(net, dict(zip(names, fast)), (batch.support_x[t],)),
+                loss = F.cross_entropy(functional_call(net, dict(zip(names, fast, strict=True)), (batch.support_x[t],)),
                                        batch.support_y[t])
                 grads = torch.autograd.grad(loss, fast, create_graph=True)
                 updates, state = sgd.update(grads, state, inplace=False)
                 fast = torchopt.apply_updates(fast, updates, inplace=False)
-            total = total + F.cross_entropy(functional_call(net, dict(zip(names, fast)), (batch.query_x[t],)),
-                                            batch.query_y[t])
+            query = functional_call(net, dict(zip(names, fast, strict=True)), (batch.query_x[t],))
+            total = total + F.cross_entropy(query, batch.query_y[t])
         return torch.autograd.grad(total / batch.support_x.shape[0], params)
 
     fns = {"bayesnas": ours}
@@ -357,7 +357,7 @@ def maml_conv4(args, device, repeats=5):
         row["tasks_per_s"][peer] = tasks / peer_s
         row[f"{peer}_over_bayesnas"] = peer_s / ours_s
         row[f"{peer}_max_abs_gradient_difference"] = max((a - b).abs().max().item()
-                                                         for a, b in zip(grads["bayesnas"], grads[peer]))
+                                                         for a, b in zip(grads["bayesnas"], grads[peer], strict=True))
         row[f"{peer}_version"] = versions[peer]
     return row
 

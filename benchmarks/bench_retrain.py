@@ -22,9 +22,9 @@ import sys
 import time
 
 import torch
+import torch.nn as nn
 
 from bayesnas.fileio import write_json
-import torch.nn as nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -64,7 +64,7 @@ def measure(arch, args):
             if step >= args.warmup:
                 seconds[name].append(time.perf_counter() - t0)
     difference = max((a - b).abs().max().item() for a, b in zip(nets["after"].parameters(),
-                                                                nets["before"].parameters()))
+                                                                nets["before"].parameters(), strict=True))
     row = {"settings": {k: cfg.to_dict()[k] for k in ("channels", "layers", "inner_steps", "tasks", "ways", "shots",
                                                       "queries", "first_order")}}
     for name, values in seconds.items():

@@ -106,7 +106,7 @@ def grouped_meta_loss(stacked, sx, sy, qx, qy, conv):
     fast = {k: v.unsqueeze(1).expand(S, T, *v.shape[1:]).reshape(G, *v.shape[1:]) for k, v in stacked.items()}
     inner = mean_ce(grouped_conv4(fast, sx.reshape(G, *sx.shape[2:]), G, conv), sy).sum()
     grads = torch.autograd.grad(inner, list(fast.values()), create_graph=True)
-    fast = {k: v - LR * g for (k, v), g in zip(fast.items(), grads)}
+    fast = {k: v - LR * g for (k, v), g in zip(fast.items(), grads, strict=True)}
     return mean_ce(grouped_conv4(fast, qx.reshape(G, *qx.shape[2:]), G, conv), qy).view(S, T).mean(1).sum()
 
 
@@ -122,7 +122,7 @@ def correctness():
         params = dict(net.named_parameters())
         by_func = grad(lambda p: func_meta_loss(net, p, sx, sy, qx, qy))({k: v.detach() for k, v in params.items()})
         by_loop = dict(zip(params, torch.autograd.grad(loop_meta_loss(net, params, sx, sy, qx, qy),
-                                                       list(params.values()))))
+                                                       list(params.values())), strict=True))
         checks = []
         for idx in [(0, 0, 1, 1), (1, 0, 2, 0), (3, 0, 0, 2)]:
             def at(delta):
@@ -210,10 +210,10 @@ def speed(args, data):
             for conv_name in ("grouped_torch", "grouped_bayesnas"):
                 got = variants[conv_name](0)
                 worst = 0.0
-                for s, (n, part) in enumerate(zip(nets, parts)):
+                for s, (n, part) in enumerate(zip(nets, parts, strict=True)):
                     p = meta_parameters(n)
                     ref = torch.autograd.grad(loop_meta_loss(n, p, *part), list(p.values()))
-                    worst = max(worst, max((g[s] - r).abs().max().item() for g, r in zip(got, ref)))
+                    worst = max(worst, max((g[s] - r).abs().max().item() for g, r in zip(got, ref, strict=True)))
                 grouped_error[conv_name] = worst
         seeds = _median_times(variants, args.repeats)
 
@@ -224,7 +224,8 @@ def speed(args, data):
                 p = start
                 for _ in range(3):
                     gr = torch.autograd.grad(_support_loss(net)(p, sx[t], sy[t]), list(p.values()))
-                    p = {k: (v - LR * gi).detach().requires_grad_(True) for (k, v), gi in zip(p.items(), gr)}
+                    p = {k: (v - LR * gi).detach().requires_grad_(True)
+                         for (k, v), gi in zip(p.items(), gr, strict=True)}
                 with torch.no_grad():
                     functional_call(net, p, (qx[t],))
 

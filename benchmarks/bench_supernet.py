@@ -67,7 +67,7 @@ def _step(cfg, impl, mode):
     def second_order():
         loss = F.cross_entropy(functional_call(net, params, (x, zn, zr)), y)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-        adapted = {k: p - 0.1 * g for (k, p), g in zip(params.items(), grads)}
+        adapted = {k: p - 0.1 * g for (k, p), g in zip(params.items(), grads, strict=True)}
         F.cross_entropy(functional_call(net, adapted, (x, zn, zr)), y).backward()
 
     fn = fwd_bwd if mode == "fwd_bwd" else second_order

@@ -47,8 +47,15 @@ import time
 import click
 import torch
 
-from bayesnas.analysis.compare import (PLATEAU_LAG, PLATEAU_RISE, PLATEAU_WINDOW, budget_text, compare,
-                                       format_compare_table, validation_rise)
+from bayesnas.analysis.compare import (
+    PLATEAU_LAG,
+    PLATEAU_RISE,
+    PLATEAU_WINDOW,
+    budget_text,
+    compare,
+    format_compare_table,
+    validation_rise,
+)
 from bayesnas.cli.options import config_options
 from bayesnas.config import CompareSettings, RetrainConfig, resolve_config
 from bayesnas.fileio import write_json

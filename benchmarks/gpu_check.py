@@ -6,7 +6,7 @@ resumed on one device (are the metrics identical?), a run resumed on another dev
         --json benchmarks/results/gpu_check/resume_cuda.json
     python benchmarks/gpu_check.py resume-on --device cpu --run /tmp/kr/full --json gpu_to_cpu.json
 
-Each prints its JSON too. They run on a CPU as well (tests/test_gpu_check.py runs them there).
+Each prints its JSON too. They run on a CPU as well (tests/test_benchmarks_gpu_check.py runs them there).
 """
 import argparse
 import json
@@ -36,7 +36,7 @@ def synthetic_data(path, side=84, classes=(16, 6, 6), images=12, seed=0):
 
     rng = np.random.default_rng(seed)
     splits = {name: [ClassRecord(f"{name}{c:03d}", "", rng.integers(0, 256, (images, side, side, 3), dtype=np.uint8))
-                     for c in range(count)] for name, count in zip(("train", "val", "test"), classes)}
+                     for c in range(count)] for name, count in zip(("train", "val", "test"), classes, strict=True)}
     write_dataset(path, splits, source=f"synthetic {side}x{side} RGB (gpu_check)", image_size=(side, side), channels=3)
     return path
 

@@ -9,8 +9,7 @@ from bayesnas.analysis.evidence import evidence_derivation
 from bayesnas.cli.main import main
 from bayesnas.inference import MetaNetwork
 from bayesnas.models import OPS, genotype_to_dict, load_genotype
-from tests.test_analysis_score import _Batch
-from tests.toy import ChannelSelectNet, channel_tasks
+from tests.toy import ChannelSelectNet, ToyBatch, channel_tasks
 
 
 def test_evidence_finds_the_informative_op_of_the_toy_family():
@@ -19,7 +18,7 @@ def test_evidence_finds_the_informative_op_of_the_toy_family():
     torch.manual_seed(0)
     meta = MetaNetwork(ChannelSelectNet(), sigma_init=0.1, inner_lr={"mu": 0.5, "rho": 0.1, "alpha": 1.0})
     g = torch.Generator().manual_seed(3)
-    batches = [_Batch(*channel_tasks(8, generator=g))]
+    batches = [ToyBatch(*channel_tasks(8, generator=g))]
     seen = []
     genotype, decisions, edges = evidence_derivation(meta, batches, inner_steps=1, tau=1.0, kl_weight=1e-3,
                                                      samples=1, seed=0, progress=lambda d, t: seen.append((d, t)))

@@ -11,7 +11,7 @@ from bayesnas.cli.main import main
 from bayesnas.config import RetrainConfig
 from bayesnas.errors import ConfigError
 from bayesnas.fileio import write_json
-from tests.test_inference_compare import fake_runs
+from tests.run_fixtures import fake_runs
 
 # per-task accuracies of four random cells on the same 4 tasks (cell means 0.4, 0.5, 0.6, 0.7)
 POOL_ACCS = {"random-1": [[0.2, 0.4, 0.4, 0.6]], "random-2": [[0.4, 0.4, 0.6, 0.6]],

@@ -6,13 +6,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bayesnas.analysis.score import (cell_edge_weights, kendall_tau, rank_correlation, score_cells, score_tasks,
-                                     spearman_rho)
+from bayesnas.analysis.score import (
+    cell_edge_weights,
+    kendall_tau,
+    rank_correlation,
+    score_cells,
+    score_tasks,
+    spearman_rho,
+)
 from bayesnas.cli.main import main
 from bayesnas.errors import ConfigError
 from bayesnas.inference import MetaNetwork
 from bayesnas.models import DARTS_V2, OPS, edge_index, genotype_to_dict
-from tests.toy import ChannelSelectNet, channel_tasks
+from tests.toy import ChannelSelectNet, ToyBatch, channel_tasks
 
 
 def test_cell_edge_weights_are_one_hot_on_the_kept_ops_and_none_elsewhere():
@@ -34,17 +40,12 @@ def _toy_cell(op):
     return genotype_to_dict(DARTS_V2._replace(normal=pairs, reduce=pairs))
 
 
-class _Batch:
-    def __init__(self, sx, sy, qx, qy):
-        self.support_x, self.support_y, self.query_x, self.query_y = sx, sy, qx, qy
-
-
 def test_the_cell_with_the_informative_op_scores_above_the_one_with_noise():
     # ChannelSelectNet: op k of edge 0 reads channel k; only channel 4 (sep_conv_3x3) carries the label
     torch.manual_seed(0)
     meta = MetaNetwork(ChannelSelectNet(), sigma_init=0.1, inner_lr={"mu": 0.5, "rho": 0.1, "alpha": 1.0})
     g = torch.Generator().manual_seed(3)
-    batches = [_Batch(*channel_tasks(10, generator=g)) for _ in range(2)]
+    batches = [ToyBatch(*channel_tasks(10, generator=g)) for _ in range(2)]
     cells = [("signal", _toy_cell(OPS[4])), ("noise", _toy_cell(OPS[3])), ("signal-again", _toy_cell(OPS[4]))]
     scores = score_tasks(meta, cells, batches, inner_steps=3, tau=1.0, kl_weight=1e-3, samples=2, seed=0)
     signal, noise, again = scores
@@ -122,7 +123,7 @@ def test_scores_are_the_same_with_the_discrete_path_on_and_off(fit_run, monkeypa
     calls.clear()
     fused = score_tasks(*args, samples=2, discrete=False)
     assert not calls
-    for a, b in zip(fast, fused):
+    for a, b in zip(fast, fused, strict=True):
         assert a.accuracy == b.accuracy
         assert np.allclose(a.loglik, b.loglik, rtol=0, atol=1e-4), (a.label, a.loglik, b.loglik)
         assert a.loglik != pytest.approx([0.0] * len(a.loglik))

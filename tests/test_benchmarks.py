@@ -76,10 +76,10 @@ def test_flops_extrapolated_from_one_task_equal_the_whole_iteration_count():
     import argparse
 
     from bayesnas.config import FitConfig
-    from bayesnas.inference.model import task_share
     from bayesnas.data import open_data
-    from bayesnas.training.search import svi_step
+    from bayesnas.inference.model import task_share
     from bayesnas.training.loop import task_samplers
+    from bayesnas.training.search import svi_step
 
     cfg = FitConfig(channels=1, cells=2, tasks=3, inner_steps=3, ways=3, queries=2, image_size=7)
     data = open_data(None)

@@ -1,12 +1,11 @@
 """``bayesnas fit`` through the command line: thin, clear errors, no tracebacks."""
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from bayesnas.cli.main import main
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
-
-import pytest
 
 TINY = ["--iterations", "2", "--channels", "2", "--queries", "2", "--inner-steps", "1", "--val-every", "2",
         "--val-tasks", "2", "--threads", "1", "--quiet"]

@@ -8,11 +8,11 @@ import torch
 from click.testing import CliRunner
 
 import bayesnas
-from bayesnas.cli.main import main
-from bayesnas.training import RunDirectory
 from bayesnas.analysis.posterior import EdgePosterior
-from bayesnas.models.genotypes import state_name, load_genotype
-from tests.test_run_api import tiny_run
+from bayesnas.cli.main import main
+from bayesnas.models.genotypes import load_genotype, state_name
+from bayesnas.training import RunDirectory
+from tests.run_fixtures import tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +93,12 @@ def test_inspect_prints_search_diagnostics_recomputed_from_the_history(run_dir):
     table = diagnostics_table(result.output)
     assert [int(row[0]) for row in table] == history["iteration"].tolist() == [0, 1, 2, 3, 4]
     for row, normal, reduce, changed in zip(table, history["alpha_normal"], history["alpha_reduce"],
-                                            history["genotype_changed"]):
+                                            history["genotype_changed"], strict=True):
         post = EdgePosterior(normal, reduce)
         entropy = torch.cat(post.entropy())
         top = torch.cat([p.max(-1).values for p in post.probs]).mean()
         assert row[1:] == [f"{entropy.mean():.3f}", f"{entropy.max():.3f}", f"{top:.3f}", str(changed)]
-    changes = [it for it, c in zip(history["iteration"].tolist(), history["genotype_changed"]) if c]
+    changes = [it for it, c in zip(history["iteration"].tolist(), history["genotype_changed"], strict=True) if c]
     if changes:
         summary = (f"the derived genotype changed {len(changes)} time{'s' * (len(changes) != 1)} in 5 logged "
                    f"steps, last at iteration {changes[-1]}")

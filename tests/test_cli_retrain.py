@@ -6,12 +6,12 @@ import pytest
 from click.testing import CliRunner
 
 from bayesnas.cli.main import main
-from bayesnas.training.loop import read_run_config
 from bayesnas.config import RetrainConfig
-from bayesnas.training.retrain import build_retrain_network
-from bayesnas.training.rundir import RunDirectory
 from bayesnas.models import count_parameters
 from bayesnas.models.genotypes import load_genotype
+from bayesnas.training.loop import read_run_config
+from bayesnas.training.retrain import build_retrain_network
+from bayesnas.training.rundir import RunDirectory
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
 TINY = ["--iterations", "2", "--channels", "2", "--layers", "1", "--queries", "1", "--inner-steps", "1",
@@ -150,7 +150,7 @@ def test_compare_tiny_budget(fit_run, tmp_path):
     target = table["param_target"]
     assert isinstance(target, int) and table["eval_tasks"] == 4 and table["param_tolerance"] == 0.1
     assert len({c["channels"] for c in configs}) > 1 and min(c["channels"] for c in configs) == 10
-    for row, c in zip(table["rows"], configs):
+    for row, c in zip(table["rows"], configs, strict=True):
         net = build_retrain_network(read_run_config(RunDirectory(row["run_dirs"][0]), RetrainConfig), 1)
         assert row["parameters"] == count_parameters(net, trainable_only=True)
         assert abs(row["parameters"] - target) <= 0.1 * target and row["channels"] == c["channels"]

@@ -10,8 +10,16 @@ from PIL import Image
 from bayesnas.data import import_miniimagenet, import_omniglot, load_default, open_dataset
 from bayesnas.errors import ConfigError, DataError
 
-from .data_fixtures import (REAL_ZIPS, all_classes, mini_classes, write_mini_csv, write_mini_learn2learn,
-                            write_mini_torchmeta, write_omniglot_tree, zip_tree)
+from .data_fixtures import (
+    REAL_ZIPS,
+    all_classes,
+    mini_classes,
+    write_mini_csv,
+    write_mini_learn2learn,
+    write_mini_torchmeta,
+    write_omniglot_tree,
+    zip_tree,
+)
 
 
 def stored_from_drawing(drawing):

@@ -28,7 +28,7 @@ def identify(x, turns=None):
     """(class, image) of float images [n, 1, H, W] drawn from ``labelled_split``."""
     pixels = (x * 255).round().to(torch.uint8)
     if turns is not None:
-        pixels = torch.stack([torch.rot90(p, -int(k), dims=(-2, -1)) for p, k in zip(pixels, turns)])
+        pixels = torch.stack([torch.rot90(p, -int(k), dims=(-2, -1)) for p, k in zip(pixels, turns, strict=True)])
     return [(int(p[0, 0, 0]), int(p[0, 0, 1])) for p in pixels]
 
 
@@ -48,7 +48,7 @@ def check_task(task, split, ways, shots, queries, rotations=False):
         found = identify(x, classes // n if rotations else None)
         assert [c for c, _ in found] == (classes % n).tolist()        # every image from its label's class
         # A rotated copy is another class, so an image is (class id with rotation, image).
-        drawn.append({(int(c), i) for c, (_, i) in zip(classes, found)})
+        drawn.append({(int(c), i) for c, (_, i) in zip(classes, found, strict=True)})
     support, query = drawn
     assert len(support) == ways * shots and len(query) == ways * queries       # no repeats
     assert not support & query                                               # disjoint
@@ -67,7 +67,7 @@ def test_same_seed_and_index_give_the_same_task_in_any_order():
     b = TaskSampler(split, ways=3, shots=2, queries=2, seed=7)
     later = b.task(5)
     b.task(0)
-    for x, y in zip(a.task(5), later):
+    for x, y in zip(a.task(5), later, strict=True):
         assert torch.equal(x, y)
     assert not torch.equal(a.task(5).query_x, a.task(6).query_x)
     c = TaskSampler(split, ways=3, shots=2, queries=2, seed=8)
@@ -81,7 +81,7 @@ def test_batch_stacks_the_tasks_of_its_indices():
     assert isinstance(batch, Task)
     assert batch.support_x.shape == (3, 4, 1, SIDE, SIDE) and batch.query_y.shape == (3, 12)
     for row, index in enumerate([3, 11, 4]):
-        for x, y in zip(batch, sampler.task(index)):
+        for x, y in zip(batch, sampler.task(index), strict=True):
             assert torch.equal(x[row], y)
 
 
@@ -184,7 +184,7 @@ def test_cuda_tasks_match_cpu_tasks():
     cpu = TaskSampler(split, ways=3, shots=2, queries=2, rotations=True).batch(range(4))
     gpu = TaskSampler(split, ways=3, shots=2, queries=2, rotations=True, device="cuda").batch(range(4))
     assert gpu.support_x.is_cuda and gpu.classes.is_cuda
-    for x, y in zip(cpu, gpu):
+    for x, y in zip(cpu, gpu, strict=True):
         assert torch.equal(x, y.cpu())
 
 

@@ -5,16 +5,23 @@ import numpy as np
 import pytest
 import torch
 
-from bayesnas.data import (ClassRecord, FewShotData, SplitData, default_data_path, load_default,
-                           open_dataset, write_dataset)
-from bayesnas.data import store
+from bayesnas.data import (
+    ClassRecord,
+    FewShotData,
+    SplitData,
+    default_data_path,
+    load_default,
+    open_dataset,
+    store,
+    write_dataset,
+)
 from bayesnas.errors import DataError, WriteError
 
 
 def records(rng, names, counts, shape=(5, 4, 2)):
     return [ClassRecord(name, name.split("/")[0] if "/" in name else "",
                         rng.integers(0, 256, (count, *shape), dtype=np.uint8))
-            for name, count in zip(names, counts)]
+            for name, count in zip(names, counts, strict=True)]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from bayesnas.config import FitConfig, RetrainConfig
 from bayesnas.device import determinism, numerics
 from bayesnas.errors import ConfigError
 from bayesnas.training import RunDirectory, fit, retrain
-from bayesnas.training.card import read_sessions
+from bayesnas.training.records import read_sessions
 
 TINY = dict(iterations=2, channels=2, queries=2, inner_steps=1, val_every=2, val_tasks=2, val_samples=1, threads=1)
 #: the text torch's RuntimeError has for an op without a deterministic kernel

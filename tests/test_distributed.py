@@ -50,7 +50,7 @@ def test_two_ranks_with_half_the_tasks_each_equal_one_rank_with_all(tmp_path, sm
     assert not torch.allclose(a["alpha_normal"], torch.zeros_like(a["alpha_normal"]), atol=1e-3)
     rows_a = RunDirectory(tmp_path / "one").read_metrics()
     rows_b = RunDirectory(tmp_path / "two").read_metrics()
-    for ra, rb in zip(rows_a, rows_b):
+    for ra, rb in zip(rows_a, rows_b, strict=True):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
     # only rank 0 wrote: one progress summary, one run folder
     assert out_two.count("run folder:") == 1
@@ -61,10 +61,10 @@ def test_split_meta_batch_gives_bitwise_equal_gradients_in_one_process(small_omn
     """What the 2-rank test relies on, without processes: with batch_tasks false, the
     meta-gradient of 2 tasks equals the average of the two 1-task shares' gradients exactly."""
     from bayesnas.config import FitConfig
-    from bayesnas.inference.model import task_share
-    from bayesnas.training.search import build_meta_network, svi_step
     from bayesnas.data import open_data
+    from bayesnas.inference.model import task_share
     from bayesnas.training.loop import task_samplers
+    from bayesnas.training.search import build_meta_network, svi_step
 
     cfg = FitConfig(data=small_omniglot, tasks=2, channels=2, queries=2, inner_steps=1,
                     batch_tasks=False, grad_clip=0, first_order=False, arch_warmup=0)

@@ -12,7 +12,7 @@ from bayesnas import config
 from bayesnas.inference import elbo_terms
 from bayesnas.inference.adapt import adapt
 from bayesnas.inference.elbo import EDGE_KLS, categorical_edge_kl
-from tests.test_inference_elbo import make_meta, toy_batch
+from tests.toy import make_meta, toy_batch
 
 
 def test_edge_kl_choices_are_one_list():

@@ -4,22 +4,10 @@ import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from bayesnas.inference import MetaNetwork, base_guide, base_model, elbo_terms, prior_posterior
+from bayesnas.inference import base_guide, base_model, elbo_terms, prior_posterior
 from bayesnas.inference.adapt import adapt
 from bayesnas.inference.model import ExpRelaxedCategorical
-from tests.toy import ChannelSelectNet, channel_tasks
-
-
-def make_meta(dtype=torch.float32, **kw):
-    torch.manual_seed(0)
-    meta = MetaNetwork(ChannelSelectNet(), sigma_init=kw.pop("sigma_init", 0.1), **kw)
-    return meta.to(dtype)
-
-
-def toy_batch(num_tasks=2, dtype=torch.float32):
-    g = torch.Generator().manual_seed(1)
-    sx, sy, qx, qy = channel_tasks(num_tasks, generator=g)
-    return sx.to(dtype), sy, qx.to(dtype), qy
+from tests.toy import make_meta, toy_batch
 
 
 def test_zero_inner_steps_gives_the_prior_and_exactly_zero_theta_kl():
@@ -99,9 +87,9 @@ def test_meta_gradient_is_second_order_and_matches_finite_differences():
     batch = toy_batch(dtype=torch.float64)
     params = {"mu": meta.mu, "alpha_normal": meta.alpha_normal}
     loss = outer_loss(meta, batch, first_order=False)
-    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
     loss_fo = outer_loss(meta, batch, first_order=True)
-    grads_fo = dict(zip(params, torch.autograd.grad(loss_fo, list(params.values()))))
+    grads_fo = dict(zip(params, torch.autograd.grad(loss_fo, list(params.values())), strict=True))
     torch.testing.assert_close(loss, loss_fo)  # same forward value
     assert (grads["mu"] - grads_fo["mu"]).abs().max() > 1e-3 * grads["mu"].abs().max()
 

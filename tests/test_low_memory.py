@@ -1,18 +1,19 @@
 """The memory-bounded mode (--low-memory): checkpointed inner steps and one task at a time
 give the same values and gradients as the default path, with memory that no longer grows
 with the number of inner steps."""
+from types import SimpleNamespace
+
 import pytest
 import torch
-from types import SimpleNamespace
 
 from bayesnas.config import FitConfig, RetrainConfig
 from bayesnas.data import load_default
 from bayesnas.inference.adapt import adapt
-from bayesnas.training.retrain import build_retrain_network, maml_step
 from bayesnas.inference.model import task_share
-from bayesnas.training.search import build_meta_network, make_optimiser, svi_step
-from bayesnas.training.loop import task_samplers
 from bayesnas.inference.unroll import unrolled_steps
+from bayesnas.training.loop import task_samplers
+from bayesnas.training.retrain import build_retrain_network, maml_step
+from bayesnas.training.search import build_meta_network, make_optimiser, svi_step
 
 
 def test_checkpointed_steps_give_the_same_values_and_second_order_gradients():
@@ -34,7 +35,7 @@ def test_checkpointed_steps_give_the_same_values_and_second_order_gradients():
         results.append((outer.detach(), torch.autograd.grad(outer, [w0, shift, lr])))
     (v0, g0), (v1, g1) = results
     assert torch.equal(v0, v1)
-    for a, b in zip(g0, g1):
+    for a, b in zip(g0, g1, strict=True):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
     assert g0[1].abs().sum() > 0 and g0[2].abs() > 0  # the closure and the step size do get gradients
 

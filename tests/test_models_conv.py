@@ -26,7 +26,7 @@ def maml_gradients(net, x, y, xq, yq):
     params = {k: v for k, v in net.named_parameters()}
     loss = F.cross_entropy(functional_call(net, params, (x,)), y)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-    fast = {k: p - 0.4 * g for (k, p), g in zip(params.items(), grads)}
+    fast = {k: p - 0.4 * g for (k, p), g in zip(params.items(), grads, strict=True)}
     outer = F.cross_entropy(functional_call(net, fast, (xq,)), yq)
     meta = torch.autograd.grad(outer, list(params.values()))
     return [g.detach() for g in grads], list(meta)
@@ -46,7 +46,7 @@ def test_fixed_networks_use_whole_call_convolutions_with_equal_gradients(arch):
     torch.testing.assert_close(net(x), plain(x), rtol=1e-12, atol=1e-12)
     first, second = maml_gradients(net, x, y, xq, yq)
     first_ref, second_ref = maml_gradients(plain, x, y, xq, yq)
-    for a, b in zip(first + second, first_ref + second_ref):
+    for a, b in zip(first + second, first_ref + second_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert max(g.abs().max() for g in second) > 1e-6  # the second-order terms are there
 

@@ -6,10 +6,20 @@ import random
 import pytest
 
 from bayesnas.errors import GenotypeError
-from bayesnas.models.genotypes import (DARTS_V2, EDGES, NUM_EDGES, Genotype, edge_index,
-                                       genotype_from_dict, genotype_to_dict, load_genotype,
-                                       named_genotype, random_genotype, save_genotype,
-                                       validate_genotype)
+from bayesnas.models.genotypes import (
+    DARTS_V2,
+    EDGES,
+    NUM_EDGES,
+    Genotype,
+    edge_index,
+    genotype_from_dict,
+    genotype_to_dict,
+    load_genotype,
+    named_genotype,
+    random_genotype,
+    save_genotype,
+    validate_genotype,
+)
 from bayesnas.models.operations import OPS
 
 

@@ -4,8 +4,15 @@ import torch
 from torch.func import functional_call
 
 from bayesnas.errors import ConfigError, GenotypeError
-from bayesnas.models import (DARTS_V2, Conv4, NetworkFromGenotype, build_network, count_parameters,
-                             random_genotype, save_genotype)
+from bayesnas.models import (
+    DARTS_V2,
+    Conv4,
+    NetworkFromGenotype,
+    build_network,
+    count_parameters,
+    random_genotype,
+    save_genotype,
+)
 from bayesnas.models.operations import FactorizedReduce
 
 
@@ -101,6 +108,6 @@ def test_second_order_through_fixed_network():
     params = dict(net.named_parameters())
     loss = torch.nn.functional.cross_entropy(functional_call(net, params, (x,)), y)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-    adapted = {k: p - 0.1 * g for (k, p), g in zip(params.items(), grads)}
+    adapted = {k: p - 0.1 * g for (k, p), g in zip(params.items(), grads, strict=True)}
     torch.nn.functional.cross_entropy(functional_call(net, adapted, (x,)), y).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())

@@ -113,7 +113,7 @@ def test_fused_equals_reference_outputs_and_gradients():
         out = net(xx, n_, r_)
         F.cross_entropy(out, y).backward()
         results.append((out.detach(), xx.grad, n_.grad, r_.grad))
-    for what, a, b in zip(("logits", "d/dx", "d/dz_normal", "d/dz_reduce"), results[1], results[0]):
+    for what, a, b in zip(("logits", "d/dx", "d/dz_normal", "d/dz_reduce"), results[1], results[0], strict=True):
         assert_close(a, b, what)
     expected = reference_grads_in_fused_layout(reference, fused)
     for name, p in fused.named_parameters():
@@ -135,7 +135,7 @@ def maml_step(net, x, zn, zr, y):
     params = dict(net.named_parameters())
     loss = F.cross_entropy(functional_call(net, params, (x, zn, zr)), y)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-    adapted = {k: p - 0.5 * g for (k, p), g in zip(params.items(), grads)}
+    adapted = {k: p - 0.5 * g for (k, p), g in zip(params.items(), grads, strict=True)}
     outer = F.cross_entropy(functional_call(net, adapted, (x.flip(0), zn, zr)), y)
     outer.backward()
     return outer.detach()
@@ -149,7 +149,7 @@ def test_double_backward_equals_reference():
         xx, n_, r_ = (t.clone().requires_grad_() for t in (x, zn, zr))
         loss = maml_step(net, xx, n_, r_, y)
         results.append((loss, xx.grad, n_.grad, r_.grad))
-    for what, a, b in zip(("loss", "d/dx", "d/dz_normal", "d/dz_reduce"), results[1], results[0]):
+    for what, a, b in zip(("loss", "d/dx", "d/dz_normal", "d/dz_reduce"), results[1], results[0], strict=True):
         assert_close(a, b, what)
     expected = reference_grads_in_fused_layout(reference, fused)
     for name, p in fused.named_parameters():
@@ -207,7 +207,7 @@ def test_grouped_conv_derivatives(stride, dilation, groups, k, pad):
     gy = torch.randn_like(f(x, w))
     got = torch.autograd.grad(f(x, w), (x, w), gy)
     want = torch.autograd.grad(F.conv2d(x, w, None, stride, pad, dilation, groups), (x, w), gy)
-    assert all(torch.allclose(a, b) for a, b in zip(got, want))
+    assert all(torch.allclose(a, b) for a, b in zip(got, want, strict=True))
     assert gradcheck(f, (x, w))
     assert gradgradcheck(f, (x, w))
 
@@ -257,7 +257,7 @@ def test_tasks_as_a_batch_equal_one_call_per_task_through_second_order():
     out_b, out_l = batched(), looped()
     assert out_b.shape == (T, 4, 5)
     assert torch.allclose(out_b, out_l, rtol=1e-12, atol=1e-12)
-    for gb, gl in zip(second_order(batched()), second_order(looped())):
+    for gb, gl in zip(second_order(batched()), second_order(looped()), strict=True):
         assert gl.abs().sum() > 0
         assert torch.allclose(gb, gl, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="substitute"):
@@ -488,6 +488,6 @@ def test_discrete_cells_second_order_and_fallbacks(monkeypatch):
         params = list(net.parameters())
         # a parameter tensor no kept edge reads is unused (None) on the sparse path: zero on the fused one
         g = torch.autograd.grad(out.pow(2).sum(), params, allow_unused=True)
-        grads.append((out.detach(), *(torch.zeros_like(p) if d is None else d for p, d in zip(params, g))))
-    for a, b in zip(*grads):
+        grads.append((out.detach(), *(torch.zeros_like(p) if d is None else d for p, d in zip(params, g, strict=True))))
+    for a, b in zip(*grads, strict=True):
         assert_close(a, b, "one task", tol=1e-10)

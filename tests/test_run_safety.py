@@ -8,10 +8,10 @@ import torch
 from click.testing import CliRunner
 
 import bayesnas
+from bayesnas.analysis.derive import derive_cell
 from bayesnas.cli.main import main
 from bayesnas.errors import RunError
 from bayesnas.training import RunDirectory
-from bayesnas.analysis.derive import derive_cell
 from bayesnas.training.retrain import load_retrain, retrain
 from bayesnas.training.search import fit, load_fit
 

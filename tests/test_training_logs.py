@@ -120,7 +120,7 @@ def test_metrics_are_written_at_float32_precision_and_read_back(tmp_path):
     text = (tmp_path / "run" / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert text[1] == "1,0.26,,g" and text[3] == "3,0.5477226,,g" and text[6] == "6,1e+300,,g"
     back = run.read_metrics()
-    for row, value in zip(back, values[:5]):
+    for row, value in zip(back, values[:5], strict=False):
         assert np.float32(row["loss"]) == np.float32(value)  # the float32 value, exactly
     assert back[5]["loss"] == 1e300  # beyond float32: the full text
     assert math.isnan(back[6]["loss"]) and back[6]["val_acc"] == 0.26 and back[6]["genotype"] is None

@@ -1,6 +1,8 @@
-"""Small networks and task families with known answers, for the inference tests."""
+"""Small networks and task families with known answers, for the inference and analysis tests."""
 import torch
 import torch.nn as nn
+
+from bayesnas.inference import MetaNetwork
 
 NUM_EDGES, NUM_OPS = 14, 10
 
@@ -42,6 +44,27 @@ def channel_tasks(num_tasks, ways=2, shots=5, queries=5, features=4, signal_chan
     sx, qx = x[:, :, :shots].flatten(1, 2), x[:, :, shots:].flatten(1, 2)
     sy, qy = y[:, :, :shots].flatten(1, 2), y[:, :, shots:].flatten(1, 2)
     return sx, sy.contiguous(), qx, qy.contiguous()
+
+
+class ToyBatch:
+    """A meta-batch of :func:`channel_tasks` as the scorers read one (``support_x`` ... ``query_y``)."""
+
+    def __init__(self, sx, sy, qx, qy):
+        self.support_x, self.support_y, self.query_x, self.query_y = sx, sy, qx, qy
+
+
+def make_meta(dtype=torch.float32, **kw):
+    """A seeded :class:`~bayesnas.inference.MetaNetwork` over :class:`ChannelSelectNet` (sigma_init 0.1 by default)."""
+    torch.manual_seed(0)
+    meta = MetaNetwork(ChannelSelectNet(), sigma_init=kw.pop("sigma_init", 0.1), **kw)
+    return meta.to(dtype)
+
+
+def toy_batch(num_tasks=2, dtype=torch.float32):
+    """``num_tasks`` seeded :func:`channel_tasks`: (support_x, support_y, query_x, query_y)."""
+    g = torch.Generator().manual_seed(1)
+    sx, sy, qx, qy = channel_tasks(num_tasks, generator=g)
+    return sx.to(dtype), sy, qx.to(dtype), qy
 
 
 class Kill(Exception):

@@ -45,10 +45,27 @@ from ..training.tensorboard_logger import summary_writer_class
 from ..viz.compare import plot_comparison
 from .jobs import Job, init_worker, run_job, run_jobs, worker_gpus
 from .labels import architectures
-from .plateau import (EXTEND_BY, PLATEAU_LAG, PLATEAU_RISE, PLATEAU_WINDOW, budget_text, check_plateau_budget,
-                      train_to_plateau, val_curve, validation_rise)
-from .pool import (Standing, check_pool, format_standings, load_pool, pool_from_results, protocol_differences,
-                   protocol_of, standing)
+from .plateau import (
+    EXTEND_BY,
+    PLATEAU_LAG,
+    PLATEAU_RISE,
+    PLATEAU_WINDOW,
+    budget_text,
+    check_plateau_budget,
+    train_to_plateau,
+    val_curve,
+    validation_rise,
+)
+from .pool import (
+    Standing,
+    check_pool,
+    format_standings,
+    load_pool,
+    pool_from_results,
+    protocol_differences,
+    protocol_of,
+    standing,
+)
 from .pool import save_pool as save_pool_file
 from .stats import over_tasks, paired_difference
 from .widths import MAX_CHANNELS, PARAM_TOLERANCE, count_retrain_parameters, matched_channels, row_widths

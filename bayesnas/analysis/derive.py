@@ -24,15 +24,15 @@ from ..data.protocol import held_out_split
 from ..errors import ConfigError
 from ..fileio import write_json
 from ..models import CELL_TYPES, NUM_EDGES, NUM_OPS, OPS, Genotype, genotype_from_dict, genotype_to_dict, save_genotype
-from ..models.genotypes import random_genotype
 from ..models.derivation import ChosenEdge, chosen_edges_table, derive_genotype, format_edges_table
+from ..models.genotypes import random_genotype
 from ..training.card import fit_cell_warning
 from ..training.diagnostics import undecided_warning
 from ..training.loop import run_device
 from ..training.search import load_fit_state
 from ..viz.cells import plot_genotype
-from .evidence import derive_by_evidence
 from .evaluate import mean_confidence_interval
+from .evidence import derive_by_evidence
 from .posterior import AdaptedPosterior
 from .score import cell_edge_weights, score_cells
 

@@ -31,9 +31,9 @@ from ..device import check_precision
 from ..errors import BayesNASError, ConfigError
 from ..fileio import write_json
 from ..models import arch_label, count_parameters
-from ..training.card import file_sha256, read_evaluation
 from ..training.distributed import distributed
 from ..training.loop import read_run_config, run_device
+from ..training.records import file_sha256, read_evaluation
 from ..training.retrain import load_retrain, task_accuracies
 from ..training.rundir import RunDirectory
 
@@ -175,7 +175,7 @@ def previous_evaluation(json_path: str | os.PathLike, run_dir: str | os.PathLike
     the run's, as :func:`evaluate` picks it) and in the same ``precision`` (default: the
     run's); else (no file, unreadable, an older file
     without the hashes, anything different, accuracies that are not one finite value in
-    [0, 1] per task: :func:`~bayesnas.training.card.read_evaluation`) None, and the caller
+    [0, 1] per task: :func:`~bayesnas.training.records.read_evaluation`) None, and the caller
     evaluates. Evaluating is deterministic on CPU, so a match is the number evaluating again
     would give; a GPU rounds differently, so a table never mixes CPU and GPU numbers.
     """

@@ -144,7 +144,7 @@ def evidence_derivation(meta, task_batches, inner_steps, tau, kl_weight, samples
         post = _posterior(prior_row / prior_row.sum(), torch.stack([per_op[o].sum() * n_query for o in ops]))
         source, node = EDGES[e]
         decisions.append(OpDecision(cell, e, source, node, OPS[best], {OPS[o]: float(per_op[o].mean()) for o in ops},
-                                    diff, ci, {OPS[o]: float(p) for o, p in zip(ops, post)}))
+                                    diff, ci, {OPS[o]: float(p) for o, p in zip(ops, post, strict=True)}))
         z[cell][e] = one_hot(best)
         if finetune is not None:
             finetune(z["normal"], z["reduce"])

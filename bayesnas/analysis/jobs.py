@@ -17,7 +17,8 @@ import torch
 from ..config import RetrainConfig
 from ..errors import RunError
 from ..models import count_parameters
-from ..training.card import EVALUATION, read_evaluation, write_run_card
+from ..training.card import write_run_card
+from ..training.records import EVALUATION, read_evaluation
 from .evaluate import evaluate, previous_evaluation
 from .plateau import EXTEND_BY, train_to_plateau, val_curve
 

@@ -117,7 +117,7 @@ class EdgePosterior:
             descending: reverse the sort.
         """
         rows = []
-        for cell, probs in zip(CELL_TYPES, self.probs):
+        for cell, probs in zip(CELL_TYPES, self.probs, strict=True):
             for edge, (source, target) in enumerate(EDGES):
                 for o, op in enumerate(OPS):
                     rows.append(EdgeRow(cell, edge, source, target, op, float(probs[edge, o])))
@@ -141,10 +141,10 @@ class EdgePosterior:
         if not 1 <= int(k) <= NUM_OPS:
             raise ValueError(f"k={k}: expected 1..{NUM_OPS}")
         rows = []
-        for cell, probs in zip(CELL_TYPES, self.probs):
+        for cell, probs in zip(CELL_TYPES, self.probs, strict=True):
             values, indices = probs.topk(int(k), dim=-1)
             for edge, (source, target) in enumerate(EDGES):
-                for value, o in zip(values[edge].tolist(), indices[edge].tolist()):
+                for value, o in zip(values[edge].tolist(), indices[edge].tolist(), strict=True):
                     rows.append(EdgeRow(cell, edge, source, target, OPS[o], value))
         return rows
 

@@ -51,7 +51,7 @@ def format_posterior_table(posterior, top=3, sort_by="edge"):
     """
     rows = posterior.top(top)
     lines = []
-    for cell, h in zip(CELL_TYPES, posterior.entropy()):
+    for cell, h in zip(CELL_TYPES, posterior.entropy(), strict=True):
         lines.append(f"\n{cell} cell: op probabilities per edge (entropy in nats; uniform = {math.log(10):.3f})")
         lines.append(f"  {'edge':<18}{'entropy':>8}  top {top} op{'s' * (top != 1)}")
         edges = range(h.numel())

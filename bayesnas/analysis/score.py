@@ -31,8 +31,16 @@ from ..data import TaskSampler
 from ..data.protocol import SELECT_ON, held_out_split
 from ..errors import ConfigError
 from ..inference import adapt_held_out, predictive
-from ..models import (NUM_EDGES, NUM_OPS, OPS, discrete_cells, edge_index, genotype_from_dict, genotype_to_dict,
-                      named_genotype)
+from ..models import (
+    NUM_EDGES,
+    NUM_OPS,
+    OPS,
+    discrete_cells,
+    edge_index,
+    genotype_from_dict,
+    genotype_to_dict,
+    named_genotype,
+)
 from ..rng import seeded
 from ..training.schedules import kl_weight, temperature
 from ..training.search import load_fit_state

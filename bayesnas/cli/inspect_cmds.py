@@ -38,8 +38,13 @@ def inspect_command(run_dir, out, which, top, sort_by, history_rows, fmt, no_plo
     for a fit run also its edge posterior (top ops and entropy per edge, derived cells, how decided it got
     over training) and plots."""
     from ..analysis import load_run
-    from ..analysis.report import (format_calibration, format_derived_cells, format_diagnostics_table,
-                                   format_posterior_table, format_run_summary)
+    from ..analysis.report import (
+        format_calibration,
+        format_derived_cells,
+        format_diagnostics_table,
+        format_posterior_table,
+        format_run_summary,
+    )
     from ..training.card import build_run_card, write_run_card
     from ..training.loop import run_device
 

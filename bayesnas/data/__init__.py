@@ -7,8 +7,16 @@ from .folder import import_folder
 from .miniimagenet import import_miniimagenet
 from .omniglot import import_omniglot
 from .protocol import SELECT_ON, default_rotations, resolve_rotations, selection_split
-from .store import (ClassRecord, FewShotData, SplitData, default_data_path, load_default, open_data,
-                    open_dataset, write_dataset)
+from .store import (
+    ClassRecord,
+    FewShotData,
+    SplitData,
+    default_data_path,
+    load_default,
+    open_data,
+    open_dataset,
+    write_dataset,
+)
 
 __all__ = [
     "open_dataset", "open_data", "write_dataset", "default_data_path", "load_default", "FewShotData",

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ..errors import ConfigError, DataError
 from ..fileio import check_regular_file
 from . import imaging
-from .store import ClassRecord, SPLITS, open_dataset, write_dataset
+from .store import SPLITS, ClassRecord, open_dataset, write_dataset
 
 SPLIT_BY = ("character", "alphabet")
 LAYOUT = "[top/]<Alphabet>/<character>/<image>.png"
@@ -237,7 +237,7 @@ def split_units(units: Sequence[str], fractions, seed: int, unit_word: str, labe
     ends = [math.floor(n * sum(fractions[:k + 1]) + 0.5) for k in range(2)] + [n]
     split_of = {}
     start = 0
-    for split, fraction, end in zip(SPLITS, fractions, ends):
+    for split, fraction, end in zip(SPLITS, fractions, ends, strict=True):
         if fraction > 0 and end <= start:
             raise DataError(f"{label}: split '{split}' (fraction {fraction:g}) would get none of the "
                             f"{n} {unit_word}; import more data or set its fraction to 0")

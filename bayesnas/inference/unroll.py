@@ -62,7 +62,7 @@ class FiniteChecks:
 
     def raise_first(self, values):
         """Raise NonFiniteLossError for the first non-finite entry of ``values`` (floats read from :meth:`values`)."""
-        for what, value in zip(self.whats, values):
+        for what, value in zip(self.whats, values, strict=True):
             if value != value or value in (float("inf"), float("-inf")):
                 raise NonFiniteLossError(f"{what} is {value} (not finite)")
 
@@ -116,7 +116,7 @@ def unrolled_steps(objective: Callable[[dict, int], torch.Tensor], params: dict,
     names = list(params)
 
     def take_step(step, *values):
-        current = dict(zip(names, values))
+        current = dict(zip(names, values, strict=True))
         value = objective(current, step)
         require_finite(value, f"inner step {step}: objective")
         grads = torch.autograd.grad(
@@ -126,7 +126,7 @@ def unrolled_steps(objective: Callable[[dict, int], torch.Tensor], params: dict,
             allow_unused=True,
         )
         new = []
-        for name, grad in zip(names, grads):
+        for name, grad in zip(names, grads, strict=True):
             if grad is None:
                 new.append(current[name])
                 continue
@@ -142,4 +142,4 @@ def unrolled_steps(objective: Callable[[dict, int], torch.Tensor], params: dict,
             values = _checkpoint(take_step, step, *values, use_reentrant=False)
         else:
             values = take_step(step, *values)
-    return dict(zip(names, values))
+    return dict(zip(names, values, strict=True))

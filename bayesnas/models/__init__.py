@@ -4,16 +4,47 @@ This package never imports Pyro: parameters live in ordinary nn.Modules, and per
 weights are substituted with ``torch.func.functional_call`` through :class:`ParamLayout`.
 """
 from .conv4 import Conv4
-from .functional import ParamLayout, count_parameters
 from .derivation import ChosenEdge, chosen_edges_table, derive_genotype, format_edges_table
-from .genotypes import (BASELINES, CELL_TITLES, CELL_TYPES, DARTS_V2, EDGES, NAMED_GENOTYPES, NUM_EDGES, STEPS,
-                        Genotype, arch_config, arch_label, cell_edges, edge_index, genotype_from_dict,
-                        genotype_string, genotype_to_dict, load_genotype, named_genotype, num_edges,
-                        random_genotype, save_genotype, state_name, validate_genotype)
+from .functional import ParamLayout, count_parameters
+from .genotypes import (
+                        BASELINES,
+                        CELL_TITLES,
+                        CELL_TYPES,
+                        DARTS_V2,
+                        EDGES,
+                        NAMED_GENOTYPES,
+                        NUM_EDGES,
+                        STEPS,
+                        Genotype,
+                        arch_config,
+                        arch_label,
+                        cell_edges,
+                        edge_index,
+                        genotype_from_dict,
+                        genotype_string,
+                        genotype_to_dict,
+                        load_genotype,
+                        named_genotype,
+                        num_edges,
+                        random_genotype,
+                        save_genotype,
+                        state_name,
+                        validate_genotype,
+)
 from .macro import reduction_indices
 from .network import FixedCell, NetworkFromGenotype, build_network
-from .operations import (NUM_OPS, OPS, Conv7x1_1x7, DilConv, FactorizedReduce, ReLUConvBN,
-                         SepConv, Zero, batch_norm, make_op)
+from .operations import (
+                        NUM_OPS,
+                        OPS,
+                        Conv7x1_1x7,
+                        DilConv,
+                        FactorizedReduce,
+                        ReLUConvBN,
+                        SepConv,
+                        Zero,
+                        batch_norm,
+                        make_op,
+)
 from .supernet import SOURCE_MAJOR, SearchCell, SearchNetwork, discrete_cells, edge_batches, source_major, sparse_edges
 
 __all__ = [

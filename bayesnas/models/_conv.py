@@ -58,7 +58,7 @@ def _input_grad(g, w, x_shape, params):
         # flipped and its in/out channels swapped within each group. oneDNN's forward is
         # as fast as or up to 8x faster than its backward-data primitive (dilated kernels).
         kernel = w.shape[-2:]
-        pad = [d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding)]
+        pad = [d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding, strict=True)]
         if min(pad) >= 0:
             out_pg, in_pg = w.shape[0] // groups, w.shape[1]
             wt = w.view(groups, out_pg, in_pg, *kernel).transpose(1, 2).flip(-2, -1)

@@ -93,7 +93,7 @@ def derive_genotype(probs_normal: torch.Tensor, probs_reduce: torch.Tensor) -> G
         cell (two per node, sources increasing) and every intermediate node concatenated.
     """
     cells = []
-    for which, probs in zip(CELL_TYPES, (probs_normal, probs_reduce)):
+    for which, probs in zip(CELL_TYPES, (probs_normal, probs_reduce), strict=True):
         cells.append([(OPS[op], source) for op, source, _ in _cell_choice(_as_probs(probs, which))])
     concat = list(range(2, STEPS + 2))
     return Genotype(cells[0], list(concat), cells[1], list(concat))
@@ -112,11 +112,11 @@ def chosen_edges_table(probs_normal: torch.Tensor, probs_reduce: torch.Tensor,
     Returns:
         list of :class:`ChosenEdge` (cell, node, source, op, prob), node by node.
     """
-    probs = [_as_probs(p, w) for w, p in zip(CELL_TYPES, (probs_normal, probs_reduce))]
+    probs = [_as_probs(p, w) for w, p in zip(CELL_TYPES, (probs_normal, probs_reduce), strict=True)]
     if genotype is None:
         genotype = derive_genotype(*probs)
     rows = []
-    for which, p, pairs in zip(CELL_TYPES, probs, (genotype.normal, genotype.reduce)):
+    for which, p, pairs in zip(CELL_TYPES, probs, (genotype.normal, genotype.reduce), strict=True):
         for i, (op, source) in enumerate(pairs):
             node = i // 2
             rows.append(ChosenEdge(which, node, int(source), op, float(p[edge_index(source, node), OPS.index(op)])))

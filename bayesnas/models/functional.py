@@ -60,7 +60,7 @@ class ParamLayout:
             raise ValueError(f"ParamLayout.flatten: missing parameter(s) {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''}")
         flat, lead = [], None
-        for name, shape in zip(self.names, self.shapes):
+        for name, shape in zip(self.names, self.shapes, strict=True):
             t = params[name]
             k = t.dim() - len(shape)
             if k < 0 or tuple(t.shape[k:]) != tuple(shape):
@@ -85,7 +85,7 @@ class ParamLayout:
         lead = vec.shape[:-1]
         # split, not slices: its backward is one cat, not a zero-filled [..., D] per tensor
         return {name: part.view(*lead, *shape)
-                for name, shape, part in zip(self.names, self.shapes, vec.split(self.numels, -1))}
+                for name, shape, part in zip(self.names, self.shapes, vec.split(self.numels, -1), strict=True)}
 
     @torch.no_grad()
     def copy_to_module(self, vec, module):

@@ -60,8 +60,17 @@ from ..errors import ConfigError
 from ._conv import conv2d, conv_input
 from .genotypes import STEPS, cell_edges, edge_index, num_edges
 from .macro import CellPlan, cell_plan, check_positive, make_preprocess, make_stem, reduction_indices
-from .operations import (DIL_KERNELS, DILATION, NUM_OPS, OPS, POOL_OPS, SEP_KERNELS, FactorizedReduce, max_pool_3x3,
-                         shift_to_odd_pixels)
+from .operations import (
+    DIL_KERNELS,
+    DILATION,
+    NUM_OPS,
+    OPS,
+    POOL_OPS,
+    SEP_KERNELS,
+    FactorizedReduce,
+    max_pool_3x3,
+    shift_to_odd_pixels,
+)
 
 SEP_OPS = tuple(SEP_KERNELS)
 DIL_OPS = tuple(DIL_KERNELS)
@@ -303,7 +312,7 @@ class SearchCell(nn.Module):
         nC, HW = n * C, Ho * Wo
         *sep1, dil = stage1.split([nC] * len(SEP_OPS) + [len(DIL_OPS) * nC], 2)
         ys = []
-        for t, (op, k) in zip(sep1, SEP_KERNELS.items()):
+        for t, (op, k) in zip(sep1, SEP_KERNELS.items(), strict=True):
             w = params(f"{op}_dw2").reshape(T * nC, 1, k, k)
             y = conv2d(F.relu(t).reshape(B, T * nC, Ho, Wo), w, padding=k // 2, groups=T * nC)
             ys.append(y.reshape(B, T, 1, nC, HW))

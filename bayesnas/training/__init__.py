@@ -1,7 +1,7 @@
 """Training: the search (``fit``) and MAML retraining (``retrain``), and their plumbing.
 
 The loop (iterations, validation, checkpoints, resume), run folders, schedules,
-several processes, run cards and TensorBoard logging. The maths they step is in
+several processes, session records, run cards and TensorBoard logging. The maths they step is in
 :mod:`bayesnas.inference`; reading and judging finished runs is :mod:`bayesnas.analysis`.
 """
 from .retrain import RetrainResult, load_retrain, maml_loss, maml_step, retrain

@@ -64,7 +64,7 @@ class DistributedContext:
         buf = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(buf)
         buf /= self.world_size
-        return dict(zip(keys, buf.tolist()))
+        return dict(zip(keys, buf.tolist(), strict=True))
 
     def gather_objects(self, obj):
         """List of ``obj`` from every rank (on every rank)."""

@@ -303,7 +303,7 @@ def read_step(metrics, checks):
     values = torch.cat([p.to(device) for p in parts]).tolist()
     count = len(checks.whats)
     checks.raise_first(values[:count])
-    read = dict(zip(names, values[count:]))
+    read = dict(zip(names, values[count:], strict=True))
     return {k: read[k] if k in read else v for k, v in metrics.items()}
 
 

@@ -33,12 +33,13 @@ from ..errors import ConfigError, RunError
 from ..inference import unrolled_steps
 from ..inference.unroll import deferred_finite_checks
 from ..models import arch_config, arch_label, build_network, count_parameters, genotype_from_dict
-from .card import python_call
 from .distributed import distributed, requested_device
 from .loop import Callback, backward_per_task, read_run_config, read_step, resume_device
+from .records import python_call
 from .rundir import RunDirectory
 from .session import Method, run_session
 from .tensorboard_logger import TensorBoardLogger, summary_writer_class
+
 
 def build_retrain_network(cfg, in_channels, image_size=28):
     """The network of a RetrainConfig: ``[B, in_channels, H, W] -> [B, cfg.ways]`` logits.

@@ -27,10 +27,10 @@ from ..inference.unroll import deferred_finite_checks
 from ..models import NUM_EDGES, NUM_OPS, SearchNetwork
 from ..models.reference import ReferenceSearchNetwork
 from ..rng import seeded
-from .card import python_call
 from .diagnostics import SearchDiagnostics, search_diagnostics
 from .distributed import DistributedContext, distributed, requested_device
 from .loop import Callback, backward_per_task, check_finite, read_run_config, read_step, resume_device
+from .records import python_call
 from .rundir import RunDirectory
 from .schedules import arch_lr_factor, kl_weight, temperature
 from .session import Method, run_session
@@ -137,7 +137,7 @@ def svi_step(meta: MetaNetwork, optimiser: torch.optim.Optimizer, batch: Any, cf
     with deferred_finite_checks() as checks:  # read with the metrics below: one host sync per step
         if cfg.low_memory or not cfg.batch_tasks:
             parts, loss = _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint=cfg.low_memory)
-            terms = type(parts[0])(*(torch.cat(t) for t in zip(*parts)))
+            terms = type(parts[0])(*(torch.cat(t) for t in zip(*parts, strict=True)))
         else:
             q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
                       kl_weight=beta, first_order=cfg.first_order, edge_kl=cfg.edge_kl)
@@ -199,7 +199,7 @@ def _with_diagnostics(history):
     from their alpha if it was written before fit recorded them."""
     if "genotype" not in history:
         past, previous = [], None
-        for normal, reduce in zip(history["alpha_normal"], history["alpha_reduce"]):
+        for normal, reduce in zip(history["alpha_normal"], history["alpha_reduce"], strict=True):
             past.append(search_diagnostics(normal, reduce, previous))
             previous = past[-1].genotype
         for key in SearchDiagnostics._fields:

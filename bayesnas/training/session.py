@@ -19,8 +19,17 @@ from ..data import open_data
 from ..rng import seed_everything
 from .card import recorded_session
 from .logs import LOG_FILE, session_log
-from .loop import (Callback, TrainingLoop, data_config, folder_contents, process_device, session_config, session_run,
-                   task_samplers, training_session)
+from .loop import (
+    Callback,
+    TrainingLoop,
+    data_config,
+    folder_contents,
+    process_device,
+    session_config,
+    session_run,
+    task_samplers,
+    training_session,
+)
 
 
 class Method:

@@ -110,7 +110,7 @@ def plot_genotype(genotype: Genotype, path: str | os.PathLike | None = None, tab
 
     fig = Figure(figsize=(14, 5.2), layout="constrained")
     axes = fig.subplots(1, 2)
-    for ax, which in zip(axes, CELL_TYPES):
+    for ax, which in zip(axes, CELL_TYPES, strict=True):
         pairs = getattr(genotype, which)
         probs = None
         if table is not None:

@@ -66,7 +66,7 @@ def _label_ends(ax, ends, gap=0.035):
         if not moved:
             break
     x_right = ax.get_xlim()[1]
-    for (value, x, label, colour), at in zip(ends, placed):
+    for (value, x, label, colour), at in zip(ends, placed, strict=True):
         ax.annotate(label, (x, value), xytext=(x + 0.02 * x_right, at), textcoords="data", fontsize=7,
                     va="center", color=colour, annotation_clip=False)
     ax.set_xlim(right=x_right * 1.14)
@@ -93,7 +93,7 @@ def plot_comparison(result: dict, path: str | os.PathLike | None = None, title: 
     left, right = fig.subplots(1, 2, width_ratios=[1, 1.3])
     y = np.arange(len(rows))[::-1]
     ends = []
-    for yi, row in zip(y, rows):
+    for yi, row in zip(y, rows, strict=True):
         colour = KIND_COLOURS[row_kind(row)]
         left.errorbar(100 * row["accuracy"], yi, xerr=100 * row["ci95"], fmt="o", color=colour, capsize=3)
         iterations, acc = mean_curve(row.get("val_curves") or {})

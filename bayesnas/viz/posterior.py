@@ -77,7 +77,7 @@ def plot_edge_posterior(probs, genotype=None, path=None, title=None, annotate=Tr
     fig.subplots_adjust(left=0.12, right=0.9, bottom=0.2, top=0.88, wspace=0.06)
     axes = fig.subplots(1, 2, sharey=True)
     image = None
-    for ax, cell, cell_probs in zip(axes, CELL_TYPES, probs):
+    for ax, cell, cell_probs in zip(axes, CELL_TYPES, probs, strict=True):
         cell_probs = cell_probs.numpy()
         image = ax.imshow(cell_probs, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
         ax.set_title(CELL_TITLES[cell])
@@ -130,7 +130,7 @@ def plot_posterior_history(history, path=None, title=None):
     grid = fig.add_gridspec(STEPS, 2 * columns + 1, width_ratios=[1] * columns + [0.3] + [1] * columns,
                             left=0.04, right=0.99, bottom=0.12, top=0.88, wspace=0.12, hspace=0.45)
     lines = []
-    for half, (cell, probs) in enumerate(zip(CELL_TYPES, history.probs)):
+    for half, (cell, probs) in enumerate(zip(CELL_TYPES, history.probs, strict=True)):
         probs = probs.numpy()
         offset = half * (columns + 1)
         first = None
@@ -192,7 +192,7 @@ def plot_search_diagnostics(history, path=None, title=None):
     top.legend(fontsize=8, frameon=False)
     bottom.plot(iterations, [d.top_prob_mean for d in rows], color="C1", marker=marker)
     bottom.axhline(1 / len(OPS), color="grey", linestyle="--", linewidth=1)
-    changed = [it for it, d in zip(iterations, rows) if d.genotype_changed]
+    changed = [it for it, d in zip(iterations, rows, strict=True) if d.genotype_changed]
     bottom.plot(changed, [0.0] * len(changed), linestyle="none", marker="|", markersize=10, color="C3",
                 label="derived genotype changed")
     bottom.set_ylim(0, 1)

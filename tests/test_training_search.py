@@ -1,6 +1,7 @@
 """``fit`` end to end on the embedded data: run folder, resume, determinism, non-finite stop."""
 import json
 import os
+from itertools import pairwise
 
 import pytest
 import torch
@@ -9,8 +10,8 @@ from bayesnas.config import FitConfig
 from bayesnas.data import open_dataset
 from bayesnas.errors import ConfigError, DataError, NonFiniteLossError, RunError
 from bayesnas.training import RunDirectory, fit
-from bayesnas.training.search import load_fit
 from bayesnas.training.loop import data_config, task_samplers
+from bayesnas.training.search import load_fit
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 from tests.toy import Kill
 
@@ -56,7 +57,7 @@ def test_fit_writes_a_complete_run_folder(tmp_path, monkeypatch):
     # the logged KL of theta is the closed-form Gaussian KL of the adapted psi from the prior
     # of that iteration (before its optimiser step), averaged over the meta-batch's tasks
     assert len(adapted) == len(rows) == 6
-    for row, (mu, sigma, psi_mu, psi_sigma) in zip(rows, adapted):
+    for row, (mu, sigma, psi_mu, psi_sigma) in zip(rows, adapted, strict=True):
         assert psi_mu.shape == (TINY.get("tasks", 2), mu.numel())
         expected = gaussian_kl(psi_mu, psi_sigma, mu, sigma).mean().item()
         assert row["kl_theta"] == pytest.approx(expected, rel=1e-3, abs=1e-4)
@@ -103,7 +104,7 @@ def test_fit_logs_search_diagnostics_in_metrics_and_history(tmp_path):
             if iteration:
                 assert rows[iteration][key] == want
     assert isinstance(rows[2]["genotype"], str) and isinstance(rows[2]["loss"], float)
-    changed = [0] + [int(a != b) for a, b in zip(genotypes, genotypes[1:])]
+    changed = [0] + [int(a != b) for a, b in pairwise(genotypes)]
     assert history["genotype_changed"].tolist() == changed
     assert [rows[i]["genotype_changed"] for i in (2, 4, 6)] == changed[1:]
 
@@ -145,7 +146,7 @@ def test_resume_can_extend_the_number_of_iterations(tmp_path):
     history = RunDirectory(tmp_path / "run").read_history()
     genotypes = history["genotype"]
     assert len(genotypes) == 3  # iterations 0, 2 and, after the resume, 4
-    assert history["genotype_changed"].tolist() == [0] + [int(a != b) for a, b in zip(genotypes, genotypes[1:])]
+    assert history["genotype_changed"].tolist() == [0] + [int(a != b) for a, b in pairwise(genotypes)]
 
 
 @pytest.mark.slow

@@ -7,28 +7,11 @@ import pytest
 import torch
 
 import bayesnas
-from bayesnas.config import FitConfig
-from bayesnas.errors import RunError
-from bayesnas.training import fit
 from bayesnas.analysis.derive import derive_cell
 from bayesnas.analysis.posterior import AdaptedPosterior, EdgePosterior, PosteriorHistory
+from bayesnas.errors import RunError
 from bayesnas.training.search import load_fit
-
-ITERATIONS = 4
-# as small as a real run gets (fit is the slow part of these tests): 2-way, 1 task per
-# iteration, 1 inner step, C=2
-TINY = dict(iterations=ITERATIONS, channels=2, cells=3, tasks=1, ways=2, shots=1, queries=2, inner_steps=1,
-            val_every=2, checkpoint_every=2, val_tasks=2, val_samples=2, log_every=1, threads=1)
-_RUNS = {}
-
-
-def tiny_run(tmp_path_factory):
-    """The folder of one real fit run, made once per test session (test_cli_inspect shares it)."""
-    if "tiny" not in _RUNS:
-        out = tmp_path_factory.mktemp("runs") / "tiny"
-        fit(FitConfig(**TINY), out=str(out), progress=False)
-        _RUNS["tiny"] = str(out)
-    return _RUNS["tiny"]
+from tests.run_fixtures import ITERATIONS, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +153,7 @@ def test_calibration_adapts_and_predicts_from_independent_random_streams(run, mo
     monkeypatch.setattr(posterior, "predictive", predictive_spy)
     first = run.calibration(tasks=2, samples=2, seed=4)
     assert len(states["adapt"]) == len(states["predict"]) == 2
-    for adapting, predicting in zip(states["adapt"], states["predict"]):
+    for adapting, predicting in zip(states["adapt"], states["predict"], strict=True):
         assert not torch.equal(adapting, predicting)
     assert not torch.equal(states["adapt"][0], states["adapt"][1])
     assert run.calibration(tasks=2, samples=2, seed=4) == first  # still deterministic for a seed

@@ -4,11 +4,19 @@ import math
 import pytest
 import torch
 
-from bayesnas.inference import MetaNetwork
 from bayesnas.analysis.derive import derive_genotype
-from bayesnas.analysis.posterior import (AdaptedPosterior, EdgePosterior, EdgeRow, PerCell, PosteriorHistory,
-                                         Prediction, _entropy, expected_calibration_error)
-from bayesnas.models.genotypes import state_name, EDGES, edge_index
+from bayesnas.analysis.posterior import (
+    AdaptedPosterior,
+    EdgePosterior,
+    EdgeRow,
+    PerCell,
+    PosteriorHistory,
+    Prediction,
+    _entropy,
+    expected_calibration_error,
+)
+from bayesnas.inference import MetaNetwork
+from bayesnas.models.genotypes import EDGES, edge_index, state_name
 from bayesnas.models.operations import OPS
 from tests.toy import ChannelSelectNet, channel_tasks
 
@@ -63,7 +71,7 @@ def test_ece_agrees_with_a_plain_loop_and_accepts_leading_dims():
 
 def test_probabilities_sum_to_one_and_entropy_matches_categorical():
     post = random_posterior()
-    for logits, probs, h in zip(post.logits, post.probs, post.entropy()):
+    for logits, probs, h in zip(post.logits, post.probs, post.entropy(), strict=True):
         assert probs.shape == (14, 10) and h.shape == (14,)
         torch.testing.assert_close(probs.sum(-1), torch.ones(14))
         torch.testing.assert_close(h, torch.distributions.Categorical(logits=logits).entropy())
@@ -99,7 +107,7 @@ def test_top_k_per_edge_is_the_argmax_first():
     post = random_posterior(seed=2)
     rows = post.top(2)
     assert len(rows) == 2 * 14 * 2
-    for cell, probs in zip(("normal", "reduce"), post.probs):
+    for cell, probs in zip(("normal", "reduce"), post.probs, strict=True):
         for e in range(14):
             first, second = [r for r in rows if r.cell == cell and r.edge == e]
             assert first.op == OPS[int(probs[e].argmax())] and first.prob >= second.prob

@@ -7,11 +7,17 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from bayesnas.errors import ConfigError, DataError, GenotypeError, RunError
 from bayesnas.config import RetrainConfig
-from bayesnas.training.retrain import (adapt_task, build_retrain_network, load_retrain, maml_loss, meta_parameters,
-                                      retrain)
-from bayesnas.models.genotypes import arch_config, DARTS_V2, genotype_to_dict, random_genotype, save_genotype
+from bayesnas.errors import ConfigError, DataError, GenotypeError, RunError
+from bayesnas.models.genotypes import DARTS_V2, arch_config, genotype_to_dict, random_genotype, save_genotype
+from bayesnas.training.retrain import (
+    adapt_task,
+    build_retrain_network,
+    load_retrain,
+    maml_loss,
+    meta_parameters,
+    retrain,
+)
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
 
@@ -116,7 +122,7 @@ def test_run_folder_resume_and_reload(tmp_path):
     half = retrain(None, RetrainConfig(**{**cfg.to_dict(), "iterations": 2}), out=tmp_path / "half", progress=False)
     assert half.rows[-1]["iteration"] == 2
     resumed = retrain(resume=tmp_path / "half", config=RetrainConfig(iterations=4), progress=False)
-    for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values()):
+    for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     saved = json.load(open(tmp_path / "half" / "config.json"))
     assert saved["arch"] == "darts_v2" and saved["iterations"] == 4 and saved["inner_steps"] == 1
@@ -124,7 +130,7 @@ def test_run_folder_resume_and_reload(tmp_path):
     assert rows[0].startswith("iteration,loss,acc") and len(rows) == 5
     cfg2, net, _ = load_retrain(tmp_path / "half", which="last")
     assert cfg2.arch == "darts_v2"
-    for a, b in zip(net.state_dict().values(), resumed.net.state_dict().values()):
+    for a, b in zip(net.state_dict().values(), resumed.net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     with pytest.raises(RunError, match="another architecture"):
         retrain("conv4", resume=tmp_path / "half", progress=False)

@@ -4,8 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from bayesnas.errors import GenotypeError
-from bayesnas.models.operations import (NUM_OPS, OPS, FactorizedReduce, ReLUConvBN, SepConv,
-                                        batch_norm, make_op)
+from bayesnas.models.operations import NUM_OPS, OPS, FactorizedReduce, ReLUConvBN, SepConv, batch_norm, make_op
 
 
 def test_ops_names_and_order():
@@ -133,7 +132,7 @@ def test_max_pool_equals_plain_pooling_to_second_order(shape, stride):
         (ggx,) = torch.autograd.grad((gx ** 2).sum(), x)
         results.append((y, gx, ggx))
     assert results[0][0].is_contiguous()
-    for ours, plain in zip(*results):
+    for ours, plain in zip(*results, strict=True):
         assert torch.equal(ours, plain)
 
 

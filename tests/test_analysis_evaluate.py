@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bayesnas.data.protocol import TEST_SELECTION_WARNING
-from bayesnas.errors import ConfigError, RunError
 from bayesnas.analysis.evaluate import evaluate, format_evaluation, mean_confidence_interval
 from bayesnas.config import RetrainConfig
+from bayesnas.data.protocol import TEST_SELECTION_WARNING
+from bayesnas.errors import ConfigError, RunError
 from bayesnas.training.retrain import retrain
 from tests.data_fixtures import write_fewshot_file
 
@@ -103,7 +103,7 @@ def test_a_saved_evaluation_is_reused_only_while_tasks_and_checkpoint_are_unchan
     import shutil
 
     from bayesnas.analysis.evaluate import previous_evaluation
-    from bayesnas.training.card import file_sha256
+    from bayesnas.training.records import file_sha256
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)

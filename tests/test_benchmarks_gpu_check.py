@@ -2,8 +2,8 @@
 import json
 import subprocess
 
-from benchmarks import gpu_check
 from bayesnas.data import open_data
+from benchmarks import gpu_check
 
 
 def test_the_script_parses():

@@ -9,9 +9,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from bayesnas.analysis import compare
 from bayesnas.config import FitConfig, RetrainConfig
 from bayesnas.errors import ConfigError
-from bayesnas.analysis import compare
 from bayesnas.training import fit
 from bayesnas.training.tensorboard_logger import TensorBoardLogger
 

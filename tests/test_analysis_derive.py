@@ -4,12 +4,12 @@ import json
 import pytest
 import torch
 
+from bayesnas.analysis.derive import chosen_edges_table, derive_cell, derive_genotype, format_edges_table
 from bayesnas.config import FitConfig
 from bayesnas.errors import ConfigError, GenotypeError
-from bayesnas.training import fit
-from bayesnas.analysis.derive import chosen_edges_table, derive_cell, derive_genotype, format_edges_table
 from bayesnas.models.genotypes import EDGES, Genotype, edge_index, load_genotype, validate_genotype
 from bayesnas.models.operations import OPS
+from bayesnas.training import fit
 
 NONE, SKIP, MAX, AVG, SEP3, SEP5, SEP7, DIL3, DIL5, C71 = range(10)
 

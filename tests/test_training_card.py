@@ -9,15 +9,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from bayesnas.analysis import evaluate
+from bayesnas.analysis.derive import chosen_edges_table, format_edges_table
+from bayesnas.analysis.posterior import EdgePosterior
 from bayesnas.cli.common import cli_command
 from bayesnas.cli.main import main
 from bayesnas.config import FitConfig
 from bayesnas.errors import RunError
 from bayesnas.training import RunDirectory, fit
-from bayesnas.analysis import evaluate
-from bayesnas.training.card import build_run_card, python_call, read_sessions
-from bayesnas.analysis.derive import chosen_edges_table, format_edges_table
-from bayesnas.analysis.posterior import EdgePosterior
+from bayesnas.training.card import build_run_card
+from bayesnas.training.records import python_call, read_sessions
 
 TINY = dict(iterations=3, channels=2, cells=2, tasks=1, ways=2, queries=2, inner_steps=1, val_every=2,
             checkpoint_every=2, val_tasks=2, val_samples=1, log_every=1, threads=1)

@@ -8,15 +8,24 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from bayesnas.analysis.compare import (
+    architectures,
+    compare,
+    format_compare_table,
+    matched_channels,
+    over_tasks,
+    paired_difference,
+    row_widths,
+    validation_rise,
+)
+from bayesnas.config import RetrainConfig
 from bayesnas.errors import ConfigError
 from bayesnas.fileio import write_json
-from bayesnas.analysis.compare import (architectures, compare, format_compare_table, matched_channels, over_tasks,
-                                       paired_difference, row_widths, validation_rise)
-from bayesnas.config import RetrainConfig
+from bayesnas.models import count_parameters, random_genotype
 from bayesnas.models.genotypes import arch_config
 from bayesnas.training.retrain import build_retrain_network
 from bayesnas.training.rundir import RunDirectory
-from bayesnas.models import count_parameters, random_genotype
+from tests.run_fixtures import fake_runs
 
 compare_module = importlib.import_module("bayesnas.analysis.compare")  # the package exports compare(), the function
 plateau_module = importlib.import_module("bayesnas.analysis.plateau")  # where a run is trained
@@ -53,30 +62,6 @@ def test_paired_difference_is_per_task_on_seed_means():
     assert paired_difference(SEEDS_A, [SEEDS_B[0]])[0] == pytest.approx(np.mean(SEEDS_A, 0).mean() - 0.375)
     with pytest.raises(ConfigError, match="same test tasks"):
         paired_difference(SEEDS_A, [[0.5, 0.5]])
-
-
-def fake_runs(monkeypatch, accuracies):
-    """Replace compare's training and evaluation: each run writes a metrics.csv whose validation
-    accuracy depends on its seed, and scores ``accuracies[label][seed]``. Returns the trained configs."""
-    trained_configs = []
-
-    def fake_train(arch, cfg, path, progress, tensorboard, command):
-        trained_configs.append(cfg)
-        rows = [{"iteration": 1, "loss": 1.5}, {"iteration": 2, "loss": 1.25, "val_acc": 0.25 + cfg.seed / 8},
-                {"iteration": 3, "loss": 1.0}, {"iteration": 4, "loss": 0.75, "val_acc": 0.5 + cfg.seed / 8}]
-        RunDirectory.create(path, cfg.to_dict()).write_metrics(rows)
-        net = build_retrain_network(cfg, 1)
-        return SimpleNamespace(rows=rows, train_seconds=1.0, net=net)
-
-    def fake_evaluate(path, tasks, inner_steps, seed, json_out, progress):
-        label, seed = os.path.basename(path).rsplit("-seed", 1)
-        accs = accuracies[label][int(seed)]
-        return SimpleNamespace(accuracies=list(accs), accuracy=float(np.mean(accs)), ci95=0.0, seconds=0.5)
-
-    monkeypatch.setattr(plateau_module, "_train", fake_train)
-    monkeypatch.setattr(jobs_module, "evaluate", fake_evaluate)
-    monkeypatch.setattr(jobs_module, "write_run_card", lambda path: None)  # no real run folder
-    return trained_configs
 
 
 def test_compare_with_two_seeds_reports_intervals_over_tasks(tmp_path, monkeypatch):
@@ -129,7 +114,7 @@ def test_row_kinds_come_from_where_a_row_came_from_not_its_label(tmp_path, monke
 
 
 def test_validation_rise_compares_the_last_window_with_one_lag_earlier():
-    curve = [[it, v] for it, v in zip(range(50, 1201, 50), [0.1 * min(i, 8) for i in range(1, 25)])]
+    curve = [[it, v] for it, v in zip(range(50, 1201, 50), [0.1 * min(i, 8) for i in range(1, 25)], strict=True)]
     # rises to 0.8 at iteration 400, flat after: over 1100-1200 vs 800-900 nothing moved
     assert validation_rise(curve) == pytest.approx(0.0, abs=1e-12)
     # stopped at 500: (0.8 + 0.8) / 2 over (400, 500] against (0.3 + 0.4) / 2 over (100, 200]
@@ -168,7 +153,7 @@ def test_the_default_target_is_the_largest_row_and_widens_the_others():
              for _, a in archs]
     target, widths = row_widths(archs, cfg)
     assert target == max(at_10)
-    for (channels, parameters), own in zip(widths, at_10):
+    for (channels, parameters), own in zip(widths, at_10, strict=True):
         assert channels >= 10 and abs(parameters - target) <= 0.1 * target
         assert channels > 10 or own == target or abs(own - target) <= 0.1 * target
     assert max(c for c, _ in widths) > 10  # the lighter rows were widened
@@ -218,7 +203,7 @@ def test_runs_in_worker_processes_give_the_same_table(tmp_path, monkeypatch):
     here = compare(out=tmp_path / "here", **kwargs)
     spread = compare(out=tmp_path / "spread", workers=2, **kwargs)
     assert [r.label for r in spread.rows] == [r.label for r in here.rows] == ["conv4", "random-1"]
-    for a, b in zip(here.rows, spread.rows):
+    for a, b in zip(here.rows, spread.rows, strict=True):
         assert (a.accuracies, a.val_curves, a.channels, a.parameters) == (b.accuracies, b.val_curves, b.channels,
                                                                            b.parameters)
     with pytest.raises(ConfigError, match="workers=0"):
