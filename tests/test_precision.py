@@ -77,7 +77,7 @@ def test_a_convolution_under_bf16_autocast_matches_float32_to_second_order(chann
     assert low[0].dtype == torch.bfloat16  # as F.conv2d under autocast
     assert all(t.dtype == torch.float32 for t in low[1:])  # float32 leaves get float32 gradients, every order
     assert relative(low[0], reference[0]) < 1e-2
-    for a, b in zip(low[1:], reference[1:]):
+    for a, b in zip(low[1:], reference[1:], strict=True):
         assert relative(a, b) < 1e-2 and cosine(a, b) > 0.9999
 
 
@@ -93,7 +93,7 @@ def test_every_derivative_runs_with_autocast_off_wherever_backward_is_called():
             second = torch.autograd.grad((gx ** 2).sum() + (gw ** 2).sum(), (x, w))
         return gx, gw, *second
 
-    for a, b in zip(grads(False), grads(True)):
+    for a, b in zip(grads(False), grads(True), strict=True):
         assert a.dtype == torch.float32 and torch.equal(a, b)
 
 
@@ -109,7 +109,7 @@ def test_a_dense_strided_1x1_weight_gradient_runs_in_float32():
                          env={"PYTHONPATH": str(REPO), "PATH": ""})
     assert out.returncode == 0, out.stderr[-500:]
     values = [float(v) for v in out.stdout.split()]
-    for mine, theirs in zip(values[::2], values[1::2]):
+    for mine, theirs in zip(values[::2], values[1::2], strict=True):
         assert abs(mine - theirs) <= 1e-4 * max(1.0, abs(theirs))
 
 
@@ -169,7 +169,8 @@ def close_losses(rows, reference, first=1e-2, later=5e-2):
         tolerance = first if row["iteration"] == 1 else later
         assert torch.isfinite(torch.tensor(row["loss"])) and abs(row["loss"] - ref["loss"]) <= tolerance * abs(
             ref["loss"]), (row, ref)
-    print("relative loss differences:", [abs(r["loss"] - f["loss"]) / abs(f["loss"]) for r, f in zip(rows, reference)])
+    print("relative loss differences:",
+          [abs(r["loss"] - f["loss"]) / abs(f["loss"]) for r, f in zip(rows, reference, strict=True)])
 
 
 def test_fit_in_bf16_runs_close_to_float32_and_records_it(tmp_path, small_omniglot):
