@@ -19,8 +19,11 @@ one-hot.
    ``none`` in turn; the node keeps the two edges whose removal costs most (the paired drop
    and its CI recorded), every other edge becomes ``none``.
 
-Its cost is ``(9 ops x 28 edges + 1 + 28)`` scorings of N tasks: about 280 times one
-``score-cells`` cell.
+Its cost is ``(9 ops x 28 edges + 1 + 28)`` scorings of N tasks. Cells whose edges are all
+one-hot (every scoring of step 2; in step 1, a cell type with no undecided edge left) take the
+supernet's sparse path (:func:`~bayesnas.models.discrete_cells`: only the decided ops are
+computed); a cell type with an undecided edge runs the whole fused supernet, so step 1 costs
+about 250 fused scorings of N tasks and step 2 about 29 sparse ones.
 
 Usage::
 
