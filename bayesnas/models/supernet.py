@@ -74,8 +74,8 @@ _DISCRETE = contextvars.ContextVar("bayesnas_discrete_cells", default=False)
 #: At most this many computed (edge, op) pairs per cell type for the sparse path; more go fused.
 #: A discrete cell has at most 14 (one per edge); a partly decided one (evidence's op decisions)
 #: adds 9 per undecided edge. Measured on the 2-core dev CPU (benchmarks/bench_score.py
-#: --crossover, C=4, 3 cells, 14x14, 5-way 1-shot): the sparse path takes 1/2 of the fused
-#: path's time at 14 pairs, 3/4 at 38, about the same at 46, 2x longer at 126.
+#: --crossover: C=4, 3 cells, 14x14, 5-way 1-shot; a loaded machine), the sparse path's time
+#: over the fused path's: 0.36 at 14 pairs, 0.57-0.68 at 22-38, 0.88 at 46, 1.16 at 54, 2.2 at 126.
 SPARSE_MAX_PAIRS = 40
 
 #: the (edge, op index) pairs the sparse path computes for a cell type, in edge-index order
