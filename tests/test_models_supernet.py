@@ -378,9 +378,11 @@ def test_sparse_edges_reads_one_nonzero_op_per_row_the_same_in_every_task():
     assert sparse_edges(z) == ((3, OPS.index("sep_conv_5x5")), (5, OPS.index("skip_connect")))
     assert sparse_edges(z.expand(3, -1, -1)) == sparse_edges(z)
     two = z.clone()
-    two[3, OPS.index("max_pool_3x3")] = 0.1
-    assert sparse_edges(two) is None  # a mixture on edge 3
+    two[3, OPS.index("max_pool_3x3")] = 0.1  # a mixture on edge 3: both ops
+    assert sparse_edges(two) == ((3, OPS.index("max_pool_3x3")), (3, OPS.index("sep_conv_5x5")),
+                                 (5, OPS.index("skip_connect")))
     assert sparse_edges(torch.stack([z, two])) is None
+    assert sparse_edges(torch.full((NUM_EDGES, NUM_OPS), 0.1)) is None  # 126 pairs: the fused path is faster
     other = z.clone()
     other[3] = 0.0
     other[3, OPS.index("dil_conv_3x3")] = 1.0
@@ -442,6 +444,35 @@ def test_discrete_path_equals_fused_for_every_op(op, T, monkeypatch):
         kept[..., OPS.index("none")] = False
         assert_close(a[kept], b[kept], what, tol=1e-10)
         assert not a[~kept].any()
+
+
+def test_partly_decided_cells_equal_fused():
+    """Mixtures on 3 edges of each cell type (evidence's op decisions), one-hot elsewhere: every nonzero
+    (edge, op) pair computed on its own gives the fused logits and gradients, z's included."""
+    from bayesnas.models import ParamLayout, SearchNetwork, sparse_edges
+
+    torch.manual_seed(0)
+    net = SearchNetwork(in_channels=2, num_classes=3, C=2, layers=3).double()
+    layout = ParamLayout.from_module(net)
+    T = 2
+    theta = (layout.flatten(net).detach() + 0.05 * torch.randn(T, layout.numel, dtype=torch.float64))
+    theta.requires_grad_()
+    x = torch.randn(T, 4, 2, 8, 8, dtype=torch.float64)
+    zs = []
+    for seed, rows in ((1, [0, 6, 13]), (2, [1, 4, 8])):  # rows 0, 1 leave the inputs: strided in a reduction
+        z = discrete_z(OPS.index("sep_conv_3x3"), seed, T)
+        z[:, rows] = torch.softmax(torch.randn(T, len(rows), NUM_OPS, dtype=torch.float64), -1)
+        z[1, rows] = z[1, rows].flip(-1)  # the same nonzero entries, other values
+        zs.append(z)
+    assert all(sparse_edges(z) is not None for z in zs)
+    fused, sparse = discrete_against_fused(net, theta, layout, x, *zs)
+    assert_close(sparse[0], fused[0], "logits", tol=1e-12)
+    assert_close(sparse[1], fused[1], "d/dtheta", tol=1e-10)
+    for z, a, b, what in ((zs[0], sparse[2], fused[2], "d/dz_normal"), (zs[1], sparse[3], fused[3], "d/dz_reduce")):
+        kept = z.ne(0)
+        kept[..., OPS.index("none")] = False
+        assert 3 * 9 < int(kept[0].sum()) <= 40
+        assert_close(a[kept], b[kept], what, tol=1e-10)
 
 
 def test_discrete_cells_second_order_and_fallbacks(monkeypatch):

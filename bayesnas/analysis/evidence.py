@@ -19,8 +19,11 @@ one-hot.
    ``none`` in turn; the node keeps the two edges whose removal costs most (the paired drop
    and its CI recorded), every other edge becomes ``none``.
 
-Its cost is ``(9 ops x 28 edges + 1 + 28)`` scorings of N tasks: about 280 times one
-``score-cells`` cell.
+Its cost is ``(9 ops x 28 edges + 1 + 28)`` scorings of N tasks. The supernet computes only
+the nonzero (edge, op) pairs of a cell type whose edges are one-hot or nearly so
+(:func:`~bayesnas.models.discrete_cells`; at most :data:`~bayesnas.models.supernet.SPARSE_MAX_PAIRS`,
+i.e. 3 undecided edges): every scoring of step 2, and the cells of a type with few undecided
+edges left in step 1. The rest of step 1 runs the whole fused supernet.
 
 Usage::
 

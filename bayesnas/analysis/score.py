@@ -164,9 +164,10 @@ def architecture_scores(meta, z_normal, z_reduce, task_batches, inner_steps, tau
     and the accuracy. The sampling noise restarts from ``seed``, so two architectures scored
     on the same batches see the same draws (paired).
 
-    ``discrete``: let the fused supernet compute only the kept edges' ops of a cell type whose
-    edge weights are one-hot (:func:`~bayesnas.models.discrete_cells`; the same scores up to
-    float rounding, several times faster); False computes every op of every edge.
+    ``discrete``: let the supernet compute only the nonzero (edge, op) pairs of a cell type
+    whose edge weights are one-hot, or nearly so (:func:`~bayesnas.models.discrete_cells`; the
+    same scores up to float rounding, several times faster for a discrete cell); False
+    computes every op of every edge.
     """
     device = meta.mu.device
     z_normal, z_reduce = (torch.as_tensor(z).to(device, meta.mu.dtype) for z in (z_normal, z_reduce))

@@ -26,11 +26,11 @@ This one computes the same function with a few dozen calls per cell:
   op outputs. ``none`` contributes nothing and is skipped.
 
 Discrete cells (weight-sharing evaluation: :mod:`bayesnas.analysis.score`) have a sparse
-path: when asked (``forward(..., discrete=True)`` or inside :func:`discrete_cells`) and
-every edge row of a cell type's ``z`` has at most one nonzero entry besides ``none``, the
-same op in every task (:func:`sparse_edges`), the cells compute only those edges' ops, on
-slices of the same fused parameters, each output times its ``z`` entry
-(:meth:`SearchCell.forward_discrete`): the same function, about a tenth of the work.
+path: when asked (``forward(..., discrete=True)`` or inside :func:`discrete_cells`) and a
+cell type's ``z`` has few nonzero entries besides ``none``, the same in every task
+(:func:`sparse_edges`: one per kept edge of a discrete cell), its cells compute only those
+(edge, op) pairs, on slices of the same fused parameters, each output times its ``z``
+entry (:meth:`SearchCell.forward_discrete`): the same function, a fraction of the work.
 
 Edge parameters are stacked over the 14 edges in source-major order (:data:`SOURCE_MAJOR`
 maps positions to edge indices), one tensor per (op, conv): ``sep_conv_5x5_dw1`` is
@@ -80,7 +80,14 @@ _OP_INDEX = {name: i for i, name in enumerate(OPS)}
 _NONE = _OP_INDEX["none"]
 _DISCRETE = contextvars.ContextVar("bayesnas_discrete_cells", default=False)
 
-#: a cell type's kept edges for the sparse path: ``((edge, op index), ...)``, edge-index order
+#: At most this many computed (edge, op) pairs per cell type for the sparse path; more go fused.
+#: A discrete cell has at most 14 (one per edge); a partly decided one (evidence's op decisions)
+#: adds 9 per undecided edge. Measured on the 2-core dev CPU (benchmarks/bench_score.py
+#: --crossover: C=4, 3 cells, 14x14, 5-way 1-shot; a loaded machine), the sparse path's time
+#: over the fused path's: 0.36 at 14 pairs, 0.57-0.68 at 22-38, 0.88 at 46, 1.16 at 54, 2.2 at 126.
+SPARSE_MAX_PAIRS = 40
+
+#: the (edge, op index) pairs the sparse path computes for a cell type, in edge-index order
 KeptEdges = tuple[tuple[int, int], ...]
 
 
@@ -107,10 +114,11 @@ def discrete_cells(enabled: bool = True):
 def sparse_edges(z: torch.Tensor) -> Optional[KeptEdges]:
     """The ``(edge, op)`` pairs the sparse path computes for edge weights ``z``, or None.
 
-    ``z [E, 10]`` or ``[T, E, 10]`` qualifies when every edge row has at most one nonzero
-    entry apart from ``none`` (which contributes nothing whatever its weight), at the same
-    op in every task; the pairs are those nonzero entries (rows with none are skipped edges).
-    Reads ``z`` on the host.
+    The pairs are the nonzero entries of ``z [E, 10]`` or ``[T, E, 10]`` apart from ``none``
+    (which contributes nothing whatever its weight): one per kept edge of a discrete cell
+    (rows one-hot on none are skipped edges), every op of an edge still a mixture. ``z``
+    qualifies when these entries are the same in every task and there are at most
+    :data:`SPARSE_MAX_PAIRS`. Reads ``z`` on the host.
 
     >>> z = torch.zeros(14, 10); z[:, 0] = 1.0; z[3, 4] = 1.0
     >>> sparse_edges(z)
@@ -120,7 +128,7 @@ def sparse_edges(z: torch.Tensor) -> Optional[KeptEdges]:
     nonzero[..., _NONE] = False
     nonzero = nonzero.reshape(-1, *z.shape[-2:]).cpu()
     pattern = nonzero[0]
-    if not torch.equal(nonzero, pattern.expand_as(nonzero)) or bool((pattern.sum(-1) > 1).any()):
+    if not torch.equal(nonzero, pattern.expand_as(nonzero)) or int(pattern.sum()) > SPARSE_MAX_PAIRS:
         return None
     return tuple((int(e), int(o)) for e, o in pattern.nonzero().tolist())
 
@@ -376,19 +384,20 @@ class SearchCell(nn.Module):
         return _task_cat(nodes[-self.multiplier:], T)
 
     def forward_discrete(self, s0, s1, z, kept):
-        """The cell computing only the ``kept`` edges (:func:`sparse_edges`), each with its one op.
+        """The cell computing only the ``kept`` (edge, op) pairs (:func:`sparse_edges`).
 
         ``s0``, ``s1`` as in :meth:`forward`; ``z [T, edges, 10]`` the edge weights of the
-        cell type; ``kept`` ``((edge, op), ...)``. Node k is ``sum z[:, e, op] * op(state)``
-        over its kept edges (zeros if none): :meth:`forward`'s value whenever ``z`` is zero
-        off ``kept`` (``none`` aside), since the fused mixture's other terms are then zero
-        times an op output. Each op reads its edge's slice of the fused parameters and
-        computes what the fused batch computes for that edge (the same ReLU, strides,
-        paddings, BatchNorms with batch statistics); states no kept edge reads are not
-        computed. Gradients w.r.t. the parameters are the fused path's (exact zeros where it
-        skips; ``torch.autograd.grad(..., allow_unused=True)`` gives None for a tensor
-        nothing reads). Gradients w.r.t. ``z`` are the fused path's on the ``kept`` entries
-        and zero elsewhere (the fused path's are the skipped ops' outputs there).
+        cell type; ``kept`` ``((edge, op), ...)``: one per kept edge of a discrete cell, or
+        several on an edge that is still a mixture. Node k is ``sum z[:, e, op] * op(state)``
+        over its pairs (zeros if none): :meth:`forward`'s value whenever ``z`` is zero off
+        ``kept`` (``none`` aside), since the fused mixture's other terms are then zero times
+        an op output. Each op reads its edge's slice of the fused parameters and computes
+        what the fused batch computes for that edge (the same ReLU, strides, paddings,
+        BatchNorms with batch statistics); states no pair reads are not computed. Gradients
+        w.r.t. the parameters are the fused path's (exact zeros where it skips;
+        ``torch.autograd.grad(..., allow_unused=True)`` gives None for a tensor nothing
+        reads). Gradients w.r.t. ``z`` are the fused path's on the ``kept`` entries and zero
+        elsewhere (the fused path's are the skipped ops' outputs there).
         """
         T, steps = z.shape[0], self.steps
         if self.reduction:
@@ -565,8 +574,8 @@ class SearchNetwork(nn.Module):
         groups: the same function as T separate calls, in a T-th of the calls.
 
         ``discrete``: True reads ``z`` and takes the sparse path for each cell type whose
-        ``z`` qualifies (:func:`sparse_edges`; the same value, computing only the kept
-        edges' ops: :meth:`SearchCell.forward_discrete`), the fused one for the others;
+        ``z`` qualifies (:func:`sparse_edges`; the same value, computing only the nonzero
+        (edge, op) pairs: :meth:`SearchCell.forward_discrete`), the fused one for the others;
         False never reads ``z``; None (default) is True inside :func:`discrete_cells`,
         else False. Inside ``torch.func`` transforms the fused path is always taken.
         """
