@@ -52,7 +52,7 @@ def test_card_of_a_finished_fit(tmp_path):
     assert card.data_sha256 == sha and f"- sha256: `{sha}`" in text
     assert f"torch {torch.__version__}" in text and f"pyro-ppl {pyro.__version__}" in text
     assert f"python {platform.python_version()}" in text and "bayesnas 0.1.0" in text
-    assert "- device: cpu; torch CPU threads: 1; processes: 1" in text
+    assert "- device: cpu; precision: fp32; torch CPU threads: 1; processes: 1" in text
 
     final = result.rows[-1]
     assert f"| final | 3 | {final['loss']:.4g} |" in text
