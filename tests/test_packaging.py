@@ -36,7 +36,7 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     checks = ci.split("'.[test]' && ", 1)[1]  # CI installs quietly (pip -q); what runs after is the same
-    assert checks == "ruff check && mypy && python -m pytest -q tests"
+    assert checks == "ruff check && mypy && python -m pytest -q -n 2 tests"
     assert f"pip install -e '.[test]' && {checks}" in readme
 
 
