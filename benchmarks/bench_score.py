@@ -66,8 +66,8 @@ def measure(run, args):
             scores[name] = score_tasks(*work, samples=args.samples, seed=args.seed, discrete=discrete)
             seconds[name].append((time.perf_counter() - t0) / per_cell_task)
     med = {k: statistics.median(v) for k, v in seconds.items()}
-    pairs = list(zip(scores["discrete"], scores["fused"]))
-    loglik_diff = max(abs(a - b) for s, f in pairs for a, b in zip(s.loglik, f.loglik))
+    pairs = list(zip(scores["discrete"], scores["fused"], strict=True))
+    loglik_diff = max(abs(a - b) for s, f in pairs for a, b in zip(s.loglik, f.loglik, strict=True))
     same_acc = all(s.accuracy == f.accuracy for s, f in pairs)
     # float32 rounding differs between the paths and the guide's steps amplify it (most on a barely
     # trained meta-network). The floor: the fused path one task per call against T tasks per call
@@ -75,7 +75,7 @@ def measure(run, args):
     h.meta.batch_tasks = False
     per_task = score_tasks(h.meta, cells[:1], *work[2:], samples=args.samples, seed=args.seed, discrete=False)[0]
     h.meta.batch_tasks = True
-    floor = max(abs(a - b) for a, b in zip(per_task.loglik, scores["fused"][0].loglik))
+    floor = max(abs(a - b) for a, b in zip(per_task.loglik, scores["fused"][0].loglik, strict=True))
     meta64 = h.meta.double()
     first = h.task_batches[0]
     first = type(first)(*(t.double() if t.is_floating_point() else t for t in first))
@@ -89,7 +89,7 @@ def measure(run, args):
             "seconds_per_cell_task": {k: [round(s, 4) for s in v] for k, v in seconds.items()},
             "median_seconds_per_cell_task": {k: round(v, 4) for k, v in med.items()},
             "speedup": round(med["fused"] / med["discrete"], 2), "max_loglik_difference": loglik_diff,
-            "float64_max_loglik_difference": max(abs(a - b) for a, b in zip(*s64)),
+            "float64_max_loglik_difference": max(abs(a - b) for a, b in zip(*s64, strict=True)),
             "fused_batched_vs_per_task_max_loglik_difference": floor,
             "same_accuracies": same_acc,
             "mean_loglik_discrete_fused": {s.label: [s.mean_loglik, f.mean_loglik] for s, f in pairs}}
