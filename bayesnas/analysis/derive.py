@@ -196,6 +196,12 @@ def score_candidates(run_dir, candidates, seed=0, which="last"):
     return cells
 
 
+def by_score(scores):
+    """Scored cells best first, as :func:`derive_by_score` ranks them: mean query accuracy, ties by
+    log-likelihood."""
+    return sorted(scores, key=lambda s: (s.mean_accuracy, s.mean_loglik), reverse=True)
+
+
 def derive_by_score(run_dir, candidates=50, tasks=50, seed=0, out=None, plot=True, which="last", progress=None,
                     device=None):
     """Weight-sharing random search: the candidate cell the meta-network scores best.
@@ -215,7 +221,7 @@ def derive_by_score(run_dir, candidates=50, tasks=50, seed=0, out=None, plot=Tru
     cells = score_candidates(run_dir, candidates, seed, which)
     result = score_cells(run_dir, cells, tasks=tasks, split="val", seed=seed, which=which,
                          device=run_device(run_dir, device), progress=progress)
-    ranked = sorted(result.scores, key=lambda s: (s.mean_accuracy, s.mean_loglik), reverse=True)
+    ranked = by_score(result.scores)
     best = ranked[0]
     runner_up = ranked[1] if len(ranked) > 1 else None
     difference = ci95 = None

@@ -39,7 +39,7 @@ from .options import SEED
 def derive_cell_command(run_dir, task_seed, task_split, out, no_plot, checkpoint, by, tasks, candidates, finetune,
                         prior, seed, device):
     """Derive the cell of a fit run: the 2 strongest edges per node, each with its best op."""
-    from ..analysis.derive import derive_cell, format_edges_table
+    from ..analysis.derive import by_score, derive_cell, format_edges_table
 
     if tasks is None:
         tasks = 50 if by == "score" else 20
@@ -55,7 +55,7 @@ def derive_cell_command(run_dir, task_seed, task_split, out, no_plot, checkpoint
                    f"{sure} of {len(cell.evidence.decisions)} op choices beat their runner-up with a paired 95% CI "
                    f"above 0 (evidence.json has every decision)")
     if cell.scores is not None:
-        ranked = sorted(cell.scores.scores, key=lambda s: (s.mean_accuracy, s.mean_loglik), reverse=True)
+        ranked = by_score(cell.scores.scores)
         click.echo(f"by weight-sharing score on {cell.scores.tasks} validation tasks ({cell.scores.seconds:.0f} s), "
                    f"best of {len(ranked)} cells:")
         for s in ranked[:5]:
