@@ -2,6 +2,8 @@
 import json
 import subprocess
 
+import pytest
+
 from bayesnas.data import open_data
 from benchmarks import gpu_check
 
@@ -16,6 +18,7 @@ def test_synthetic_data_is_mini_imagenet_shaped(tmp_path):
     assert [len(data.split(s).class_names) for s in ("train", "val", "test")] == [6, 5, 5]
 
 
+@pytest.mark.slow
 def test_kill_resume_and_resume_on_another_device_report_what_happened(tmp_path, small_omniglot):
     result = gpu_check.main(["kill-resume", "--data", small_omniglot, "--work", str(tmp_path / "kr"),
                              "--json", str(tmp_path / "kr.json")])

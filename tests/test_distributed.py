@@ -178,6 +178,7 @@ def kill_rank_1_after_a_checkpoint(job, out, iterations):
     return reached
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes_with_two_and_with_one_process(tmp_path, small_omniglot):
     """Each rank's checkpoint holds its own random streams. Resumed with 2 processes, each
     rank restores its own; resumed with 1, rank 0's (every rank's are equal: task_share makes

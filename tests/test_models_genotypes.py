@@ -12,10 +12,12 @@ from bayesnas.models.genotypes import (
     NUM_EDGES,
     Genotype,
     edge_index,
+    genotype_agreement,
     genotype_from_dict,
     genotype_to_dict,
     load_genotype,
     named_genotype,
+    random_agreement,
     random_genotype,
     save_genotype,
     validate_genotype,
@@ -176,3 +178,27 @@ def test_genotype_string_is_one_line_and_tells_genotypes_apart():
     assert len({genotype_string(g) for g in draws}) == len(set(map(str, draws)))
     partial = DARTS_V2._replace(reduce_concat=[2, 5])
     assert genotype_string(partial).endswith(" concat=2,5")
+
+
+def test_agreement_counts_shared_node_source_op_choices():
+    a = random_genotype(1)
+    assert genotype_agreement(a, a) == 1.0
+    # change one op of the normal cell and both sources of the reduction cell's last node
+    normal = list(a.normal)
+    op, source = normal[0]
+    normal[0] = (next(o for o in OPS[1:] if o != op), source)
+    b = a._replace(normal=normal)
+    assert genotype_agreement(a, b) == genotype_agreement(b, a) == 15 / 16
+    reduce = list(a.reduce)
+    reduce[6:8] = [(reduce[6][0], s) for s in range(5) if s not in {reduce[6][1], reduce[7][1]}][:2]
+    c = b._replace(reduce=reduce)
+    assert genotype_agreement(a, c) == 13 / 16
+    # a choice counts in its own cell type only
+    d = a._replace(reduce=a.normal)
+    assert genotype_agreement(a, d) == genotype_agreement(a._replace(normal=a.reduce), a) < 1.0
+
+
+def test_random_cells_agree_at_the_rate_the_space_implies():
+    # a kept edge into node i is kept by another random cell with probability 2 / (i + 2), with its op 1/9
+    expected = sum(2 * 2 / (i + 2) / 9 for i in range(4)) / 8
+    assert abs(random_agreement(20000) - expected) < 0.004

@@ -173,6 +173,7 @@ def close_losses(rows, reference, first=1e-2, later=5e-2):
           [abs(r["loss"] - f["loss"]) / abs(f["loss"]) for r, f in zip(rows, reference, strict=True)])
 
 
+@pytest.mark.slow
 def test_fit_in_bf16_runs_close_to_float32_and_records_it(tmp_path, small_omniglot):
     runs = {p: fit(FitConfig(data=small_omniglot, precision=p, **TINY_FIT), out=tmp_path / p, progress=False)
             for p in PRECISIONS}

@@ -57,6 +57,7 @@ def tiny(small_omniglot):
     return TINY + ["--data", small_omniglot]
 
 
+@pytest.mark.slow
 def test_quiet_silences_the_log_lines_and_log_txt_keeps_them_across_a_resume(tmp_path, tiny):
     out = str(tmp_path / "run")
     loud = CliRunner().invoke(main, ["fit", "--out", out, *tiny])

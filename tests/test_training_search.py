@@ -233,6 +233,7 @@ def test_rotations_default_on_for_omniglot_only_and_an_explicit_value_wins(which
     assert val.rotations is False and val.split.name == "val"
 
 
+@pytest.mark.slow
 def test_fit_on_mini_imagenet_records_no_rotations(tmp_path):
     path = mini_imagenet_file(tmp_path)
     fit(FitConfig(**dict(TINY, data=path, ways=2, iterations=1, val_every=1)), out=tmp_path / "run", progress=False)
@@ -240,6 +241,7 @@ def test_fit_on_mini_imagenet_records_no_rotations(tmp_path):
     assert saved["rotations"] is False and saved["select_on"] == "val"
 
 
+@pytest.mark.slow
 def test_without_a_val_split_fit_refuses_unless_told_to_select_on_test(tmp_path):
     path = write_fewshot_file(tmp_path / "noval.h5", "Omniglot (no validation classes)", {"train": 6, "test": 5},
                               side=14, channels=1)

@@ -105,6 +105,7 @@ def test_row_fields_win_over_computed_scalars_and_only_numbers_are_logged(tmp_pa
     assert hparams_of(acc)["arch"].string_value == '{"normal": [["skip_connect", 0]]}'
 
 
+@pytest.mark.slow
 def test_retrain_and_each_compare_run_log_into_their_own_folder(tmp_path):
     result = compare([], random_cells=0, baselines=["conv4"], config=RetrainConfig(**RETRAIN), seeds=[0, 1],
                      eval_tasks=2, out=tmp_path / "cmp", progress=False, tensorboard=True)

@@ -233,6 +233,34 @@ def random_genotype(rng: random.Random | int | None = None, steps: int = STEPS) 
     return Genotype(cell(), list(concat), cell(), list(concat))
 
 
+def kept_choices(g: "Genotype") -> set[tuple[str, int, int, str]]:
+    """The kept ``(cell type, node, source state, op)`` choices of a genotype: 16 for 4 nodes."""
+    return {(which, i // 2, int(source), op)
+            for which, pairs in (("normal", g.normal), ("reduce", g.reduce))
+            for i, (op, source) in enumerate(pairs)}
+
+
+def genotype_agreement(a: "Genotype", b: "Genotype") -> float:
+    """The share of ``a``'s kept ``(cell type, node, source, op)`` choices that ``b`` makes too.
+
+    Both cells keep the same number of edges (two per node), so the share is symmetric: 1
+    for equal cells, 0 when no kept edge carries the same op in both. Two cells drawn by
+    :func:`random_genotype` share 7.1% of them in expectation (:func:`random_agreement`): the
+    other cell keeps a given edge into node i with probability 2 / (i + 2) and gives it the same
+    of the 9 ops with probability 1/9.
+    """
+    ka, kb = kept_choices(a), kept_choices(b)
+    if len(ka) != len(kb):
+        raise ValueError(f"genotype_agreement needs cells with as many kept edges, got {len(ka)} and {len(kb)}")
+    return len(ka & kb) / len(ka)
+
+
+def random_agreement(draws: int = 10000, seed: int = 0) -> float:
+    """The mean :func:`genotype_agreement` of ``draws`` pairs of :func:`random_genotype` cells (chance)."""
+    rng = random.Random(seed)
+    return sum(genotype_agreement(random_genotype(rng), random_genotype(rng)) for _ in range(draws)) / draws
+
+
 def named_genotype(name: str) -> "Genotype":
     """The published genotype called ``name`` (case-insensitive): ``"darts_v2"``.
     """
