@@ -522,3 +522,66 @@ def test_discrete_cells_second_order_and_fallbacks(monkeypatch):
         grads.append((out.detach(), *(torch.zeros_like(p) if d is None else d for p, d in zip(params, g, strict=True))))
     for a, b in zip(*grads, strict=True):
         assert_close(a, b, "one task", tol=1e-10)
+
+
+def per_image_z(B, seed):
+    """Edge weights ``[B, 14, 10]``, a different softmax per image (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(B, NUM_EDGES, NUM_OPS, generator=g, dtype=torch.float64), -1)
+
+
+def as_reference_weights(z):
+    """Per-image weights ``[B, 14, 10]`` laid out for the reference supernet: its mixed op computes
+    ``w[o] * op_o(x)`` with ``w = z[e]``, so ``[14, 10, B, 1, 1, 1]`` gives image b its own ``w[o]``."""
+    return z.permute(1, 2, 0)[..., None, None, None]
+
+
+def test_per_image_z_equals_the_reference_mixing_each_image_with_its_own_weights():
+    """z ``[B, 14, 10]``: each image's nodes mix the batch's op outputs with its own weights
+    (the reference supernet's mixed ops, broadcast over the batch, compute that independently)."""
+    reference, fused = pair()
+    x, _, _, y = inputs(H=7)
+    zn, zr = per_image_z(4, 2), per_image_z(4, 3)
+    results = []
+    for net, layout in ((reference, as_reference_weights), (fused, lambda z: z)):
+        n_, r_ = (t.clone().requires_grad_() for t in (zn, zr))
+        out = net(x, layout(n_), layout(r_))
+        F.cross_entropy(out, y).backward()
+        results.append((out.detach(), n_.grad, r_.grad))
+    for what, a, b in zip(("logits", "d/dz_normal", "d/dz_reduce"), results[1], results[0], strict=True):
+        assert b.abs().max() > 0
+        assert_close(a, b, what)
+    assert not torch.allclose(results[1][0], fused(x, zn[0], zr[0]))  # the images' weights do matter
+
+
+def test_the_same_z_for_every_image_equals_the_per_task_forward():
+    _, fused = pair()
+    x, zn, zr, _ = inputs(H=8)
+    B = x.shape[0]
+    per_task = fused(x, zn, zr)
+    assert torch.allclose(fused(x, zn.expand(B, -1, -1), zr.expand(B, -1, -1)), per_task, rtol=0, atol=1e-10)
+    assert torch.allclose(fused(x, zn.expand(B, -1, -1), zr), per_task, rtol=0, atol=1e-10)  # one cell type per image
+    with pytest.raises(ValueError, match=r"z_normal has shape \(3, 14, 10\), expected \(14, 10\) .* or \(4, 14, 10\)"):
+        fused(x, zn.expand(3, -1, -1), zr)
+
+
+def test_per_image_z_of_tasks_as_a_batch_equals_one_call_per_task_and_never_takes_the_sparse_path():
+    from bayesnas.models import ParamLayout
+
+    torch.manual_seed(0)
+    net = SearchNetwork(1, 5, C=2, layers=3).double()
+    layout = ParamLayout.from_module(net)
+    T, B = 2, 3
+    theta = layout.flatten(net).detach()[None] + 0.05 * torch.randn(T, layout.numel, dtype=torch.float64)
+    x = torch.rand(T, B, 1, 8, 8, dtype=torch.float64)
+    zn = per_image_z(T * B, 4).view(T, B, NUM_EDGES, NUM_OPS)
+    zr = per_image_z(T * B, 5).view(T, B, NUM_EDGES, NUM_OPS)
+    batched = functional_call(net, layout.unflatten(theta), (x, zn, zr))
+    looped = torch.stack([functional_call(net, layout.unflatten(theta[t]), (x[t], zn[t], zr[t])) for t in range(T)])
+    assert batched.shape == (T, B, 5)
+    assert torch.allclose(batched, looped, rtol=1e-12, atol=1e-12)
+    one_hot = torch.zeros(T, B, NUM_EDGES, NUM_OPS, dtype=torch.float64)
+    one_hot[..., OPS.index("skip_connect")] = 1.0  # a discrete cell in every image: still the fused path
+    fused_out = functional_call(net, layout.unflatten(theta), (x, one_hot, one_hot), {"discrete": False})
+    assert torch.equal(functional_call(net, layout.unflatten(theta), (x, one_hot, one_hot), {"discrete": True}),
+                       fused_out)

@@ -23,7 +23,9 @@ This one computes the same function with a few dozen calls per cell:
   (PyTorch's loops over the groups: 90% of a second-order step before).
 * The architecture-weighted sum ``sum_e sum_o z[e, o] * op_o(x_e)`` of a batch is one
   matrix product of a ``[targets, outputs]`` mixing matrix gathered from ``z`` with all
-  op outputs. ``none`` contributes nothing and is skipped.
+  op outputs. ``none`` contributes nothing and is skipped. With one ``z`` per image
+  (``z [B, 14, 10]``) the product takes one mixing matrix per image: the op outputs (and
+  their BatchNorm statistics over the batch) do not depend on ``z``, only the sums do.
 
 Discrete cells (weight-sharing evaluation: :mod:`bayesnas.analysis.score`) have a sparse
 path: when asked (``forward(..., discrete=True)`` or inside :func:`discrete_cells`) and a
@@ -271,13 +273,15 @@ class SearchCell(nn.Module):
 
         Channels are task-major: (task, source, channel). Each source has an edge to each
         of the last ``m`` nodes; returns their z-weighted sums ``[B, T, m, C * H' * W']``
-        (the contributions to those nodes) with the mixing matrices ``W [T, m, outputs]``.
+        (the contributions to those nodes) with the mixing matrices ``W [T, m, outputs]``,
+        or ``W [B, T, m, outputs]`` (one per image).
         ``params(name)`` is edge parameter ``name`` at this batch's edges. Every per-channel
         operation (depthwise convolution, BatchNorm, pooling) treats a task's channels as
         its own, so tasks never mix. Results of convolutions are reshaped, never viewed:
         on CPU they may be channels-last.
         """
-        B, (T, m), n = x.shape[0], W.shape[:2], S * W.shape[1]
+        B, (T, m) = x.shape[0], W.shape[-3:-1]
+        n = S * m
         r = conv_input(F.relu(x))  # feeds 6 or 8 convolutions
         stage1, (Ho, Wo) = self._depthwise_stage(r, params, S, m, T, stride)
         sep, dil = self._separable_stage(stage1, params, n, T, (Ho, Wo))
@@ -285,7 +289,7 @@ class SearchCell(nn.Module):
         CHW = self.C * Ho * Wo
         outputs = self._parameter_free(x, r, params, S, n, T, stride)
         outputs += [sep.reshape(B, T, -1, CHW), dil.reshape(B, T, len(DIL_OPS) * n, CHW), conv7.reshape(B, T, n, CHW)]
-        # One batched matrix product per (image, task) with the task's mixing matrix.
+        # One batched matrix product per (image, task) with the task's (or the image's) mixing matrix.
         return torch.matmul(W, torch.cat(outputs, 2)), (Ho, Wo)
 
     def _depthwise_stage(self, r, params, S, m, T, stride):
@@ -359,8 +363,9 @@ class SearchCell(nn.Module):
         return outputs
 
     def forward(self, s0, s1, mix):
-        """``s0``, ``s1``: ``[B, T*C_in, H, W]`` task-major; ``mix``: ``[T, targets, outputs]`` per batch."""
-        T = mix[0].shape[0]
+        """``s0``, ``s1``: ``[B, T*C_in, H, W]`` task-major; ``mix``: ``[T, targets, outputs]`` per batch,
+        or ``[B, T, targets, outputs]`` (one per image)."""
+        T = mix[0].shape[-3]
         if self.reduction:
             s0 = s1
         s0, s1 = _task_module(self.pre0, s0, T), _task_module(self.pre1, s1, T)
@@ -522,10 +527,10 @@ class SearchNetwork(nn.Module):
 
     ``forward(x, z_normal, z_reduce)``: ``x [B, in_channels, H, W]``, ``z_* [14, 10]``
     (one row of op weights per edge, :data:`~bayesnas.models.genotypes.EDGES` order, ops
-    in :data:`~bayesnas.models.operations.OPS` order; rows need not sum to 1) ->
-    logits ``[B, num_classes]``. ``z_normal`` is shared by all normal cells, ``z_reduce``
-    by all reduction cells. A reduction cell reads two copies of the previous cell's
-    output, as in the paper's appendix B (DARTS: the previous two).
+    in :data:`~bayesnas.models.operations.OPS` order; rows need not sum to 1), or
+    ``[B, 14, 10]`` (one per image) -> logits ``[B, num_classes]``. ``z_normal`` is shared
+    by all normal cells, ``z_reduce`` by all reduction cells. A reduction cell reads two
+    copies of the previous cell's output, as in the paper's appendix B (DARTS: the previous two).
     """
 
     #: ``forward`` takes T tasks at once (``x [T, B, ...]`` with ``[T, *shape]`` parameters)
@@ -556,8 +561,9 @@ class SearchNetwork(nn.Module):
         """Per edge batch, the ``[targets, outputs]`` matrix of ``z`` weights of a cell type.
 
         ``z [num_edges, 10]`` -> list of ``steps`` matrices (zeros where an output does not
-        feed a target); ``z [T, num_edges, 10]`` -> ``[T, targets, outputs]`` each. Shared
-        by all cells of the type within one forward.
+        feed a target); ``z [T, num_edges, 10]`` -> ``[T, targets, outputs]`` each, and so on
+        for any leading dimensions (``[T, B, targets, outputs]`` for ``z [T, B, num_edges, 10]``).
+        Shared by all cells of the type within one forward.
         """
         lead = z.shape[:-2]
         flat = torch.cat([z.reshape(*lead, -1), z.new_zeros(*lead, 1)], -1)
@@ -573,6 +579,12 @@ class SearchNetwork(nn.Module):
         network whose channels are task-major and whose convolutions have T times the
         groups: the same function as T separate calls, in a T-th of the calls.
 
+        Either ``z`` may also hold one row set per image, ``[B, 14, 10]`` (one task) or
+        ``[T, B, 14, 10]``: image b's nodes mix the op outputs with its own weights. The op
+        outputs are those of the whole batch (BatchNorm normalises each over the images), so
+        with the same z for every image this equals the forward with that z; such a cell type
+        always takes the fused path.
+
         ``discrete``: True reads ``z`` and takes the sparse path for each cell type whose
         ``z`` qualifies (:func:`sparse_edges`; the same value, computing only the nonzero
         (edge, op) pairs: :meth:`SearchCell.forward_discrete`), the fused one for the others;
@@ -581,14 +593,16 @@ class SearchNetwork(nn.Module):
         """
         batched = x.dim() == 5
         T = x.shape[0] if batched else 1
-        expected = ((T,) if batched else ()) + (self.num_edges, NUM_OPS)
-        for name, z in (("z_normal", z_normal), ("z_reduce", z_reduce)):
-            if tuple(z.shape) != expected:
-                raise ValueError(f"{name} has shape {tuple(z.shape)}, expected {expected} "
-                                 f"({'tasks, ' if batched else ''}edges, ops)")
         if x.dim() not in (4, 5) or x.shape[-3] != self.in_channels:
             raise ValueError(f"x has shape {tuple(x.shape)}, expected [B, {self.in_channels}, H, W] "
                              f"or [T, B, {self.in_channels}, H, W]")
+        per_task = ((T,) if batched else ()) + (self.num_edges, NUM_OPS)
+        per_image = per_task[:-2] + (x.shape[-4],) + per_task[-2:]
+        for name, z in (("z_normal", z_normal), ("z_reduce", z_reduce)):
+            if tuple(z.shape) not in (per_task, per_image):
+                tasks = "tasks, " if batched else ""
+                raise ValueError(f"{name} has shape {tuple(z.shape)}, expected {per_task} ({tasks}edges, ops) "
+                                 f"or {per_image} ({tasks}images, edges, ops)")
         stem_w = self.stem[0].weight
         if stem_w.dim() != (5 if batched else 4) or (batched and stem_w.shape[0] != T):
             raise ValueError(f"{T if batched else 1} task(s) in x but the stem weight has shape "
@@ -601,7 +615,8 @@ class SearchNetwork(nn.Module):
             discrete = _DISCRETE.get()
         kept, mix = {}, {}
         if discrete and not torch._C._are_functorch_transforms_active():  # vmap cannot read values
-            kept = {False: sparse_edges(z_normal), True: sparse_edges(z_reduce)}
+            kept = {red: sparse_edges(z) for red, z in ((False, z_normal), (True, z_reduce))
+                    if tuple(z.shape) == per_task}
         for cell in self.cells:
             red = cell.reduction
             z = z_reduce if red else z_normal
@@ -611,6 +626,8 @@ class SearchNetwork(nn.Module):
                 continue
             if red not in mix:
                 mix[red] = self.mixing_matrices(z, red)
+                if z.dim() == 4:  # [T, B, targets, outputs] -> image-major, as the cells' matmul broadcasts it
+                    mix[red] = [w.transpose(0, 1) for w in mix[red]]
             s0, s1 = s1, cell(s0, s1, mix[red])
         B = s1.shape[0]
         features = s1.mean((2, 3)).view(B, T, -1)                      # [B, T, C_p]
