@@ -296,6 +296,18 @@ class FitConfig(SessionSettings):
                                       "0 in the softmax variant; sends no gradient to alpha with first-order steps) "
                                       "or 'categorical' (closed-form KL between softmax(phi) and softmax(alpha), "
                                       "the paper's Categorical(alpha) prior; both variants)", choices=EDGE_KLS)
+    z_per_example: bool = setting(False, "one relaxed sample of the edge variables per image instead of one per task "
+                                         "(the relaxed KL is the mean of the images' estimates); the fused supernet "
+                                         "only")
+    straight_through: bool = setting(False, "straight-through edge variables (GDAS): the network sees the one-hot "
+                                            "argmax of z, the gradient is that of the relaxed z; the KL is unchanged")
+    inner_tau_end: float = setting(None, "within-task annealing (MetaNAS): the guide's inner steps lower the "
+                                         "temperature geometrically from the iteration's tau toward this, and the "
+                                         "query ELBO and predictions use it (None: every step at tau)",
+                                   min=0, min_open=True)
+    prune_below: float = setting(0.0, "remove the ops whose prior probability softmax(alpha) is below this from the "
+                                      "prior and the guide, recomputed every step (an edge keeps its most probable "
+                                      "op; 0: none)", min=0, max=0.5)
     tau_start: float = setting(1.0, "temperature at the first iteration", min=0, min_open=True)
     tau_end: float = setting(0.3, "temperature after the exponential decay from tau_start over "
                                   "schedule_iterations", min=0, min_open=True)
@@ -346,6 +358,12 @@ class FitConfig(SessionSettings):
                              "torch CPU threads (0 = torch's default). 1 by default: two threads measured 1.0-1.2x "
                              "faster on an idle 2-core machine but contend badly when anything else runs "
                              "(docs/design.md §5)")
+
+    def validate(self):
+        check_settings(self)
+        check(not (self.z_per_example and self.supernet == "reference"),
+              "z_per_example=True: one edge sample per image needs supernet='fused'; the reference supernet takes "
+              "one per task")
 
     @property
     def schedule_span(self):

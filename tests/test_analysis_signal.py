@@ -32,3 +32,16 @@ def test_arch_gradients_are_per_batch_reproducible_and_differ_by_estimator(fit_r
     assert np.array_equal(g, arch_gradients(fit_run, batches=4))
     soft = arch_gradients(fit_run, batches=4, variant="softmax")
     assert soft.shape == (4, 280) and not np.allclose(soft, g)
+
+
+def test_arch_gradients_under_the_estimator_settings_draw_z_as_they_say(fit_run, monkeypatch):
+    from bayesnas.analysis import signal
+    from bayesnas.inference import EdgeSampling
+
+    seen = []
+    original = signal.adapt
+    monkeypatch.setattr(signal, "adapt", lambda meta, *a, **k: seen.append(meta.sampling) or original(meta, *a, **k))
+    settings = dict(z_per_example=True, straight_through=True, inner_tau_end=0.05, prune_below=0.01)
+    g = arch_gradients(fit_run, batches=4, **settings)
+    assert seen == [EdgeSampling(True, True, 0.05, 0.01)] * 4
+    assert g.shape == (4, 280) and np.isfinite(g).all() and not np.allclose(g, arch_gradients(fit_run, batches=4))

@@ -1,5 +1,6 @@
 """``bayesnas fit`` through the command line: thin, clear errors, no tracebacks."""
 import json
+import math
 
 import pytest
 from click.testing import CliRunner
@@ -161,3 +162,38 @@ def test_a_file_without_val_needs_select_on_test(tmp_path):
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "refused").exists()
     assert fit_config_of(tmp_path, "run", "--data", noval, "--select-on", "test")["select_on"] == "test"
+
+
+ESTIMATOR_FLAGS = ("--z-per-example", "--straight-through", "--inner-tau-end", "--prune-below")
+
+
+def test_the_estimator_settings_are_flags_and_one_z_per_image_needs_the_fused_supernet(tmp_path):
+    help_text = invoke("fit", "--help").output
+    assert all(flag in help_text for flag in ESTIMATOR_FLAGS)
+    result = invoke("fit", "--out", str(tmp_path / "r"), *TINY, "--z-per-example", "--supernet", "reference")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: --z-per-example needs the fused supernet; drop --supernet reference"]
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"z_per_example": True, "supernet": "reference"}))
+    one_line_error(invoke("fit", "--config", str(cfg), "--out", str(tmp_path / "r"), *TINY),
+                   "z_per_example=True", "supernet='fused'")
+    for flag, value in (("--prune-below", "0.6"), ("--prune-below", "-0.1"), ("--inner-tau-end", "0")):
+        result = invoke("fit", "--out", str(tmp_path / "r"), *TINY, flag, value)
+        assert result.exit_code == 2 and flag in result.output, result.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_fit_with_every_estimator_setting_on(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("fit", "--out", str(out), *TINY, "--iterations", "3", "--arch-warmup", "0", "--z-per-example",
+                    "--straight-through", "--inner-tau-end", "0.05", "--prune-below", "0.1")
+    assert result.exit_code == 0, result.output
+    saved = json.load(open(out / "config.json"))
+    assert (saved["z_per_example"], saved["straight_through"], saved["inner_tau_end"], saved["prune_below"]) == (
+        True, True, 0.05, 0.1)
+    rows = (out / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    losses = [float(r.split(",")[header.index("loss")]) for r in rows[1:] if r.split(",")[header.index("loss")]]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)

@@ -13,6 +13,7 @@ class ChannelSelectNet(nn.Module):
     forward(x, z_normal, z_reduce): x ``[B, 10, F]``; op o of edge 0 is a linear map of
     channel o; the logits are ``sum_o (z_normal[0, o] + z_reduce[0, o]) / 2 * x[:, o] @ W_o``.
     When only channel k carries the label, op k is the best op of edge 0 by construction.
+    z may also be ``[B, 14, 10]``, one per image (image b mixes with its own weights).
     """
 
     def __init__(self, features=4, ways=2):
@@ -22,7 +23,9 @@ class ChannelSelectNet(nn.Module):
 
     def forward(self, x, z_normal, z_reduce):
         per_op = torch.einsum("bof,ofw->bow", x, self.weight)
-        z = (z_normal[0] + z_reduce[0]) / 2
+        z = (z_normal[..., 0, :] + z_reduce[..., 0, :]) / 2
+        if z.dim() == 2:
+            return torch.einsum("bow,bo->bw", per_op, z) + self.bias
         return torch.einsum("bow,o->bw", per_op, z) + self.bias
 
 

@@ -340,7 +340,9 @@ class AdaptedPosterior(EdgePosterior):
         """Class probabilities of query points, averaged over ``samples`` posterior draws.
 
         Each draw takes theta ~ q(theta | D) and z ~ q(z | D) (softmax(phi) in the softmax
-        variant), runs the supernet, and the ``S`` softmax outputs are averaged.
+        variant), runs the supernet, and the ``S`` softmax outputs are averaged. z is drawn
+        at the query temperature of the run's sampling (``meta.sampling.query_tau``: tau
+        unless it anneals within the task), as training's query was.
 
         Args:
             query_x: ``[B, C, H, W]``; samples: S (default ``self.samples``); seed: as in
@@ -355,7 +357,7 @@ class AdaptedPosterior(EdgePosterior):
         device = self.meta.mu.device
         with seeded(seed, device):
             per_sample = predictive(self.meta, self.q, torch.as_tensor(query_x)[None].to(device), samples,
-                                    self.tau, self.relaxed)[:, 0].cpu()
+                                    self.meta.sampling.query_tau(self.tau), self.relaxed)[:, 0].cpu()
         probs = per_sample.mean(0)
         return Prediction(probs, _entropy(probs), per_sample)
 

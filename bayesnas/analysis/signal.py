@@ -25,7 +25,7 @@ from ..inference import adapt, elbo_terms
 from ..rng import seeded
 from ..training.loop import task_samplers
 from ..training.schedules import kl_weight, temperature
-from ..training.search import load_fit_state
+from ..training.search import edge_sampling, load_fit_state
 
 __all__ = ["GradientSignal", "gradient_signal", "arch_gradients"]
 
@@ -93,7 +93,9 @@ def arch_gradients(run_dir, batches=24, which="last", seed=1000, iteration=None,
         iteration: the schedule point (temperature, KL weight) the gradient is taken at
             (default: the checkpoint's).
         overrides: FitConfig fields that change the estimator (``variant``, ``edge_kl``,
-            ``first_order``, ``tasks``, ...), applied to the run's config.
+            ``first_order``, ``tasks``, ``z_per_example``, ``straight_through``,
+            ``inner_tau_end``, ``prune_below``, ...), applied to the run's config; the
+            meta-network's :class:`~bayesnas.inference.meta.EdgeSampling` is set from it.
 
     The loss is the SVI step's: the negative query ELBO per point after the guide's steps, at
     the run's KL weight (:func:`~bayesnas.training.search.svi_step` without the optimiser).
@@ -101,6 +103,7 @@ def arch_gradients(run_dir, batches=24, which="last", seed=1000, iteration=None,
     cfg, meta, data, state = load_fit_state(run_dir, which)
     cfg = dataclasses.replace(cfg, **overrides)
     cfg.validate()
+    meta.sampling = edge_sampling(cfg)
     iteration = max(int(state["iteration"] if iteration is None else iteration), 1)
     tau, beta = temperature(cfg, iteration), kl_weight(cfg, iteration)
     relaxed = cfg.variant == "gumbel"
@@ -113,7 +116,8 @@ def arch_gradients(run_dir, batches=24, which="last", seed=1000, iteration=None,
             meta.zero_grad(set_to_none=True)
             q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed, kl_weight=beta,
                       first_order=cfg.first_order, edge_kl=cfg.edge_kl)
-            terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed, edge_kl=cfg.edge_kl)
+            terms = elbo_terms(meta, batch.query_x, batch.query_y, q, meta.sampling.query_tau(tau), relaxed,
+                               edge_kl=cfg.edge_kl)
             loss = -terms.elbo(beta).mean() / batch.query_y.shape[1]
             g_normal, g_reduce = torch.autograd.grad(loss, [meta.alpha_normal, meta.alpha_reduce], allow_unused=True)
             out.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()

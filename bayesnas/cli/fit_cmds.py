@@ -28,6 +28,8 @@ def fit_command(out, resume, config_file, quiet, tensorboard, **flags):
         result = fit(resume_overrides(flags, config_file), resume=resume, progress=not quiet, tensorboard=tensorboard,
                      command=cli_command())
     else:
+        if flags["z_per_example"] and flags["supernet"] == "reference":
+            raise click.UsageError("--z-per-example needs the fused supernet; drop --supernet reference")
         config = resolve_config(FitConfig, config_file=config_file, overrides=flags)
         result = fit(config, out=out, progress=not quiet, tensorboard=tensorboard, command=cli_command())
     if result.run_dir is None:  # a rank other than 0 of a torchrun job: rank 0 reports

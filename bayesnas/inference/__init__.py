@@ -7,13 +7,13 @@ inspection live in :mod:`bayesnas.training` and :mod:`bayesnas.analysis`.
 from .adapt import adapt, adapt_held_out, mean_step_size
 from .elbo import ElboTerms, elbo_terms
 from .guide import TaskPosterior, base_guide, prior_posterior
-from .meta import MetaNetwork, SetEncoder
+from .meta import EdgeSampling, MetaNetwork, SetEncoder
 from .model import ExpRelaxedCategorical, base_model
 from .predictive import predictive
 from .unroll import unrolled_steps
 
 __all__ = [
     "adapt", "adapt_held_out", "mean_step_size", "ElboTerms", "elbo_terms", "TaskPosterior", "base_guide",
-    "prior_posterior", "MetaNetwork", "SetEncoder", "ExpRelaxedCategorical", "base_model", "predictive",
+    "prior_posterior", "EdgeSampling", "MetaNetwork", "SetEncoder", "ExpRelaxedCategorical", "base_model", "predictive",
     "unrolled_steps",
 ]

@@ -45,7 +45,9 @@ def adapt(meta: MetaNetwork, support_x: torch.Tensor, support_y: torch.Tensor, s
         meta: the :class:`~bayesnas.inference.meta.MetaNetwork`.
         support_x: ``[T, n_s, C, H, W]``; support_y: ``[T, n_s]``.
         steps: N, the number of inner steps (0 gives the prior, KL exactly 0).
-        tau: temperature; relaxed: Gumbel (True) or softmax (False) variant.
+        tau: temperature of the iteration; step k runs at ``meta.sampling.inner_tau(tau, k, N)``
+            (tau itself unless the run anneals within the task, :class:`~bayesnas.inference.meta.EdgeSampling`).
+        relaxed: Gumbel (True) or softmax (False) variant.
         kl_weight: the weight of the KL term in each step's objective (1: the task's ELBO).
         first_order: detach the inner gradients (cheaper; the paper's BASE is second order,
             while :class:`~bayesnas.config.FitConfig` defaults to first order on a CPU budget).
@@ -66,7 +68,8 @@ def adapt(meta: MetaNetwork, support_x: torch.Tensor, support_y: torch.Tensor, s
                   "phi_normal": lr["alpha"], "phi_reduce": lr["alpha"]}
 
     def support_elbo(params, step):
-        terms = elbo_terms(meta, support_x, support_y, TaskPosterior(**params), tau, relaxed, edge_weights,
+        step_tau = meta.sampling.inner_tau(tau, step, steps)
+        terms = elbo_terms(meta, support_x, support_y, TaskPosterior(**params), step_tau, relaxed, edge_weights,
                            edge_kl)
         return terms.elbo(kl_weight).sum() / n_support
 

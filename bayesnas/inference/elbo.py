@@ -16,6 +16,11 @@ inner steps are first order (``phi = alpha + delta`` with ``delta`` detached) it
 exactly no gradient to alpha; the categorical KL is not shift-invariant and does
 (:func:`categorical_edge_kl`, docs/search_experiments.md).
 
+With one z per image (``meta.sampling.per_example``), the relaxed KL is the mean of the B
+one-sample estimates: the expected log-likelihood is a sum over images, so each image may
+use its own draw of z and the ELBO estimate keeps its expected value (BatchNorm's batch
+statistics are the one coupling between the images).
+
 Usage::
 
     terms = elbo_terms(meta, query_x, query_y, q, tau=1.0)
@@ -71,24 +76,35 @@ def elbo_terms(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor, q: TaskPoste
         edge_weights: ``(z_normal, z_reduce)``, each ``[T, 14, 10]``: a fixed architecture
             (a discrete cell as one-hot rows). z is then neither sampled nor read from
             ``phi``, and its KL is 0; ``relaxed`` is ignored.
-        edge_kl: "relaxed" (Monte-Carlo estimate at the guide's sample; 0 in the softmax
-            variant) or "categorical" (:func:`categorical_edge_kl`, in both variants).
+        edge_kl: "relaxed" (Monte-Carlo estimate at the guide's sample, averaged over the
+            images' samples with ``meta.sampling.per_example``; 0 in the softmax variant) or
+            "categorical" (:func:`categorical_edge_kl` against ``meta.prior_logits()``, in both variants).
+
+    ``meta.sampling`` decides how z is drawn and seen (:class:`~bayesnas.inference.meta.EdgeSampling`);
+    in the softmax variant the network sees ``softmax(phi)``, straight-through with ``hard``.
     """
     if edge_kl not in EDGE_KLS:
         raise ValueError(f"edge_kl={edge_kl!r}: expected one of {', '.join(EDGE_KLS)}")
     relaxed = relaxed and edge_weights is None
     guide_trace = poutine.trace(base_guide).get_trace(meta, x, y, tau, q, relaxed)
-    fixed_z = (None, None) if relaxed else (edge_weights if edge_weights is not None else q.edge_weights())
+    fixed_z: Tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (None, None)
+    if edge_weights is not None:
+        fixed_z = edge_weights
+    elif not relaxed:
+        z_normal, z_reduce = q.edge_weights()
+        fixed_z = meta.sampling.network_weights(z_normal), meta.sampling.network_weights(z_reduce)
     model_trace = poutine.trace(poutine.replay(base_model, trace=guide_trace)).get_trace(meta, x, y, tau, *fixed_z)
     obs = model_trace.nodes[OBS]
     loglik = obs["fn"].log_prob(obs["value"])
     kl_theta = kl_divergence(guide_trace.nodes[THETA]["fn"], model_trace.nodes[THETA]["fn"])
     kl_z = torch.zeros_like(loglik)
     if edge_kl == "categorical" and edge_weights is None:
-        kl_z = (categorical_edge_kl(q.phi_normal, meta.alpha_normal)
-                + categorical_edge_kl(q.phi_reduce, meta.alpha_reduce))
+        alpha_normal, alpha_reduce = meta.prior_logits()
+        kl_z = categorical_edge_kl(q.phi_normal, alpha_normal) + categorical_edge_kl(q.phi_reduce, alpha_reduce)
     elif relaxed:
         for site in Z_SITES:
             value = guide_trace.nodes[site]["value"]
             kl_z = kl_z + guide_trace.nodes[site]["fn"].log_prob(value) - model_trace.nodes[site]["fn"].log_prob(value)
+        if meta.sampling.per_example:
+            kl_z = kl_z / x.shape[1]
     return ElboTerms(loglik, kl_theta, kl_z, model_trace.nodes["_RETURN"]["value"])

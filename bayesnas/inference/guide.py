@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .meta import MetaNetwork
-from .model import THETA, Z_SITES, TaskNormal, edge_prior, validate_args
+from .model import THETA, Z_SITES, TaskNormal, edge_examples, edge_prior, validate_args
 
 
 class TaskPosterior(NamedTuple):
@@ -38,10 +38,15 @@ class TaskPosterior(NamedTuple):
 
 
 def prior_posterior(meta: MetaNetwork, num_tasks: int, support_x: torch.Tensor | None = None) -> "TaskPosterior":
-    """The guide's starting point: W broadcast to ``num_tasks`` tasks (plus h_V(D_t) if learned)."""
+    """The guide's starting point: W broadcast to ``num_tasks`` tasks (plus h_V(D_t) if learned).
+
+    phi starts at the prior's edge logits, pruned ops masked
+    (:meth:`~bayesnas.inference.meta.MetaNetwork.prior_logits`).
+    """
     d = meta.mu.numel()
-    phi_normal = meta.alpha_normal.expand(num_tasks, *meta.alpha_normal.shape)
-    phi_reduce = meta.alpha_reduce.expand(num_tasks, *meta.alpha_reduce.shape)
+    alpha_normal, alpha_reduce = meta.prior_logits()
+    phi_normal = alpha_normal.expand(num_tasks, *alpha_normal.shape)
+    phi_reduce = alpha_reduce.expand(num_tasks, *alpha_reduce.shape)
     if meta.encoder is not None and support_x is not None:
         offsets = meta.encoder(support_x)
         phi_normal = phi_normal + offsets[:, 0]
@@ -53,15 +58,17 @@ def base_guide(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor | None, tau: 
                relaxed: bool = True) -> None:
     """Pyro guide: samples theta (and log z when ``relaxed``) from the task posteriors ``q``.
 
-    Its first four arguments are those of :func:`~bayesnas.inference.model.base_model`; x
-    and y are unused (the data already entered through ``q``). The rest differ (``q`` and
-    ``relaxed`` here, ``z_normal`` and ``z_reduce`` there), so the two are not called with
-    one argument list as Pyro's ELBOs call a model and guide: bind them first, e.g.
-    ``lambda: base_guide(meta, x, y, tau, q)`` (as tests/test_inference_elbo.py does).
+    Its first four arguments are those of :func:`~bayesnas.inference.model.base_model`; y is
+    unused, and x only gives the number of images B (the data already entered through ``q``)
+    when ``meta.sampling.per_example`` makes the log z sites ``[T, B, 14, 10]``, one per image.
+    The rest differ (``q`` and ``relaxed`` here, ``z_normal`` and ``z_reduce`` there), so the
+    two are not called with one argument list as Pyro's ELBOs call a model and guide: bind
+    them first, e.g. ``lambda: base_guide(meta, x, y, tau, q)`` (as tests/test_inference_elbo.py does).
     """
     num_tasks = q.mu.shape[0]
     with pyro.plate("tasks", num_tasks, dim=-1):
         pyro.sample(THETA, TaskNormal(q.mu, q.sigma, validate_args=validate_args()).to_event(1))
         if relaxed:
-            pyro.sample(Z_SITES[0], edge_prior(q.phi_normal, tau, num_tasks))
-            pyro.sample(Z_SITES[1], edge_prior(q.phi_reduce, tau, num_tasks))
+            examples = edge_examples(meta, x)
+            pyro.sample(Z_SITES[0], edge_prior(q.phi_normal, tau, num_tasks, examples))
+            pyro.sample(Z_SITES[1], edge_prior(q.phi_reduce, tau, num_tasks, examples))

@@ -13,6 +13,12 @@ temperature, its log-space twin does not. ``z = exp(log z)`` is what the superne
 In the softmax variant (the paper's "BASE (Softmax)" ablation) the edge weights are not
 random: the caller passes them and the model has no z sites.
 
+How z is drawn and what the network sees of it are run-level settings, an
+:class:`~bayesnas.inference.meta.EdgeSampling` on the MetaNetwork (``meta.sampling``): one sample per image
+instead of per task, a straight-through one-hot z, the temperatures of the guide's inner
+steps, and pruned ops (:meth:`~bayesnas.inference.meta.MetaNetwork.prior_logits`). The
+default reproduces the model above exactly.
+
 Usage::
 
     logits = base_model(meta, x, y, tau=1.0)                     # [T, B, ways]
@@ -130,10 +136,22 @@ def weight_prior(meta, num_tasks):
         [num_tasks, meta.mu.numel()]).to_event(1)
 
 
-def edge_prior(alpha, tau, num_tasks):
-    """p(log z) of one cell type: batch ``[T]``, event ``[14, 10]``."""
-    return ExpRelaxedCategorical(torch.as_tensor(tau, dtype=alpha.dtype, device=alpha.device), logits=alpha,
-                                 validate_args=validate_args()).expand([num_tasks, alpha.shape[-2]]).to_event(1)
+def edge_prior(alpha, tau, num_tasks, examples=None):
+    """p(log z) of one cell type, logits ``alpha`` ``[14, 10]`` or ``[T, 14, 10]``: batch ``[T]``, event ``[14, 10]``.
+
+    With ``examples=B``, one z per image: event ``[B, 14, 10]``, the logits shared by the images.
+    """
+    temperature = torch.as_tensor(tau, dtype=alpha.dtype, device=alpha.device)
+    if examples is None:
+        return ExpRelaxedCategorical(temperature, logits=alpha,
+                                     validate_args=validate_args()).expand([num_tasks, alpha.shape[-2]]).to_event(1)
+    return ExpRelaxedCategorical(temperature, logits=alpha.unsqueeze(-3), validate_args=validate_args()).expand(
+        [num_tasks, examples, alpha.shape[-2]]).to_event(2)
+
+
+def edge_examples(meta, x):
+    """The ``examples`` argument of :func:`edge_prior` for images ``x [T, B, ...]``: B per image, else None."""
+    return x.shape[1] if meta.sampling.per_example else None
 
 
 def base_model(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor | None, tau: float,
@@ -145,8 +163,10 @@ def base_model(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor | None, tau: 
         x: images ``[T, B, C, H, W]``.
         y: labels ``[T, B]`` (observed), or None to sample them.
         tau: temperature of the relaxed categorical.
-        z_normal: ``[T, 14, 10]`` fixed edge weights of the normal cell (softmax variant);
-            when None (Gumbel variant) they are sampled from the relaxed categorical prior.
+        z_normal: ``[T, 14, 10]`` fixed edge weights of the normal cell (softmax variant; the
+            network sees them as given); when None (Gumbel variant) they are sampled from the
+            relaxed categorical prior with logits ``meta.prior_logits()``, ``[T, B, 14, 10]``
+            with ``meta.sampling.per_example``, and straight-through with ``meta.sampling.hard``.
         z_reduce: the same for the reduction cell.
 
     Returns:
@@ -156,8 +176,11 @@ def base_model(meta: MetaNetwork, x: torch.Tensor, y: torch.Tensor | None, tau: 
     with pyro.plate("tasks", num_tasks, dim=-1):
         theta = pyro.sample(THETA, weight_prior(meta, num_tasks))
         if z_normal is None:
-            z_normal = pyro.sample(Z_SITES[0], edge_prior(meta.alpha_normal, tau, num_tasks)).exp()
-            z_reduce = pyro.sample(Z_SITES[1], edge_prior(meta.alpha_reduce, tau, num_tasks)).exp()
+            examples = edge_examples(meta, x)
+            alpha_normal, alpha_reduce = meta.prior_logits()
+            z_normal = pyro.sample(Z_SITES[0], edge_prior(alpha_normal, tau, num_tasks, examples)).exp()
+            z_reduce = pyro.sample(Z_SITES[1], edge_prior(alpha_reduce, tau, num_tasks, examples)).exp()
+            z_normal, z_reduce = meta.sampling.network_weights(z_normal), meta.sampling.network_weights(z_reduce)
         logits = meta.forward_tasks(x, theta, z_normal, z_reduce)
         pyro.sample(OBS, dist.Categorical(logits=logits, validate_args=validate_args()).to_event(1), obs=y)
     return logits

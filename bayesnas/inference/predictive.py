@@ -6,7 +6,7 @@ import torch
 
 from .guide import TaskPosterior
 from .meta import MetaNetwork
-from .model import TaskNormal, edge_prior, validate_args
+from .model import TaskNormal, edge_examples, edge_prior, validate_args
 
 
 def predictive(meta: MetaNetwork, q: TaskPosterior, x: torch.Tensor, samples: int, tau: float,
@@ -14,9 +14,13 @@ def predictive(meta: MetaNetwork, q: TaskPosterior, x: torch.Tensor, samples: in
     """Posterior predictive class probabilities, one row per draw of (theta, z) from ``q``.
 
     Args: q: TaskPosterior of T tasks; x: ``[T, B, C, H, W]``; samples: S; tau and
-    relaxed as in the guide; edge_weights: a fixed architecture ``(z_normal, z_reduce)``
-    ``[T, 14, 10]`` each (only theta is drawn). Returns ``[S, T, B, ways]`` (average over
-    dim 0 for Bayesian model averaging).
+    relaxed as in the guide (tau: the query's, ``meta.sampling.query_tau``); edge_weights:
+    a fixed architecture ``(z_normal, z_reduce)`` ``[T, 14, 10]`` each (only theta is drawn;
+    the network sees them as given). Returns ``[S, T, B, ways]`` (average over dim 0 for
+    Bayesian model averaging).
+
+    z is drawn and seen as in the model (``meta.sampling``): one per image with
+    ``per_example``, straight-through one-hot with ``hard``.
     """
     num_tasks = x.shape[0]
     probs = []
@@ -25,10 +29,13 @@ def predictive(meta: MetaNetwork, q: TaskPosterior, x: torch.Tensor, samples: in
             theta = TaskNormal(q.mu, q.sigma, validate_args=validate_args()).rsample()
             if edge_weights is not None:
                 z_n, z_r = edge_weights
-            elif relaxed:
-                z_n = edge_prior(q.phi_normal, tau, num_tasks).rsample().exp()
-                z_r = edge_prior(q.phi_reduce, tau, num_tasks).rsample().exp()
             else:
-                z_n, z_r = q.edge_weights()
+                if relaxed:
+                    examples = edge_examples(meta, x)
+                    z_n = edge_prior(q.phi_normal, tau, num_tasks, examples).rsample().exp()
+                    z_r = edge_prior(q.phi_reduce, tau, num_tasks, examples).rsample().exp()
+                else:
+                    z_n, z_r = q.edge_weights()
+                z_n, z_r = meta.sampling.network_weights(z_n), meta.sampling.network_weights(z_r)
             probs.append(meta.forward_tasks(x, theta, z_n, z_r).softmax(-1))
     return torch.stack(probs)

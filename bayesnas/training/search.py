@@ -21,7 +21,7 @@ from ..config import FitConfig
 from ..data import open_data
 from ..data.sampler import select_tasks
 from ..errors import RunError
-from ..inference import MetaNetwork, adapt, adapt_held_out, elbo_terms, predictive
+from ..inference import EdgeSampling, MetaNetwork, adapt, adapt_held_out, elbo_terms, predictive
 from ..inference.model import current_task_share, task_share
 from ..inference.unroll import deferred_finite_checks
 from ..models import NUM_EDGES, NUM_OPS, SearchNetwork
@@ -35,6 +35,12 @@ from .rundir import RunDirectory
 from .schedules import arch_lr_factor, kl_weight, temperature
 from .session import Method, run_session
 from .tensorboard_logger import meta_posterior_logger, summary_writer_class
+
+
+def edge_sampling(cfg):
+    """The :class:`~bayesnas.inference.meta.EdgeSampling` of a FitConfig: how its search draws and uses z."""
+    return EdgeSampling(per_example=cfg.z_per_example, hard=cfg.straight_through, inner_tau_end=cfg.inner_tau_end,
+                        prune_below=cfg.prune_below)
 
 
 def build_meta_network(cfg, in_channels, net=None):
@@ -51,6 +57,7 @@ def build_meta_network(cfg, in_channels, net=None):
         in_channels=in_channels,
         batch_tasks=cfg.batch_tasks,
         precision=cfg.precision,
+        sampling=edge_sampling(cfg),
     )
 
 
@@ -82,11 +89,13 @@ def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None, kl_weight
     Tasks go in meta-batches of ``cfg.tasks`` (``num_tasks`` rounded up to a multiple),
     split across processes like training. Uses its own RNG (forked, seeded) so that
     validating never changes the training streams. ``tau`` and ``kl_weight`` should be
-    the training schedule's (the guide's mean step depends on the KL weight). ``progress``:
+    the training schedule's (the guide's mean step depends on the KL weight); the query ELBO
+    and predictions are taken at the query temperature (``meta.sampling.query_tau``). ``progress``:
     a transient tqdm bar over the tasks (rank 0 only).
     """
     ctx = ctx or DistributedContext(device=meta.mu.device)
     relaxed = cfg.variant == "gumbel"
+    query_tau = meta.sampling.query_tau(tau)
     acc_sum = elbo_sum = 0.0  # tensors after the first batch: read once, at the end
     count = 0
     total = -(-num_tasks // cfg.tasks) * cfg.tasks
@@ -100,8 +109,9 @@ def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None, kl_weight
                 q = adapt_held_out(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
                                    kl_weight=kl_weight, edge_kl=cfg.edge_kl)
                 with torch.no_grad():
-                    terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed, edge_kl=cfg.edge_kl)
-                probs = predictive(meta, q, batch.query_x, cfg.val_samples, tau, relaxed).mean(0)
+                    terms = elbo_terms(meta, batch.query_x, batch.query_y, q, query_tau, relaxed,
+                                       edge_kl=cfg.edge_kl)
+                probs = predictive(meta, q, batch.query_x, cfg.val_samples, query_tau, relaxed).mean(0)
             # each batch's float32 sum added in float64, as Python floats would be
             acc_sum = acc_sum + (probs.argmax(-1) == batch.query_y).float().mean(-1).sum().double()
             elbo_sum = elbo_sum + (terms.elbo(1.0) / batch.query_y.shape[1]).sum().double()
@@ -128,6 +138,8 @@ def svi_step(meta: MetaNetwork, optimiser: torch.optim.Optimizer, batch: Any, cf
 
     Returns:
         dict of floats: loss (negative ELBO per query point), loglik, kl_theta, kl_z, acc, tau, kl_weight.
+        tau is the iteration's temperature, at which the guide's steps start (the query's is
+        ``meta.sampling.query_tau(tau)``).
     """
     relaxed = cfg.variant == "gumbel"
     tau = temperature(cfg, iteration)
@@ -141,7 +153,8 @@ def svi_step(meta: MetaNetwork, optimiser: torch.optim.Optimizer, batch: Any, cf
         else:
             q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
                       kl_weight=beta, first_order=cfg.first_order, edge_kl=cfg.edge_kl)
-            terms = elbo_terms(meta, batch.query_x, batch.query_y, q, tau, relaxed, edge_kl=cfg.edge_kl)
+            terms = elbo_terms(meta, batch.query_x, batch.query_y, q, meta.sampling.query_tau(tau), relaxed,
+                               edge_kl=cfg.edge_kl)
             loss = -terms.elbo(beta).mean() / n_query
             check_finite(loss, "the query ELBO")
             loss.backward()
@@ -186,7 +199,8 @@ def _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint):
         task = select_tasks(batch, slice(t, t + 1))
         q = adapt(meta, task.support_x, task.support_y, cfg.inner_steps, tau, relaxed,
                   kl_weight=beta, first_order=cfg.first_order, checkpoint=checkpoint, edge_kl=cfg.edge_kl)
-        terms = elbo_terms(meta, task.query_x, task.query_y, q, tau, relaxed, edge_kl=cfg.edge_kl)
+        terms = elbo_terms(meta, task.query_x, task.query_y, q, meta.sampling.query_tau(tau), relaxed,
+                           edge_kl=cfg.edge_kl)
         return -terms.elbo(beta).sum() / (num_tasks * n_query), type(terms)(*(v.detach() for v in terms))
 
     loss, parts = backward_per_task(num_tasks, task_loss, "the query ELBO", rng_device=meta.mu.device,
