@@ -28,6 +28,13 @@ SETTINGS = {
     "softmax, categorical KL": {"variant": "softmax", "edge_kl": "categorical"},
     "gumbel, second order": {"first_order": False},
     "gumbel, categorical KL, second order": {"edge_kl": "categorical", "first_order": False},
+    # the estimators of bayesnas.inference.meta.EdgeSampling
+    "gumbel per example": {"z_per_example": True},
+    "straight-through": {"straight_through": True},
+    "straight-through, per example": {"straight_through": True, "z_per_example": True},
+    # MetaNAS on Omniglot: each task's steps from 1.0 down to 0.05 (the iteration's tau held at 1.0)
+    "within-task annealing 1.0->0.05": {"tau_start": 1.0, "tau_end": 1.0, "inner_tau_end": 0.05},
+    "pruning below 0.01": {"prune_below": 0.01},
 }
 
 
