@@ -47,6 +47,25 @@ def atomic_path(path):
         raise
 
 
+def check_writable(path, error=WriteError):
+    """Refuse, before any long work, a file path that :func:`atomic_path` could not write.
+
+    One ``error`` naming ``path`` when it is a folder, when a part of its folder is a file, or
+    when the nearest existing folder above it is not writable. Creates nothing.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise error(f"{path}: is a folder, expected the path of a file to write")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise error(f"{path}: cannot write there ({folder} is not a folder)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise error(f"{path}: cannot write there ({folder} is not writable)")
+    return path
+
+
 def write_json(path, obj):
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     with atomic_path(path) as tmp:

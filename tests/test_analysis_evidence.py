@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 from bayesnas.analysis.evidence import evidence_derivation
 from bayesnas.cli.main import main
+from bayesnas.errors import WriteError
 from bayesnas.inference import MetaNetwork
 from bayesnas.models import OPS, genotype_to_dict, load_genotype
 from tests.toy import ChannelSelectNet, ToyBatch, channel_tasks
@@ -112,3 +113,22 @@ def test_derive_cell_by_score_scores_for_real(tiny_fit_run, tmp_path):
     assert all(0.0 <= a <= 1.0 for s in scores.values() for a in s.accuracy)
     bad = CliRunner().invoke(main, ["derive-cell", tiny_fit_run, "--by", "score", "--task-seed", "1"])
     assert bad.exit_code != 0 and "takes no task_seed" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("by", ["score", "evidence"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_scoring(tiny_fit_run, tmp_path, monkeypatch, by):
+    import bayesnas.analysis.derive as derive
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored although the output cannot be written")
+
+    monkeypatch.setattr(derive, "score_cells", never)
+    monkeypatch.setattr(derive, "derive_by_evidence", never)
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "cell.json"
+    result = CliRunner().invoke(main, ["derive-cell", tiny_fit_run, "--by", by, "--no-plot", "--out", str(out)])
+    assert result.exit_code != 0 and "a_file is not a folder" in result.output and str(out) in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    with pytest.raises(WriteError, match="is a folder, expected the path of a file"):  # the CLI's Path type says so too
+        derive.derive_cell(tiny_fit_run, by=by, out=tmp_path, plot=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -22,7 +22,7 @@ from ..config import check_seed
 from ..data import SELECT_ON, TaskSampler
 from ..data.protocol import held_out_split
 from ..errors import ConfigError
-from ..fileio import write_json
+from ..fileio import check_writable, write_json
 from ..models import CELL_TYPES, NUM_EDGES, NUM_OPS, OPS, Genotype, genotype_from_dict, genotype_to_dict, save_genotype
 from ..models.derivation import ChosenEdge, chosen_edges_table, derive_genotype, format_edges_table
 from ..models.genotypes import random_genotype
@@ -218,6 +218,9 @@ def derive_by_score(run_dir, candidates=50, tasks=50, seed=0, out=None, plot=Tru
     Returns:
         :class:`DerivedCell` whose ``scores`` is the :class:`~bayesnas.analysis.score.ScoreResult`.
     """
+    path = os.fspath(out) if out is not None else os.path.join(os.fspath(run_dir), "genotype-score.json")
+    check_writable(path)  # before the scoring, not after it
+    check_writable(os.path.join(os.path.dirname(os.path.abspath(path)), "score.json"))
     cells = score_candidates(run_dir, candidates, seed, which)
     result = score_cells(run_dir, cells, tasks=tasks, split="val", seed=seed, which=which,
                          device=run_device(run_dir, device), progress=progress)
@@ -229,7 +232,6 @@ def derive_by_score(run_dir, candidates=50, tasks=50, seed=0, out=None, plot=Tru
         diff = torch.tensor(best.accuracy, dtype=torch.float64) - torch.tensor(runner_up.accuracy, dtype=torch.float64)
         difference, ci95 = mean_confidence_interval(diff)
     genotype = genotype_from_dict(best.genotype)
-    path = os.fspath(out) if out is not None else os.path.join(os.fspath(run_dir), "genotype-score.json")
     save_genotype(genotype, path)
     write_json(os.path.join(os.path.dirname(os.path.abspath(path)), "score.json"), {
         "genotype": os.path.basename(path), "kept": best.label, "by": "accuracy",
@@ -247,6 +249,9 @@ def derive_by_score(run_dir, candidates=50, tasks=50, seed=0, out=None, plot=Tru
 
 
 def _derive_by_evidence(run_dir, out, plot, which, tasks, finetune, prior, seed, progress, device):
+    path = os.fspath(out) if out is not None else os.path.join(os.fspath(run_dir), "genotype-evidence.json")
+    check_writable(path)  # before the evidence, not after it
+    check_writable(os.path.join(os.path.dirname(os.path.abspath(path)), "evidence.json"))
     result = derive_by_evidence(run_dir, tasks=tasks, seed=seed, which=which, prior=prior, finetune=finetune,
                                 progress=progress, device=device)
     probs = {c: torch.zeros(NUM_EDGES, NUM_OPS, dtype=torch.float64) for c in CELL_TYPES}
@@ -254,7 +259,6 @@ def _derive_by_evidence(run_dir, out, plot, which, tasks, finetune, prior, seed,
         for op, p in d.posterior.items():
             probs[d.cell][d.edge, OPS.index(op)] = p
     table = chosen_edges_table(probs["normal"], probs["reduce"], result.genotype)
-    path = os.fspath(out) if out is not None else os.path.join(os.fspath(run_dir), "genotype-evidence.json")
     save_genotype(result.genotype, path)
     write_json(os.path.join(os.path.dirname(os.path.abspath(path)), "evidence.json"), {
         "genotype": os.path.basename(path), "tasks": result.tasks, "seed": result.seed, "prior": result.prior,
