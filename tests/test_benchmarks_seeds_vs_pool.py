@@ -1,0 +1,35 @@
+"""benchmarks/seeds_vs_pool.py: searched cells' mean against a random-cell pool, paired over tasks."""
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import seeds_vs_pool
+
+
+def test_median_cell_and_the_two_references(tmp_path):
+    rng = np.random.default_rng(0)
+    tasks = 400
+    pool = [rng.uniform(0.5, 1.0, tasks) for _ in range(5)]
+    pool[2][:] = 0.7  # the median cell by mean accuracy is not the per-task median
+    rows = [{"label": f"random-{i + 1}", "kind": "random", "accuracies": a.tolist()} for i, a in enumerate(pool)]
+    rows.append({"label": "mine", "kind": "searched", "accuracies": (pool[2] + 0.05).tolist()})
+    rows.append({"label": "other", "kind": "searched", "accuracies": (pool[2] - 0.01).tolist()})
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps({"rows": rows}))
+    out = seeds_vs_pool.main(seeds_vs_pool.parse(["--compare", str(path), "--group", "both=mine,other",
+                                                  "--group", "one=mine", "--json", str(tmp_path / "o.json")]))
+    # the median cell is the middle one by mean accuracy, whichever that is
+    means = np.array([a.mean() for a in pool])
+    middle = np.argsort(means)[2]
+    assert np.allclose(seeds_vs_pool.median_cell(np.stack(pool)), pool[middle])
+    ref = pool[middle]
+    assert out["one"]["pool median cell"]["difference"] == pytest.approx((pool[2] + 0.05 - ref).mean())
+    assert out["both"]["accuracy"] == pytest.approx(pool[2].mean() + 0.02)
+    per_task = np.median(np.stack(pool), 0)
+    assert out["one"]["pool per-task median"]["difference"] == pytest.approx((pool[2] + 0.05 - per_task).mean())
+    assert out["pool"]["cells"] == 5
+    even = np.stack([np.full(3, v) for v in (0.1, 0.2, 0.3, 0.4)])
+    assert np.allclose(seeds_vs_pool.median_cell(even), 0.25)  # the mean of the two middle cells
+    with pytest.raises(SystemExit, match="no row labelled nobody"):
+        seeds_vs_pool.main(seeds_vs_pool.parse(["--compare", str(path), "--group", "x=nobody"]))
