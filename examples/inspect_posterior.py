@@ -9,13 +9,11 @@ import argparse
 import math
 import tempfile
 
+from search_and_derive import run_or_tiny_search  # the sibling example
+
 import bayesnas
 from bayesnas.models import genotype_string, state_name
 from bayesnas.viz import plot_edge_posterior
-
-# a search of seconds on one core, for when no run is given
-TINY_SEARCH = dict(iterations=3, image_size=14, channels=2, cells=2, inner_steps=1, val_every=3, val_tasks=2,
-                   arch_warmup=1, checkpoint_every=3)
 
 
 def main(args=None):
@@ -27,11 +25,7 @@ def main(args=None):
     opts = parser.parse_args(args)
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = opts.run
-        if path is None:
-            path = f"{tmp}/run"
-            bayesnas.fit(bayesnas.FitConfig(**TINY_SEARCH), out=path, progress=False)
-        run = bayesnas.load_run(path)
+        run = bayesnas.load_run(run_or_tiny_search(opts.run, tmp))
         post = run.edge_posterior()
         print(run)
         print(f"most probable (edge, op) pairs of {post.label}:")

@@ -10,12 +10,9 @@ meta-network has learned next to nothing: the scores then show the API, not a ra
 import argparse
 import tempfile
 
-import bayesnas
-from bayesnas.analysis import score_cells
+from search_and_derive import run_or_tiny_search  # the sibling example
 
-# a search of seconds on one core, for when no run is given
-TINY_SEARCH = dict(iterations=3, image_size=14, channels=2, cells=2, inner_steps=1, val_every=3, val_tasks=2,
-                   arch_warmup=1, checkpoint_every=3)
+from bayesnas.analysis import score_cells
 
 
 def main(args=None):
@@ -28,12 +25,8 @@ def main(args=None):
     opts = parser.parse_args(args)
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = opts.run
-        if run is None:
-            run = f"{tmp}/run"
-            bayesnas.fit(bayesnas.FitConfig(**TINY_SEARCH), out=run, progress=False)
-        result = score_cells(run, cells=["darts_v2"], random_cells=opts.random, tasks=opts.tasks,
-                             samples=opts.samples, batch=min(opts.tasks, 10))
+        result = score_cells(run_or_tiny_search(opts.run, tmp), cells=["darts_v2"], random_cells=opts.random,
+                             tasks=opts.tasks, samples=opts.samples, batch=min(opts.tasks, 10))
     print(f"{len(result.scores)} cells on {result.tasks} {result.split} tasks "
           f"(checkpoint at iteration {result.iteration}, {result.seconds:.1f} s)")
     print(f"{'cell':10s} {'log-lik/point':>16s} {'accuracy':>16s}")

@@ -21,6 +21,16 @@ def tiny_config(iterations: int, seed: int = 0) -> bayesnas.FitConfig:
                               checkpoint_every=iterations, seed=seed)
 
 
+def run_or_tiny_search(run: str | None, folder: str) -> str:
+    """``run`` itself, or (when it is None) a 3-iteration :func:`tiny_config` search fitted into
+    ``folder/run``: what the other examples read when they are given no run."""
+    if run is not None:
+        return run
+    out = f"{folder}/run"
+    bayesnas.fit(tiny_config(3), out=out, progress=False)
+    return out
+
+
 def main(args=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -1,6 +1,7 @@
 """The scripts in examples/ run end to end through their ``main(args)``, with tiny settings."""
 import importlib.util
 import pathlib
+import sys
 
 import pytest
 
@@ -11,6 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def example(name):
+    if str(EXAMPLES) not in sys.path:  # as when run as scripts: the examples import their sibling
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
