@@ -232,13 +232,11 @@ def test_tasks_as_a_batch_equal_one_call_per_task_through_second_order():
     in float64, for the outputs and for the gradients of a gradient (theta and z)."""
     from torch.func import functional_call
 
-    from bayesnas.models import ParamLayout
 
     torch.manual_seed(0)
     net = SearchNetwork(1, 5, C=2, layers=3).double()
-    layout = ParamLayout.from_module(net)
     T = 3
-    theta = (layout.flatten(net).detach()[None] + 0.05 * torch.randn(T, layout.numel, dtype=torch.float64))
+    layout, theta = task_weights(net, T)
     theta.requires_grad_()
     x = torch.rand(T, 4, 1, 12, 12, dtype=torch.float64)
     zn = torch.softmax(torch.randn(T, 14, 10, dtype=torch.float64), -1).requires_grad_()
@@ -390,6 +388,14 @@ def test_sparse_edges_reads_one_nonzero_op_per_row_the_same_in_every_task():
     assert sparse_edges(torch.zeros(2, NUM_EDGES, NUM_OPS)) == ()
 
 
+def task_weights(net, T):
+    """The float64 net's parameter layout and the flat weights of T tasks near its own, ``[T, D]``."""
+    from bayesnas.models import ParamLayout
+
+    layout = ParamLayout.from_module(net)
+    return layout, layout.flatten(net).detach() + 0.05 * torch.randn(T, layout.numel, dtype=torch.float64)
+
+
 def discrete_z(op, seed, T):
     """``[T, 14, 10]``: every edge one-hot on ``op`` but a few edges on none and one on another op;
     the values are not all 1 (they are the multipliers)."""
@@ -422,15 +428,14 @@ def test_discrete_path_equals_fused_for_every_op(op, T, monkeypatch):
     """One-hot edge weights (normal and reduction cells, every op, with skipped edges and values that
     are not 1): the sparse path's logits and gradients w.r.t. the parameters equal the fused path's
     in float64, and so do the gradients w.r.t. the kept entries of z (the others are 0 there)."""
-    from bayesnas.models import ParamLayout, SearchCell
+    from bayesnas.models import SearchCell
 
     calls = []
     original = SearchCell.forward_discrete
     monkeypatch.setattr(SearchCell, "forward_discrete", lambda self, *a: calls.append(1) or original(self, *a))
     torch.manual_seed(op)
     net = SearchNetwork(in_channels=2, num_classes=3, C=3, layers=3).double()  # odd C: uneven factorized reduce
-    layout = ParamLayout.from_module(net)
-    theta = (layout.flatten(net).detach() + 0.05 * torch.randn(T, layout.numel, dtype=torch.float64))
+    layout, theta = task_weights(net, T)
     theta.requires_grad_()
     x = torch.randn(T, 4, 2, 7, 7, dtype=torch.float64)  # odd size: reductions 7 -> 4 -> 2
     zn, zr = discrete_z(op, op, T), discrete_z(op, 100 + op, T)
@@ -449,13 +454,12 @@ def test_discrete_path_equals_fused_for_every_op(op, T, monkeypatch):
 def test_partly_decided_cells_equal_fused():
     """Mixtures on 3 edges of each cell type (evidence's op decisions), one-hot elsewhere: every nonzero
     (edge, op) pair computed on its own gives the fused logits and gradients, z's included."""
-    from bayesnas.models import ParamLayout, SearchNetwork, sparse_edges
+    from bayesnas.models import SearchNetwork, sparse_edges
 
     torch.manual_seed(0)
     net = SearchNetwork(in_channels=2, num_classes=3, C=2, layers=3).double()
-    layout = ParamLayout.from_module(net)
     T = 2
-    theta = (layout.flatten(net).detach() + 0.05 * torch.randn(T, layout.numel, dtype=torch.float64))
+    layout, theta = task_weights(net, T)
     theta.requires_grad_()
     x = torch.randn(T, 4, 2, 8, 8, dtype=torch.float64)
     zs = []
@@ -479,16 +483,15 @@ def test_discrete_cells_second_order_and_fallbacks(monkeypatch):
     """DARTS_V2 on 3 tasks through a gradient of a gradient (what the guide's steps differentiate); inside
     discrete_cells() the sparse path is the default, and z that does not qualify takes the fused path."""
     from bayesnas.analysis.score import cell_edge_weights
-    from bayesnas.models import DARTS_V2, ParamLayout, SearchCell, discrete_cells
+    from bayesnas.models import DARTS_V2, SearchCell, discrete_cells
 
     calls = []
     original = SearchCell.forward_discrete
     monkeypatch.setattr(SearchCell, "forward_discrete", lambda self, *a: calls.append(1) or original(self, *a))
     torch.manual_seed(0)
     net = SearchNetwork(in_channels=2, num_classes=3, C=2, layers=3).double()
-    layout = ParamLayout.from_module(net)
     T = 3
-    theta = (layout.flatten(net).detach() + 0.05 * torch.randn(T, layout.numel, dtype=torch.float64))
+    layout, theta = task_weights(net, T)
     theta.requires_grad_()
     x = torch.randn(T, 4, 2, 8, 8, dtype=torch.float64)
     zn, zr = (z.double().expand(T, -1, -1) for z in cell_edge_weights(DARTS_V2))
@@ -566,13 +569,11 @@ def test_the_same_z_for_every_image_equals_the_per_task_forward():
 
 
 def test_per_image_z_of_tasks_as_a_batch_equals_one_call_per_task_and_never_takes_the_sparse_path():
-    from bayesnas.models import ParamLayout
 
     torch.manual_seed(0)
     net = SearchNetwork(1, 5, C=2, layers=3).double()
-    layout = ParamLayout.from_module(net)
     T, B = 2, 3
-    theta = layout.flatten(net).detach()[None] + 0.05 * torch.randn(T, layout.numel, dtype=torch.float64)
+    layout, theta = task_weights(net, T)
     x = torch.rand(T, B, 1, 8, 8, dtype=torch.float64)
     zn = per_image_z(T * B, 4).view(T, B, NUM_EDGES, NUM_OPS)
     zr = per_image_z(T * B, 5).view(T, B, NUM_EDGES, NUM_OPS)
