@@ -52,7 +52,8 @@ def _previous(path, args):
     if not path or not os.path.exists(path):
         return {}
     old = json.load(open(path))
-    if (old.get("tasks"), old.get("seed"), old.get("samples")) != (args.tasks, args.seed, args.samples):
+    if (old.get("tasks"), old.get("seed"), old.get("samples"), old.get("finetune", 0)) != \
+            (args.tasks, args.seed, args.samples, args.finetune):
         return {}
     return {e["run"]: {lab: s for lab, s in e["scores"].items() if "arch" in s} for e in old.get("runs", [])}
 
@@ -65,7 +66,8 @@ def main(args):
         archs.setdefault(label, arch)
     labels, retrained = sorted(archs), sorted(cells)
     report = {"command": " ".join(["python", *sys.argv]), "setting": args.setting, "tasks": args.tasks,
-              "seed": args.seed, "samples": args.samples, "torch": torch.__version__, "threads": args.threads,
+              "seed": args.seed, "samples": args.samples, "finetune": args.finetune, "torch": torch.__version__,
+              "threads": args.threads,
               "machine": platform.processor() or platform.machine(),
               "cells": {lab: {"val_acc": cells[lab]["val_acc"], "test_acc": cells[lab]["accuracy"],
                             "parameters": cells[lab].get("parameters")} for lab in retrained},
@@ -78,7 +80,7 @@ def main(args):
         scores = dict(old)
         if todo:
             result = score_cells(run, {lab: archs[lab] for lab in todo}, tasks=args.tasks, seed=args.seed,
-                                 samples=args.samples)
+                                 samples=args.samples, finetune=args.finetune)
             scores.update({s.label: {"arch": archs[s.label], "loglik": s.mean_loglik, "loglik_ci95": s.loglik_ci95,
                                      "accuracy": s.mean_accuracy, "accuracy_ci95": s.accuracy_ci95,
                                      "iteration": result.iteration} for s in result.scores})
@@ -113,6 +115,8 @@ def parse(argv=None):
     p.add_argument("--tasks", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--finetune", type=int, default=0,
+                   help="SVI steps on the weights with each cell fixed before it is scored (score_cells)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     return p.parse_args(argv)

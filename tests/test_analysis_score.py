@@ -13,6 +13,7 @@ from bayesnas.analysis.score import (
     score_cells,
     score_tasks,
     spearman_rho,
+    weight_finetuner,
 )
 from bayesnas.cli.main import main
 from bayesnas.errors import ConfigError
@@ -56,6 +57,47 @@ def test_the_cell_with_the_informative_op_scores_above_the_one_with_noise():
     assert again.loglik == signal.loglik and again.accuracy == signal.accuracy
 
 
+class _ToySampler:
+    """Training tasks for the fine-tuner: task i of a fixed stream (``batch(indices)``)."""
+
+    def batch(self, indices):
+        indices = list(indices)
+        return ToyBatch(*channel_tasks(len(indices), generator=torch.Generator().manual_seed(1000 + indices[0])))
+
+
+def test_finetuned_scores_start_every_cell_from_the_same_weights_and_restore_them():
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    meta = MetaNetwork(ChannelSelectNet(), sigma_init=0.1, inner_lr={"mu": 0.5, "rho": 0.1, "alpha": 1.0})
+    before = [t.detach().clone() for t in (meta.mu, meta.rho, meta.alpha_normal, meta.alpha_reduce)]
+    g = torch.Generator().manual_seed(3)
+    batches = [ToyBatch(*channel_tasks(10, generator=g))]
+    signal, noise = ("signal", _toy_cell(OPS[4])), ("noise", _toy_cell(OPS[3]))
+    cfg = SimpleNamespace(tasks=2, inner_steps=2)
+    seen = []
+    tune = weight_finetuner(meta, cfg, _ToySampler(), steps=5, lr=0.05, seed=0, kl_weight=1e-3, restart=True)
+
+    def recording(zn, zr):
+        seen.append((zn.clone(), zr.clone()))
+        tune(zn, zr)
+        # the weights did move before the cell is scored
+        assert not torch.equal(meta.mu, before[0]) and not torch.equal(meta.rho, before[1])
+
+    args = (batches, 3, 1.0, 1e-3)
+    tuned = score_tasks(meta, [signal, noise], *args, samples=2, seed=0, finetune=recording)
+    # each cell's own edge weights reached the fine-tuner, and every weight is back afterwards
+    assert [torch.equal(z[0], cell_edge_weights(c[1])[0]) for z, c in zip(seen, [signal, noise], strict=True)] \
+        == [True, True]
+    for old, new in zip(before, (meta.mu, meta.rho, meta.alpha_normal, meta.alpha_reduce), strict=True):
+        assert torch.equal(old, new)
+    # fine-tuning changed the scores, and a cell's score does not depend on the cells scored before it
+    plain = score_tasks(meta, [signal], *args, samples=2, seed=0)[0]
+    assert tuned[0].loglik != plain.loglik
+    reordered = score_tasks(meta, [noise, signal], *args, samples=2, seed=0, finetune=tune)
+    assert reordered[1].loglik == tuned[0].loglik and reordered[0].loglik == tuned[1].loglik
+
+
 def test_rank_correlations_match_hand_computed_values():
     x = [1, 2, 3, 4, 5]
     assert kendall_tau(x, [1, 2, 3, 4, 5]) == pytest.approx(1.0)
@@ -87,6 +129,11 @@ def test_score_cells_pairs_tasks_and_labels_random_cells_like_compare(fit_run):
     assert all(len(s.loglik) == 4 and all(v <= 0 for v in s.loglik) for s in result.scores)
     again = score_cells(fit_run, {"again": "darts_v2"}, tasks=4, batch=2, samples=1)
     assert again.scores[0].loglik == result.scores[0].loglik
+    tuned = score_cells(fit_run, ["darts_v2"], tasks=4, batch=2, samples=1, finetune=2)
+    assert tuned.finetune == 2 and tuned.to_dict()["finetune"] == 2
+    assert tuned.scores[0].loglik != result.scores[0].loglik
+    with pytest.raises(ConfigError, match="finetune=-1"):
+        score_cells(fit_run, ["darts_v2"], tasks=2, finetune=-1)
     with pytest.raises(ConfigError, match="Conv-4 is not a cell"):
         score_cells(fit_run, ["conv4"], tasks=2)
     with pytest.raises(ConfigError, match="tasks=0"):
@@ -96,11 +143,11 @@ def test_score_cells_pairs_tasks_and_labels_random_cells_like_compare(fit_run):
 def test_score_cells_command_prints_a_table_and_writes_json(fit_run, tmp_path):
     out = tmp_path / "scores.json"
     result = CliRunner().invoke(main, ["score-cells", fit_run, "darts_v2", "--random", "2", "--tasks", "3",
-                                       "--samples", "1", "--json", str(out)])
+                                       "--samples", "1", "--finetune", "1", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "darts_v2" in result.output and "random-2" in result.output and "best:" in result.output
     saved = json.loads(out.read_text())
-    assert saved["tasks"] == 3 and len(saved["scores"]) == 3
+    assert saved["tasks"] == 3 and len(saved["scores"]) == 3 and saved["finetune"] == 1
     bad = CliRunner().invoke(main, ["score-cells", fit_run, "conv4"])
     assert bad.exit_code != 0 and "Conv-4 is not a cell" in bad.output and "Traceback" not in bad.output
 

@@ -37,11 +37,10 @@ from typing import Dict, List, NamedTuple
 import torch
 
 from ..errors import ConfigError
-from ..inference import adapt, elbo_terms
 from ..models import CELL_TYPES, EDGES, NUM_OPS, OPS, STEPS, Genotype, edge_index
 from ..training.loop import task_samplers
 from .evaluate import mean_confidence_interval
-from .score import architecture_scores, held_out
+from .score import architecture_scores, held_out, weight_finetuner
 
 __all__ = ["OpDecision", "EdgeChoice", "EvidenceDerivation", "derive_by_evidence", "evidence_derivation"]
 
@@ -177,32 +176,6 @@ def evidence_derivation(meta, task_batches, inner_steps, tau, kl_weight, samples
     return Genotype(cells["normal"], concat, cells["reduce"], list(concat)), decisions, edges
 
 
-def _finetuner(meta, cfg, sampler, steps, lr, seed, kl_weight):
-    """``finetune(z_normal, z_reduce)``: ``steps`` first-order SVI steps on the weights (mu, rho) with
-    the architecture fixed to the given edge weights, on training tasks."""
-    optimiser = torch.optim.Adam([meta.mu, meta.rho], lr=lr)
-    counter = {"next": seed * 1000}
-
-    def finetune(z_normal, z_reduce):
-        for _ in range(steps):
-            first = counter["next"]
-            counter["next"] += cfg.tasks
-            batch = sampler.batch(range(first, first + cfg.tasks))
-            n = cfg.tasks
-            fixed = tuple(z.to(meta.mu.device, meta.mu.dtype).expand(n, -1, -1) for z in (z_normal, z_reduce))
-            optimiser.zero_grad(set_to_none=True)
-            # the architecture is fixed, so no z is sampled and the temperature plays no part
-            q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, 1.0, kl_weight=kl_weight,
-                      first_order=True, edge_weights=fixed)
-            terms = elbo_terms(meta, batch.query_x, batch.query_y, q, 1.0, edge_weights=fixed)
-            loss = -terms.elbo(kl_weight).mean() / batch.query_y.shape[1]
-            loss.backward()
-            optimiser.step()
-        meta.zero_grad(set_to_none=True)
-
-    return finetune
-
-
 def derive_by_evidence(run_dir, tasks=20, split="val", seed=0, samples=1, batch=10, which="last", prior="alpha",
                        finetune=0, finetune_lr=None, device="cpu", progress=None):
     """Derive a fit run's cell by held-out evidence (module docstring).
@@ -227,7 +200,7 @@ def derive_by_evidence(run_dir, tasks=20, split="val", seed=0, samples=1, batch=
     tuner = None
     if finetune:
         train, _ = task_samplers(h.cfg, h.data, torch.device(device))
-        tuner = _finetuner(h.meta, h.cfg, train, finetune, finetune_lr or h.cfg.meta_lr, seed, h.kl_weight)
+        tuner = weight_finetuner(h.meta, h.cfg, train, finetune, finetune_lr or h.cfg.meta_lr, seed, h.kl_weight)
     genotype, decisions, edges = evidence_derivation(h.meta, h.task_batches, h.cfg.inner_steps, h.tau, h.kl_weight,
                                                      samples, seed, prior, tuner, progress)
     return EvidenceDerivation(genotype, decisions, edges, tasks, seed, prior, finetune, time.perf_counter() - t0)

@@ -30,7 +30,7 @@ import torch
 from ..data import TaskSampler
 from ..data.protocol import SELECT_ON, held_out_split
 from ..errors import ConfigError
-from ..inference import adapt_held_out, predictive
+from ..inference import adapt, adapt_held_out, elbo_terms, predictive
 from ..models import (
     NUM_EDGES,
     NUM_OPS,
@@ -42,6 +42,7 @@ from ..models import (
     named_genotype,
 )
 from ..rng import seeded
+from ..training.loop import task_samplers
 from ..training.schedules import kl_weight, temperature
 from ..training.search import load_fit_state
 from .compare import architectures
@@ -49,7 +50,7 @@ from .evaluate import mean_confidence_interval
 
 __all__ = ["CellScore", "ScoreResult", "RankCorrelation", "cell_edge_weights", "score_cells", "rank_correlation",
            "kendall_tau", "spearman_rho", "format_scores", "score_tasks", "architecture_scores", "held_out",
-           "HeldOut"]
+           "HeldOut", "weight_finetuner"]
 
 
 def cell_edge_weights(genotype):
@@ -96,6 +97,7 @@ class ScoreResult(NamedTuple):
     samples: int
     iteration: int
     seconds: float
+    finetune: int = 0
 
     def best(self, by="loglik"):
         """The highest-scoring cell by mean query log-likelihood ("loglik") or accuracy ("accuracy")."""
@@ -105,7 +107,7 @@ class ScoreResult(NamedTuple):
     def to_dict(self):
         return {"run_dir": self.run_dir, "tasks": self.tasks, "split": self.split, "seed": self.seed,
                 "samples": self.samples, "iteration": self.iteration, "seconds": round(self.seconds, 1),
-                "scores": [s._asdict() for s in self.scores]}
+                "finetune": self.finetune, "scores": [s._asdict() for s in self.scores]}
 
 
 def _cells(cells, random_cells, random_seed):
@@ -122,7 +124,7 @@ def _cells(cells, random_cells, random_seed):
 
 
 def score_cells(run_dir, cells=(), tasks=100, split="val", seed=0, samples=4, batch=10, which="last",
-                device="cpu", random_cells=0, random_seed=0, progress=None):
+                device="cpu", random_cells=0, random_seed=0, progress=None, finetune=0, finetune_lr=None):
     """Score discrete cells with a fit run's meta-network on the same held-out tasks.
 
     Args:
@@ -138,19 +140,30 @@ def score_cells(run_dir, cells=(), tasks=100, split="val", seed=0, samples=4, ba
         random_cells: also score this many cells drawn uniformly from the space (the stream
             :func:`~bayesnas.analysis.compare.architectures` draws with ``random_seed``).
         progress: optional ``callable(done, total)`` told after each cell.
+        finetune: before each cell is scored, the meta-network's weights (mu, rho) take this
+            many first-order SVI steps with that cell fixed, on training tasks, at
+            ``finetune_lr`` (default: the run's meta_lr); every cell starts from the run's
+            weights and is tuned on the same training tasks (:func:`weight_finetuner`), and
+            the weights are restored afterwards. 0 (default): scored as the run left them.
 
     Returns:
         :class:`ScoreResult`.
     """
-    for name, value, low in (("samples", samples, 1), ("random_cells", random_cells, 0)):
+    for name, value, low in (("samples", samples, 1), ("random_cells", random_cells, 0), ("finetune", finetune, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name}={value!r}: expected an integer >= {low}")
     labelled = _cells(cells, random_cells, random_seed)
     t0 = time.perf_counter()
     h = held_out(run_dir, tasks, split, seed, batch, which, device)
+    tuner = None
+    if finetune:
+        train, _ = task_samplers(h.cfg, h.data, torch.device(device))
+        tuner = weight_finetuner(h.meta, h.cfg, train, finetune, finetune_lr or h.cfg.meta_lr, seed, h.kl_weight,
+                                 restart=True)
     scores = score_tasks(h.meta, labelled, h.task_batches, h.cfg.inner_steps, h.tau, h.kl_weight, samples, seed,
-                         progress)
-    return ScoreResult(str(run_dir), scores, tasks, split, int(seed), samples, h.iteration, time.perf_counter() - t0)
+                         progress, finetune=tuner)
+    return ScoreResult(str(run_dir), scores, tasks, split, int(seed), samples, h.iteration, time.perf_counter() - t0,
+                       finetune)
 
 
 def architecture_scores(meta, z_normal, z_reduce, task_batches, inner_steps, tau, kl_weight, samples=4, seed=0,
@@ -186,7 +199,7 @@ def architecture_scores(meta, z_normal, z_reduce, task_batches, inner_steps, tau
 
 
 def score_tasks(meta, cells, task_batches, inner_steps, tau, kl_weight, samples=4, seed=0, progress=None,
-                discrete=True):
+                discrete=True, finetune=None):
     """The core of :func:`score_cells` for a MetaNetwork in hand.
 
     Args:
@@ -197,19 +210,78 @@ def score_tasks(meta, cells, task_batches, inner_steps, tau, kl_weight, samples=
         samples: posterior draws per prediction; seed: the sampling noise, restarted per
             cell so every cell sees the same draws (:func:`architecture_scores`).
         discrete: compute only each cell's kept edges (:func:`architecture_scores`).
+        finetune: optional ``callable(z_normal, z_reduce)`` run with each cell's edge weights
+            before it is scored (:func:`weight_finetuner`); the weights it changes (mu, rho)
+            are restored after the cell, so every cell starts from the same meta-network.
 
     Returns:
         list of :class:`CellScore`, in the order of ``cells``.
     """
     scores = []
     for done, (label, genotype) in enumerate(cells, 1):
-        loglik, acc = architecture_scores(meta, *cell_edge_weights(genotype), task_batches, inner_steps, tau,
-                                          kl_weight, samples, seed, discrete)
+        z = cell_edge_weights(genotype)
+        saved = [t.detach().clone() for t in (meta.mu, meta.rho)] if finetune is not None else None
+        try:
+            if finetune is not None:
+                with discrete_cells(discrete):
+                    finetune(*z)
+            loglik, acc = architecture_scores(meta, *z, task_batches, inner_steps, tau, kl_weight, samples, seed,
+                                              discrete)
+        finally:
+            if saved is not None:
+                with torch.no_grad():
+                    meta.mu.copy_(saved[0])
+                    meta.rho.copy_(saved[1])
         scores.append(CellScore(label, genotype, loglik.tolist(), acc.tolist(), *mean_confidence_interval(loglik),
                                 *mean_confidence_interval(acc)))
         if progress is not None:
             progress(done, len(cells))
     return scores
+
+
+def weight_finetuner(meta, cfg, sampler, steps, lr, seed, kl_weight, restart=False):
+    """``finetune(z_normal, z_reduce)``: ``steps`` first-order SVI steps on the weights (mu, rho) with
+    the architecture fixed to the given ``[14, 10]`` edge weights, on training tasks.
+
+    The tasks are ``cfg.tasks`` at a time from ``sampler``, starting at task ``seed * 1000``;
+    Adam at ``lr``. ``restart``: every call starts from those same tasks with a fresh Adam
+    and the same sampling noise (a fork of torch's streams seeded with ``seed``), so cells are
+    tuned alike and their scores stay paired; otherwise calls continue one task stream, one
+    Adam and the global streams (a sequence of decisions). Alpha is not touched.
+    """
+    state = {}
+
+    def start():
+        state["optimiser"] = torch.optim.Adam([meta.mu, meta.rho], lr=lr)
+        state["next"] = seed * 1000
+
+    start()
+
+    def finetune(z_normal, z_reduce):
+        if restart:
+            start()
+        with seeded(int(seed) if restart else None, meta.mu.device):
+            _steps(z_normal, z_reduce)
+        meta.zero_grad(set_to_none=True)
+
+    def _steps(z_normal, z_reduce):
+        for _ in range(steps):
+            first = state["next"]
+            state["next"] += cfg.tasks
+            batch = sampler.batch(range(first, first + cfg.tasks))
+            n = cfg.tasks
+            fixed = tuple(torch.as_tensor(z).to(meta.mu.device, meta.mu.dtype).expand(n, -1, -1)
+                          for z in (z_normal, z_reduce))
+            state["optimiser"].zero_grad(set_to_none=True)
+            # the architecture is fixed, so no z is sampled and the temperature plays no part
+            q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, 1.0, kl_weight=kl_weight,
+                      first_order=True, edge_weights=fixed)
+            terms = elbo_terms(meta, batch.query_x, batch.query_y, q, 1.0, edge_weights=fixed)
+            loss = -terms.elbo(kl_weight).mean() / batch.query_y.shape[1]
+            loss.backward()
+            state["optimiser"].step()
+
+    return finetune
 
 
 class HeldOut(NamedTuple):

@@ -21,12 +21,15 @@ from .options import SEED
 @click.option("--batch", type=click.IntRange(min=1), default=10, help="Tasks adapted at once.")
 @click.option("--checkpoint", "which", type=click.Choice(["last", "best"]), default="last",
               help="Fit checkpoint to read.")
+@click.option("--finetune", type=click.IntRange(min=0), default=0,
+              help="Before each cell is scored, this many first-order SVI steps on the weights with that cell "
+                   "fixed, on training tasks (every cell from the run's weights, on the same tasks); 0: none.")
 @click.option("--device", default="cpu", help="cpu, cuda or cuda:N.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write every per-task score as JSON here.")
 @user_errors
-def score_cells_command(run_dir, cells, random_cells, random_seed, tasks, split, seed, samples, batch, which, device,
-                        json_out):
+def score_cells_command(run_dir, cells, random_cells, random_seed, tasks, split, seed, samples, batch, which, finetune,
+                        device, json_out):
     """Score CELLS (genotype JSON files, run folders holding genotype.json, or darts_v2) with the meta-network
     of the fit run RUN_DIR: each cell fixes the supernet's architecture, the guide adapts the weights to each
     held-out task's support set, and the cell is scored by the query log-likelihood and accuracy. Higher is
@@ -38,7 +41,7 @@ def score_cells_command(run_dir, cells, random_cells, random_seed, tasks, split,
     with ProgressBar("score", "cell") as progress:
         result = score_cells(run_dir, list(cells), tasks=tasks, split=split, seed=seed, samples=samples, batch=batch,
                              which=which, device=device, random_cells=random_cells, random_seed=random_seed,
-                             progress=progress)
+                             progress=progress, finetune=finetune)
     click.echo(format_scores(result))
     best = result.best()
     click.echo(f"best: {best.label} (query log-likelihood {best.mean_loglik:.4f})")
