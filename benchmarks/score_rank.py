@@ -13,6 +13,11 @@ are rank-correlated (Kendall tau-b with a permutation p-value, Spearman) with th
 retrained validation accuracy (their runs' best val_acc, validation characters: what a
 choice of settings may look at) and, reported once, their test accuracy over 600 tasks.
 
+``--val-eval NAME`` adds a less noisy validation target: the accuracy that ``bayesnas evaluate
+RUN --split val --tasks 600 --json RUN/NAME`` wrote in each retrained cell's run folder (600
+validation tasks instead of the 20 a run's best val_acc rests on). With several ``--run`` the
+runs' scores are also averaged per cell (``mean_of_runs``: search seeds as one ensemble).
+
 ``--random-cells N`` also scores compare's random-1 .. random-N that are not retrained yet
 (scoring needs no retraining; they join the correlations once a pool holds them), and a
 rerun with the same ``--json`` reuses the scores already there for the same run, tasks,
@@ -72,6 +77,12 @@ def main(args):
               "cells": {lab: {"val_acc": cells[lab]["val_acc"], "test_acc": cells[lab]["accuracy"],
                             "parameters": cells[lab].get("parameters")} for lab in retrained},
               "runs": []}
+    if args.val_eval:
+        for lab in retrained:
+            found = val_evaluation(cells[lab], args.val_eval)
+            if found is not None:
+                report["cells"][lab]["val_eval"] = found
+        report["val_eval"] = args.val_eval
     previous = _previous(args.json, args)
     for run in args.run:
         t0 = time.perf_counter()
@@ -87,22 +98,59 @@ def main(args):
         entry = {"run": run, "seconds": round(time.perf_counter() - t0, 1), "scored_now": todo,
                  "iteration": next(iter(scores.values()))["iteration"], "scores": scores,
                  "correlated_over": retrained}
-        for score in ("loglik", "accuracy"):
-            x = [scores[lab][score] for lab in retrained]
-            for target, key in (("val", "val_acc"), ("test", "test_acc")):
-                r = rank_correlation(x, [report["cells"][lab][key] for lab in retrained])
-                entry[f"{score}_vs_{target}"] = r._asdict()
+        correlate(entry, scores, report["cells"], retrained)
         report["runs"].append(entry)
-        print(f"{run} (iteration {entry['iteration']}, {entry['seconds']:.0f} s, {len(labels)} cells scored, "
-              f"{len(retrained)} retrained):")
-        for score in ("loglik", "accuracy"):
-            for target in ("val", "test"):
-                r = entry[f"{score}_vs_{target}"]
-                print(f"  {score:>8} vs retrained {target:<4}: Kendall {r['kendall']:+.2f} (p {r['kendall_p']:.3f}), "
-                      f"Spearman {r['spearman']:+.2f}")
+        show(f"{run} (iteration {entry['iteration']}, {entry['seconds']:.0f} s, {len(labels)} cells scored, "
+             f"{len(retrained)} retrained):", entry)
+        if args.json:
+            write_json(args.json, report)
+    if len(report["runs"]) > 1:
+        # the runs' scores averaged per cell: seeds of one setting as one meta-network ensemble
+        mean = {lab: {score: sum(e["scores"][lab][score] for e in report["runs"]) / len(report["runs"])
+                      for score in ("loglik", "accuracy")} for lab in labels}
+        report["mean_of_runs"] = {"runs": [e["run"] for e in report["runs"]], "scores": mean}
+        correlate(report["mean_of_runs"], mean, report["cells"], retrained)
+        show(f"mean of the {len(report['runs'])} runs' scores:", report["mean_of_runs"])
         if args.json:
             write_json(args.json, report)
     return report
+
+
+def val_evaluation(row, name):
+    """A retrained cell's accuracy from the evaluation JSON ``name`` in its runs' folders (mean over
+    seeds), with the tasks and split it was measured on; None when a run lacks it."""
+    found = []
+    for run_dir in row.get("run_dirs") or []:
+        path = os.path.join(run_dir, name)
+        if not os.path.exists(path):
+            return None
+        found.append(json.load(open(path)))
+    if not found:
+        return None
+    return {"accuracy": sum(f["accuracy"] for f in found) / len(found), "split": found[0]["split"],
+            "tasks": found[0]["tasks"], "seed": found[0]["seed"], "runs": len(found)}
+
+
+def correlate(entry, scores, cells, retrained):
+    """Kendall and Spearman of each score against the retrained cells' validation and test accuracy
+    (and the --val-eval accuracy, over the cells that have it) into ``entry``."""
+    targets = [("val", lambda c: c["val_acc"]), ("test", lambda c: c["test_acc"])]
+    if any("val_eval" in cells[lab] for lab in retrained):
+        targets.append(("val_eval", lambda c: c["val_eval"]["accuracy"] if "val_eval" in c else None))
+    for score in ("loglik", "accuracy"):
+        for target, read in targets:
+            have = [lab for lab in retrained if read(cells[lab]) is not None]
+            r = rank_correlation([scores[lab][score] for lab in have], [read(cells[lab]) for lab in have])
+            entry[f"{score}_vs_{target}"] = {**r._asdict(), "cells": len(have)}
+
+
+def show(title, entry):
+    print(title)
+    for key, r in entry.items():
+        if key.startswith(("loglik_vs", "accuracy_vs")):
+            score, target = key.split("_vs_")
+            print(f"  {score:>8} vs retrained {target:<8} ({r['cells']:>2} cells): Kendall {r['kendall']:+.2f} "
+                  f"(p {r['kendall_p']:.3f}), Spearman {r['spearman']:+.2f}")
 
 
 def parse(argv=None):
@@ -117,6 +165,10 @@ def parse(argv=None):
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--finetune", type=int, default=0,
                    help="SVI steps on the weights with each cell fixed before it is scored (score_cells)")
+    p.add_argument("--val-eval", default=None, metavar="NAME",
+                   help="also correlate with the accuracy in the evaluation JSON NAME in each retrained cell's run "
+                        "folders (e.g. one written by `bayesnas evaluate RUN --split val --tasks 600 --json`), over "
+                        "the cells whose runs all have it")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
