@@ -16,7 +16,7 @@ from .meta import MetaNetwork
 from .unroll import unrolled_steps
 
 
-def mean_step_size(lr: float | torch.Tensor, sigma: torch.Tensor, kl_weight: float,
+def mean_step_size(lr: float | torch.Tensor, sigma: torch.Tensor, kl_weight: float | torch.Tensor,
                    n_support: int) -> torch.Tensor:
     """Per-weight step size of the guide's mean: ``lr / (1 + lr * kl_weight / (n_s * sigma^2))``.
 
@@ -30,8 +30,9 @@ def mean_step_size(lr: float | torch.Tensor, sigma: torch.Tensor, kl_weight: flo
     return lr / (1 + lr * kl_weight / (n_support * sigma**2))
 
 
-def adapt(meta: MetaNetwork, support_x: torch.Tensor, support_y: torch.Tensor, steps: int, tau: float,
-          relaxed: bool = True, kl_weight: float = 1.0, first_order: bool = False,
+def adapt(meta: MetaNetwork, support_x: torch.Tensor, support_y: torch.Tensor, steps: int,
+          tau: float | torch.Tensor, relaxed: bool = True, kl_weight: float | torch.Tensor = 1.0,
+          first_order: bool = False,
           checkpoint: bool = False, edge_weights: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
           edge_kl: str = "relaxed") -> TaskPosterior:
     """Task posteriors by N unrolled gradient-ascent steps on each task's support ELBO.
@@ -49,6 +50,7 @@ def adapt(meta: MetaNetwork, support_x: torch.Tensor, support_y: torch.Tensor, s
             (tau itself unless the run anneals within the task, :class:`~bayesnas.inference.meta.EdgeSampling`).
         relaxed: Gumbel (True) or softmax (False) variant.
         kl_weight: the weight of the KL term in each step's objective (1: the task's ELBO).
+            tau and kl_weight may be 0-dim tensors on the meta-network's device (a CUDA graph's inputs).
         first_order: detach the inner gradients (cheaper; the paper's BASE is second order,
             while :class:`~bayesnas.config.FitConfig` defaults to first order on a CPU budget).
         checkpoint: recompute each step in the outer backward instead of keeping its

@@ -123,8 +123,39 @@ def evaluate_tasks(meta, cfg, sampler, num_tasks, tau, seed, ctx=None, kl_weight
     return totals["acc"], totals["elbo"]
 
 
+def step_gradients(meta: MetaNetwork, batch: Any, cfg: FitConfig, tau: float | torch.Tensor,
+                   beta: float | torch.Tensor) -> tuple:
+    """The query loss of one SVI step and its backward: the guide's steps on the support sets, the
+    query ELBO, ``.grad`` of the meta-parameters (accumulated; the optimiser is not stepped).
+
+    Args:
+        meta, batch, cfg: as :func:`svi_step`.
+        tau, beta: the iteration's temperature and KL weight: floats, or 0-dim tensors on the
+            meta-network's device (benchmarks/cuda_graph.py captures this function with both
+            as device tensors, so that a replay takes the schedule's next values).
+
+    Returns:
+        ``(loss, terms)``: the scalar loss (negative ELBO per query point) and the per-task
+        :class:`~bayesnas.inference.elbo.ElboTerms` (detached when the tasks are taken one at a time).
+        Its finiteness checks go to the enclosing :func:`~bayesnas.inference.unroll.deferred_finite_checks`.
+    """
+    relaxed = cfg.variant == "gumbel"
+    n_query = batch.query_y.shape[1]
+    if cfg.low_memory or not cfg.batch_tasks:
+        parts, loss = _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint=cfg.low_memory)
+        return loss, type(parts[0])(*(torch.cat(t) for t in zip(*parts, strict=True)))
+    q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
+              kl_weight=beta, first_order=cfg.first_order, edge_kl=cfg.edge_kl)
+    terms = elbo_terms(meta, batch.query_x, batch.query_y, q, meta.sampling.query_tau(tau), relaxed,
+                       edge_kl=cfg.edge_kl)
+    loss = -terms.elbo(beta).mean() / n_query
+    check_finite(loss, "the query ELBO")
+    loss.backward()
+    return loss, terms
+
+
 def svi_step(meta: MetaNetwork, optimiser: torch.optim.Optimizer, batch: Any, cfg: FitConfig, iteration: int,
-             reduce_gradients: Callable | None = None) -> dict:
+             reduce_gradients: Callable | None = None, gradients: Callable = step_gradients) -> dict:
     """One SVI iteration on a meta-batch: adapt the guide on the support sets, step W on the query ELBO.
 
     Args:
@@ -135,29 +166,20 @@ def svi_step(meta: MetaNetwork, optimiser: torch.optim.Optimizer, batch: Any, cf
         iteration: 1-based, for the temperature and KL-weight schedules.
         reduce_gradients: optional ``callable(params)`` run between backward and the
             optimiser step (several processes average their meta-gradients there).
+        gradients: what computes the loss and the backward, ``(meta, batch, cfg, tau, beta) ->
+            (loss, terms)``: :func:`step_gradients`, or a replay of it (benchmarks/cuda_graph.py).
 
     Returns:
         dict of floats: loss (negative ELBO per query point), loglik, kl_theta, kl_z, acc, tau, kl_weight.
         tau is the iteration's temperature, at which the guide's steps start (the query's is
         ``meta.sampling.query_tau(tau)``).
     """
-    relaxed = cfg.variant == "gumbel"
     tau = temperature(cfg, iteration)
     beta = kl_weight(cfg, iteration)
-    num_tasks, n_query = batch.query_y.shape
+    n_query = batch.query_y.shape[1]
     optimiser.zero_grad(set_to_none=True)
     with deferred_finite_checks() as checks:  # read with the metrics below: one host sync per step
-        if cfg.low_memory or not cfg.batch_tasks:
-            parts, loss = _per_task_backward(meta, batch, cfg, tau, relaxed, beta, checkpoint=cfg.low_memory)
-            terms = type(parts[0])(*(torch.cat(t) for t in zip(*parts, strict=True)))
-        else:
-            q = adapt(meta, batch.support_x, batch.support_y, cfg.inner_steps, tau, relaxed,
-                      kl_weight=beta, first_order=cfg.first_order, edge_kl=cfg.edge_kl)
-            terms = elbo_terms(meta, batch.query_x, batch.query_y, q, meta.sampling.query_tau(tau), relaxed,
-                               edge_kl=cfg.edge_kl)
-            loss = -terms.elbo(beta).mean() / n_query
-            check_finite(loss, "the query ELBO")
-            loss.backward()
+        loss, terms = gradients(meta, batch, cfg, tau, beta)
     if reduce_gradients is not None:
         reduce_gradients(meta.meta_parameters())
     arch_factor = arch_lr_factor(cfg, iteration)
