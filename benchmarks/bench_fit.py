@@ -31,6 +31,16 @@ override), with ``--threads`` torch threads on ``--device``:
   'bayesnas[bench]'``): median seconds, tasks per second, and the largest difference of
   each peer's meta-gradient from ours.
 
+* ``cuda_graph`` (``--cuda-graph``, one CUDA device, one process): ``ours`` against ``ours``
+  with its loss and backward captured once as a CUDA graph and replayed
+  (benchmarks/cuda_graph.py says what is captured and what stays outside), alternated
+  iteration by iteration after the other measurements: median seconds of each and their
+  ratio; and one step of each from the same parameters and seed (plus a second eager one,
+  the run-to-run spread) with the largest differences of the loss, the meta-gradient and
+  the parameters after the step, recorded, not asserted. A failure there is
+  ``{"ok": false, "stage": ..., "error": ...}`` and the other figures stand; the JSON is
+  also written before the capture starts.
+
 Under torchrun only the ``ours`` timing runs; the figure is tasks per second of the job.
 """
 import argparse
@@ -52,12 +62,13 @@ if ROOT not in sys.path:
 
 from bayesnas.config import FitConfig, from_dict, load_config_file  # noqa: E402
 from bayesnas.data import open_data  # noqa: E402
-from bayesnas.device import resolve_device  # noqa: E402
+from bayesnas.device import numerics, resolve_device  # noqa: E402
 from bayesnas.fileio import write_json  # noqa: E402
 from bayesnas.inference.model import task_share  # noqa: E402
 from bayesnas.training.distributed import init_distributed  # noqa: E402
 from bayesnas.training.loop import task_samplers  # noqa: E402
-from bayesnas.training.search import build_meta_network, make_optimiser, svi_step  # noqa: E402
+from bayesnas.training.search import build_meta_network, make_optimiser, step_gradients, svi_step  # noqa: E402
+from benchmarks import cuda_graph  # noqa: E402
 from benchmarks.flops import count_flops  # noqa: E402
 
 #: what is timed is second-order meta-training with the paper's objective, independent of
@@ -226,6 +237,96 @@ def time_impls(args, cfg, ctx, data, sampler):
     return results
 
 
+def _max_abs_difference(xs, ys):
+    return max((float((x.detach().double() - y.detach().double()).abs().max()) for x, y in zip(xs, ys, strict=True)),
+               default=0.0)
+
+
+def _grads(meta):
+    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in meta.meta_parameters()]
+
+
+def same_step_check(impls, batch, seed=1234):
+    """One step of each ``name -> (meta, optimiser, cfg, gradients)`` from the same state and seed:
+    the loss, and each one's largest differences from the first one's loss, meta-gradient and parameters."""
+    rows, (first, *others) = {}, list(impls)
+    for name, (meta, opt, impl_cfg, gradients) in impls.items():
+        torch.manual_seed(seed)  # every device's generator
+        rows[name] = svi_step(meta, opt, batch, impl_cfg, 1, gradients=gradients)["loss"]
+    ref = impls[first][0]
+    out = {"seed": seed, "loss": rows, "max_abs_difference_from_" + first: {}}
+    for name in others:
+        meta = impls[name][0]
+        out["max_abs_difference_from_" + first][name] = {
+            "loss": abs(rows[name] - rows[first]),
+            "gradient": _max_abs_difference(_grads(meta), _grads(ref)),
+            "parameters_after_step": _max_abs_difference(meta.meta_parameters(), ref.meta_parameters())}
+    out["largest_gradient"] = max(float(g.abs().max()) for g in _grads(ref))
+    return out
+
+
+def time_cuda_graph(args, cfg, data, sampler, device):
+    """``ours`` eager against ``ours`` replaying a CUDA graph of its loss and backward; never raises.
+
+    The section of the JSON: ``ok``; what is captured and what is not; the capture's seconds
+    and the capture hazards seen in its first warm-up step; ``check`` (:func:`same_step_check`
+    of eager, eager again and graph, with the numerical settings in force); the median
+    seconds per iteration of both, alternated; or, where a stage failed, ``stage`` and ``error``.
+    """
+    out = {"ok": False, "captured": cuda_graph.CAPTURED, "outside": list(cuda_graph.OUTSIDE),
+           "warmup_steps_before_capture": 2, "stage": "build"}
+    try:
+        (eager, eager_opt, impl_cfg), (again, again_opt, _), (graphed, graphed_opt, _) = (
+            build(cfg, "ours", data.channels, device) for _ in range(3))
+        batch = sampler.batch(list(range(cfg.tasks)))
+        replay = cuda_graph.GraphedGradients(graphed, impl_cfg, batch)
+        out["stage"] = "capture"
+        _sync(device)
+        t0 = time.perf_counter()
+        out["hazards_in_warmup"] = replay.capture(warmup=out["warmup_steps_before_capture"])
+        _sync(device)
+        out["capture_seconds"] = time.perf_counter() - t0
+        out["stage"] = "check"
+        out["check"] = same_step_check({"eager": (eager, eager_opt, impl_cfg, step_gradients),
+                                        "eager_again": (again, again_opt, impl_cfg, step_gradients),
+                                        "graph": (graphed, graphed_opt, impl_cfg, replay)}, batch)
+        out["check"]["numerics"] = numerics(device)
+        out["stage"] = "timing"
+        runs = {"eager": (eager, eager_opt, step_gradients), "graph": (graphed, graphed_opt, replay)}
+        times = {name: [] for name in runs}
+        for it in range(args.warmup + args.iterations):
+            first = (it + 1) * cfg.tasks
+            batch = sampler.batch(list(range(first, first + cfg.tasks)))
+            for name, (meta, opt, gradients) in runs.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                svi_step(meta, opt, batch, impl_cfg, it + 2, gradients=gradients)
+                _sync(device)
+                if it >= args.warmup:
+                    times[name].append(time.perf_counter() - t0)
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        out.update(seconds_per_iteration=medians, seconds_all=times,
+                   eager_over_graph=medians["eager"] / medians["graph"], ok=True)
+        del out["stage"]
+    except Exception as error:  # recorded in the section: the figures measured before it stand
+        out["error"] = cuda_graph.describe(error)
+    return out
+
+
+def cuda_graph_refusal(args):
+    """Why ``--cuda-graph`` cannot run with these arguments on this machine, or None."""
+    if not torch.cuda.is_available():
+        build = "a CPU build" if not torch.backends.cuda.is_built() else "a CUDA build"
+        return f"needs a CUDA device, and this torch ({torch.__version__}, {build}) sees none"
+    if resolve_device(args.device).type != "cuda":
+        return f"times a CUDA graph: run it with --device cuda (not --device {args.device})"
+    if args.sweep_tasks:
+        return "not with --sweep-tasks (it times the config's own meta-batch size)"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "one process only (not under torchrun)"
+    return None
+
+
 def sweep_tasks(args, ctx, data):
     """tasks_per_s (alternated timings) and peak memory (fresh processes) of each impl at each T."""
     rows = []
@@ -392,6 +493,9 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", default=None, help="HDF5 data file instead of the config's (e.g. 84x84 images)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="also time ours with its loss and backward replayed from a CUDA graph, beside ours "
+                             "eager (one CUDA device, one process; benchmarks/cuda_graph.py)")
     parser.add_argument("--child", choices=IMPLS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.impls = [s for s in args.impls.split(",") if s]
@@ -400,6 +504,8 @@ def main(argv=None):
         parser.error(f"--impls: unknown {', '.join(unknown)} (expected a subset of {', '.join(IMPLS)})")
     if args.child:
         return run_child(args)
+    if args.cuda_graph and (why := cuda_graph_refusal(args)):
+        sys.exit(f"bench_fit.py --cuda-graph: {why}")
 
     torch.set_num_threads(args.threads)
     ctx = init_distributed(resolve_device(args.device))
@@ -418,6 +524,10 @@ def main(argv=None):
             result["maml_conv4"] = maml_conv4(args, ctx.device)
     else:
         single_size(args, cfg, ctx, data, sampler, result)
+        if args.cuda_graph:
+            if args.json:  # the figures so far outlive a capture that crashes or runs out of time
+                write_json(args.json, result)
+            result["cuda_graph"] = time_cuda_graph(args, cfg, data, sampler, ctx.device)
     if ctx.is_main:
         print(json.dumps(result, indent=2))
         if args.json:
