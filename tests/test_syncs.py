@@ -71,8 +71,9 @@ def test_evaluation_reads_once_not_once_per_task(small_omniglot, no_validation):
     data = open_data(None)
     _, val = task_samplers(rcfg, data, torch.device("cpu"))
     net = build_retrain_network(rcfg, data.channels, data.image_size[0])
-    accs, counter = count_syncs(lambda: task_accuracies(net, val, range(5), 1, 0.4, chunk=2))
-    assert counter.total == 1 and accs.shape == (5,) and accs.dtype == torch.float64
+    for batched in (False, True):
+        accs, counter = count_syncs(lambda b=batched: task_accuracies(net, val, range(5), 1, 0.4, chunk=2, batched=b))
+        assert counter.total == 1 and accs.shape == (5,) and accs.dtype == torch.float64
     optimiser = torch.optim.Adam(net.parameters())
     train, _ = task_samplers(rcfg, data, torch.device("cpu"))
     row, counter = count_syncs(lambda: maml_step(net, optimiser, train.batch([0, 1]), rcfg))

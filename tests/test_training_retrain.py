@@ -8,15 +8,19 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from bayesnas.config import RetrainConfig
-from bayesnas.errors import ConfigError, DataError, GenotypeError, RunError
+from bayesnas.data import open_data
+from bayesnas.errors import ConfigError, DataError, GenotypeError, NonFiniteLossError, RunError
 from bayesnas.models.genotypes import DARTS_V2, arch_config, genotype_to_dict, random_genotype, save_genotype
+from bayesnas.training.loop import task_samplers
 from bayesnas.training.retrain import (
+    adapt_and_predict,
     adapt_task,
     build_retrain_network,
     load_retrain,
     maml_loss,
     meta_parameters,
     retrain,
+    task_accuracies,
 )
 from tests.data_fixtures import mini_imagenet_file, write_fewshot_file
 
@@ -102,6 +106,76 @@ def test_inner_loop_lowers_the_support_loss():
     fast = adapt_task(net, params, batch.support_x[0], batch.support_y[0], 5, 0.3)
     after = F.cross_entropy(functional_call(net, fast, (batch.support_x[0],)), batch.support_y[0])
     assert after < 0.8 * before
+
+
+def batched_problem(arch):
+    if arch == "conv4":
+        return tiny_problem("conv4")
+    return tiny_problem("darts_v2", layers=2)  # a normal and a reduction cell
+
+
+@pytest.mark.parametrize("steps", [0, 1, 3])
+@pytest.mark.parametrize("arch", ["conv4", "darts_v2"])
+def test_batched_adaptation_equals_the_task_by_task_loop(arch, steps):
+    net, batch = batched_problem(arch)
+    params = meta_parameters(net)
+    fast, logits, losses = adapt_and_predict(net, params, batch, steps, 0.3)
+    assert logits.shape == (2, 9, 3) and losses.shape == (steps, 2) and not logits.requires_grad
+    for t in range(2):
+        alone = adapt_task(net, params, batch.support_x[t], batch.support_y[t], steps, 0.3, first_order=True)
+        for name, value in alone.items():
+            assert fast[name].shape == (2, *value.shape)
+            torch.testing.assert_close(fast[name][t], value.detach(), rtol=0, atol=1e-10)
+        torch.testing.assert_close(logits[t], functional_call(net, alone, (batch.query_x[t],)).detach(), rtol=0,
+                                   atol=1e-10)
+    if steps:  # the first support loss is the meta-parameters' own
+        first = torch.stack([F.cross_entropy(functional_call(net, params, (batch.support_x[t],)), batch.support_y[t])
+                             for t in range(2)]).detach()
+        torch.testing.assert_close(losses[0], first, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["conv4", "darts_v2"])
+def test_batched_tasks_keep_their_own_batchnorm_statistics(arch):
+    """Task 0 scored beside a task of very different images equals task 0 scored alone: mixing
+    the two tasks' BatchNorm statistics would change both."""
+    net, batch = batched_problem(arch)
+    batch.support_x[1], batch.query_x[1] = 5 * batch.support_x[1] + 3, 5 * batch.query_x[1] + 3
+    params = meta_parameters(net)
+    fast, logits, _ = adapt_and_predict(net, params, batch, 2, 0.3)
+    first = SimpleNamespace(**{k: v[:1] for k, v in vars(batch).items()})
+    fast_alone, logits_alone, _ = adapt_and_predict(net, params, first, 2, 0.3)
+    torch.testing.assert_close(logits[:1], logits_alone, rtol=0, atol=1e-10)
+    torch.testing.assert_close(fast["classifier.weight"][:1], fast_alone["classifier.weight"], rtol=0, atol=1e-10)
+    pooled = functional_call(net, params, (batch.query_x.flatten(0, 1),)).view(2, 9, 3)  # one BatchNorm over both
+    assert (pooled[:1] - functional_call(net, params, (batch.query_x[0],))).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["conv4", "darts_v2"])
+def test_batched_accuracies_equal_the_loop_on_real_tasks(arch):
+    cfg = RetrainConfig(arch=arch, channels=8, layers=2, queries=3)
+    data = open_data(None)  # 28x28 Omniglot: Conv-4 needs 16 pixels a side
+    _, val = task_samplers(cfg, data, torch.device("cpu"))
+    torch.manual_seed(0)
+    net = build_retrain_network(cfg, data.channels, data.image_size[0])
+    done = []
+    loop = task_accuracies(net, val, range(7), 3, 0.4, chunk=3)
+    batched = task_accuracies(net, val, range(7), 3, 0.4, chunk=3, batched=True, progress=done.append)
+    assert torch.equal(loop, batched) and batched.shape == (7,) and batched.dtype == torch.float64
+    assert done == [3, 6, 7] and loop.min() < loop.max()  # the tasks differ: the comparison means something
+    bf16 = task_accuracies(net, val, range(3), 1, 0.4, precision="bf16")  # bf16 runs the loop either way
+    assert torch.equal(task_accuracies(net, val, range(3), 1, 0.4, precision="bf16", batched=True), bf16)
+
+
+def test_batched_accuracies_stop_at_a_non_finite_inner_loss():
+    cfg = RetrainConfig(channels=4, queries=2)
+    data = open_data(None)
+    _, val = task_samplers(cfg, data, torch.device("cpu"))
+    net = build_retrain_network(cfg, data.channels, data.image_size[0])
+    with torch.no_grad():
+        net.classifier.bias[0] = float("nan")
+    for batched in (False, True):
+        with pytest.raises(NonFiniteLossError, match=r"^inner step 0: objective is nan"):
+            task_accuracies(net, val, range(4), 2, 0.4, batched=batched)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
+from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
 from ..config import RetrainConfig
@@ -31,7 +31,7 @@ from ..data.sampler import select_tasks
 from ..device import forward_in, resolve_device
 from ..errors import ConfigError, RunError
 from ..inference import unrolled_steps
-from ..inference.unroll import deferred_finite_checks
+from ..inference.unroll import deferred_finite_checks, require_finite
 from ..models import arch_config, arch_label, build_network, count_parameters, genotype_from_dict
 from .distributed import distributed, requested_device
 from .loop import Callback, backward_per_task, read_run_config, read_step, resume_device
@@ -147,7 +147,55 @@ def maml_step(net: torch.nn.Module, optimiser: torch.optim.Optimizer, batch: Any
     return read_step({"loss": loss, "acc": acc}, checks)
 
 
-def task_accuracies(net, sampler, indices, steps, lr, chunk=4, progress=None, precision="fp32"):
+def adapt_and_predict(net: torch.nn.Module, params: dict, batch: Any, steps: int,
+                      lr: float) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Every task of a batch adapted (first order) and scored in one batched call, no meta-gradient.
+
+    The numbers of :func:`adapt_task` with ``first_order=True`` followed by the query forward,
+    task by task, computed by ``torch.func.vmap`` over the tasks of ``torch.func.grad`` of the
+    support loss: each task keeps its own weights and its own BatchNorm statistics (the
+    batch dimension of a vmapped call is the task's own). Inside the transforms the
+    convolutions run as ``F.conv2d`` (:func:`~bayesnas.models._conv.conv2d`), enough for
+    first derivatives. Float32 or float64 only: under bf16 autocast ``torch.func.grad``'s
+    backward mixes dtypes and fails (torch 2.13), so :func:`task_accuracies` runs the loop there.
+
+    Args:
+        net: the network; params: dict name -> tensor, the starting point of every task.
+        batch: ``support_x [T, n_s, C, H, W]``, ``support_y [T, n_s]``, ``query_x [T, n_q, ...]``.
+        steps, lr: inner steps and step size.
+
+    Returns:
+        ``(fast, logits, losses)``: dict name -> ``[T, *shape]`` adapted weights, query
+        logits ``[T, n_q, ways]``, support losses before each step ``[steps, T]``; none of
+        them differentiable.
+
+    Example::
+
+        batch = sampler.batch([0, 1, 2])
+        fast, logits, _ = adapt_and_predict(net, meta_parameters(net), batch, 3, 0.4)
+        accuracy = (logits.argmax(-1) == batch.query_y).double().mean(-1)   # [3]
+    """
+
+    def support_loss(p, x, y):
+        loss = F.cross_entropy(functional_call(net, p, (x,)), y)
+        return loss, loss
+
+    def one_task(p, support_x, support_y, query_x):
+        losses = []
+        for _ in range(steps):
+            g, loss = grad(support_loss, has_aux=True)(p, support_x, support_y)
+            p = {name: value - lr * g[name] for name, value in p.items()}
+            losses.append(loss)
+        return p, functional_call(net, p, (query_x,)), torch.stack(losses) if losses else query_x.new_zeros(0)
+
+    start = {name: value.detach() for name, value in params.items()}
+    with torch.no_grad():  # grad() inside still differentiates; nothing outside it records a graph
+        fast, logits, losses = vmap(one_task, in_dims=(None, 0, 0, 0), randomness="error")(
+            start, batch.support_x, batch.support_y, batch.query_x)
+    return fast, logits, losses.T
+
+
+def task_accuracies(net, sampler, indices, steps, lr, chunk=4, progress=None, precision="fp32", batched=False):
     """Query accuracy of each task after ``steps`` first-order inner steps (no meta-gradient).
 
     Args:
@@ -155,26 +203,37 @@ def task_accuracies(net, sampler, indices, steps, lr, chunk=4, progress=None, pr
         steps, lr: the test-time inner loop; chunk: tasks sampled per batch.
         progress: optional callable ``(n_done)`` for a progress bar.
         precision: the network's forward, "fp32" or "bf16" (:func:`~bayesnas.device.forward_in`).
+        batched: adapt and score each chunk's tasks in one batched call
+            (:func:`adapt_and_predict`) instead of one task at a time; the same accuracies
+            (float32 rounding aside). Under "bf16" the loop runs either way.
 
     Returns:
         float64 tensor ``[len(indices)]`` of per-task query accuracies in [0, 1].
     """
     indices = list(indices)
     start = {k: v.detach().requires_grad_(True) for k, v in meta_parameters(net).items()}
-    out = []
+    out: list[torch.Tensor] = []
+    done = 0
     with deferred_finite_checks() as checks:
         for first in range(0, len(indices), chunk):
             batch = sampler.batch(indices[first:first + chunk])
-            for t in range(batch.support_x.shape[0]):
-                with torch.enable_grad():
-                    fast = adapt_task(net, start, batch.support_x[t], batch.support_y[t], steps, lr, first_order=True,
-                                      precision=precision)
-                with torch.no_grad():
-                    logits = forward_in(precision, batch.query_x.device, functional_call, net, fast,
-                                        (batch.query_x[t],))
-                out.append((logits.argmax(-1) == batch.query_y[t]).double().mean().reshape(1))
+            if batched and precision == "fp32":
+                _, logits, losses = adapt_and_predict(net, start, batch, steps, lr)
+                for step in range(steps):  # the checks unrolled_steps records, one per step for all tasks
+                    require_finite(losses[step], f"inner step {step}: objective")
+                out.append((logits.argmax(-1) == batch.query_y).double().mean(-1))
+            else:
+                for t in range(batch.support_x.shape[0]):
+                    with torch.enable_grad():
+                        fast = adapt_task(net, start, batch.support_x[t], batch.support_y[t], steps, lr,
+                                          first_order=True, precision=precision)
+                    with torch.no_grad():
+                        logits = forward_in(precision, batch.query_x.device, functional_call, net, fast,
+                                            (batch.query_x[t],))
+                    out.append((logits.argmax(-1) == batch.query_y[t]).double().mean().reshape(1))
+            done += batch.support_x.shape[0]
             if progress is not None:
-                progress(len(out))
+                progress(done)
     # read from the device once, with the inner steps' finiteness checks, not once per task
     values = torch.cat([checks.values(), *(o.to(checks.values().device) for o in out)]).tolist() if out else []
     checks.raise_first(values[:len(checks.whats)])
