@@ -20,6 +20,15 @@ Two measurements, each alternating its variants so that all see the same load:
   shapes), on DARTS_V2 and Conv-4, 5-way 1-shot: the compile time, seconds per task of each,
   the number of tasks after which compiling pays, and whether the per-task accuracies agree
   (Inductor's on-disk caches start empty unless ``--warm-cache``).
+* ``batched`` (``--batched``): :func:`~bayesnas.training.retrain.task_accuracies` one task at a
+  time (``batched=False``) against a chunk of tasks in one ``vmap`` call (``batched=True``), on
+  the pool protocol's networks (RetrainConfig channels 8, 2 cells: DARTS_V2 and a random cell,
+  ``--random-seed``) and Conv-4 at its matched width, 5-way 1-shot, per ``--chunks`` size:
+  tasks per second, the median of ``--rounds`` rounds, the two variants alternated round by
+  round over the same tasks; and whether the per-task accuracies are identical.
+
+    taskset -c 1 python benchmarks/bench_evaluate.py --no-pooling --no-evaluate --batched \
+        --json benchmarks/results/evaluate_batched_cpu.json
 """
 import argparse
 import json
@@ -36,10 +45,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from bayesnas.config import RetrainConfig  # noqa: E402
 from bayesnas.data import TaskSampler, open_data  # noqa: E402
 from bayesnas.fileio import write_json  # noqa: E402
 from bayesnas.models import build_network, load_genotype, operations  # noqa: E402
-from bayesnas.training.retrain import task_accuracies  # noqa: E402
+from bayesnas.models.genotypes import genotype_to_dict, random_genotype  # noqa: E402
+from bayesnas.training.retrain import build_retrain_network, task_accuracies  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 #: name -> (what build_network takes, channels matched to ~16.9k parameters in the committed compare)
@@ -168,6 +179,40 @@ def compile_speed(args, data):
     return rows
 
 
+def batched_speed(args, data):
+    """The loop against the batched form of task_accuracies, per network and chunk size."""
+    pool = {"channels": 8, "layers": 2}  # the pool protocol's networks (benchmarks/build_pool.py)
+    nets = {"darts_v2": ("darts_v2", pool), f"random_cell_seed{args.random_seed}":
+            (genotype_to_dict(random_genotype(args.random_seed)), pool),
+            "conv4": ("conv4", {"channels": NETWORKS["conv4"][1]})}
+    rows = []
+    for name, (arch, size) in nets.items():
+        cfg = RetrainConfig(arch=arch, ways=5, shots=1, queries=args.queries, **size)
+        torch.manual_seed(0)
+        net = build_retrain_network(cfg, data.channels, data.image_size[0])
+        sampler = TaskSampler(data.split("test"), 5, 1, args.queries, seed=0)
+        indices = list(range(args.tasks))
+        for chunk in args.chunks:
+            seconds = {"loop": [], "batched": []}
+            accs = {}
+            for _ in range(args.rounds):
+                for variant in ("loop", "batched"):
+                    t0 = time.perf_counter()
+                    accs[variant] = task_accuracies(net, sampler, indices, args.steps, cfg.inner_lr, chunk=chunk,
+                                                    batched=variant == "batched")
+                    seconds[variant].append(time.perf_counter() - t0)
+            loop, batched = statistics.median(seconds["loop"]), statistics.median(seconds["batched"])
+            row = {"network": name, "channels": cfg.channels, "layers": cfg.layers if name != "conv4" else None,
+                   "chunk": chunk, "tasks": args.tasks, "rounds": args.rounds,
+                   "tasks_per_s": {"loop": args.tasks / loop, "batched": args.tasks / batched},
+                   "seconds": seconds, "speedup": loop / batched,
+                   "differing_accuracies": int((accs["loop"] != accs["batched"]).sum()),
+                   "largest_accuracy_difference": float((accs["loop"] - accs["batched"]).abs().max())}
+            print(json.dumps({k: v for k, v in row.items() if k != "seconds"}))
+            rows.append(row)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=40, help="test tasks per network and setting")
@@ -182,6 +227,10 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="also time torch.compile against eager")
     parser.add_argument("--warm-cache", action="store_true",
                         help="with --compile: keep Inductor's on-disk cache (default: a fresh one, a cold start)")
+    parser.add_argument("--batched", action="store_true", help="also time batched task_accuracies against the loop")
+    parser.add_argument("--chunks", type=int, nargs="+", default=[4, 8, 20], help="with --batched: chunk sizes")
+    parser.add_argument("--rounds", type=int, default=3, help="with --batched: timed rounds per variant")
+    parser.add_argument("--random-seed", type=int, default=0, help="with --batched: seed of the random cell")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -197,6 +246,8 @@ def main(argv=None):
         result["evaluate"] = evaluate_speed(args, open_data(None))
     if args.compile:
         result["compile"] = compile_speed(args, open_data(None))
+    if args.batched:
+        result["batched"] = batched_speed(args, open_data(None))
     if args.json:
         write_json(args.json, result)
     print(json.dumps({k: v for k, v in result.items() if k != "pooling"}, indent=1))
