@@ -12,8 +12,15 @@ accuracy, what ``compare --pool`` reports) and the pool's median cell (the per-t
 the one or two random cells whose mean accuracy is the pool's median). The first sits higher
 than the pool's median accuracy: random cells fail on different tasks, and each task's median
 skips the one or two that fail it.
+
+``--compare`` may be repeated (rows merged by label). ``--val-eval NAME`` compares on
+validation characters instead, where every choice of a search setting must be made: each
+row's per-task accuracies become those that ``bayesnas evaluate RUN --split val --tasks 600
+--json RUN/NAME`` wrote in its run folders (averaged over its seeds' runs; the same seeded
+validation tasks for every run), and rows without that file are left out and listed.
 """
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -53,15 +60,58 @@ def compare_groups(rows, groups):
     return out
 
 
+def merged_rows(paths):
+    """The rows of several compare JSONs, one per label (a label must name one cell throughout)."""
+    rows = {}
+    for path in paths:
+        for row in read_json(path, ValueError, "compare JSON")["rows"]:
+            seen = rows.get(row["label"])
+            if seen is not None and seen.get("arch") != row.get("arch"):
+                raise SystemExit(f"{path}: {row['label']} names another cell than an earlier --compare file")
+            rows.setdefault(row["label"], row)
+    return list(rows.values())
+
+
+def with_val_eval(rows, name):
+    """``(rows, left_out)``: rows whose accuracies are the mean over their ``run_dirs`` of the
+    per-task accuracies in ``RUN/name``; rows lacking that file in any run folder are left out."""
+    kept, left_out, tasks = [], [], None
+    for row in rows:
+        paths = [os.path.join(d, name) for d in row.get("run_dirs", [])]
+        if not paths or not all(os.path.isfile(p) for p in paths):
+            left_out.append(row["label"])
+            continue
+        evals = [read_json(p, ValueError, "evaluation JSON") for p in paths]
+        accs = np.stack([np.asarray(e["accuracies"], dtype=np.float64) for e in evals]).mean(0)
+        if any(e.get("split") != "val" for e in evals):
+            raise SystemExit(f"{row['label']}: {name} is not an evaluation on the val split")
+        if tasks is not None and len(accs) != tasks:
+            raise SystemExit(f"{row['label']}: {name} holds {len(accs)} tasks, other rows {tasks}")
+        tasks = len(accs)
+        kept.append({**row, "accuracies": accs.tolist()})
+    return kept, left_out
+
+
 def main(args):
-    report = read_json(args.compare, ValueError, "compare JSON")
+    rows = merged_rows(args.compare)
+    left_out = []
+    if args.val_eval:
+        rows, left_out = with_val_eval(rows, args.val_eval)
     groups = {}
     for item in args.group:
         name, sep, labels = item.partition("=")
         if not sep or not name or not labels:
             raise SystemExit(f"--group {item!r}: expected NAME=LABEL[,LABEL...]")
         groups[name] = labels.split(",")
-    result = {"command": " ".join(["python", *sys.argv]), **compare_groups(report["rows"], groups)}
+    for name, labels in groups.items():
+        lacking = [label for label in labels if label in left_out]
+        if lacking:
+            raise SystemExit(f"--group {name}: {', '.join(lacking)} has no {args.val_eval} in its run folders")
+    result = {"command": " ".join(["python", *sys.argv]), "split": "val" if args.val_eval else "test",
+              **compare_groups(rows, groups)}
+    if args.val_eval:
+        result["left_out"] = left_out
+        print(f"on validation ({args.val_eval}); left out, no such file: {', '.join(left_out) or 'none'}")
     pool = result["pool"]
     print(f"pool of {pool['cells']} random cells: median accuracy {100 * pool['median_accuracy']:.2f}%, "
           f"mean of the per-task medians {100 * pool['pool per-task median']:.2f}%")
@@ -77,7 +127,10 @@ def main(args):
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--compare", required=True, help="compare.json with the pool's random cells and the searched cells")
+    p.add_argument("--compare", action="append", required=True,
+                   help="compare.json with the pool's random cells and the searched cells (repeat to merge)")
+    p.add_argument("--val-eval", default=None, metavar="NAME",
+                   help="compare on the 600-task validation evaluations RUN/NAME of each row's runs")
     p.add_argument("--group", action="append", required=True, help="NAME=LABEL[,LABEL...] (repeat)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)

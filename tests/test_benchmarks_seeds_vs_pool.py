@@ -33,3 +33,32 @@ def test_median_cell_and_the_two_references(tmp_path):
     assert np.allclose(seeds_vs_pool.median_cell(even), 0.25)  # the mean of the two middle cells
     with pytest.raises(SystemExit, match="no row labelled nobody"):
         seeds_vs_pool.main(seeds_vs_pool.parse(["--compare", str(path), "--group", "x=nobody"]))
+
+
+def test_validation_evaluations_replace_the_test_accuracies_and_rows_without_them_are_left_out(tmp_path):
+    rng = np.random.default_rng(1)
+    rows, val = [], {}
+    for i, label in enumerate(["random-1", "random-2", "random-3", "random-4", "mine"]):
+        run = tmp_path / label
+        run.mkdir()
+        val[label] = rng.uniform(0.4, 0.9, 50)
+        if label != "random-4":  # no validation evaluation: left out of the pool
+            (run / "ev.json").write_text(json.dumps({"split": "val", "accuracies": val[label].tolist()}))
+        rows.append({"label": label, "kind": "random" if label != "mine" else "searched", "arch": {"i": i},
+                     "accuracies": [1.0] * 50, "run_dirs": [str(run)]})
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"rows": rows[:3]}))
+    second.write_text(json.dumps({"rows": rows[2:]}))  # random-3 in both files: kept once
+    out = seeds_vs_pool.main(seeds_vs_pool.parse(["--compare", str(first), "--compare", str(second),
+                                                  "--val-eval", "ev.json", "--group", "g=mine"]))
+    assert out["split"] == "val" and out["left_out"] == ["random-4"] and out["pool"]["cells"] == 3
+    per_task = np.median(np.stack([val[f"random-{i}"] for i in (1, 2, 3)]), 0)
+    assert out["g"]["pool per-task median"]["difference"] == pytest.approx((val["mine"] - per_task).mean())
+    with pytest.raises(SystemExit, match="random-4 has no ev.json"):
+        seeds_vs_pool.main(seeds_vs_pool.parse(["--compare", str(first), "--compare", str(second),
+                                                "--val-eval", "ev.json", "--group", "g=random-4"]))
+    rows[0]["arch"] = {"i": 99}
+    second.write_text(json.dumps({"rows": rows[:1]}))
+    with pytest.raises(SystemExit, match="names another cell"):
+        seeds_vs_pool.main(seeds_vs_pool.parse(["--compare", str(first), "--compare", str(second),
+                                                "--group", "g=mine"]))

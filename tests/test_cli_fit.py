@@ -96,6 +96,24 @@ def test_shipped_cpu_config_is_valid():
     assert cfg.arch_schedule == "cosine" and 0 < cfg.arch_warmup < cfg.iterations
 
 
+def test_shipped_weight_sharing_config_never_steps_alpha_and_the_readme_scores_cells():
+    import os
+
+    from bayesnas.config import FitConfig, resolve_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ws = resolve_config(FitConfig, config_file=os.path.join(root, "configs", "omniglot_ws.json"))
+    base = resolve_config(FitConfig, config_file=os.path.join(root, "configs", "omniglot_cpu.json"))
+    ws.validate()
+    assert ws.arch_warmup >= ws.iterations == 300  # weights only, under the uniform architecture
+    changed = {k for k in FitConfig.__dataclass_fields__ if getattr(ws, k) != getattr(base, k)}
+    assert changed == {"iterations", "arch_warmup"}  # otherwise the BASE search's settings
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        main = next(line for line in f if "pip install -e . &&" in line)
+    assert "bayesnas fit --config configs/omniglot_ws.json --out runs/omniglot" in main
+    assert "bayesnas derive-cell runs/omniglot --by score --candidates 40" in main
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"low_memory": "false"}, "low_memory='false': expected true or false"),
     ({"seed": 5.5}, "seed=5.5: expected an integer"),

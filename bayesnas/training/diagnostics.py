@@ -74,7 +74,8 @@ def undecided_warning(iteration, arch_warmup, arch_lr, top_prob_mean=None) -> Op
         why = (f"iteration {iteration}, within the architecture warm-up of {arch_warmup} iterations"
                if arch_lr != 0 else "arch_lr is 0")
         return (f"alpha was never stepped ({why}): the edge posterior is its near-uniform start, and a cell "
-                f"derived from it is noise; train past --arch-warmup before deriving a cell")
+                f"derived from it is noise; train past --arch-warmup before deriving a cell from alpha, or pick one "
+                f"with the meta-network: derive-cell --by score (weight-sharing random search)")
     if top_prob_mean is not None and top_prob_mean < UNDECIDED_TOP_PROB:
         return (f"the edge posterior has barely left its prior (mean top-op probability {top_prob_mean:.3f}, "
                 f"uniform 0.100): a cell derived from it is close to noise; train longer")
