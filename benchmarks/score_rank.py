@@ -34,7 +34,9 @@ import torch
 
 from bayesnas.analysis.compare import architectures
 from bayesnas.analysis.score import rank_correlation, score_cells
+from bayesnas.errors import RunError
 from bayesnas.fileio import write_json
+from bayesnas.training.records import read_evaluation
 
 
 def retrained_cells(compare_json, setting, pool_files):
@@ -124,7 +126,10 @@ def val_evaluation(row, name):
         path = os.path.join(run_dir, name)
         if not os.path.exists(path):
             return None
-        found.append(json.load(open(path)))
+        try:
+            found.append(read_evaluation(path))  # checked: finite accuracies in [0, 1], one per task
+        except RunError as e:
+            raise SystemExit(str(e)) from None
     if not found:
         return None
     return {"accuracy": sum(f["accuracy"] for f in found) / len(found), "split": found[0]["split"],

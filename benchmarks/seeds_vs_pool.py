@@ -26,7 +26,9 @@ import sys
 import numpy as np
 
 from bayesnas.analysis.evaluate import mean_confidence_interval
+from bayesnas.errors import RunError
 from bayesnas.fileio import read_json, write_json
+from bayesnas.training.records import read_evaluation
 
 
 def median_cell(pool):
@@ -81,13 +83,18 @@ def with_val_eval(rows, name):
         if not paths or not all(os.path.isfile(p) for p in paths):
             left_out.append(row["label"])
             continue
-        evals = [read_json(p, ValueError, "evaluation JSON") for p in paths]
+        try:
+            evals = [read_evaluation(p) for p in paths]
+        except RunError as e:
+            raise SystemExit(str(e)) from None
+        if any(e["split"] != "val" or "accuracies" not in e for e in evals):
+            raise SystemExit(f"{row['label']}: {name} is not an evaluation on the val split with per-task accuracies")
+        for e in evals:
+            if tasks is not None and (e["tasks"], e["seed"]) != tasks:
+                raise SystemExit(f"{row['label']}: {name} holds tasks={e['tasks']} of seed {e['seed']}, "
+                                 f"other rows tasks={tasks[0]} of seed {tasks[1]}")
+            tasks = (e["tasks"], e["seed"])
         accs = np.stack([np.asarray(e["accuracies"], dtype=np.float64) for e in evals]).mean(0)
-        if any(e.get("split") != "val" for e in evals):
-            raise SystemExit(f"{row['label']}: {name} is not an evaluation on the val split")
-        if tasks is not None and len(accs) != tasks:
-            raise SystemExit(f"{row['label']}: {name} holds {len(accs)} tasks, other rows {tasks}")
-        tasks = len(accs)
         kept.append({**row, "accuracies": accs.tolist()})
     return kept, left_out
 

@@ -1,6 +1,8 @@
 """benchmarks/score_rank.py: the correlation targets (runs' best val_acc, test accuracy, a 600-task evaluation)."""
 import json
 
+import pytest
+
 from benchmarks import score_rank
 
 
@@ -9,13 +11,17 @@ def test_val_evaluation_reads_each_seed_run_and_is_none_when_one_lacks_it(tmp_pa
     for i, acc in enumerate((0.8, 0.9)):
         run = tmp_path / f"run{i}"
         run.mkdir()
-        (run / "ev.json").write_text(json.dumps({"accuracy": acc, "split": "val", "tasks": 600, "seed": 0}))
+        (run / "ev.json").write_text(json.dumps({"accuracy": acc, "ci95": 0.01, "split": "val", "tasks": 600, "seed": 0,
+                                                 "ways": 5, "shots": 1, "inner_steps": 3, "checkpoint": "best"}))
         runs.append(str(run))
     found = score_rank.val_evaluation({"run_dirs": runs}, "ev.json")
     assert abs(found["accuracy"] - 0.85) < 1e-12 and found["runs"] == 2 and found["split"] == "val"
     (tmp_path / "run1" / "ev.json").unlink()
     assert score_rank.val_evaluation({"run_dirs": runs}, "ev.json") is None
     assert score_rank.val_evaluation({}, "ev.json") is None
+    (tmp_path / "run1" / "ev.json").write_text(json.dumps({"accuracy": 1.5, "split": "val"}))
+    with pytest.raises(SystemExit, match="run1/ev.json: accuracy=1.5"):
+        score_rank.val_evaluation({"run_dirs": runs}, "ev.json")
 
 
 def test_correlate_uses_only_the_cells_with_an_evaluation_for_that_target():

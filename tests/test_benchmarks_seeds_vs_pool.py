@@ -35,6 +35,12 @@ def test_median_cell_and_the_two_references(tmp_path):
         seeds_vs_pool.main(seeds_vs_pool.parse(["--compare", str(path), "--group", "x=nobody"]))
 
 
+def evaluation(accs, split="val", seed=0):
+    """An evaluation JSON as `bayesnas evaluate --json` writes it."""
+    return {"accuracy": float(accs.mean()), "ci95": 0.01, "tasks": len(accs), "ways": 5, "shots": 1, "seed": seed,
+            "inner_steps": 3, "split": split, "checkpoint": "best", "accuracies": accs.tolist()}
+
+
 def test_validation_evaluations_replace_the_test_accuracies_and_rows_without_them_are_left_out(tmp_path):
     rng = np.random.default_rng(1)
     rows, val = [], {}
@@ -43,7 +49,7 @@ def test_validation_evaluations_replace_the_test_accuracies_and_rows_without_the
         run.mkdir()
         val[label] = rng.uniform(0.4, 0.9, 50)
         if label != "random-4":  # no validation evaluation: left out of the pool
-            (run / "ev.json").write_text(json.dumps({"split": "val", "accuracies": val[label].tolist()}))
+            (run / "ev.json").write_text(json.dumps(evaluation(val[label])))
         rows.append({"label": label, "kind": "random" if label != "mine" else "searched", "arch": {"i": i},
                      "accuracies": [1.0] * 50, "run_dirs": [str(run)]})
     first, second = tmp_path / "a.json", tmp_path / "b.json"
@@ -62,3 +68,24 @@ def test_validation_evaluations_replace_the_test_accuracies_and_rows_without_the
     with pytest.raises(SystemExit, match="names another cell"):
         seeds_vs_pool.main(seeds_vs_pool.parse(["--compare", str(first), "--compare", str(second),
                                                 "--group", "g=mine"]))
+
+
+@pytest.mark.parametrize("saved, message", [
+    (evaluation(np.full(50, 0.5), seed=1), "tasks=50 of seed 1, other rows tasks=50 of seed 0"),
+    (evaluation(np.full(50, 0.5), split="test"), "is not an evaluation on the val split"),
+    ({**evaluation(np.full(50, 0.5)), "accuracies": [1.5] * 50}, "accuracies="),
+    ("[[[[", "ev.json"),
+])
+def test_a_validation_evaluation_that_cannot_be_paired_or_trusted_is_one_line(tmp_path, saved, message):
+    rows = []
+    for i, label in enumerate(["random-1", "random-2", "random-3", "mine"]):
+        run = tmp_path / label
+        run.mkdir()
+        body = saved if label == "mine" else evaluation(np.full(50, 0.6))
+        (run / "ev.json").write_text(body if isinstance(body, str) else json.dumps(body))
+        rows.append({"label": label, "kind": "random" if label != "mine" else "searched", "arch": {"i": i},
+                     "accuracies": [1.0] * 50, "run_dirs": [str(run)]})
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"rows": rows}))
+    with pytest.raises(SystemExit, match=message):
+        seeds_vs_pool.main(seeds_vs_pool.parse(["--compare", str(path), "--val-eval", "ev.json", "--group", "g=mine"]))
